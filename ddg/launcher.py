@@ -1,0 +1,129 @@
+"""Start and signal real ddg-node processes, for the console demo, the tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from .errors import DdgError
+
+
+@dataclass(kw_only=True)
+class NodeSpec:
+    """What is needed to (re)start one node process with the same identity."""
+
+    name: str
+    port: int
+    redis_url: str
+    cluster: str
+    data_dir: Path
+    host: str = "127.0.0.1"
+    secret: str | None = None
+    allow_fault_injection: bool = False
+    heartbeat_ms: int | None = None
+    election_timeout_ms: str | None = None
+    log_level: str = "INFO"
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def argv(self) -> list[str]:
+        args = [sys.executable, "-m", "ddg", "--name", self.name, "--host", self.host,
+                "--port", str(self.port), "--redis-url", self.redis_url,
+                "--cluster", self.cluster, "--data-dir", str(self.data_dir),
+                "--log-level", self.log_level]
+        if self.heartbeat_ms is not None:
+            args += ["--heartbeat-ms", str(self.heartbeat_ms)]
+        if self.election_timeout_ms is not None:
+            args += ["--election-timeout-ms", self.election_timeout_ms]
+        if self.allow_fault_injection:
+            args.append("--allow-fault-injection")
+        return args + self.extra_args
+
+
+class NodeProcess:
+    """One ddg-node child process. Never blocks except in wait()."""
+
+    def __init__(self, spec: NodeSpec, *, log_path: Path | None = None,
+                 preexec_fn: object = None) -> None:
+        self.spec = spec
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._preexec = preexec_fn
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    def start(self) -> None:
+        if self.running:
+            raise DdgError(f"node {self.spec.name} is already running (pid {self.pid})")
+        env = dict(os.environ)
+        env.pop("DDG_CLUSTER_SECRET", None)
+        if self.spec.secret is not None:
+            env["DDG_CLUSTER_SECRET"] = self.spec.secret
+        out: IO[bytes] | int = subprocess.DEVNULL
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")
+            out = self._log
+        self.proc = subprocess.Popen(
+            self.spec.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True, preexec_fn=self._preexec,  # type: ignore[arg-type]
+        )
+
+    def signal(self, sig: int) -> bool:
+        """Send SIG; False if the process is not running."""
+        if not self.running:
+            return False
+        assert self.proc is not None
+        try:
+            self.proc.send_signal(sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill(self) -> bool:
+        return self.signal(signal.SIGKILL)
+
+    def terminate(self) -> bool:
+        return self.signal(signal.SIGTERM)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM (after SIGCONT, in case it is frozen), then SIGKILL if it lingers."""
+        if self.running:
+            self.signal(signal.SIGCONT)
+            self.terminate()
+            if self.wait(timeout) is None:
+                self.kill()
+                self.wait(timeout)
+        self.close_log()
+
+    def close_log(self) -> None:
+        if self._log is not None and not self.running:
+            self._log.close()
+            self._log = None

@@ -1,0 +1,114 @@
+"""Peer messages: plain frozen dataclasses, and their strict JSON wire form."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .config import NAME_RE
+from .errors import MessageError
+
+MAX_TERM = 2**53 - 1  # JSON-safe; anything larger is absurd, not a real term
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteRequest:
+    term: int
+    sender: str
+    pre_vote: bool = False
+    transfer: bool = False  # a leadership hand-over: voters skip leader stickiness
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteResponse:
+    term: int
+    sender: str
+    granted: bool
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat:
+    term: int
+    sender: str
+    seq: int  # heartbeat round; the goose's lease starts at the send time of an acked round
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeartbeatAck:
+    term: int
+    sender: str
+    seq: int
+    success: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeoutNow:
+    """From a goose that is stepping down: campaign now, without pre-vote."""
+
+    term: int
+    sender: str
+
+
+Message = VoteRequest | VoteResponse | Heartbeat | HeartbeatAck | TimeoutNow
+
+# Wire kinds: the HTTP path a request goes to, and the type its reply must be.
+REQUESTS: dict[str, type[Any]] = {
+    "vote": VoteRequest,
+    "heartbeat": Heartbeat,
+    "timeout_now": TimeoutNow,
+}
+REPLIES: dict[type[Any], type[Any] | None] = {
+    VoteRequest: VoteResponse,
+    Heartbeat: HeartbeatAck,
+    TimeoutNow: None,
+}
+KIND_OF: dict[type[Any], str] = {v: k for k, v in REQUESTS.items()}
+
+_FIELDS: dict[type[Any], dict[str, type]] = {
+    VoteRequest: {"term": int, "sender": str, "pre_vote": bool, "transfer": bool},
+    VoteResponse: {"term": int, "sender": str, "granted": bool, "pre_vote": bool},
+    Heartbeat: {"term": int, "sender": str, "seq": int},
+    HeartbeatAck: {"term": int, "sender": str, "seq": int, "success": bool},
+    TimeoutNow: {"term": int, "sender": str},
+}
+_REQUIRED = {"term", "sender", "seq", "granted", "success"}
+
+
+def encode(msg: Message, *, version: int) -> dict[str, Any]:
+    data = asdict(msg)
+    data["version"] = version
+    return data
+
+
+def decode(cls: type[Any], data: Any) -> tuple[Message, int]:
+    """Validate DATA as a CLS message; returns (message, sender's membership version)."""
+    if not isinstance(data, dict):
+        raise MessageError("body must be a JSON object")
+    fields = _FIELDS[cls]
+    unknown = set(data) - set(fields) - {"version"}
+    if unknown:
+        raise MessageError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for name, typ in fields.items():
+        if name not in data:
+            if name in _REQUIRED:
+                raise MessageError(f"missing field {name!r}")
+            continue
+        kwargs[name] = _check(name, data[name], typ)
+    version = _check("version", data.get("version", 0), int)
+    if not NAME_RE.match(kwargs["sender"]):
+        raise MessageError("field 'sender' is not a valid node name")
+    return cls(**kwargs), version
+
+
+def _check(name: str, value: Any, typ: type) -> Any:
+    # bool is a subclass of int: refuse true/false where a number belongs, and vice versa
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MessageError(f"field {name!r} must be an integer")
+        if not 0 <= value <= MAX_TERM:
+            raise MessageError(f"field {name!r} must be between 0 and {MAX_TERM}")
+    elif not isinstance(value, typ):
+        raise MessageError(f"field {name!r} must be a {typ.__name__}")
+    return value

@@ -1,0 +1,512 @@
+"""The node daemon: the I/O shell around the pure election core.
+
+It owns the HTTP server (status and peer messages), the peer client, the registry watcher and
+the election timer. Only the timer and message handlers touch the core; none of them waits on
+Redis, so a slow or frozen Redis cannot delay a heartbeat or stretch a lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+
+from . import __version__, auth
+from .config import NodeConfig
+from .core import Election, Output, Role, Send
+from .errors import DdgError, MessageError, NameConflict, RegistryError, StorageError
+from .messages import KIND_OF, REPLIES, REQUESTS, Heartbeat, decode, encode
+from .registry import Membership, Registry
+from .storage import DataDir
+
+MAX_BODY = 64 * 1024
+MAX_HEARTBEATS_IN_FLIGHT = 2  # per peer; more would only queue behind a dead link
+log = logging.getLogger("ddg.node")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for EVENT at most SECONDS. (Python 3.11's wait_for can swallow a cancellation
+    that races with completion; asyncio.timeout cannot.)"""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+def json_error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure is a JSON reason with a 4xx/5xx status, never an HTML page or a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, exc.reason or "error")
+    except MessageError as exc:
+        return json_error(exc.status, exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return json_error(500, "internal error; see the node's log")
+
+
+class Node:
+    def __init__(self, config: NodeConfig, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.rng = rng or random.Random()
+        self.data = DataDir(config.data_dir)
+        self.registry = Registry(config.redis_url, config.cluster)
+        self.membership = Membership()
+        self.core: Election | None = None
+        self.started = time.monotonic()
+        self.registered = False
+        self.redis_ok = False
+        self.redis_error: str | None = "not connected yet"
+        self.isolated: set[str] = set()
+        self.isolated_all = False
+        self.stop_event = asyncio.Event()
+        self.exit_code = 0
+        self._wake = asyncio.Event()
+        self._ready = asyncio.Event()  # set once registered and the core exists
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._in_flight: dict[str, int] = {}
+        self._refreshing: asyncio.Task[None] | None = None
+        self._session: ClientSession | None = None
+        self.rpc_timeout = ClientTimeout(total=config.timing.election_min)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
+        app.router.add_get("/", self.handle_root)
+        app.router.add_get("/status", self.handle_status)
+        app.router.add_get("/healthz", self.handle_healthz)
+        for kind in REQUESTS:
+            app.router.add_post(f"/raft/{kind}", self.handle_raft)
+        app.router.add_post("/admin/partition", self.handle_partition)
+        app.router.add_post("/admin/heal", self.handle_heal)
+        app.cleanup_ctx.append(self._background)
+        return app
+
+    async def _background(self, app: web.Application) -> AsyncIterator[None]:
+        self._session = ClientSession(connector=TCPConnector(limit=0))
+        loops = [asyncio.create_task(self._run_ticker(), name="ticker"),
+                 asyncio.create_task(self._watch_registry(), name="registry")]
+        for task in loops:
+            task.add_done_callback(self._loop_ended)
+        yield
+        for task in loops + list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
+        await self._session.close()
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("%s loop failed; stopping", task.get_name(), exc_info=task.exception())
+            self.exit_code = 1
+            self.stop_event.set()
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT or removal from the registry; returns the exit code."""
+        self.data.open()
+        try:
+            return await self._serve()
+        finally:
+            self.data.close()
+
+    async def _serve(self) -> int:
+        hard = self.data.load_hard_state()
+        cached = self.data.load_membership()
+        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise DdgError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
+            ) from None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            membership = await self._join(cached)
+            if membership is None:  # stopped while waiting for Redis
+                return self.exit_code
+            self.membership = membership
+            self.core = Election(
+                name=self.config.name, timing=self.config.timing, rng=self.rng,
+                now=time.monotonic(), members=membership.names, version=membership.version,
+                hard=hard,
+            )
+            self._ready.set()
+            log.info("serving %s as %s in cluster %r: term %d, members %s (version %d)",
+                     self.config.address, self.config.name, self.config.cluster, hard.term,
+                     ",".join(sorted(membership.names)), membership.version)
+            self._wake.set()
+            await self.stop_event.wait()
+            await self._hand_over()
+            return self.exit_code
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await runner.cleanup()
+            await self.registry.close()
+
+    def _on_signal(self, sig: int) -> None:
+        log.info("received %s: stopping (this node stays a member)", signal.Signals(sig).name)
+        self.stop_event.set()
+
+    async def _join(self, cached: Membership | None) -> Membership | None:
+        """Register this node, waiting for Redis unless a cached membership lets it go on."""
+        backoff = 0.1
+        while not self.stop_event.is_set():
+            try:
+                await self.registry.add(self.config.name, self.config.address)
+                membership = await self.registry.read()
+            except NameConflict:
+                raise
+            except RegistryError as exc:
+                self._redis_down(exc)
+                if cached is not None and self.config.name in cached.members:
+                    log.warning("Redis unreachable; electing on the cached membership "
+                                "(version %d) until it is back", cached.version)
+                    return cached
+                log.warning("waiting for Redis at %s (%s)", self.config.redis_url, exc)
+                await wait_event(self.stop_event, backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            self.registered = True
+            self._redis_up()
+            if cached is not None and cached.version > membership.version:
+                membership = await self._restore(cached, membership)
+            self._save_membership(membership)
+            return membership
+        return None
+
+    async def _hand_over(self) -> None:
+        """A goose stopping gracefully hands leadership to an up-to-date duck first."""
+        if self.core is None or self.core.role is not Role.GOOSE:
+            return
+        out = self.core.transfer_leadership(time.monotonic())
+        self._apply(out, send=False)
+        await asyncio.gather(*(self._deliver(s) for s in out.sends), return_exceptions=True)
+
+    # ---- timer ---------------------------------------------------------------------------
+
+    async def _run_ticker(self) -> None:
+        while True:
+            core = self.core
+            if core is not None:
+                self._apply(core.tick(time.monotonic()))
+                delay = core.next_deadline() - time.monotonic()
+            else:
+                delay = math.inf
+            self._wake.clear()
+            # Cap the sleep so a missed wake-up costs at most one heartbeat interval.
+            delay = min(max(delay, 0.0), self.config.timing.heartbeat)
+            await wait_event(self._wake, delay)
+
+    def _apply(self, out: Output, *, send: bool = True) -> None:
+        """Persist, log, then send: nothing leaves before the term and vote are on disk."""
+        if out.persist is not None:
+            try:
+                self.data.save_hard_state(out.persist)
+            except StorageError as exc:
+                log.critical("%s; stopping so no vote is given that is not on disk", exc)
+                self.exit_code = 1
+                self.stop_event.set()
+                raise
+        for event in out.events:
+            log.info("%s", event)
+        if self.core is not None and self.core.role is Role.REMOVED:
+            self.stop_event.set()
+        if send:
+            for s in out.sends:
+                self._spawn(s)
+        self._wake.set()
+
+    # ---- peers ---------------------------------------------------------------------------
+
+    def _blocked(self, peer: str) -> bool:
+        return self.isolated_all or peer in self.isolated
+
+    def _spawn(self, send: Send) -> None:
+        if self._blocked(send.to):
+            return
+        if isinstance(send.msg, Heartbeat):
+            if self._in_flight.get(send.to, 0) >= MAX_HEARTBEATS_IN_FLIGHT:
+                return
+        task = asyncio.create_task(self._deliver(send))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, send: Send) -> None:
+        address = self.membership.address_of(send.to)
+        if address is None or self._session is None:
+            return
+        kind = KIND_OF[type(send.msg)]
+        path = f"/raft/{kind}"
+        body = json.dumps(encode(send.msg, version=self.membership.version)).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.config.secret is not None:
+            headers |= auth.sign_headers(self.config.secret, "POST", path, body)
+        self._in_flight[send.to] = self._in_flight.get(send.to, 0) + 1
+        try:
+            async with self._session.post(address + path, data=body, headers=headers,
+                                          timeout=self.rpc_timeout) as resp:
+                if resp.status != 200:
+                    log.debug("%s %s -> %d", send.to, kind, resp.status)
+                    return
+                data = await resp.json(content_type=None)
+            reply_cls = REPLIES[type(send.msg)]
+            if reply_cls is None:
+                return
+            reply, version = decode(reply_cls, data)
+        except (ClientError, TimeoutError, MessageError, ValueError) as exc:
+            log.debug("%s %s failed: %s", send.to, kind, exc or type(exc).__name__)
+            return
+        finally:
+            self._in_flight[send.to] -= 1
+        if reply.sender != send.to or self._blocked(send.to) or self.core is None:
+            return
+        self._observe_version(version)
+        self._apply(self.core.step(reply, time.monotonic()))
+
+    def _observe_version(self, version: int) -> None:
+        if version > self.membership.version:
+            self._refresh_soon()
+
+    # ---- registry ------------------------------------------------------------------------
+
+    async def _watch_registry(self) -> None:
+        await self._ready.wait()
+        backoff = 0.1
+        while True:
+            try:
+                async for _ in self.registry.changes(self.config.refresh_interval):
+                    await self._refresh()
+                    backoff = 0.1
+            except RegistryError as exc:
+                self._redis_down(exc)
+                await asyncio.sleep(backoff * (0.5 + self.rng.random()))
+                backoff = min(backoff * 2, 2.0)
+
+    def _refresh_soon(self) -> asyncio.Task[None]:
+        """One refresh at a time; callers share the one in flight."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._refresh_quietly())
+        return self._refreshing
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._refresh()
+        except RegistryError as exc:
+            self._redis_down(exc)
+
+    async def _refresh(self) -> None:
+        if not self.registered:
+            await self.registry.add(self.config.name, self.config.address)
+            self.registered = True
+        current = await self.registry.read()
+        self._redis_up()
+        if current.version < self.membership.version:
+            current = await self._restore(self.membership, current)
+        if current.version == self.membership.version and current.names == self.membership.names:
+            return
+        self.membership = current
+        self._save_membership(current)
+        if self.core is not None:
+            log.info("membership version %d: %s", current.version, ",".join(sorted(current.names)))
+            self._apply(self.core.set_membership(current.names, current.version,
+                                                 time.monotonic()))
+
+    async def _restore(self, snapshot: Membership, current: Membership) -> Membership:
+        version = await self.registry.restore(snapshot)
+        if version:
+            log.warning("the registry lost data (version %d < %d); restored %d members as "
+                        "version %d", current.version, snapshot.version, len(snapshot.members),
+                        version)
+        return await self.registry.read()
+
+    def _save_membership(self, membership: Membership) -> None:
+        try:
+            self.data.save_membership(membership)
+        except StorageError as exc:
+            log.warning("%s (the cache only helps restarts while Redis is down)", exc)
+
+    def _redis_up(self) -> None:
+        if not self.redis_ok:
+            log.info("Redis reachable at %s", self.config.redis_url)
+        self.redis_ok, self.redis_error = True, None
+
+    def _redis_down(self, exc: Exception) -> None:
+        if self.redis_ok:
+            log.warning("Redis unreachable (%s); electing on membership version %d",
+                        exc, self.membership.version)
+        self.redis_ok, self.redis_error = False, str(exc)
+
+    # ---- HTTP ----------------------------------------------------------------------------
+
+    async def handle_root(self, request: web.Request) -> web.Response:
+        role = self.core.reported_role(time.monotonic()) if self.core else "duck"
+        return web.Response(text=role if role == "goose" else "duck")
+
+    async def handle_healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def handle_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        core = self.core
+        heard = None
+        if core is not None and core.leader not in (None, self.config.name):
+            heard = round((now - core.last_heard) * 1000, 1)
+        lease = core.lease_remaining(now) if core else None
+        counters = core.counters if core else None
+        t = self.config.timing
+        return {
+            "name": self.config.name,
+            "cluster": self.config.cluster,
+            "address": self.config.address,
+            "pid": os.getpid(),
+            "version": __version__,
+            "state": "starting" if core is None else core.role.value,
+            "role": core.reported_role(now) if core else "duck",
+            "term": core.term if core else 0,
+            "goose": core.known_goose(now) if core else None,
+            "voted_for": core.voted_for if core else None,
+            "members": sorted(self.membership.names),
+            "quorum": core.quorum if core else len(self.membership.names) // 2 + 1,
+            "membership_version": self.membership.version,
+            "heartbeat_age_ms": heard,
+            "lease_remaining_ms": None if lease is None else round(lease * 1000, 1),
+            "uptime_s": round(now - self.started, 3),
+            "elections_started": counters.elections_started if counters else 0,
+            "pre_votes_started": counters.pre_votes_started if counters else 0,
+            "elections_won": counters.elections_won if counters else 0,
+            "step_downs": counters.step_downs if counters else 0,
+            "heartbeats_sent": counters.heartbeats_sent if counters else 0,
+            "heartbeats_received": counters.heartbeats_received if counters else 0,
+            "redis": {"connected": self.redis_ok, "error": self.redis_error},
+            "isolated_from": self._isolated_names(),
+            "timing": {"heartbeat_ms": t.heartbeat_ms,
+                       "election_timeout_ms": [t.election_timeout_min_ms,
+                                               t.election_timeout_max_ms],
+                       "lease_ms": round(t.lease * 1000, 1)},
+        }
+
+    def _isolated_names(self) -> list[str]:
+        if self.isolated_all:
+            return sorted(self.membership.names - {self.config.name})
+        return sorted(self.isolated)
+
+    async def _signed_body(self, request: web.Request) -> bytes:
+        body = await request.read()
+        if self.config.secret is not None:
+            reason = auth.check(self.config.secret, request.headers, request.method,
+                                request.path, body)
+            if reason is not None:
+                raise MessageError(reason, status=401)
+        return body
+
+    @staticmethod
+    def _json(body: bytes) -> Any:
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise MessageError("body is not valid JSON") from None
+
+    async def handle_raft(self, request: web.Request) -> web.Response:
+        kind = request.path.rsplit("/", 1)[-1]
+        body = await self._signed_body(request)
+        msg, version = decode(REQUESTS[kind], self._json(body))
+        core = self.core
+        if core is None:
+            return json_error(503, "node is starting")
+        if msg.sender == self.config.name:
+            return json_error(400, "message claims to come from this node")
+        if msg.sender not in self.membership.names or version > self.membership.version:
+            refresh = self._refresh_soon()
+            if msg.sender not in self.membership.names:
+                # Unknown sender: maybe a member that joined since our last read. Ask once.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.registry.timeout):
+                        await asyncio.shield(refresh)
+                if msg.sender not in self.membership.names:
+                    return json_error(403, f"{msg.sender!r} is not a member of cluster "
+                                           f"{self.config.cluster!r}")
+        if self._blocked(msg.sender):
+            return json_error(503, "partitioned by fault injection")
+        out = core.step(msg, time.monotonic())
+        self._apply(out)
+        if out.reply is None:
+            return web.json_response({})
+        return web.json_response(encode(out.reply, version=self.membership.version))
+
+    async def _admin_peers(self, request: web.Request) -> tuple[bool, set[str]]:
+        if not self.config.allow_fault_injection:
+            raise MessageError("fault injection is disabled; start the node with "
+                               "--allow-fault-injection", status=403)
+        data = self._json(await self._signed_body(request))
+        if not isinstance(data, dict) or set(data) - {"peers", "all"}:
+            raise MessageError("body must be {\"peers\": [names]} or {\"all\": true}")
+        everyone = data.get("all", False)
+        peers = data.get("peers", [])
+        if not isinstance(everyone, bool) or not isinstance(peers, list) or not all(
+            isinstance(p, str) for p in peers
+        ):
+            raise MessageError("'all' must be a boolean and 'peers' a list of names")
+        return everyone, set(peers)
+
+    async def handle_partition(self, request: web.Request) -> web.Response:
+        everyone, peers = await self._admin_peers(request)
+        unknown = peers - self.membership.names
+        if unknown:
+            raise MessageError(f"not members: {', '.join(sorted(unknown))}")
+        if self.config.name in peers:
+            raise MessageError("a node cannot be partitioned from itself")
+        if not everyone and not peers:
+            raise MessageError("name at least one peer, or set \"all\": true")
+        self.isolated_all = self.isolated_all or everyone
+        self.isolated |= peers
+        log.warning("fault injection: dropping messages to and from %s",
+                    "all peers" if self.isolated_all else ",".join(sorted(self.isolated)))
+        return web.json_response({"isolated_from": self._isolated_names()})
+
+    async def handle_heal(self, request: web.Request) -> web.Response:
+        everyone, peers = await self._admin_peers(request)
+        if peers and not everyone:
+            self.isolated -= peers
+        else:
+            self.isolated.clear()
+            self.isolated_all = False
+        log.warning("fault injection: healed; isolated from %s",
+                    ",".join(self._isolated_names()) or "nobody")
+        return web.json_response({"isolated_from": self._isolated_names()})
+
+
+async def run_node(config: NodeConfig) -> int:
+    return await Node(config).run()

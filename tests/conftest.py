@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ddg.cluster import LocalCluster
+
+
+@pytest.fixture
+def make_cluster() -> Iterator[Callable[..., LocalCluster]]:
+    """Factory for LocalClusters (real redis-server, real ddg-node processes), all closed after
+    the test, so no process outlives it."""
+    made: list[LocalCluster] = []
+
+    def make(**kwargs: Any) -> LocalCluster:
+        c = LocalCluster(**kwargs)
+        c.start_redis()
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
