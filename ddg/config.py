@@ -9,13 +9,13 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_CLUSTER = "ddg"
 
 
 def check_name(kind: str, value: str) -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ConfigError(
             f"{kind} {value!r} is not valid: use 1-63 letters, digits, '-', '_' or '.', "
             "starting with a letter or digit"

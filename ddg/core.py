@@ -98,6 +98,7 @@ class Election:
         self.election_deadline = now
         self._reset_election_timer(now)
         self.votes: set[str] = set()
+        self.campaign_at = -math.inf
         # goose state
         self.lease_until = -math.inf
         self.step_down_at = -math.inf
@@ -144,8 +145,8 @@ class Election:
         if self.role is Role.REMOVED:
             return math.inf
         if self.role is Role.GOOSE:
-            return min(self.next_heartbeat, self.step_down_at, self.lease_until
-                       if self.lease_until > -math.inf else math.inf)
+            # The lease needs no tick: is_goose() reads it against the clock.
+            return min(self.next_heartbeat, self.step_down_at)
         return self.election_deadline
 
     def sticky(self, now: float) -> bool:
@@ -230,6 +231,10 @@ class Election:
             return
         if msg.pre_vote:
             granted = msg.term > self.term
+            if granted and self.role is Role.DUCK:
+                # Give that campaign time to finish before starting a rival one: fewer split
+                # votes, and so a shorter tail of failover times.
+                self._reset_election_timer(now)
             self._reply(VoteResponse(term=self.term if not granted else msg.term,
                                      sender=self.name, granted=granted, pre_vote=True))
             return
@@ -239,6 +244,9 @@ class Election:
                    and self.role is Role.DUCK and self.leader is None)
         if granted:
             self.voted_for = msg.sender
+            # A vote acknowledges the candidate's "round 0": sticky from here, as after a
+            # heartbeat, so the new goose's lease can start when it asked for the votes.
+            self.last_heard = now
             self._reset_election_timer(now)
         self._reply(VoteResponse(term=self.term, sender=self.name, granted=granted))
 
@@ -314,6 +322,7 @@ class Election:
         self.leader = None
         self.votes = {self.name}
         self.counters.elections_started += 1
+        self.campaign_at = now
         self._reset_election_timer(now)
         self._out.events.append(f"campaigning for term {self.term}")
         if self._has_quorum(self.votes):
@@ -325,9 +334,9 @@ class Election:
         self.role = Role.GOOSE
         self.leader = self.name
         self.counters.elections_won += 1
-        self.lease_until = -math.inf
-        # Until a first round is acked, hold on for at most one lease, then give up.
-        self.step_down_at = now + self.timing.lease
+        # The votes were a quorum's acknowledgement of a round sent at campaign_at.
+        self.lease_until = self.campaign_at + self.timing.lease
+        self.step_down_at = max(self.lease_until, now + self.timing.lease)
         self.acks.clear()
         self.sent_at.clear()
         self.acked_seq.clear()

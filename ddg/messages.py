@@ -97,7 +97,7 @@ def decode(cls: type[Any], data: Any) -> tuple[Message, int]:
             continue
         kwargs[name] = _check(name, data[name], typ)
     version = _check("version", data.get("version", 0), int)
-    if not NAME_RE.match(kwargs["sender"]):
+    if not NAME_RE.fullmatch(kwargs["sender"]):
         raise MessageError("field 'sender' is not a valid node name")
     return cls(**kwargs), version
 

@@ -168,8 +168,8 @@ class Node:
             await self._hand_over()
             return self.exit_code
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+            # The handlers stay until the loop closes: a SIGTERM that arrives while the node is
+            # already leaving must not kill it half-way.
             await runner.cleanup()
             await self.registry.close()
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ddg.cluster import LocalCluster
@@ -123,8 +124,6 @@ def test_env_fallbacks(make_cluster: Make, tmp_path: Path) -> None:
              "DDG_DATA_DIR": str(tmp_path / "solo")},
     )
     try:
-        import httpx
-
         def goose() -> bool:
             try:
                 return httpx.get(f"http://127.0.0.1:{port}/", timeout=0.5).text == "goose"
@@ -136,4 +135,10 @@ def test_env_fallbacks(make_cluster: Make, tmp_path: Path) -> None:
         assert st["name"] == "solo" and st["cluster"] == "envtest" and st["quorum"] == 1
     finally:
         proc.terminate()
-        assert proc.wait(10) == 0
+        try:
+            code = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    assert code == 0, "SIGTERM must stop a node cleanly"

@@ -1,0 +1,535 @@
+"""A deterministic discrete-event simulator for the pure election core (ddg.core.Election).
+
+Everything is driven by one seeded Random and a global fake clock, so a seed (plus a fault plan)
+replays exactly. The simulator plays the part of node.py for N nodes:
+
+* every node has its own clock, local = rate * global + offset, with |rate - 1| <= drift;
+* tick() runs at the node's next_deadline(), read on the node's own clock;
+* a request is delivered to the peer, core.step() runs there, and Output.reply travels back to
+  the requester as a message, subject to the same faults; a reply whose requester restarted in
+  between is lost with the old process's connection;
+* Output.persist is the only thing that survives a crash: a restart builds a new Election from
+  the last persisted HardState, at the node's current clock reading;
+* a paused node (SIGSTOP) processes nothing, its inbox fills up; on resume (SIGCONT) it ticks
+  and drains the inbox with the clock reading of the resume time, in a random order;
+* the network drops, duplicates and delays messages (uniform latency, sometimes a long one, so
+  they also reorder) and can cut any set of directed links; a link cut while a message is in
+  flight loses it (node.py checks the partition on send and on receipt).
+
+Invariants, checked after every event (and at every lease boundary, where a goose's reported
+role changes without any event):
+
+(a) at most one node ever has role GOOSE in a given term, across all time;
+(b) at no global instant do two nodes report is_goose(their local now). Checking at event instants
+    is exact: between two events at a node its state is fixed and its clock only moves forward,
+    so is_goose can only turn false between events. If two nodes were both goose at an instant s,
+    both were already goose right after the later of their last events before s.
+(c) every Output leaves the node's HardState on disk (persist is emitted for every change), so
+    a vote or a term never leaves the node before it is durable.
+
+Liveness (used by the tests): `elected_since(t0)` is the first global time >= t0 at which some
+node reports goose.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from ddg.config import Timing
+from ddg.core import Election, HardState, Output, Role
+from ddg.messages import Message, VoteResponse
+
+EPS = 1e-9  # a tick is scheduled this much after its deadline, so float rounding cannot stall it
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+@dataclass(frozen=True)
+class Net:
+    drop: float = 0.0  # probability a message is lost
+    dup: float = 0.0  # probability it is delivered twice
+    lat_min: float = 0.001
+    lat_max: float = 0.010
+    slow: float = 0.0  # probability of a long delay instead of lat_min..lat_max
+    slow_max: float = 0.400
+
+
+GOOD_NET = Net()
+BAD_NET = Net(drop=0.25, dup=0.2, lat_min=0.001, lat_max=0.040, slow=0.1, slow_max=0.6)
+
+
+class Record(NamedTuple):
+    t: float
+    node: str
+    role: str  # reported_role(local now), or "down"
+    term: int
+
+
+class Window(NamedTuple):
+    """A global-time interval [start, end) during which `node` reported goose."""
+
+    node: str
+    term: int
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Envelope:
+    src: str
+    dst: str
+    msg: Message
+    reply: bool  # a reply to an earlier request from dst
+    src_inc: int  # the sender's incarnation when it sent this
+    dst_inc: int  # for a reply: the requester's incarnation when it asked (else 0)
+
+
+@dataclass
+class SimNode:
+    name: str
+    rate: float
+    offset: float
+    rng: random.Random
+    core: Election | None = None
+    disk: HardState = field(default_factory=HardState)
+    incarnation: int = 0
+    paused: bool = False
+    inbox: list[Envelope] = field(default_factory=list)
+    tick_gen: int = 0
+
+    def local(self, t: float) -> float:
+        return self.rate * t + self.offset
+
+    def to_global(self, local: float) -> float:
+        return (local - self.offset) / self.rate
+
+
+class Sim:
+    def __init__(
+        self,
+        n: int = 3,
+        *,
+        seed: int = 0,
+        timing: Timing | None = None,
+        drift: float = 0.01,
+        max_offset: float = 1000.0,
+        net: Net = GOOD_NET,
+        election_cls: type[Election] = Election,
+        names: list[str] | None = None,
+        rates: dict[str, float] | None = None,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.timing = timing or Timing()
+        self.election_cls = election_cls
+        names = names or [f"n{i}" for i in range(1, n + 1)]
+        self.names = names
+        self.members = frozenset(names)
+        self.net = net
+        self._lossy = 0  # refcount of "bad network" periods
+        self.cuts: Counter[tuple[str, str]] = Counter()  # directed links cut (refcounted)
+        self.t = 0.0
+        self._q: list[tuple[float, int, str, Any]] = []
+        self._seq = 0
+        self.history: list[Record] = []
+        self.windows: list[Window] = []
+        self._open: dict[str, list[Any]] = {}  # name -> [start, est_end, term]
+        self._last: dict[str, tuple[str, int]] = {}
+        self.winners: dict[int, str] = {}
+        self.anomalies: list[str] = []
+        self.stats: Counter[str] = Counter()
+        self.nodes: dict[str, SimNode] = {}
+        for name in names:
+            rate = 1.0 + self.rng.uniform(-drift, drift)
+            if rates and name in rates:
+                rate = rates[name]
+            offset = self.rng.uniform(0.0, max_offset)
+            self.nodes[name] = SimNode(name, rate, offset, random.Random(self.rng.getrandbits(64)))
+        for name in names:
+            self._boot(self.nodes[name])
+        self._check()
+
+    # ---- scheduling ----------------------------------------------------------------------
+
+    def _push(self, t: float, kind: str, data: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._q, (t, self._seq, kind, data))
+
+    def at(self, t: float, fn: Callable[..., Any], *args: Any) -> None:
+        """Run fn(*args) at global time t (a fault action, say)."""
+        self._push(max(t, self.t), "call", (fn, args))
+
+    def run_until(self, t_end: float) -> None:
+        while self._q and self._q[0][0] <= t_end:
+            t, _, kind, data = heapq.heappop(self._q)
+            self.t = max(self.t, t)
+            self.stats["events"] += 1
+            if kind == "tick":
+                self._on_tick(*data)
+            elif kind == "deliver":
+                self._on_deliver(data)
+            elif kind == "call":
+                fn, args = data
+                fn(*args)
+            # "observe" only needs the check below: a lease ran out at this instant
+            self._check()
+        self.t = max(self.t, t_end)
+        self._check()
+
+    def run_for(self, dt: float) -> None:
+        self.run_until(self.t + dt)
+
+    # ---- node inputs ---------------------------------------------------------------------
+
+    def _boot(self, node: SimNode) -> None:
+        node.incarnation += 1
+        node.paused = False
+        node.inbox.clear()
+        node.core = self.election_cls(
+            name=node.name, timing=self.timing, rng=node.rng, now=node.local(self.t),
+            members=self.members, hard=node.disk,
+        )
+        self._schedule_tick(node)
+
+    def _schedule_tick(self, node: SimNode) -> None:
+        node.tick_gen += 1
+        if node.core is None or node.paused:
+            return
+        deadline = node.core.next_deadline()
+        if math.isfinite(deadline):
+            t = max(node.to_global(deadline), self.t) + EPS
+            self._push(t, "tick", (node.name, node.tick_gen))
+
+    def _on_tick(self, name: str, gen: int) -> None:
+        node = self.nodes[name]
+        if node.core is None or node.paused or gen != node.tick_gen:
+            return
+        self._tick(node)
+        self._schedule_tick(node)
+
+    def _tick(self, node: SimNode) -> None:
+        assert node.core is not None
+        now = node.local(self.t)
+        self.stats["ticks"] += 1
+        self._apply(node, node.core.tick(now), None)
+        if node.core.next_deadline() <= now:
+            # The shell would spin (sleep 0) until the deadline moves: fail fast, don't hang.
+            self.anomalies.append(f"t={self.t:.6f} {node.name}: next_deadline() not after tick")
+            self._violation(f"{node.name}: next_deadline() {node.core.next_deadline()!r} <= now "
+                            f"{now!r} after tick (role {node.core.role}): a busy loop")
+
+    def _on_deliver(self, env: Envelope) -> None:
+        node = self.nodes[env.dst]
+        if node.core is None or self.cuts[(env.src, env.dst)]:
+            self.stats["lost"] += 1
+            return
+        if env.reply and env.dst_inc != node.incarnation:
+            self.stats["lost"] += 1  # the connection died with the process that asked
+            return
+        if node.paused:
+            node.inbox.append(env)
+            return
+        self._receive(node, env)
+        self._schedule_tick(node)
+
+    def _receive(self, node: SimNode, env: Envelope) -> None:
+        assert node.core is not None
+        self.stats["delivered"] += 1
+        out = node.core.step(env.msg, node.local(self.t))
+        self._apply(node, out, None if env.reply else env)
+
+    def _apply(self, node: SimNode, out: Output, request: Envelope | None) -> None:
+        """What node.py's _apply does: persist first, then send."""
+        core = node.core
+        assert core is not None
+        if out.persist is not None:
+            node.disk = out.persist
+        if node.disk != core.hard_state:
+            self._violation(f"{node.name} sends with HardState {core.hard_state} not on disk "
+                            f"({node.disk})")
+        reply = out.reply
+        if (isinstance(reply, VoteResponse) and reply.granted and not reply.pre_vote
+                and request is not None
+                and node.disk != HardState(reply.term, request.src)):
+            self._violation(f"{node.name} grants {request.src} a vote in term {reply.term} "
+                            f"with {node.disk} on disk")
+        for send in out.sends:
+            self._transmit(node, send.to, send.msg, reply=False, dst_inc=0)
+        if reply is not None and request is not None:
+            self._transmit(node, request.src, reply, reply=True, dst_inc=request.src_inc)
+
+    # ---- network -------------------------------------------------------------------------
+
+    def _transmit(self, node: SimNode, to: str, msg: Message, *, reply: bool,
+                  dst_inc: int) -> None:
+        self.stats["sent"] += 1
+        if self.cuts[(node.name, to)]:
+            self.stats["lost"] += 1
+            return
+        net = BAD_NET if self._lossy else self.net
+        rng = self.rng
+        if rng.random() < net.drop:
+            self.stats["lost"] += 1
+            return
+        copies = 2 if rng.random() < net.dup else 1
+        env = Envelope(node.name, to, msg, reply, node.incarnation, dst_inc)
+        for _ in range(copies):
+            if rng.random() < net.slow:
+                latency = rng.uniform(net.lat_max, net.slow_max)
+            else:
+                latency = rng.uniform(net.lat_min, net.lat_max)
+            self._push(self.t + latency, "deliver", env)
+
+    # ---- faults --------------------------------------------------------------------------
+
+    def cut(self, a: str, b: str) -> None:
+        """Cut the directed link a -> b (refcounted: heal with uncut)."""
+        self.cuts[(a, b)] += 1
+
+    def uncut(self, a: str, b: str) -> None:
+        if self.cuts[(a, b)] > 0:
+            self.cuts[(a, b)] -= 1
+
+    def isolate(self, a: str) -> None:
+        for b in self.names:
+            if b != a:
+                self.cut(a, b)
+                self.cut(b, a)
+
+    def unisolate(self, a: str) -> None:
+        for b in self.names:
+            if b != a:
+                self.uncut(a, b)
+                self.uncut(b, a)
+
+    def partition(self, *groups: set[str] | frozenset[str] | list[str]) -> None:
+        """Cut every link between different groups (nodes in no group are cut from all)."""
+        where = {n: i for i, g in enumerate(groups) for n in g}
+        side = {n: where.get(n, -1 - i) for i, n in enumerate(self.names)}
+        for a in self.names:
+            for b in self.names:
+                if a != b and side[a] != side[b]:
+                    self.cut(a, b)
+
+    def heal_links(self) -> None:
+        self.cuts.clear()
+
+    def degrade(self) -> None:
+        self._lossy += 1
+
+    def undegrade(self) -> None:
+        self._lossy = max(0, self._lossy - 1)
+
+    def crash(self, a: str) -> None:
+        node = self.nodes[a]
+        if node.core is None:
+            return
+        node.core = None
+        node.paused = False
+        node.inbox.clear()
+        node.tick_gen += 1
+        self.stats["crashes"] += 1
+
+    def restart(self, a: str) -> None:
+        node = self.nodes[a]
+        if node.core is None:
+            self._boot(node)
+
+    def pause(self, a: str) -> None:
+        node = self.nodes[a]
+        if node.core is not None and not node.paused:
+            node.paused = True
+            node.tick_gen += 1
+            self.stats["pauses"] += 1
+
+    def resume(self, a: str) -> None:
+        node = self.nodes[a]
+        if node.core is None or not node.paused:
+            return
+        node.paused = False
+        inbox, node.inbox = node.inbox, []
+        # The ticker and the socket reads race after SIGCONT; let the seed decide.
+        tick_first = self.rng.random() < 0.5
+        if tick_first:
+            self._tick(node)
+        for env in inbox:
+            if node.core is None:
+                break
+            if env.reply and env.dst_inc != node.incarnation:
+                continue
+            self._receive(node, env)
+            self._check()  # every message is an event of its own
+        if not tick_first and node.core is not None:
+            self._tick(node)
+        self._schedule_tick(node)
+
+    def transfer(self, a: str | None = None) -> str | None:
+        """Graceful stop of the goose (or of node a if it is one): transfer_leadership()."""
+        for node in self.nodes.values() if a is None else [self.nodes[a]]:
+            if node.core is not None and not node.paused and node.core.role is Role.GOOSE:
+                self._apply(node, node.core.transfer_leadership(node.local(self.t)), None)
+                self._schedule_tick(node)
+                self.stats["transfers"] += 1
+                return node.name
+        return None
+
+    def set_membership(self, a: str, members: frozenset[str], version: int) -> None:
+        node = self.nodes[a]
+        if node.core is not None and not node.paused:
+            self._apply(node, node.core.set_membership(members, version, node.local(self.t)),
+                        None)
+            self._schedule_tick(node)
+
+    def kick(self, a: str) -> None:
+        """Make node a's election timer fire now (a deterministic way to pick who runs)."""
+        node = self.nodes[a]
+        if node.core is not None:
+            node.core.election_deadline = node.local(self.t)
+            self._schedule_tick(node)
+
+    def heal_all(self) -> None:
+        """Faults stop: links heal, the network is good, paused nodes resume, crashed restart."""
+        self.heal_links()
+        self._lossy = 0
+        for name in self.names:
+            self.resume(name)
+            self.restart(name)
+
+    # ---- invariants ----------------------------------------------------------------------
+
+    def _violation(self, what: str) -> None:
+        tail = "\n".join(f"  {r.t:.6f} {r.node} {r.role} term {r.term}" for r in self.history[-20:])
+        raise InvariantViolation(f"t={self.t:.6f}: {what}\nrecent history:\n{tail}")
+
+    def _check(self) -> None:
+        t = self.t
+        gooses = []
+        for name, node in self.nodes.items():
+            core = node.core
+            if core is None:
+                role, term, goose = "down", -1, False
+            else:
+                now = node.local(t)
+                goose = core.is_goose(now)
+                role, term = core.reported_role(now), core.term
+                if core.role is Role.GOOSE:
+                    winner = self.winners.setdefault(core.term, name)
+                    if winner != name:
+                        self._violation(f"two gooses in term {core.term}: {winner} and {name}")
+            if self._last.get(name) != (role, term):
+                self._last[name] = (role, term)
+                self.history.append(Record(t, name, role, term))
+            if goose:
+                gooses.append(name)
+                assert core is not None
+                est_end = node.to_global(core.lease_until)
+                win = self._open.get(name)
+                if win is None:
+                    self._open[name] = [t, est_end, core.term]
+                    self._push(est_end + EPS, "observe", name)
+                elif est_end != win[1]:
+                    win[1] = est_end
+                    self._push(est_end + EPS, "observe", name)
+            elif name in self._open:
+                start, est_end, wterm = self._open.pop(name)
+                self.windows.append(Window(name, wterm, start, min(t, est_end)))
+        if len(gooses) > 1:
+            self._violation(f"two nodes report goose at once: {', '.join(gooses)}")
+
+    # ---- queries -------------------------------------------------------------------------
+
+    def all_windows(self) -> list[Window]:
+        """Closed and still-open goose windows, by start time."""
+        open_ = [Window(n, w[2], w[0], w[1]) for n, w in self._open.items()]
+        return sorted(self.windows + open_, key=lambda w: w.start)
+
+    def min_gap(self) -> float:
+        """Smallest global time between one goose's window ending and another's starting."""
+        gap = math.inf
+        ws = self.all_windows()
+        for i, w in enumerate(ws):
+            for v in ws[i + 1:]:
+                if v.node != w.node:
+                    gap = min(gap, v.start - w.end)
+        return gap
+
+    def gooses(self) -> list[str]:
+        return [n for n, node in self.nodes.items()
+                if node.core is not None and node.core.is_goose(node.local(self.t))]
+
+    def elected_since(self, t0: float) -> float | None:
+        """First global time >= t0 at which some node reports goose (None: not yet)."""
+        times = [max(w.start, t0) for w in self.all_windows() if w.end > t0]
+        return min(times) if times else None
+
+    def core(self, name: str) -> Election:
+        core = self.nodes[name].core
+        assert core is not None, f"{name} is down"
+        return core
+
+
+# ---- random fault plans --------------------------------------------------------------------
+
+FAULT_KINDS = ("cut", "isolate", "partition", "crash", "pause", "transfer", "degrade")
+
+
+class Fault(NamedTuple):
+    at: float
+    kind: str
+    a: int  # node index (mod n)
+    b: int  # another node index, or a bitmask for partition
+    duration: float
+
+
+def random_plan(rng: random.Random, n: int, span: float, count: int) -> list[Fault]:
+    return sorted(
+        Fault(rng.uniform(0.0, span), rng.choice(FAULT_KINDS), rng.randrange(n),
+              rng.randrange(1 << n), rng.uniform(0.01, 1.2))
+        for _ in range(count)
+    )
+
+
+def apply_plan(sim: Sim, plan: list[Fault]) -> None:
+    """Schedule every fault, and its end `duration` later."""
+    names = sim.names
+    n = len(names)
+    for f in plan:
+        a, b = names[f.a % n], names[f.b % n]
+        end = f.at + f.duration
+        match f.kind:
+            case "cut" if a != b:
+                sim.at(f.at, sim.cut, a, b)
+                sim.at(end, sim.uncut, a, b)
+            case "isolate":
+                sim.at(f.at, sim.isolate, a)
+                sim.at(end, sim.unisolate, a)
+            case "partition":
+                side = {names[i] for i in range(n) if f.b >> i & 1}
+                rest = set(names) - side
+                sim.at(f.at, sim.partition, side, rest)
+                sim.at(end, _unpartition, sim, side, rest)
+            case "crash":
+                sim.at(f.at, sim.crash, a)
+                sim.at(end, sim.restart, a)
+            case "pause":
+                sim.at(f.at, sim.pause, a)
+                sim.at(end, sim.resume, a)
+            case "transfer":
+                sim.at(f.at, sim.transfer)
+            case "degrade":
+                sim.at(f.at, sim.degrade)
+                sim.at(end, sim.undegrade)
+
+
+def _unpartition(sim: Sim, side: set[str], rest: set[str]) -> None:
+    for a in side:
+        for b in rest:
+            sim.uncut(a, b)
+            sim.uncut(b, a)

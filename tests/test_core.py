@@ -1,0 +1,461 @@
+"""Focused, deterministic tests of the pure election core (ddg.core.Election)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+from sim import Sim
+
+from ddg.config import Timing
+from ddg.core import Election, HardState, Output, Role, quorum_of
+from ddg.messages import Heartbeat, HeartbeatAck, Message, TimeoutNow, VoteRequest, VoteResponse
+
+T = Timing()
+LEASE = T.lease  # 0.12 s
+EM = T.election_min  # 0.15 s
+
+
+def make(name: str, members: list[str] | frozenset[str], *, now: float = 0.0,
+         hard: HardState | None = None, seed: int = 0) -> Election:
+    return Election(name=name, timing=T, rng=random.Random(seed), now=now,
+                    members=frozenset(members), hard=hard)
+
+
+class Cluster:
+    """Cores wired by an instant, synchronous network (requests and their replies)."""
+
+    def __init__(self, n: int, *, now: float = 0.0) -> None:
+        self.names = [f"n{i}" for i in range(1, n + 1)]
+        self.nodes = {nm: make(nm, self.names, now=now, seed=i)
+                      for i, nm in enumerate(self.names)}
+        self.disk: dict[str, HardState] = {nm: HardState() for nm in self.names}
+        self.blocked: Callable[[str, str], bool] = lambda a, b: False
+        self.log: list[tuple[str, str, Message]] = []
+
+    def _persist(self, name: str, out: Output) -> None:
+        if out.persist is not None:
+            self.disk[name] = out.persist
+
+    def run(self, src: str, out: Output, now: float) -> None:
+        self._persist(src, out)
+        queue = [(src, s.to, s.msg) for s in out.sends]
+        while queue:
+            a, b, msg = queue.pop(0)
+            if self.blocked(a, b) or b not in self.nodes:
+                continue
+            self.log.append((a, b, msg))
+            got = self.nodes[b].step(msg, now)
+            self._persist(b, got)
+            queue += [(b, s.to, s.msg) for s in got.sends]
+            if got.reply is not None and not self.blocked(b, a):
+                self.log.append((b, a, got.reply))
+                back = self.nodes[a].step(got.reply, now)
+                self._persist(a, back)
+                queue += [(a, s.to, s.msg) for s in back.sends]
+
+    def tick(self, name: str, now: float) -> None:
+        self.run(name, self.nodes[name].tick(now), now)
+
+    def elect(self, name: str, now: float) -> Election:
+        node = self.nodes[name]
+        node.election_deadline = min(node.election_deadline, now)
+        self.tick(name, now)
+        assert node.role is Role.GOOSE
+        return node
+
+
+# ---- elections ---------------------------------------------------------------------------
+
+def test_quorum_of() -> None:
+    assert [quorum_of(n) for n in range(1, 8)] == [1, 2, 2, 3, 3, 4, 4]
+
+
+def test_single_node_elects_itself_with_a_lease() -> None:
+    node = make("a", ["a"], now=10.0)
+    assert node.next_deadline() >= 10.0 + EM
+    assert node.tick(10.0).sends == []  # nothing to do before the timer fires
+    now = node.next_deadline()
+    out = node.tick(now)
+    assert node.role is Role.GOOSE and node.term == 1
+    assert out.persist == HardState(1, "a")
+    assert out.sends == []
+    assert node.is_goose(now) and node.lease_until == pytest.approx(now + LEASE)
+    assert node.reported_role(now) == "goose"
+    # It renews its own lease every heartbeat.
+    node.tick(now + T.heartbeat)
+    assert node.lease_until == pytest.approx(now + T.heartbeat + LEASE)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_cluster_elects_exactly_one_goose(n: int) -> None:
+    sim = Sim(n, seed=n)
+    sim.run_until(2.0)
+    gooses = sim.gooses()
+    assert len(gooses) == 1
+    goose = sim.core(gooses[0])
+    for name in sim.names:
+        core = sim.core(name)
+        assert core.term == goose.term
+        if name != gooses[0]:
+            assert core.role is Role.DUCK and core.leader == gooses[0]
+            assert core.reported_role(sim.nodes[name].local(sim.t)) == "duck"
+    # A healthy cluster elects within a couple of election timeouts and then stays put.
+    assert sim.elected_since(0.0) is not None and sim.elected_since(0.0) < 1.0
+    assert len({w.term for w in sim.all_windows()}) == 1
+
+
+def test_manual_election_of_three() -> None:
+    c = Cluster(3)
+    goose = c.elect("n1", 1.0)
+    assert goose.term == 1 and goose.is_goose(1.0)
+    assert goose.lease_until == pytest.approx(1.0 + LEASE)
+    for nm in ("n2", "n3"):
+        assert c.nodes[nm].leader == "n1" and c.nodes[nm].term == 1
+    assert c.disk["n1"] == HardState(1, "n1")
+    # Both peers granted their real vote (one vote each, for n1).
+    assert {c.disk["n2"].voted_for, c.disk["n3"].voted_for} <= {"n1", None}
+    assert "n1" in {c.disk["n2"].voted_for, c.disk["n3"].voted_for}
+
+
+# ---- votes -------------------------------------------------------------------------------
+
+def test_one_vote_per_term() -> None:
+    voter = make("v", ["a", "b", "v"])
+    now = 1.0  # past the startup stickiness
+    out = voter.step(VoteRequest(term=3, sender="a"), now)
+    assert out.reply == VoteResponse(term=3, sender="v", granted=True)
+    out = voter.step(VoteRequest(term=3, sender="b"), now)
+    assert out.reply == VoteResponse(term=3, sender="v", granted=False)
+    # The same candidate asking again (a retry, a duplicate) gets the same answer.
+    out = voter.step(VoteRequest(term=3, sender="a"), now)
+    assert out.reply is not None and out.reply.granted
+    assert voter.hard_state == HardState(3, "a")
+
+
+def test_persist_is_on_the_output_that_grants_the_vote() -> None:
+    voter = make("v", ["a", "v", "w"])
+    out = voter.step(VoteRequest(term=7, sender="a"), 1.0)
+    assert isinstance(out.reply, VoteResponse) and out.reply.granted
+    assert out.persist == HardState(7, "a")
+    # Refusing changes nothing on disk: no persist.
+    out = voter.step(VoteRequest(term=7, sender="w"), 1.0)
+    assert out.reply is not None and not out.reply.granted
+    assert out.persist is None
+
+
+def test_restart_with_persisted_vote_cannot_vote_twice_in_a_term() -> None:
+    voter = make("v", ["a", "b", "v"])
+    out = voter.step(VoteRequest(term=5, sender="a"), 1.0)
+    assert out.persist == HardState(5, "a")
+    reborn = make("v", ["a", "b", "v"], now=50.0, hard=out.persist)
+    later = 50.0 + 2 * EM  # well past the startup stickiness
+    out = reborn.step(VoteRequest(term=5, sender="b"), later)
+    assert out.reply == VoteResponse(term=5, sender="v", granted=False)
+    assert reborn.step(VoteRequest(term=5, sender="a"), later).reply.granted  # type: ignore[union-attr]
+    # A restart without the vote on disk would have granted it: the test can fail.
+    amnesiac = make("v", ["a", "b", "v"], now=50.0, hard=HardState(5, None))
+    assert amnesiac.step(VoteRequest(term=5, sender="b"), later).reply.granted  # type: ignore[union-attr]
+
+
+def test_startup_counts_as_having_heard_a_goose() -> None:
+    node = make("v", ["a", "b", "v"], now=100.0)
+    for msg in (VoteRequest(term=9, sender="a"), VoteRequest(term=9, sender="a", pre_vote=True)):
+        out = node.step(msg, 100.0 + EM * 0.99)
+        assert out.reply is not None and not out.reply.granted
+    assert node.term == 0
+    out = node.step(VoteRequest(term=9, sender="a"), 100.0 + EM)
+    assert out.reply is not None and out.reply.granted
+
+
+def test_pre_vote_does_not_raise_terms() -> None:
+    c = Cluster(3)
+    c.nodes["n1"].election_deadline = 1.0
+    c.blocked = lambda a, b: b == "n1"  # n1 hears no answers: a pre-vote that gets nowhere
+    c.tick("n1", 1.0)
+    n1 = c.nodes["n1"]
+    assert n1.role is Role.PRE_CANDIDATE and n1.term == 0
+    reqs = [m for a, _, m in c.log if a == "n1"]
+    assert reqs and all(isinstance(m, VoteRequest) and m.pre_vote and m.term == 1 for m in reqs)
+    assert all(node.term == 0 for node in c.nodes.values())
+    assert all(d == HardState() for d in c.disk.values())  # nothing written anywhere
+    # Granting a pre-vote changes nothing either.
+    voter = make("v", ["a", "v", "w"])
+    out = voter.step(VoteRequest(term=4, sender="a", pre_vote=True), 1.0)
+    assert out.reply == VoteResponse(term=4, sender="v", granted=True, pre_vote=True)
+    assert out.persist is None and voter.term == 0 and voter.voted_for is None
+    # Repeated timeouts in a minority never raise the term.
+    for k in range(20):
+        c.tick("n1", n1.election_deadline + 0.001 * k)
+    assert n1.term == 0 and c.disk["n1"] == HardState()
+
+
+def test_stickiness_refuses_votes_while_a_goose_is_heard() -> None:
+    duck = make("d", ["g", "d", "x"])
+    out = duck.step(Heartbeat(term=2, sender="g", seq=1), 5.0)
+    assert out.reply == HeartbeatAck(term=2, sender="d", seq=1, success=True)
+    for pre in (True, False):
+        out = duck.step(VoteRequest(term=3, sender="x", pre_vote=pre), 5.0 + EM * 0.9)
+        assert out.reply == VoteResponse(term=2, sender="d", granted=False, pre_vote=pre)
+        assert out.persist is None
+    assert duck.term == 2 and duck.leader == "g"
+    # Past election_min without a heartbeat the goose is presumed dead.
+    out = duck.step(VoteRequest(term=3, sender="x"), 5.0 + EM)
+    assert out.reply == VoteResponse(term=3, sender="d", granted=True)
+    assert out.persist == HardState(3, "x")
+
+
+def test_goose_refuses_rivals_while_it_holds_on() -> None:
+    c = Cluster(3)
+    goose = c.elect("n1", 1.0)
+    out = goose.step(VoteRequest(term=5, sender="n2"), 1.05)
+    assert out.reply is not None and not out.reply.granted
+    assert goose.term == 1 and goose.role is Role.GOOSE
+
+
+def test_rejoining_partitioned_node_does_not_depose_a_live_goose() -> None:
+    sim = Sim(3, seed=11)
+    sim.run_until(1.0)
+    [goose] = sim.gooses()
+    term = sim.core(goose).term
+    loner = next(n for n in sim.names if n != goose)
+    sim.isolate(loner)
+    sim.run_until(4.0)  # the loner times out again and again
+    assert sim.core(loner).term == term  # pre-vote: no term inflation
+    assert sim.core(loner).counters.pre_votes_started >= 5
+    sim.unisolate(loner)
+    sim.run_until(6.0)
+    assert sim.gooses() == [goose]
+    assert all(sim.core(n).term == term for n in sim.names)
+    assert sim.core(goose).counters.step_downs == 0
+    assert sim.core(loner).leader == goose
+
+
+def test_higher_term_in_an_ack_steps_the_goose_down() -> None:
+    c = Cluster(3)
+    goose = c.elect("n1", 1.0)
+    out = goose.step(HeartbeatAck(term=4, sender="n2", seq=1, success=False), 1.01)
+    assert goose.role is Role.DUCK and goose.term == 4 and not goose.is_goose(1.01)
+    assert out.persist == HardState(4, None)
+
+
+def test_stale_goose_is_told_its_term_is_over() -> None:
+    duck = make("d", ["g", "d", "x"])
+    duck.step(Heartbeat(term=6, sender="x", seq=1), 1.0)
+    out = duck.step(Heartbeat(term=5, sender="g", seq=9), 1.01)
+    assert out.reply == HeartbeatAck(term=6, sender="d", seq=9, success=False)
+    assert duck.leader == "x" and duck.last_heard == 1.0
+
+
+# ---- the lease ---------------------------------------------------------------------------
+
+def test_lease_expiry_steps_a_goose_down() -> None:
+    c = Cluster(3)
+    goose = c.elect("n1", 1.0)
+    assert goose.lease_until == pytest.approx(1.0 + LEASE)
+    c.blocked = lambda a, b: "n1" in (a, b)  # the goose is cut off
+    now = 1.0
+    while goose.role is Role.GOOSE:
+        assert now <= 1.0 + LEASE + 1e-9
+        assert goose.is_goose(now) == (now < 1.0 + LEASE)
+        now = goose.next_deadline()
+        c.tick("n1", now)
+    assert now == pytest.approx(1.0 + LEASE)
+    assert goose.role is Role.DUCK and not goose.is_goose(now)
+    assert goose.counters.step_downs == 1 and goose.term == 1
+
+
+def test_lease_starts_at_the_send_time_of_the_acked_round() -> None:
+    goose = Cluster(3).elect("n1", 1.0)
+    goose.tick(1.05)  # round 2 sent at 1.05
+    assert goose.seq == 2
+    # An ack of round 2 arriving late extends the lease from the send time, not from now.
+    goose.step(HeartbeatAck(term=1, sender="n2", seq=2, success=True), 1.1)
+    assert goose.lease_until == pytest.approx(1.05 + LEASE)
+    # An older round acked afterwards (reordered) cannot pull the lease back.
+    goose.step(HeartbeatAck(term=1, sender="n3", seq=1, success=True), 1.11)
+    assert goose.lease_until == pytest.approx(1.05 + LEASE)
+    # Failed or foreign-term acks do not count.
+    goose.tick(1.1)
+    goose.step(HeartbeatAck(term=1, sender="n2", seq=3, success=False), 1.12)
+    goose.step(HeartbeatAck(term=0, sender="n3", seq=3, success=True), 1.12)
+    assert goose.lease_until == pytest.approx(1.05 + LEASE)
+
+
+def test_paused_goose_resumed_after_its_lease_reports_duck_at_once() -> None:
+    goose = Cluster(3).elect("n1", 1.0)
+    assert goose.is_goose(1.0 + LEASE - 1e-6)
+    resumed = 1.0 + 10.0  # SIGSTOP for ten seconds: the next reading is far on
+    # No tick yet: the role is still GOOSE inside, but nobody may be told so.
+    assert goose.role is Role.GOOSE
+    assert not goose.is_goose(resumed)
+    assert goose.reported_role(resumed) == "duck"
+    assert goose.known_goose(resumed) is None
+    assert goose.lease_remaining(resumed) is None
+    # Nor may late acks of the rounds before the pause revive it.
+    goose.step(HeartbeatAck(term=1, sender="n2", seq=1, success=True), resumed)
+    assert not goose.is_goose(resumed)
+    goose.tick(resumed)
+    assert goose.role is Role.DUCK
+
+
+# ---- transfer and membership -------------------------------------------------------------
+
+def test_transfer_via_timeout_now_elects_the_target_quickly() -> None:
+    sim = Sim(3, seed=5)
+    sim.run_until(1.0)
+    [old] = sim.gooses()
+    t0 = sim.t
+    assert sim.transfer() == old
+    assert sim.gooses() == []  # the old goose gives up its lease at once
+    assert sim.core(old).role is Role.DUCK
+    sim.run_until(t0 + 0.1)  # well inside every duck's stickiness
+    [new] = sim.gooses()
+    assert new != old
+    assert sim.core(new).term == sim.core(old).term
+    assert sim.core(new).counters.elections_started == 1
+    assert sim.core(new).counters.pre_votes_started == 0  # no pre-vote, straight to votes
+    assert sim.elected_since(t0) - t0 < 0.05  # type: ignore[operator]
+
+
+def test_transfer_picks_the_most_up_to_date_duck() -> None:
+    c = Cluster(3)
+    goose = c.elect("n1", 1.0)
+    c.blocked = lambda a, b: (a, b) == ("n1", "n2")
+    c.tick("n1", 1.05)  # round 2 reaches n3 only
+    out = goose.transfer_leadership(1.06)
+    assert out.sends == [type(out.sends[0])("n3", TimeoutNow(term=1, sender="n1"))]
+    assert goose.role is Role.DUCK and not goose.is_goose(1.06)
+    assert goose.counters.transfers == 1
+
+
+def test_timeout_now_of_another_term_is_ignored() -> None:
+    duck = make("d", ["g", "d", "x"])
+    duck.step(Heartbeat(term=3, sender="g", seq=1), 1.0)
+    out = duck.step(TimeoutNow(term=2, sender="g"), 1.01)
+    assert out.sends == [] and duck.term == 3 and duck.role is Role.DUCK
+
+
+def test_transfer_request_skips_stickiness() -> None:
+    duck = make("d", ["g", "d", "t"])
+    duck.step(Heartbeat(term=3, sender="g", seq=1), 1.0)
+    out = duck.step(VoteRequest(term=4, sender="t", transfer=True), 1.01)
+    assert out.reply == VoteResponse(term=4, sender="d", granted=True)
+    assert out.persist == HardState(4, "t")
+
+
+def test_removal_via_set_membership() -> None:
+    c = Cluster(3)
+    goose = c.elect("n1", 1.0)
+    out = goose.set_membership(frozenset({"n2", "n3"}), 1, 1.01)
+    assert goose.role is Role.REMOVED and not goose.is_goose(1.01)
+    assert goose.reported_role(1.01) == "duck"
+    assert goose.next_deadline() == math.inf
+    assert any("removed" in e for e in out.events)
+    assert goose.tick(5.0).sends == []
+    assert goose.step(VoteRequest(term=9, sender="n2"), 5.0).reply is None
+    # An older version cannot undo it; a newer one that lists the node again can.
+    goose.set_membership(frozenset({"n1", "n2", "n3"}), 0, 5.0)
+    assert goose.role is Role.REMOVED
+    goose.set_membership(frozenset({"n1", "n2", "n3"}), 2, 5.0)
+    assert goose.role is Role.DUCK and goose.next_deadline() > 5.0
+
+
+def test_messages_from_non_members_are_ignored() -> None:
+    duck = make("d", ["g", "d", "x"])
+    out = duck.step(VoteRequest(term=9, sender="stranger"), 5.0)
+    assert out.reply is None and duck.term == 0
+    out = duck.step(Heartbeat(term=9, sender="d", seq=1), 5.0)  # claims to be us
+    assert out.reply is None and duck.term == 0
+
+
+def test_quorum_shrink_lets_a_candidate_win() -> None:
+    names = ["a", "b", "c", "d", "e"]
+    cand = make("a", names)
+    cand.election_deadline = 1.0
+    cand.tick(1.0)
+    cand.step(VoteResponse(term=1, sender="b", granted=True, pre_vote=True), 1.0)
+    cand.step(VoteResponse(term=1, sender="c", granted=True, pre_vote=True), 1.0)
+    assert cand.role is Role.CANDIDATE and cand.term == 1
+    cand.step(VoteResponse(term=1, sender="b", granted=True), 1.01)
+    assert cand.role is Role.CANDIDATE  # 2 of 5
+    out = cand.set_membership(frozenset({"a", "b", "d"}), 1, 1.02)  # quorum 3 -> 2
+    assert cand.role is Role.GOOSE and cand.term == 1
+    assert [s.msg for s in out.sends] == [Heartbeat(term=1, sender="a", seq=1)] * 2
+
+
+def test_quorum_shrink_lets_a_pre_candidate_campaign() -> None:
+    cand = make("a", ["a", "b", "c", "d"])
+    cand.election_deadline = 1.0
+    cand.tick(1.0)
+    cand.step(VoteResponse(term=1, sender="b", granted=True, pre_vote=True), 1.0)
+    assert cand.role is Role.PRE_CANDIDATE
+    out = cand.set_membership(frozenset({"a", "b", "c"}), 1, 1.01)
+    assert cand.role is Role.CANDIDATE and cand.term == 1
+    assert out.persist == HardState(1, "a")
+
+
+# ---- duplicates and reordering -----------------------------------------------------------
+
+def test_duplicated_vote_responses_count_once() -> None:
+    names = ["a", "b", "c", "d", "e"]
+    cand = make("a", names)
+    cand.election_deadline = 1.0
+    cand.tick(1.0)
+    for _ in range(3):
+        cand.step(VoteResponse(term=1, sender="b", granted=True, pre_vote=True), 1.0)
+    assert cand.role is Role.PRE_CANDIDATE and cand.term == 0
+    cand.step(VoteResponse(term=1, sender="c", granted=True, pre_vote=True), 1.0)
+    assert cand.role is Role.CANDIDATE
+    for _ in range(3):
+        cand.step(VoteResponse(term=1, sender="b", granted=True), 1.0)
+    assert cand.role is Role.CANDIDATE
+    # A pre-vote grant arriving late (reordered) is no real vote.
+    cand.step(VoteResponse(term=1, sender="d", granted=True, pre_vote=True), 1.0)
+    assert cand.role is Role.CANDIDATE
+    cand.step(VoteResponse(term=1, sender="d", granted=True), 1.0)
+    assert cand.role is Role.GOOSE
+
+
+def test_duplicated_acks_count_once() -> None:
+    c = Cluster(5)
+    goose = c.elect("n1", 1.0)
+    c.blocked = lambda a, b: a == "n1"  # nothing gets out: we hand-deliver the acks
+    c.tick("n1", 1.05)
+    before = goose.lease_until
+    for _ in range(4):
+        goose.step(HeartbeatAck(term=1, sender="n2", seq=2, success=True), 1.06)
+    assert goose.lease_until == before  # 2 of 5
+    goose.step(HeartbeatAck(term=1, sender="n3", seq=2, success=True), 1.06)
+    assert goose.lease_until == pytest.approx(1.05 + LEASE)
+
+
+def test_duplicate_timeout_now_does_not_start_a_second_campaign() -> None:
+    duck = make("d", ["g", "d", "x"])
+    duck.step(Heartbeat(term=3, sender="g", seq=1), 1.0)
+    first = duck.step(TimeoutNow(term=3, sender="g"), 1.01)
+    assert duck.role is Role.CANDIDATE and duck.term == 4
+    assert all(isinstance(s.msg, VoteRequest) and s.msg.transfer for s in first.sends)
+    again = duck.step(TimeoutNow(term=3, sender="g"), 1.02)
+    assert again.sends == [] and duck.term == 4
+
+
+def test_old_vote_requests_arriving_late_are_refused() -> None:
+    voter = make("v", ["a", "b", "v"])
+    voter.step(VoteRequest(term=4, sender="b"), 1.0)
+    out = voter.step(VoteRequest(term=3, sender="a"), 1.1)
+    assert out.reply == VoteResponse(term=4, sender="v", granted=False)
+    assert voter.hard_state == HardState(4, "b")
+
+
+def test_heartbeat_replayed_to_a_restarted_node_is_harmless() -> None:
+    c = Cluster(3)
+    c.elect("n1", 1.0)
+    hb = Heartbeat(term=1, sender="n1", seq=1)
+    reborn = make("n2", c.names, now=1.2, hard=c.disk["n2"])
+    for _ in range(2):
+        out = reborn.step(hb, 1.2)
+        assert out.reply == HeartbeatAck(term=1, sender="n2", seq=1, success=True)
+    assert reborn.hard_state == c.disk["n2"]
