@@ -1,0 +1,3 @@
+"""ddg-console: the Textual operator console for a DuckDuckGoose cluster."""
+
+from __future__ import annotations

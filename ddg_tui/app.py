@@ -1,0 +1,423 @@
+"""The Textual app: wires a ClusterSource (and, in demo mode, a Fleet) to the widgets."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer
+from textual.worker import Worker
+
+from ddg.errors import DdgError, NotAMember, RegistryError, RegistryUnavailable
+
+from .config import PollSettings
+from .model import ClusterModel, Observation, Severity, fmt_ms
+from .screens import ConfirmScreen, HelpScreen
+from .source import Clock, ClusterSource, Fleet, SystemClock
+from .widgets import Banner, ClusterHeader, EventLog, HistoryPanel, NodeTable
+
+NOTIFY_SEVERITY: dict[Severity, str] = {
+    "info": "information", "good": "information", "warning": "warning", "error": "error",
+}
+
+# (key, action, footer label, palette title, palette help)
+ACTIONS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("a", "add", "Add", "Add a node", "Start a new ddg-node on the next free port (demo mode)"),
+    ("k", "kill", "Kill", "Kill selected node", "SIGKILL the selected node"),
+    ("s", "stop", "Stop", "Stop selected node", "Stop the selected node gracefully (SIGTERM)"),
+    ("t", "start", "Start", "Start selected node", "Start the selected node again"),
+    ("r", "remove", "Remove", "Remove selected node", "Remove it from the registry (asks first)"),
+    ("g", "goto_goose", "Goose", "Go to the goose", "Move the cursor to the current goose"),
+    ("p", "isolate", "Isolate", "Isolate selected node", "Partition it from all peers"),
+    ("h", "heal", "Heal", "Heal partitions", "Heal every partition this console made"),
+    ("question_mark", "help", "Help", "Help", "Keys and what the columns mean"),
+    ("q", "quit", "Quit", "Quit", "Quit (demo mode: stop everything started here)"),
+)
+
+
+class ConsoleApp(App[int]):
+    """Live view of one DuckDuckGoose cluster, with the keys to break it and watch it heal."""
+
+    CSS_PATH = "console.tcss"
+    TITLE = "ddg-console"
+    BINDINGS = [Binding(key, action, label) for key, action, label, *_ in ACTIONS]
+
+    def __init__(self, *, source: ClusterSource, fleet: Fleet | None = None,
+                 poll: PollSettings | None = None, clock: Clock | None = None,
+                 mode: str | None = None, handle_signals: bool = False,
+                 stop_timeout: float = 5.0) -> None:
+        super().__init__()
+        self.source = source
+        self.fleet = fleet
+        self.poll = poll or PollSettings()
+        self.clock: Clock = clock or SystemClock()
+        self.mode = mode or ("demo: processes started here" if fleet else "attached")
+        self.handle_signals = handle_signals
+        self.stop_timeout = stop_timeout
+        self.model = ClusterModel(cluster=source.cluster, stale_after=self.poll.stale_after)
+        self.isolated_here: set[str] = set()
+        self.renders = 0
+        self._pollers: dict[str, Worker[None]] = {}
+        self._dirty = True
+        self._last_render = -1e9
+        self._membership_seen = asyncio.Event()
+
+    # ---- layout --------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield ClusterHeader(id="header")
+        yield Banner(id="banner", classes="-hidden")
+        yield NodeTable(id="nodes")
+        with Horizontal(id="lower"):
+            yield EventLog(self.clock.stamp, id="events")
+            yield HistoryPanel(self.clock.stamp, id="history")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(NodeTable)
+        table.border_title = "nodes"
+        self.query_one(EventLog).border_title = "events"
+        self.query_one(HistoryPanel).border_title = "history"
+        table.focus()
+        self.run_worker(self._discover(), name="discovery", group="discovery",
+                        exit_on_error=False)
+        self.set_interval(0.1, self._tick)
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        self.render_now()
+
+    def _on_signal(self, sig: int) -> None:
+        self.exit(128 + sig, return_code=128 + sig)
+
+    async def on_unmount(self) -> None:
+        self.workers.cancel_all()
+        await self.source.close()
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for _key, action, _label, title, help_text in ACTIONS:
+            if action in ("quit", "help"):
+                continue
+            yield SystemCommand(title, help_text, getattr(self, f"action_{action}"))
+        yield SystemCommand("Help: keys", "Keys and what the columns mean", self.action_help)
+
+    # ---- discovery and polling -----------------------------------------------------------
+
+    async def _discover(self) -> None:
+        backoff = 0.25
+        while True:
+            try:
+                async for _ in self.source.changes(self.poll.registry_interval):
+                    membership = await self.source.read()
+                    now = self.clock.monotonic()
+                    self.model.apply_membership(membership, at=now, wall=self.clock.wall())
+                    self._sync_pollers()
+                    self._membership_seen.set()
+                    self._dirty = True
+                    backoff = 0.25
+            except RegistryError as exc:
+                self.model.apply_registry_error(str(exc), wall=self.clock.wall())
+                self._dirty = True
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _sync_pollers(self) -> None:
+        members = self.model.members
+        for name in [n for n in self._pollers if n not in members]:
+            self._pollers.pop(name).cancel()
+        for name in members:
+            if name not in self._pollers:
+                self._pollers[name] = self.run_worker(
+                    self._poll_node(name), name=f"poll {name}", group="poll",
+                    exit_on_error=False)
+
+    async def _poll_node(self, name: str) -> None:
+        """Poll one node forever: each node has its own loop, so none can delay another."""
+        while name in self.model.members:
+            address = self.model.members[name].address
+            sent = self.clock.monotonic()
+            reply = await self.source.status(address)
+            obs = Observation(name=name, reply=reply, sent=sent, at=self.clock.monotonic(),
+                              wall=self.clock.wall())
+            self.model.apply_observation(obs)
+            self._dirty = True
+            busy = self.model.leaderless_ms(obs.at) is not None
+            interval = self.poll.failover_interval if busy else self.poll.interval
+            await asyncio.sleep(max(0.0, interval - (obs.at - sent)))
+
+    async def wait_for_membership(self) -> None:
+        await self._membership_seen.wait()
+
+    # ---- rendering -----------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self.fleet is not None:
+            for ex in self.fleet.exits():
+                self._on_exit(ex.name, ex.code, ex.expected, ex.detail)
+        now = self.clock.monotonic()
+        if self._dirty or now - self._last_render >= 0.5:
+            self.render_now()
+
+    def render_now(self) -> None:
+        """Bring every widget up to date with the model."""
+        now = self.clock.monotonic()
+        self._dirty = False
+        self._last_render = now
+        self.renders += 1
+        m = self.model
+        header = m.header(now)
+        poll = f"poll {self.poll.interval * 1000:.0f} ms, timeout {self.poll.timeout * 1000:.0f} ms"
+        log = self.query_one(EventLog)
+        new = m.events_after(log.last_seq)
+        with self.batch_update():
+            self.query_one(ClusterHeader).show(header, mode=self.mode,
+                                               location=self.source.location, poll=poll)
+            self.query_one(Banner).show(header.banner, header.banner_level)
+            self.query_one(NodeTable).sync(m.rows(now))
+            log.add(new)
+            self.query_one(HistoryPanel).show(m.failovers, m.timeline)
+        for e in new:
+            if e.kind in ("failover", "split"):
+                self.notify(e.text, severity=NOTIFY_SEVERITY[e.severity],  # type: ignore[arg-type]
+                            timeout=6)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def report(self, text: str, severity: Severity = "info", *, node: str | None = None,
+               notify: bool = True) -> None:
+        """An action's outcome: into the event log and, by default, a notification."""
+        self.model.note(self.clock.wall(), text, severity, node=node)
+        if notify:
+            self.notify(text, severity=NOTIFY_SEVERITY[severity],  # type: ignore[arg-type]
+                        timeout=5 if severity in ("info", "good") else 8)
+        self._dirty = True
+
+    def selected(self) -> str | None:
+        name = self.query_one(NodeTable).selected()
+        if name is None:
+            self.notify("no node selected", severity="warning")
+        return name
+
+    def _owned(self, name: str, verb: str) -> Fleet | None:
+        """The fleet if NAME is a process this console started; otherwise say why not."""
+        if self.fleet is None or not self.fleet.owns(name):
+            where = self.model.members.get(name)
+            addr = f" at {where.address}" if where else ""
+            self.report(f"cannot {verb} {name}: it was not started by this console "
+                        f"({'attached mode' if self.fleet is None else 'external node'}); "
+                        f"{verb} it where it runs{addr}", "warning", node=name)
+            return None
+        return self.fleet
+
+    def _on_exit(self, name: str, code: int | None, expected: bool, detail: str) -> None:
+        now = self.clock.monotonic()
+        proc = self.model.procs.get(name)
+        if expected:
+            if proc is not None and proc.state in ("killed", "stopped", "removed"):
+                proc.code = code
+            self.report(f"{name} process exited (code {code})", "info", node=name,
+                        notify=False)
+            return
+        pid = self.fleet.pid(name) if self.fleet else None
+        self.model.note_process(name, pid=pid, state="exited", at=now, code=code, detail=detail)
+        self.model.mark_goose_loss(name, f"{name} exited", at=now)
+        hint = f": {detail}" if detail else ""
+        log = getattr(self.fleet, "log_path", None)
+        path = log(name) if callable(log) else None
+        where = f" (log {path})" if isinstance(path, Path) and detail else ""
+        self.report(f"{name} exited by itself (code {code}){hint}{where}",
+                    "info" if code == 0 else "error", node=name)
+
+    # ---- actions -------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_goto_goose(self) -> None:
+        goose = self.model.live_goose()
+        if goose is None:
+            self.notify("no node answers goose right now", severity="warning")
+            return
+        self.query_one(NodeTable).select(goose)
+
+    def action_add(self) -> None:
+        if self.fleet is None:
+            self.report("adding nodes needs demo mode (ddg-console --demo N); in attached "
+                        "mode start one with ddg-node --name NAME --port PORT", "warning")
+            return
+        try:
+            started = self.fleet.add()
+        except DdgError as exc:
+            self.report(f"add failed: {exc}", "error")
+            return
+        self.model.note_process(started.name, pid=started.pid, state="running",
+                                at=self.clock.monotonic())
+        self.report(f"started {started.name} on port {started.port} (pid {started.pid})",
+                    "good", node=started.name)
+
+    def action_kill(self) -> None:
+        name = self.selected()
+        if name is None or (fleet := self._owned(name, "kill")) is None:
+            return
+        now = self.clock.monotonic()
+        pid = fleet.kill(name)
+        if pid is None:
+            self.report(f"{name} is not running; nothing to kill", "warning", node=name)
+            return
+        self.model.note_process(name, pid=pid, state="killed", at=now)
+        was_goose = self.model.mark_goose_loss(name, f"{name} killed", at=now)
+        tail = " — it was the goose" if was_goose else ""
+        self.report(f"{name} killed (SIGKILL, pid {pid}){tail}", "warning", node=name)
+
+    def action_stop(self) -> None:
+        name = self.selected()
+        if name is None or (fleet := self._owned(name, "stop")) is None:
+            return
+        if not fleet.running(name):
+            self.report(f"{name} is not running; nothing to stop", "warning", node=name)
+            return
+        now = self.clock.monotonic()
+        pid = fleet.pid(name)
+        self.model.note_process(name, pid=pid, state="stopped", at=now)
+        was_goose = self.model.mark_goose_loss(name, f"{name} stopped", at=now)
+        tail = " — it was the goose" if was_goose else ""
+        self.report(f"stopping {name} (SIGTERM, pid {pid}){tail}", "warning", node=name,
+                    notify=False)
+        self._stop_in_thread(name, pid, "stopped")
+
+    def _stop_in_thread(self, name: str, pid: int | None, what: str) -> None:
+        assert self.fleet is not None
+        fleet, timeout, clock = self.fleet, self.stop_timeout, self.clock
+
+        def work() -> None:
+            t0 = clock.monotonic()
+            try:
+                code = fleet.stop(name, timeout)
+            except DdgError as exc:
+                self.call_from_thread(self.report, f"stop {name} failed: {exc}", "error")
+                return
+            took = fmt_ms((clock.monotonic() - t0) * 1000)
+            forced = " (needed SIGKILL)" if code is not None and code < 0 and code != -15 else ""
+            self.call_from_thread(
+                self.report, f"{name} {what}: pid {pid} exited with code {code} after "
+                f"{took}{forced}", "info", node=name)
+
+        self.run_worker(work, thread=True, name=f"stop {name}", group="stop",
+                        exit_on_error=False)
+
+    def action_start(self) -> None:
+        name = self.selected()
+        if name is None or (fleet := self._owned(name, "start")) is None:
+            return
+        try:
+            started = fleet.start(name)
+        except DdgError as exc:
+            self.report(f"start {name} failed: {exc}", "warning", node=name)
+            return
+        self.model.note_process(name, pid=started.pid, state="running",
+                                at=self.clock.monotonic())
+        self.report(f"started {name} again on port {started.port} (pid {started.pid})", "good",
+                    node=name)
+
+    def action_remove(self) -> None:
+        name = self.selected()
+        if name is None:
+            return
+        ours = self.fleet is not None and self.fleet.owns(name)
+        detail = (f"{name} leaves cluster {self.source.cluster} for good: the others stop "
+                  f"counting it for the quorum.")
+        if ours:
+            detail += " Its process (started here) is stopped too."
+        self.push_screen(ConfirmScreen(f"Remove {name} from the registry?", detail, "Remove"),
+                         callback=self._make_remove_callback(name))
+
+    def _make_remove_callback(self, name: str) -> Callable[[bool | None], None]:
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(self._remove(name), name=f"remove {name}", group="remove",
+                                exit_on_error=False)
+            else:
+                self.report(f"remove {name}: cancelled", "info", node=name, notify=False)
+        return done
+
+    async def _remove(self, name: str) -> None:
+        now = self.clock.monotonic()
+        try:
+            version = await self.source.remove(name)
+        except NotAMember:
+            self.report(f"{name} is not in the registry any more", "warning", node=name)
+            return
+        except RegistryUnavailable as exc:
+            self.report(f"remove {name} failed, Redis unreachable: {exc}", "error", node=name)
+            return
+        except RegistryError as exc:
+            self.report(f"remove {name} failed: {exc}", "error", node=name)
+            return
+        self.model.mark_goose_loss(name, f"{name} removed", at=now)
+        self.report(f"removed {name} from the registry (version {version})", "good", node=name)
+        try:
+            membership = await self.source.read()
+            self.model.apply_membership(membership, at=self.clock.monotonic(),
+                                        wall=self.clock.wall())
+            self._sync_pollers()
+        except RegistryError:
+            pass  # the discovery loop will catch up and report Redis trouble
+        if self.fleet is not None and self.fleet.owns(name):
+            pid = self.fleet.pid(name)
+            self.model.note_process(name, pid=pid, state="removed", at=now)
+            if self.fleet.running(name):
+                self._stop_in_thread(name, pid, "removed")
+            self.isolated_here.discard(name)
+
+    def action_isolate(self) -> None:
+        name = self.selected()
+        if name is None:
+            return
+        member = self.model.members.get(name)
+        if member is None:
+            return
+        self.run_worker(self._isolate(name, member.address), name=f"isolate {name}",
+                        group="admin", exit_on_error=False)
+
+    async def _isolate(self, name: str, address: str) -> None:
+        now = self.clock.monotonic()
+        result = await self.source.admin(address, "/admin/partition", {"all": True})
+        if not result.ok:
+            self.report(f"isolate {name} failed: {result.message}", "error", node=name)
+            return
+        self.isolated_here.add(name)
+        was_goose = self.model.mark_goose_loss(name, f"{name} isolated", at=now)
+        self.report(f"{name} isolated from all peers{' — it was the goose' if was_goose else ''}"
+                    " (h heals)", "warning", node=name)
+
+    def action_heal(self) -> None:
+        if not self.isolated_here:
+            self.report("nothing to heal: this console made no partition", "info")
+            return
+        self.run_worker(self._heal(sorted(self.isolated_here)), name="heal", group="admin",
+                        exit_on_error=False)
+
+    async def _heal(self, names: list[str]) -> None:
+        targets = [(n, self.model.members[n].address) for n in names if n in self.model.members]
+        for n in names:
+            if n not in self.model.members:
+                self.isolated_here.discard(n)
+        results = await asyncio.gather(
+            *(self.source.admin(addr, "/admin/heal", {}) for _, addr in targets))
+        healed = [n for (n, _), r in zip(targets, results, strict=True) if r.ok]
+        failed = [(n, r) for (n, _), r in zip(targets, results, strict=True) if not r.ok]
+        self.isolated_here.difference_update(healed)
+        if healed:
+            self.report(f"healed {', '.join(healed)}", "good")
+        for n, r in failed:
+            self.report(f"heal {n} failed: {r.message}", "error", node=n)

@@ -1,0 +1,143 @@
+"""ddg-console's command line: option errors, --help, and cleanup on SIGTERM/SIGHUP."""
+
+from __future__ import annotations
+
+import os
+import pty
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ddg_tui.cli import parse_config
+from ddg_tui.config import ConsoleConfig
+
+CONSOLE = [sys.executable, "-m", "ddg_tui"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ}
+    for k in ("DDG_REDIS_URL", "DDG_CLUSTER", "DDG_CLUSTER_SECRET"):
+        env.pop(k, None)
+    return subprocess.run([*CONSOLE, *args], capture_output=True, text=True, timeout=30,
+                          env=env, check=False)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    ((), "pass --demo N"),
+    (("--demo", "x"), "expected a whole number"),
+    (("--demo", "0"), "--demo takes 1-15 nodes"),
+    (("--demo", "2", "--redis-url", "redis://h/0"), "not allowed with"),
+    (("--redis-url", "http://h"), "must start with redis://"),
+    (("--redis-url", "redis://h/0", "--poll-interval", "5"), "poll interval"),
+    (("--redis-url", "redis://h/0", "--cluster", "bad name"), "cluster name"),
+    (("--redis-url", "redis://h/0", "--cluster-secret", "short"), "at least 8 bytes"),
+    (("--bogus",), "unrecognized arguments"),
+])
+def test_bad_options_give_one_line_and_exit_2(args: tuple[str, ...], needle: str) -> None:
+    r = run(*args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("ddg-console: error:") and needle in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_help_explains_the_options() -> None:
+    r = run("--help")
+    assert r.returncode == 0
+    for opt in ("--demo", "--redis-url", "--cluster", "--poll-interval", "--timeout",
+                "--cluster-secret", "DDG_CLUSTER_SECRET", "default 250"):
+        assert opt in r.stdout
+
+
+def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DDG_CLUSTER_SECRET", "s3cret-s3cret")
+    monkeypatch.delenv("DDG_REDIS_URL", raising=False)
+    monkeypatch.delenv("DDG_CLUSTER", raising=False)
+    c = parse_config(["--demo", "3"])
+    assert isinstance(c, ConsoleConfig)
+    assert (c.demo, c.cluster, c.secret, c.owned) == (3, "demo", "s3cret-s3cret", True)
+    assert c.poll.interval == 0.25 and c.poll.timeout == 0.4
+    c = parse_config(["--redis-url", "redis://h:6379/0", "--poll-interval", "100"])
+    assert (c.demo, c.cluster, c.owned, c.poll.interval) == (None, "ddg", False, 0.1)
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_demo_stops_everything_on_signal(sig: int) -> None:
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "36"}
+    proc = subprocess.Popen([*CONSOLE, "--demo", "2"], stdin=slave, stdout=slave,
+                            stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    output = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            output.extend(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 15
+        kids: list[int] = []
+        while time.monotonic() < deadline:
+            kids = children(proc.pid)
+            if len(kids) >= 3 and b"DuckDuckGoose" in output:
+                break
+            time.sleep(0.1)
+        assert len(kids) >= 3, f"expected redis + 2 nodes, got {kids}"
+        data_dirs = set()
+        for k in kids:
+            cmd = Path(f"/proc/{k}/cmdline").read_bytes().split(b"\0")
+            if b"--data-dir" in cmd:
+                data_dirs.add(Path(cmd[cmd.index(b"--data-dir") + 1].decode()).parent)
+        assert len(data_dirs) == 1
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        assert proc.wait(15) == 128 + sig
+        for k in kids:
+            assert gone(k), f"child {k} survived"
+        assert not any(d.exists() for d in data_dirs)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for k in children(proc.pid):
+            os.kill(k, signal.SIGKILL)
+        os.close(master)

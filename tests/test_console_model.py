@@ -1,0 +1,236 @@
+"""Pure tests of ddg_tui.model: failover timing, two-geese detection, event derivation."""
+
+from __future__ import annotations
+
+import pytest
+
+from ddg.registry import Member, Membership
+from ddg_tui.model import (
+    ClusterModel,
+    NodeStatus,
+    Observation,
+    Reply,
+    StatusFormatError,
+    fmt_ms,
+    fmt_uptime,
+    natural_key,
+    summarize_failovers,
+)
+
+NAMES = ("n1", "n2", "n3")
+
+
+def membership(*names: str, version: int = 3) -> Membership:
+    return Membership(version, {n: Member(n, f"http://127.0.0.1:{7000 + i}", 0.0)
+                                for i, n in enumerate(names, 1)})
+
+
+def up(name: str, role: str, term: int, *, at: float, sent: float | None = None,
+       goose: str | None = None, **extra: object) -> Observation:
+    st = NodeStatus(name=name, role=role, term=term,
+                    goose=goose if goose is not None else (name if role == "goose" else None),
+                    membership_version=3, **extra)  # type: ignore[arg-type]
+    return Observation(name=name, reply=Reply(status=st, latency_ms=1.0),
+                       sent=at - 0.001 if sent is None else sent, at=at, wall=1000 + at)
+
+
+def down(name: str, *, at: float, error: str = "connection refused") -> Observation:
+    return Observation(name=name, reply=Reply(error=error, latency_ms=0.5), sent=at - 0.001,
+                       at=at, wall=1000 + at)
+
+
+def healthy(goose: str = "n1", term: int = 1, at: float = 1.0) -> ClusterModel:
+    m = ClusterModel(cluster="c")
+    m.apply_membership(membership(*NAMES), at=0.0, wall=1000.0)
+    for n in NAMES:
+        m.apply_observation(up(n, "goose" if n == goose else "duck", term, at=at, goose=goose))
+    return m
+
+
+def texts(m: ClusterModel, after: int = 0) -> list[str]:
+    return [e.text for e in m.events_after(after)]
+
+
+def test_first_goose_is_announced_once() -> None:
+    m = healthy()
+    assert m.live_goose() == "n1"
+    assert sum(t.startswith("n1 is goose (term 1)") for t in texts(m)) == 1
+    assert "n1 is goose (term 1) after 1.0 s without a goose" in texts(m)
+    assert "n2 is duck (term 1, follows n1)" in texts(m)
+    assert m.failovers == []
+    assert [s.name for s in m.timeline] == ["n1"]
+
+
+def test_failover_duration_is_measured_from_the_kill() -> None:
+    m = healthy()
+    assert m.mark_goose_loss("n1", "n1 killed", at=10.0)
+    m.apply_observation(down("n1", at=10.01))
+    m.apply_observation(up("n2", "candidate", 2, at=10.1))
+    assert m.header(10.1).banner is not None and "NO GOOSE" in m.header(10.1).banner
+    m.apply_observation(up("n2", "goose", 2, at=10.182))
+    [fo] = m.failovers
+    assert (fo.old, fo.new, fo.term) == ("n1", "n2", 2)
+    assert fo.duration_ms == pytest.approx(182.0)
+    assert "n1 killed → n2 goose after 182 ms (term 2)" in texts(m)
+    assert m.header(10.2).banner is None
+    assert m.header(10.2).goose == "n2"
+
+
+def test_a_reply_sent_before_the_kill_does_not_end_the_loss() -> None:
+    m = healthy()
+    m.mark_goose_loss("n1", "n1 killed", at=10.0)
+    seq = m.events[-1].seq
+    # In flight when the kill happened: it still says goose, and proves nothing.
+    m.apply_observation(up("n1", "goose", 1, sent=9.99, at=10.02))
+    m.apply_observation(up("n2", "duck", 1, at=10.03, goose="n1"))
+    assert not any("still goose" in t for t in texts(m, seq))
+    m.apply_observation(down("n1", at=10.1))
+    m.apply_observation(up("n3", "goose", 2, at=10.25))
+    assert m.failovers[-1].duration_ms == pytest.approx(250.0)
+    assert m.failovers[-1].cause == "n1 killed"
+
+
+def test_isolated_goose_keeps_answering_until_its_lease_ends() -> None:
+    m = healthy()
+    assert m.mark_goose_loss("n1", "n1 isolated", at=10.0)
+    m.apply_observation(up("n1", "goose", 1, sent=10.05, at=10.06, isolated_from=("n2", "n3")))
+    assert not any("still goose" in t for t in texts(m))
+    m.apply_observation(up("n1", "duck", 1, at=10.2))
+    m.apply_observation(up("n2", "goose", 2, at=10.33))
+    assert m.failovers[-1].cause == "n1 isolated"
+    assert m.failovers[-1].duration_ms == pytest.approx(330.0)
+    assert texts(m)[-1] == "n1 isolated → n2 goose after 330 ms (term 2)"
+
+
+def test_unprovoked_loss_is_timed_from_the_first_failed_poll() -> None:
+    m = healthy()
+    m.apply_observation(down("n1", at=5.0))
+    assert "no goose: n1 unreachable (was goose in term 1)" in texts(m)
+    m.apply_observation(up("n3", "goose", 2, at=5.3))
+    assert m.failovers[-1].duration_ms == pytest.approx(300.0)
+    assert texts(m)[-1] == "n1 unreachable → n3 goose after 300 ms (term 2)"
+
+
+def test_goose_that_keeps_its_term_is_not_a_failover() -> None:
+    m = healthy()
+    m.apply_observation(down("n1", at=5.0, error="timeout"))
+    m.apply_observation(up("n1", "goose", 1, at=5.4))
+    assert m.failovers == []
+    assert any("n1 still goose in term 1" in t and "no failover" in t for t in texts(m))
+    assert "n1 answers again (goose, term 1)" in texts(m)
+
+
+def test_stepping_down_is_a_failover_cause() -> None:
+    m = healthy()
+    m.apply_observation(up("n1", "duck", 2, at=3.0, goose="n2"))
+    m.apply_observation(up("n2", "goose", 2, at=3.05))
+    assert m.failovers[-1].cause == "n1 stepped down (duck)"
+    assert "n1: goose → duck (term 2)" in texts(m)
+
+
+def test_two_geese_are_detected_once_and_cleared() -> None:
+    m = healthy()
+    m.apply_observation(up("n3", "goose", 2, at=2.0))
+    h = m.header(2.0)
+    assert h.geese == (("n3", 2), ("n1", 1))
+    assert h.banner is not None and h.banner.startswith("TWO GEESE")
+    m.apply_observation(up("n3", "goose", 2, at=2.2))
+    assert sum("TWO GEESE" in t for t in texts(m)) == 1
+    m.apply_observation(up("n1", "duck", 2, at=2.3, goose="n3"))
+    assert texts(m)[-1] == "only one node answers goose again"
+    assert m.header(2.3).banner is None
+    # n3 in a higher term took over: that is a failover too.
+    assert m.failovers[-1].new == "n3"
+
+
+def test_membership_events_and_rows_follow_the_registry() -> None:
+    m = healthy()
+    seq = m.events[-1].seq
+    m.apply_membership(membership("n1", "n2", "n3", "n4", version=4), at=2.0, wall=1002.0)
+    assert texts(m, seq) == ["n4 joined at http://127.0.0.1:7004 (version 4)"]
+    assert [r.name for r in m.rows(2.0)] == ["n1", "n2", "n3", "n4"]
+    assert m.rows(2.0)[3].role == "pending"
+    m.apply_membership(membership("n1", "n3", "n4", version=5), at=3.0, wall=1003.0)
+    assert texts(m)[-1] == "n2 left the registry (version 5)"
+    assert [r.name for r in m.rows(3.0)] == ["n1", "n3", "n4"]
+    # A late answer from a removed node is ignored.
+    assert m.apply_observation(up("n2", "duck", 1, at=3.1)) == []
+    assert "n2" not in m.latest
+
+
+def test_down_node_keeps_its_row_with_last_known_values() -> None:
+    m = healthy()
+    m.apply_observation(down("n2", at=4.0, error="timeout"))
+    row = m.row("n2", 6.0)
+    assert row.role == "unreachable"
+    assert row.term == 1 and row.stale
+    assert row.latency_ms is None and row.uptime_s is None
+    assert row.state == "no answer 5.0 s: timeout"
+    assert "n2 does not answer: timeout" in texts(m)
+
+
+def test_killed_node_row_and_quiet_log() -> None:
+    m = healthy()
+    m.note_process("n2", pid=42, state="killed", at=4.0)
+    seq = m.events[-1].seq
+    m.apply_observation(down("n2", at=4.1))
+    assert texts(m, seq) == []  # the console already logged the kill itself
+    row = m.row("n2", 5.0)
+    assert (row.role, row.pid, row.pid_owned) == ("killed", 42, True)
+    assert row.state == "killed here 1.0 s ago"
+
+
+def test_role_term_isolation_and_redis_changes_are_events() -> None:
+    m = healthy()
+    m.apply_observation(up("n2", "candidate", 2, at=2.0))
+    m.apply_observation(up("n3", "duck", 2, at=2.1, goose="n1"))
+    m.apply_observation(up("n3", "duck", 2, at=2.2, goose="n1", isolated_from=("n1", "n2")))
+    m.apply_observation(up("n3", "duck", 2, at=2.3, goose="n1", redis_connected=False,
+                           redis_error="timeout", isolated_from=("n1", "n2")))
+    t = texts(m)
+    assert "n2: duck → candidate (term 2)" in t
+    assert "n3: term 1 → 2 (duck, follows n1)" in t
+    assert "n3 isolated from n1, n2" in t
+    assert "n3 lost Redis: timeout" in t
+    row = m.row("n3", 2.3)
+    assert "ISOLATED from all peers" in row.state and "no Redis" in row.state
+
+
+def test_redis_outage_keeps_the_last_members() -> None:
+    m = healthy()
+    m.apply_registry_error("redis: Connection refused", wall=1005.0)
+    m.apply_registry_error("redis: Connection refused", wall=1005.5)
+    t = texts(m)
+    assert sum("Redis unreachable" in x for x in t) == 1
+    h = m.header(5.0)
+    assert h.redis_ok is False and h.members == 3
+    assert h.banner is not None and "REDIS UNREACHABLE" in h.banner
+    m.apply_membership(membership(*NAMES), at=6.0, wall=1006.0)
+    assert "Redis reachable again" in texts(m)
+
+
+def test_status_parsing() -> None:
+    st = NodeStatus.from_json({
+        "name": "a", "cluster": "c", "address": "http://x:1", "pid": 7, "role": "goose",
+        "term": 4, "goose": "a", "voted_for": "a", "members": ["b", "a"], "quorum": 2,
+        "membership_version": 3, "heartbeat_age_ms": None, "lease_remaining_ms": 88.5,
+        "uptime_s": 12.5, "elections_started": 1, "elections_won": 1, "heartbeats_sent": 9,
+        "heartbeats_received": 0, "redis": {"connected": True, "error": None},
+        "isolated_from": [], "state": "leader", "timing": {},
+    })
+    assert (st.role, st.term, st.members, st.lease_remaining_ms) == ("goose", 4, ("a", "b"), 88.5)
+    for bad in ({"name": "a", "role": "king", "term": 1}, {"name": "a", "role": "duck"},
+                {"role": "duck", "term": 1}, [1, 2], {"name": "a", "role": "duck", "term": "1"}):
+        with pytest.raises(StatusFormatError):
+            NodeStatus.from_json(bad)
+
+
+def test_formatting() -> None:
+    assert fmt_ms(None) == "—"
+    assert fmt_ms(2.345) == "2.3 ms"
+    assert fmt_ms(182.4) == "182 ms"
+    assert fmt_ms(1520) == "1.5 s"
+    assert fmt_uptime(65) == "1m05s"
+    assert fmt_uptime(7300) == "2h01m"
+    assert sorted(["n10", "n2", "n1"], key=natural_key) == ["n1", "n2", "n10"]
+    assert summarize_failovers([]) == "no failover yet"

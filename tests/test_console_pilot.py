@@ -1,0 +1,155 @@
+"""Pilot tests of the console against a real embedded Redis and real ddg-node processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from ddg.registry import Registry
+from ddg_tui.app import ConsoleApp
+from ddg_tui.demo import Demo, DemoConfig
+from ddg_tui.fake import FakeSource, healthy_cluster
+from ddg_tui.poller import LiveSource
+from ddg_tui.source import FixedClock
+from ddg_tui.widgets import NodeTable
+
+pytestmark = pytest.mark.integration
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); /proc tells them apart.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+async def until(pilot, cond: Callable[[], object], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def role_cell(app: ConsoleApp, name: str) -> str:
+    return app.query_one(NodeTable).get_cell(name, "role").plain
+
+
+def table_names(app: ConsoleApp) -> set[str]:
+    t = app.query_one(NodeTable)
+    return {t.coordinate_to_cell_key((i, 0)).row_key.value for i in range(t.row_count)}
+
+
+@pytest.fixture
+async def demo() -> AsyncIterator[Demo]:
+    d = Demo(DemoConfig(nodes=3, cluster="pilot"))
+    d.launch()
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
+    assert demo.redis_url is not None and demo.dir is not None
+    source = LiveSource(redis_url=demo.redis_url, cluster="pilot", timeout=0.4)
+    app = ConsoleApp(source=source, fleet=demo)
+    pids: list[int] = list(demo.pids.values())
+    async with app.run_test(size=(120, 36)) as pilot:
+        # The demo comes up with exactly one goose shown.
+        await until(pilot, lambda: table_names(app) == {"n1", "n2", "n3"}, 10, "3 rows")
+        await until(pilot, lambda: app.model.live_goose() is not None, 10, "a goose")
+        await pilot.pause(0.3)
+        app.render_now()
+        geese = [n for n in ("n1", "n2", "n3") if "GOOSE" in role_cell(app, n)]
+        assert len(geese) == 1
+        assert app.model.header(time.monotonic()).banner is None
+
+        # a: a new node joins and gets a row.
+        await pilot.press("a")
+        await until(pilot, lambda: "n4" in table_names(app), 10, "row n4")
+        await until(pilot, lambda: role_cell(app, "n4") == "duck", 10, "n4 answering as duck")
+        pid4 = demo.pid("n4")
+        assert pid4 is not None
+        pids.append(pid4)
+
+        # g then k: kill the goose; another goose appears within a couple of seconds.
+        old = app.model.live_goose()
+        assert old is not None
+        await pilot.press("g")
+        assert app.query_one(NodeTable).selected() == old
+        t0 = time.monotonic()
+        await pilot.press("k")
+        await until(pilot, lambda: app.model.live_goose() not in (None, old), 3,
+                    "a new goose")
+        assert time.monotonic() - t0 < 3
+        fo = app.model.failovers[-1]
+        assert fo.old == old and fo.cause == f"{old} killed"
+        assert 0 < fo.duration_ms < 3000
+        await until(pilot, lambda: role_cell(app, old) == "✗ killed", 2, "killed row")
+        assert not demo.running(old)
+        assert any(f"{old} killed → {fo.new} goose after" in e.text for e in app.model.events)
+        # The row of the killed node stays: it is still a member.
+        assert old in table_names(app)
+
+        # r then y: remove a live duck; its row goes and the registry shrinks.
+        victim = next(n for n in sorted(table_names(app))
+                      if n not in (old, app.model.live_goose()))
+        app.query_one(NodeTable).select(victim)
+        await pilot.press("r")
+        await pilot.pause()
+        await pilot.press("y")
+        await until(pilot, lambda: victim not in table_names(app), 5, f"{victim}'s row to go")
+        reg = Registry(demo.redis_url, "pilot")
+        try:
+            members = (await reg.read()).names
+        finally:
+            await reg.close()
+        assert victim not in members and len(members) == 3
+        await until(pilot, lambda: not demo.running(victim), 8, f"{victim} to exit")
+
+        await pilot.press("q")
+    # Quitting the console and closing the demo leaves no process and no temp dir.
+    demo_dir = demo.dir
+    redis_pid = demo.redis.pid
+    assert redis_pid is not None
+    demo.close()
+    assert not demo_dir.exists()
+    for pid in [*pids, redis_pid]:
+        assert not alive(pid), f"pid {pid} survived"
+
+
+async def test_attached_mode_does_not_touch_processes() -> None:
+    source: FakeSource = healthy_cluster()
+    app = ConsoleApp(source=source, fleet=None, clock=FixedClock())
+    async with app.run_test(size=(120, 36)) as pilot:
+        await until(pilot, lambda: len(app.model.latest) == 3, 5, "3 answers")
+        await pilot.press("a", "k", "s", "t")
+        text = [e.text for e in app.model.events]
+        assert any("adding nodes needs demo mode" in t for t in text)
+        assert any(t.startswith("cannot kill n1: it was not started by this console") for t in text)
+        assert any(t.startswith("cannot stop n1") for t in text)
+        assert any(t.startswith("cannot start n1") for t in text)
+        # Isolate and heal go to the node's admin API, whoever started it.
+        await pilot.press("p")
+        await until(pilot, lambda: source.admin_calls, 2, "the partition call")
+        await pilot.press("h")
+        await until(pilot, lambda: len(source.admin_calls) == 2, 2, "the heal call")
+        assert [c[1] for c in source.admin_calls] == ["/admin/partition", "/admin/heal"]
+        assert source.admin_calls[0][2] == {"all": True}
+        # Escape cancels a removal.
+        await pilot.press("r", "escape")
+        await pilot.pause()
+        assert sorted(source.members) == ["n1", "n2", "n3"]
+        assert any(t == "remove n1: cancelled" for t in (e.text for e in app.model.events))
