@@ -284,7 +284,7 @@ class Node:
                 return
             reply, version = decode(reply_cls, data)
         except (ClientError, TimeoutError, MessageError, ValueError) as exc:
-            log.debug("%s %s failed: %s", send.to, kind, exc or type(exc).__name__)
+            log.debug("%s %s failed: %s", send.to, kind, str(exc) or type(exc).__name__)
             return
         finally:
             self._in_flight[send.to] -= 1

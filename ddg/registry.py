@@ -150,7 +150,7 @@ class Registry:
             async with asyncio.timeout(self.timeout):
                 return await aw
         except (TimeoutError, RedisError, OSError) as exc:
-            raise RegistryUnavailable(f"redis: {exc or type(exc).__name__}") from exc
+            raise RegistryUnavailable(f"redis: {str(exc) or type(exc).__name__}") from exc
 
     async def _script(self, script: str, args: list[Any]) -> Any:
         return await self._call(self._redis.eval(script, 3, *self._keys, *args))
@@ -206,7 +206,7 @@ class Registry:
                     async with asyncio.timeout(interval + self.timeout):
                         await pubsub.get_message(ignore_subscribe_messages=True, timeout=interval)
                 except (TimeoutError, RedisError, OSError) as exc:
-                    raise RegistryUnavailable(f"redis: {exc or type(exc).__name__}") from exc
+                    raise RegistryUnavailable(f"redis: {str(exc) or type(exc).__name__}") from exc
                 yield None
         finally:
             try:

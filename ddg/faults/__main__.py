@@ -1,0 +1,206 @@
+"""`python -m ddg.faults`: run fault scenarios against real nodes in a private network namespace.
+
+Re-executes itself under `unshare --net` (root only), brings the namespace's loopback up, runs
+the scenarios and checks every recorded history. Exit status: 0 all held, 1 a violation, a
+failed expectation or a crashed node, 2 bad usage, 3 prerequisites missing (not root, no
+iptables or unshare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .checker import CheckConfig, quantile, summarize
+from .harness import Harness, HarnessConfig, Outcome, ScenarioFailed
+from .netns import in_private_netns, loopback_up, missing_prerequisites, reexec_in_private_netns
+from .scenarios import SCENARIOS, RunConfig
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ddg.faults", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenario", default="all",
+                   help=f"all, or a comma-separated list of: {', '.join(SCENARIOS)}")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="how long chaos runs (default 30 s)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="run exactly this many chaos steps instead (for replaying a seed)")
+    p.add_argument("--seed", type=int, default=1, help="seed for random choices (default 1)")
+    p.add_argument("--nodes", type=int, default=None,
+                   help="cluster size for chaos and the size-agnostic scenarios")
+    p.add_argument("--recovery-bound-ms", type=float, default=600.0,
+                   help="a goose must answer within this of a majority reconnecting")
+    p.add_argument("--settle-bound-ms", type=float, default=2000.0,
+                   help="after a full heal, all nodes must agree on one goose within this")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="keep node logs and data under this directory")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every chaos step")
+    ns = p.parse_args(argv)
+    names = ([n for n, s in SCENARIOS.items() if s.in_all] if ns.scenario == "all"
+             else ns.scenario.split(","))
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    if ns.nodes is not None and not 1 <= ns.nodes <= 15:
+        p.error("--nodes must be 1-15")
+    ns.names = names
+    return ns
+
+
+def run_one(name: str, ns: argparse.Namespace) -> Outcome:
+    scenario = SCENARIOS[name]
+    nodes = scenario.nodes
+    if ns.nodes is not None and name not in ("initial-election", "re-election",
+                                             "many-elections", "selftest-split-brain"):
+        nodes = ns.nodes
+    base = ns.keep / name if ns.keep else None
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+    check = CheckConfig(recovery_bound=ns.recovery_bound_ms / 1000,
+                        settle_bound=ns.settle_bound_ms / 1000)
+    h = Harness(HarnessConfig(nodes=nodes, base_dir=base, check=check,
+                              split_brain=name == "selftest-split-brain"))
+    started = time.monotonic()
+    try:
+        h.start()
+        scenario.run(h, RunConfig(seconds=ns.seconds, steps=ns.steps, seed=ns.seed,
+                                  nodes=ns.nodes))
+    except ScenarioFailed as exc:
+        h.fail(f"{exc}\n{h.cluster.describe()}")
+    except Exception as exc:  # report, then still check what was recorded
+        h.fail(f"harness error: {type(exc).__name__}: {exc}")
+    try:
+        outcome = h.finish(name, started)
+    finally:
+        h.close()
+    if ns.verbose:
+        for note in h.notes:
+            print(f"    {note}")
+    elif h.notes and name != "chaos":
+        for note in h.notes:
+            print(f"    {note}")
+    return outcome
+
+
+def print_outcome(o: Outcome) -> None:
+    f = o.report.figures
+    status = "ok" if o.ok else "FAILED"
+    print(f"[{status}] {o.scenario}: {o.seconds:.1f} s, {f.faults} faults, "
+          f"{len(o.report.violations)} violations, {len(o.failures)} failed expectations, "
+          f"{len(o.crashes)} crashes, {f.observations} observations, {f.elections} elections")
+    print(f"    failover {summarize(f.failovers)}; recovery {summarize(f.recoveries)}; "
+          f"settle {summarize(f.settles)}; initial election {summarize(f.initial_elections)}")
+    for v, tl in zip(o.report.violations, o.report.timelines, strict=True):
+        print(f"  VIOLATION {v.rule}: {v.message}\n  timeline (ms since start):\n{tl}\n")
+    for msg in o.failures:
+        print(f"  FAILED: {msg}")
+    for msg in o.crashes:
+        print(f"  CRASH: {msg}")
+
+
+def summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    figs = [o.report.figures for o in outcomes]
+    failovers = [x for f in figs for x in f.failovers]
+    recoveries = [x for f in figs for x in f.recoveries]
+    initial = [x for f in figs for x in f.initial_elections]
+    settles = [x for f in figs for x in f.settles]
+    per_fault = [x for f in figs for x in f.elections_per_fault]
+
+    def dist(xs: list[float]) -> dict[str, Any]:
+        ms = [x * 1000 for x in xs]
+        return {"n": len(ms), "median_ms": statistics.median(ms) if ms else None,
+                "p95_ms": quantile(ms, 0.95) if ms else None, "max_ms": max(ms, default=None)}
+
+    kinds: dict[str, int] = {}
+    for f in figs:
+        for k, n in f.fault_kinds.items():
+            kinds[k] = kinds.get(k, 0) + n
+    majority = sum(f.majority_time for f in figs)
+    gooseless = sum(f.gooseless_with_majority for f in figs)
+    return {
+        "scenarios": {o.scenario: {"ok": o.ok, "seconds": round(o.seconds, 1),
+                                   "faults": o.report.figures.faults,
+                                   "violations": [f"{v.rule}: {v.message}"
+                                                  for v in o.report.violations],
+                                   "failures": o.failures, "crashes": o.crashes}
+                      for o in outcomes},
+        "faults": sum(f.faults for f in figs),
+        "fault_kinds": dict(sorted(kinds.items())),
+        "violations": sum(len(o.report.violations) for o in outcomes),
+        "failures": sum(len(o.failures) for o in outcomes),
+        "crashes": sum(len(o.crashes) for o in outcomes),
+        "observations": sum(f.observations for f in figs),
+        "elections": sum(f.elections for f in figs),
+        "failover": dist(failovers),
+        "recovery": dist(recoveries),
+        "initial_election": dist(initial),
+        "settle": dist(settles),
+        "gooseless_with_majority_s": round(gooseless, 3),
+        "majority_s": round(majority, 3),
+        "elections_per_fault_mean": statistics.mean(per_fault) if per_fault else None,
+        "elections_per_fault_max": max(per_fault, default=None),
+        "unsettled_heals": sum(f.unsettled for f in figs),
+        "ok": all(o.ok for o in outcomes),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    ns = parse_args(args)
+    if not in_private_netns():
+        reason = missing_prerequisites()
+        if reason is not None:
+            print(f"ddg.faults: cannot run: {reason}", file=sys.stderr)
+            return 3
+        reexec_in_private_netns(args)  # does not return
+    loopback_up()
+    outcomes = []
+    t0 = time.monotonic()
+    for name in ns.names:
+        print(f"--- {name}: {SCENARIOS[name].about}", flush=True)
+        outcome = run_one(name, ns)
+        print_outcome(outcome)
+        sys.stdout.flush()
+        outcomes.append(outcome)
+    s = summary(outcomes)
+    s["seconds"] = round(time.monotonic() - t0, 1)
+    s["seed"] = ns.seed
+
+    def fmt(d: dict[str, Any]) -> str:
+        if not d["n"]:
+            return "n=0"
+        return (f"n={d['n']} median={d['median_ms']:.0f} ms p95={d['p95_ms']:.0f} ms "
+                f"max={d['max_ms']:.0f} ms")
+
+    print("=== summary")
+    print(f"scenarios {len(outcomes)} in {s['seconds']} s (seed {ns.seed}); faults injected "
+          f"{s['faults']}; observations {s['observations']}; elections {s['elections']}")
+    print("faults by kind: " + ", ".join(f"{k} {n}" for k, n in s["fault_kinds"].items()))
+    print(f"violations {s['violations']}; failed expectations {s['failures']}; "
+          f"crashes {s['crashes']}")
+    print(f"failover (goose lost, majority connected -> next goose): {fmt(s['failover'])}")
+    print(f"recovery (majority reconnected -> goose): {fmt(s['recovery'])}")
+    print(f"settle (full heal -> all agree): {fmt(s['settle'])}")
+    print(f"initial election (every node answering -> goose): {fmt(s['initial_election'])}")
+    share = s["gooseless_with_majority_s"] / s["majority_s"] if s["majority_s"] else 0.0
+    print(f"time without a goose while a majority was connected: "
+          f"{s['gooseless_with_majority_s']:.2f} s of {s['majority_s']:.1f} s ({share:.1%})")
+    if s["elections_per_fault_mean"] is not None:
+        print(f"elections per fault: mean {s['elections_per_fault_mean']:.2f}, "
+              f"max {s['elections_per_fault_max']}")
+    print("RESULT:", "ok" if s["ok"] else "FAILED")
+    if ns.json is not None:
+        ns.json.write_text(json.dumps(s, indent=2))
+    return 0 if s["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,382 @@
+"""One scenario's world: a LocalCluster in the private namespace, its firewall, the observer
+and the log of every fault injected (with the topology it leaves), for the checker."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar
+
+from ..cluster import LocalCluster
+from ..embedded import EmbeddedRedis
+from .checker import CheckConfig, Event, Observation, Report, Topology, check
+from .netns import Firewall, PortPool, reserve_fixed_ports
+from .observer import Observer
+
+T = TypeVar("T")
+
+
+class ScenarioFailed(AssertionError):
+    """An expectation of the scenario itself did not hold (not a checker violation)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HarnessConfig:
+    nodes: int = 5
+    poll_interval: float = 0.02
+    wait_timeout: float = 5.0  # for conditions a healthy cluster meets in well under a second
+    base_dir: Path | None = None
+    # Self-test only: every node in a cluster of its own, so each is goose of term 1: a real
+    # split brain that the checker must report.
+    split_brain: bool = False
+    check: CheckConfig = field(default_factory=CheckConfig)
+
+
+@dataclass(kw_only=True, slots=True)
+class Outcome:
+    scenario: str
+    report: Report
+    failures: list[str]
+    crashes: list[str]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok and not self.failures and not self.crashes
+
+
+class Harness:
+    def __init__(self, config: HarnessConfig) -> None:
+        self.config = config
+        self.cluster = LocalCluster(base_dir=config.base_dir, log_level="INFO")
+        self.names = [f"n{i}" for i in range(1, config.nodes + 1)]
+        self.events: list[Event] = []
+        self.failures: list[str] = []
+        self.crashes: list[str] = []
+        self.notes: list[str] = []
+        self.isolated: set[str] = set()  # cut off from everyone by isolate()
+        self._crashed: set[tuple[str, int | None]] = set()
+        self.initial = Topology(nodes=frozenset(self.names), live=frozenset())
+        self.topology = self.initial
+        self.firewall: Firewall | None = None
+        self.observer: Observer | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        reserve_fixed_ports()
+        pool = PortPool()
+        self.cluster.redis = EmbeddedRedis(port=pool.take())
+        self.cluster.redis_url = self.cluster.redis.start()
+        assert self.cluster.redis.port is not None
+        self.firewall = Firewall(redis_port=self.cluster.redis.port)
+        ports = {n: pool.take() for n in self.names}
+        for n in self.names:
+            self.firewall.add(n, ports[n])
+        self.firewall.install()
+        self.observer = Observer({n: f"http://127.0.0.1:{ports[n]}" for n in self.names},
+                                 interval=self.config.poll_interval)
+        self.observer.start()
+        t0 = time.monotonic()
+        for n in self.names:
+            if self.config.split_brain:
+                self.cluster.cluster = f"split-{n}"
+            self.cluster.add(n, port=ports[n], preexec_fn=self.firewall.preexec(n))  # type: ignore[arg-type]
+        self.wait_for(lambda: set(self.obs().since(t0)) >= set(self.names),
+                      what="every node to answer /status", timeout=30)
+        self._record("start", f"{len(self.names)} nodes", (), False, t0,
+                     replace(self.topology, live=frozenset(self.names)))
+
+    def close(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+        self.cluster.close()
+
+    def obs(self) -> Observer:
+        assert self.observer is not None
+        return self.observer
+
+    def fw(self) -> Firewall:
+        assert self.firewall is not None
+        return self.firewall
+
+    def _record(self, kind: str, detail: str, targets: Sequence[str], fault: bool,
+                start: float, topology: Topology) -> Event:
+        ev = Event(start=start, end=time.monotonic(), kind=kind, detail=detail,
+                   targets=tuple(targets), topology=topology, fault=fault)
+        self.events.append(ev)
+        self.topology = topology
+        return ev
+
+    def _net(self, kind: str, detail: str, targets: Sequence[str], topology: Topology,
+             *, fault: bool = True) -> Event:
+        start = time.monotonic()
+        self.fw().apply(cut=topology.cut, redis_cut=topology.redis_cut)
+        return self._record(kind, detail, targets, fault, start, topology)
+
+    # ---- network faults ----------------------------------------------------------------------
+
+    def cut(self, pairs: Iterable[tuple[str, str]], *, both_ways: bool = True,
+            kind: str = "cut") -> Event:
+        pairs = list(pairs)
+        new = set(pairs) | ({(b, a) for a, b in pairs} if both_ways else set())
+        arrow = "<>" if both_ways else ">"
+        detail = ",".join(f"{a}{arrow}{b}" for a, b in pairs)
+        return self._net(kind, detail, sorted({x for p in pairs for x in p}),
+                         replace(self.topology, cut=self.topology.cut | frozenset(new)))
+
+    def isolate(self, *nodes: str) -> Event:
+        self.isolated |= set(nodes)
+        pairs = {(a, b) for a in nodes for b in self.names if b != a}
+        new = pairs | {(b, a) for a, b in pairs}
+        return self._net("isolate", ",".join(nodes), nodes,
+                         replace(self.topology, cut=self.topology.cut | frozenset(new)))
+
+    def partition(self, groups: Sequence[Iterable[str]]) -> Event:
+        sets = [set(g) for g in groups]
+        rest = set(self.names) - set().union(*sets)
+        if rest:
+            sets.append(rest)
+        cut = {(a, b) for i, g in enumerate(sets) for j, h in enumerate(sets) if i != j
+               for a in g for b in h}
+        detail = " | ".join(",".join(sorted(g)) for g in sets)
+        return self._net("partition", detail, self.names,
+                         replace(self.topology, cut=self.topology.cut | frozenset(cut)))
+
+    def cut_redis(self, *nodes: str) -> Event:
+        return self._net("cut-redis", ",".join(nodes), nodes,
+                         replace(self.topology,
+                                 redis_cut=self.topology.redis_cut | frozenset(nodes)))
+
+    def reconnect(self, node: str) -> Event:
+        """MIT's connect(i): NODE's links come back, except to nodes still isolated."""
+        self.isolated.discard(node)
+        new = frozenset(p for p in self.topology.cut
+                        if node not in p or (set(p) - {node}) <= self.isolated)
+        return self._net("reconnect", node, (node,), replace(self.topology, cut=new),
+                         fault=False)
+
+    def heal_network(self) -> Event:
+        self.isolated.clear()
+        return self._net("heal", "network", (), replace(self.topology, cut=frozenset(),
+                                                        redis_cut=frozenset()), fault=False)
+
+    # ---- process faults ----------------------------------------------------------------------
+
+    def kill(self, node: str) -> Event:
+        start = time.monotonic()
+        proc = self.cluster.nodes[node]
+        proc.kill()
+        proc.wait(10)
+        return self._record("kill", node, (node,), True, start,
+                            replace(self.topology, live=self.topology.live - {node}))
+
+    def terminate(self, node: str) -> Event:
+        """SIGTERM: a goose hands over first. Waits for the exit."""
+        start = time.monotonic()
+        proc = self.cluster.nodes[node]
+        proc.terminate()
+        code = proc.wait(10)
+        if code is None:
+            self.fail(f"{node} did not exit within 10 s of SIGTERM")
+            proc.kill()
+            proc.wait(5)
+        elif code != 0:
+            self.fail(f"{node} exited with code {code} after SIGTERM")
+        return self._record("terminate", node, (node,), True, start,
+                            replace(self.topology, live=self.topology.live - {node}))
+
+    def restart(self, node: str) -> Event:
+        """Same name, port and data dir; the event ends when the new process answers."""
+        start = time.monotonic()
+        self.cluster.restart(node)
+        self.wait_for(lambda: node in self.obs().since(start),
+                      what=f"{node} to answer after its restart", timeout=20)
+        return self._record("restart", node, (node,), False, start,
+                            replace(self.topology, live=self.topology.live | {node}))
+
+    def pause(self, node: str) -> Event:
+        start = time.monotonic()
+        self.cluster.nodes[node].signal(signal.SIGSTOP)
+        return self._record("pause", node, (node,), True, start,
+                            replace(self.topology, live=self.topology.live - {node}))
+
+    def resume(self, node: str) -> Event:
+        start = time.monotonic()
+        self.cluster.nodes[node].signal(signal.SIGCONT)
+        return self._record("resume", node, (node,), False, start,
+                            replace(self.topology, live=self.topology.live | {node}))
+
+    # ---- Redis faults ------------------------------------------------------------------------
+
+    def freeze_redis(self) -> Event:
+        start = time.monotonic()
+        assert self.cluster.redis is not None and self.cluster.redis.proc is not None
+        self.cluster.redis.proc.send_signal(signal.SIGSTOP)
+        return self._record("freeze-redis", "SIGSTOP", (), True, start,
+                            replace(self.topology, redis="frozen"))
+
+    def thaw_redis(self) -> Event:
+        start = time.monotonic()
+        assert self.cluster.redis is not None and self.cluster.redis.proc is not None
+        self.cluster.redis.proc.send_signal(signal.SIGCONT)
+        return self._record("thaw-redis", "SIGCONT", (), False, start,
+                            replace(self.topology, redis="up"))
+
+    def kill_redis(self) -> Event:
+        start = time.monotonic()
+        assert self.cluster.redis is not None and self.cluster.redis.proc is not None
+        self.cluster.redis.proc.send_signal(signal.SIGCONT)
+        self.cluster.redis.proc.kill()
+        self.cluster.redis.proc.wait(10)
+        self.cluster.redis.proc = None
+        return self._record("kill-redis", "SIGKILL", (), True, start,
+                            replace(self.topology, redis="down"))
+
+    def start_redis_empty(self) -> Event:
+        start = time.monotonic()
+        assert self.cluster.redis is not None
+        self.cluster.redis.start()
+        return self._record("start-redis", f"empty, port {self.cluster.redis.port}", (), False,
+                            start, replace(self.topology, redis="up"))
+
+    # ---- heal everything -----------------------------------------------------------------
+
+    def heal_all(self) -> None:
+        """Undo every fault in force: links, pauses, dead nodes, Redis. Then wait to settle."""
+        top = self.topology
+        if top.cut or top.redis_cut:
+            self.heal_network()
+        for node in sorted(top.nodes - top.live):
+            if self.cluster.nodes[node].running:
+                self.resume(node)
+            else:
+                self.restart(node)
+        if top.redis == "frozen":
+            self.thaw_redis()
+        elif top.redis == "down":
+            self.start_redis_empty()
+        self.settle()
+
+    # ---- observations ----------------------------------------------------------------------
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+
+    def wait_for(self, cond: Callable[[], T | None], *, what: str,
+                 timeout: float | None = None) -> T | None:
+        deadline = time.monotonic() + (timeout or self.config.wait_timeout)
+        while True:
+            value = cond()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise ScenarioFailed(f"timed out waiting for {what}")
+            time.sleep(0.01)
+
+    def geese(self, since: float, among: Iterable[str] | None = None) -> dict[str, Observation]:
+        names = set(self.names if among is None else among)
+        return {n: o for n, o in self.obs().since(since).items()
+                if n in names and o.role == "goose"}
+
+    def goose(self, among: Iterable[str] | None = None, *, timeout: float | None = None,
+              exclude: Iterable[str] = ()) -> str:
+        """Wait until exactly one node of AMONG answers goose (answers sent from now on)."""
+        names = set(self.names if among is None else among) - set(exclude)
+        t0 = time.monotonic()
+
+        def one() -> str | None:
+            latest = self.obs().since(t0)
+            geese = [n for n in names if n in latest and latest[n].role == "goose"]
+            return geese[0] if len(geese) == 1 else None
+
+        found = self.wait_for(one, what=f"one goose among {','.join(sorted(names))}",
+                              timeout=timeout)
+        assert found is not None
+        return found
+
+    def current_goose(self) -> str:
+        return self.goose(self.topology.live)
+
+    def settle(self, timeout: float | None = None) -> str:
+        """Every live node answers, one says goose and all name it."""
+        t0 = time.monotonic()
+        live = set(self.topology.live)
+
+        def agreed() -> str | None:
+            latest = self.obs().since(t0)
+            if not live <= set(latest):
+                return None
+            geese = [n for n in live if latest[n].role == "goose"]
+            if len(geese) == 1 and all(latest[n].goose == geese[0] for n in live):
+                return geese[0]
+            return None
+
+        found = self.wait_for(agreed, what="the cluster to agree on one goose",
+                              timeout=timeout)
+        assert found is not None
+        return found
+
+    def expect_no_goose(self, among: Iterable[str], seconds: float) -> None:
+        """MIT's checkNoLeader: for SECONDS (after a lease of grace) nobody in AMONG is goose."""
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        grace = t0 + 0.3
+        names = set(among)
+        bad = [o for o in self.obs().history()
+               if o.node in names and o.role == "goose" and o.sent >= grace]
+        if bad:
+            self.fail(f"{bad[0].node} answered goose (term {bad[0].term}) at "
+                      f"+{(bad[0].sent - t0) * 1000:.0f} ms without a quorum")
+
+    def expect_goose_unchanged(self, goose: str, seconds: float) -> None:
+        """For SECONDS, the goose stays GOOSE and no other node answers goose."""
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        hist = [o for o in self.obs().history() if o.sent >= t0 and o.ok]
+        other = [o for o in hist if o.role == "goose" and o.node != goose]
+        lost = [o for o in hist if o.node == goose and o.role != "goose"]
+        if other or lost:
+            o = (other or lost)[0]
+            self.fail(f"expected {goose} to stay goose; {o.node} answered {o.role} "
+                      f"(term {o.term}) at +{(o.sent - t0) * 1000:.0f} ms")
+
+    def hold(self, seconds: float) -> None:
+        """Let a fault last: sleeping here is the fault's duration, not synchronisation."""
+        time.sleep(seconds)
+
+    def check_processes(self) -> None:
+        for node in self.names:
+            proc = self.cluster.nodes.get(node)
+            if proc is not None and not proc.running and node in self.topology.live \
+                    and (node, proc.pid) not in self._crashed:
+                self._crashed.add((node, proc.pid))
+                self.crashes.append(f"{node} exited with code {proc.returncode} unexpectedly\n"
+                                    + self.cluster.log_tail(node, 25))
+
+    def log_problems(self) -> list[str]:
+        found = []
+        logs = self.cluster.base_dir / "logs"
+        for node in self.names:
+            path = logs / f"{node}.log"
+            if not path.exists():
+                continue
+            text = path.read_text(errors="replace")
+            for marker in ("Traceback", "CRITICAL", "unexpected error"):
+                if marker in text:
+                    idx = text.index(marker)
+                    found.append(f"{node}: {marker} in log:\n{text[max(0, idx - 400):idx + 1200]}")
+                    break
+        return found
+
+    def finish(self, scenario: str, started: float) -> Outcome:
+        self.check_processes()
+        self.obs().stop()
+        history = self.obs().history()
+        report = check(history, self.events, self.initial, self.config.check)
+        crashes = self.crashes + self.log_problems()
+        return Outcome(scenario=scenario, report=report, failures=list(self.failures),
+                       crashes=crashes, seconds=time.monotonic() - started)

@@ -1,0 +1,324 @@
+"""The fault scenarios. Each gets a started Harness and drives faults through it; the checker
+judges the recorded history afterwards, and the scenario adds its own expectations."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from .harness import Harness
+
+GOOSE = "@goose"  # a chaos target resolved to the goose of the moment
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunConfig:
+    seconds: float | None = None  # chaos duration
+    steps: int | None = None  # chaos step count (wins over seconds)
+    seed: int = 1
+    nodes: int | None = None  # override the scenario's cluster size
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Scenario:
+    name: str
+    nodes: int
+    run: Callable[[Harness, RunConfig], None]
+    about: str
+    in_all: bool = True
+
+
+def others(h: Harness, *exclude: str) -> list[str]:
+    return [n for n in h.names if n not in exclude]
+
+
+# ---- ports of the MIT 6.5840 leader-election tests ------------------------------------------
+
+
+def initial_election(h: Harness, cfg: RunConfig) -> None:
+    """TestInitialElection3A: one goose; with no failure the goose and its term stay put."""
+    goose = h.settle()
+    h.expect_goose_unchanged(goose, 1.0)
+
+
+def re_election(h: Harness, cfg: RunConfig) -> None:
+    """TestReElection3A: goose cut off, reconnected; then no quorum; then quorum again."""
+    g1 = h.settle()
+    h.isolate(g1)
+    h.goose(others(h, g1))
+    h.reconnect(g1)  # the old goose rejoining must not disturb the new one
+    g2 = h.settle()
+    third = next(n for n in h.names if n != g2)
+    h.isolate(g2, third)  # a lone node without quorum must not become goose
+    h.expect_no_goose(h.names, 1.0)
+    h.reconnect(third)
+    h.goose([n for n in h.names if n != g2])
+    h.reconnect(g2)
+    h.settle()
+
+
+def many_elections(h: Harness, cfg: RunConfig) -> None:
+    """TestManyElections3A: 7 nodes, rounds of 3 random nodes cut off."""
+    rng = random.Random(cfg.seed)
+    for _ in range(6):
+        cut = rng.sample(h.names, 3)
+        h.isolate(*cut)
+        h.goose(others(h, *cut))
+        h.heal_network()
+    h.settle()
+
+
+# ---- the issue's scenarios ------------------------------------------------------------------
+
+
+def isolate_goose(h: Harness, cfg: RunConfig) -> None:
+    for _ in range(3):
+        g = h.settle()
+        h.isolate(g)
+        h.goose(others(h, g))
+        h.hold(0.4)
+        h.heal_network()
+    h.settle()
+
+
+def goose_plus_one(h: Harness, cfg: RunConfig) -> None:
+    """The goose and one duck against the rest: the rest elect, the pair goes quiet."""
+    for _ in range(2):
+        g = h.settle()
+        duck = others(h, g)[0]
+        h.partition([[g, duck]])
+        h.goose(others(h, g, duck))
+        h.expect_no_goose([g, duck], 0.6)
+        h.heal_network()
+    h.settle()
+
+
+def one_way(h: Harness, cfg: RunConfig) -> None:
+    """Links cut one way only: the goose's outgoing packets, then one duck's toward the goose."""
+    g = h.settle()
+    h.cut([(g, n) for n in others(h, g)], both_ways=False)
+    h.goose(others(h, g))
+    h.hold(0.3)
+    h.heal_network()
+    g = h.settle()
+    duck = others(h, g)[0]
+    h.cut([(duck, g)], both_ways=False)  # TCP needs both ways: the duck is cut from the goose
+    h.expect_goose_unchanged(g, 0.8)  # pre-vote: the cut-off duck must not depose the goose
+    h.heal_network()
+    h.settle()
+
+
+def pause_goose(h: Harness, cfg: RunConfig) -> None:
+    """SIGSTOP the goose past its lease; once resumed it must never answer goose in its term."""
+    for _ in range(2):
+        g = h.settle()
+        term = h.obs().latest()[g].term
+        h.pause(g)
+        h.goose(others(h, g))
+        h.hold(0.6)
+        resumed = h.resume(g)
+        h.settle()
+        late = [o for o in h.obs().history() if o.node == g and o.received >= resumed.start
+                and o.role == "goose" and o.term == term]
+        if late:
+            h.fail(f"{g} answered goose in its old term {term} after SIGCONT "
+                   f"(+{(late[0].received - resumed.start) * 1000:.0f} ms)")
+
+
+def kill_restart(h: Harness, cfg: RunConfig) -> None:
+    """SIGKILL the goose, then a duck; each restarts with the same data dir."""
+    g = h.settle()
+    h.kill(g)
+    h.goose(others(h, g))
+    h.restart(g)
+    g = h.settle()
+    duck = others(h, g)[-1]
+    h.kill(duck)
+    h.expect_goose_unchanged(g, 0.5)
+    h.restart(duck)
+    h.settle()
+
+
+def graceful(h: Harness, cfg: RunConfig) -> None:
+    """SIGTERM the goose: it hands over; a new goose appears within a few heartbeats."""
+    for _ in range(2):
+        g = h.settle()
+        stopped = h.terminate(g)
+        new = h.goose(others(h, g))
+        t = next((o.received for o in h.obs().history()
+                  if o.node == new and o.role == "goose" and o.sent >= stopped.start), None)
+        if t is not None:
+            h.notes.append(f"hand-over {g} -> {new}: {(t - stopped.start) * 1000:.0f} ms "
+                           f"after SIGTERM")
+        h.restart(g)
+    h.settle()
+
+
+def redis_frozen(h: Harness, cfg: RunConfig) -> None:
+    """Redis frozen, then killed and restarted empty: the goose stays put throughout."""
+    g = h.settle()
+    h.freeze_redis()
+    h.expect_goose_unchanged(g, 1.5)
+    duck = others(h, g)[0]
+    h.kill(duck)  # a restart while Redis is frozen runs on the cached membership
+    h.restart(duck)
+    h.thaw_redis()
+    g = h.settle()
+    h.kill_redis()
+    h.expect_goose_unchanged(g, 1.0)
+    h.start_redis_empty()
+    h.expect_goose_unchanged(g, 0.5)
+
+    def restored() -> bool:
+        sts = h.cluster.statuses()
+        return all(s is not None and s["members"] == sorted(h.names) and s["redis"]["connected"]
+                   for s in sts.values())
+    h.wait_for(restored, what="every node back on Redis with the full membership", timeout=10)
+    h.settle()
+
+
+def goose_cut_from_redis(h: Harness, cfg: RunConfig) -> None:
+    g = h.settle()
+    h.cut_redis(g)
+    h.expect_goose_unchanged(g, 2.0)
+    h.heal_network()
+    h.settle()
+
+
+def split_brain(h: Harness, cfg: RunConfig) -> None:
+    """Self-test: two one-node clusters watched as one. The checker must report violations."""
+    h.hold(1.0)
+
+
+# ---- chaos -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Step:
+    kind: str
+    targets: tuple[str, ...]
+    hold: float
+    gap: float
+
+    def describe(self) -> str:
+        return f"{self.kind}({','.join(self.targets)}) hold={self.hold:.2f}s"
+
+
+KINDS = (
+    ("isolate", 3), ("partition", 3), ("goose-plus-one", 2), ("one-way", 2), ("cut-redis", 1),
+    ("pause", 2), ("kill", 2), ("terminate", 1), ("freeze-redis", 1), ("kill-redis", 1),
+    ("partition+freeze-redis", 1),
+)
+
+
+def chaos_plan(seed: int, names: list[str]) -> Iterator[Step]:
+    """The same seed gives the same steps; only '@goose' depends on the run."""
+    rng = random.Random(seed)
+    kinds = [k for k, _ in KINDS]
+    weights = [w for _, w in KINDS]
+    while True:
+        kind = rng.choices(kinds, weights)[0]
+        node = GOOSE if rng.random() < 0.5 else rng.choice(names)
+        if kind in ("partition", "partition+freeze-redis"):
+            shuffled = rng.sample(names, len(names))
+            cuts = sorted(rng.sample(range(1, len(names)), rng.randint(1, 2)))
+            groups = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(names)],
+                                                    strict=True)]
+            targets = tuple("+".join(sorted(g)) for g in groups)
+        elif kind == "goose-plus-one":
+            targets = (GOOSE, rng.choice(names))
+        elif kind == "one-way":
+            a, b = rng.sample(names, 2)
+            targets = (GOOSE if rng.random() < 0.5 else a, b)
+        elif kind in ("freeze-redis", "kill-redis"):
+            targets = ()
+        else:
+            targets = (node,)
+        yield Step(kind=kind, targets=targets, hold=round(rng.uniform(0.2, 1.2), 3),
+                   gap=round(rng.uniform(0.0, 0.3), 3))
+
+
+def run_step(h: Harness, step: Step, goose: str) -> None:
+    def res(t: str) -> str:
+        return goose if t == GOOSE else t
+
+    kind = step.kind
+    if kind == "isolate":
+        h.isolate(res(step.targets[0]))
+    elif kind in ("partition", "partition+freeze-redis"):
+        h.partition([g.split("+") for g in step.targets])
+        if kind.endswith("freeze-redis"):
+            h.freeze_redis()
+    elif kind == "goose-plus-one":
+        pair = {goose, res(step.targets[1])}
+        if len(pair) == 1:
+            pair.add(others(h, goose)[0])
+        h.partition([sorted(pair)])
+    elif kind == "one-way":
+        a, b = res(step.targets[0]), res(step.targets[1])
+        if a == b:
+            b = others(h, a)[0]
+        if a == goose:
+            h.cut([(a, n) for n in others(h, a)], both_ways=False)
+        else:
+            h.cut([(a, b)], both_ways=False)
+    elif kind == "cut-redis":
+        h.cut_redis(res(step.targets[0]))
+    elif kind == "pause":
+        h.pause(res(step.targets[0]))
+    elif kind == "kill":
+        h.kill(res(step.targets[0]))
+    elif kind == "terminate":
+        h.terminate(res(step.targets[0]))
+    elif kind == "freeze-redis":
+        h.freeze_redis()
+    elif kind == "kill-redis":
+        h.kill_redis()
+    else:  # pragma: no cover - KINDS and this function change together
+        raise ValueError(kind)
+    h.hold(step.hold)
+    h.heal_all()
+
+
+def chaos(h: Harness, cfg: RunConfig) -> None:
+    deadline = time.monotonic() + (cfg.seconds if cfg.seconds is not None else 30.0)
+    goose = h.settle()
+    for i, step in enumerate(chaos_plan(cfg.seed, h.names)):
+        if cfg.steps is not None and i >= cfg.steps:
+            break
+        if cfg.steps is None and time.monotonic() >= deadline:
+            break
+        h.notes.append(f"step {i}: {step.describe()} (goose {goose})")
+        run_step(h, step, goose)
+        h.check_processes()
+        h.hold(step.gap)
+        goose = h.settle()
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario(name="initial-election", nodes=3, run=initial_election,
+             about="MIT TestInitialElection3A"),
+    Scenario(name="re-election", nodes=3, run=re_election,
+             about="MIT TestReElection3A: goose cut off and back, no quorum, quorum again"),
+    Scenario(name="many-elections", nodes=7, run=many_elections,
+             about="MIT TestManyElections3A: 7 nodes, rounds of 3 random nodes cut off"),
+    Scenario(name="isolate-goose", nodes=5, run=isolate_goose, about="isolate the goose, heal"),
+    Scenario(name="goose-plus-one", nodes=5, run=goose_plus_one,
+             about="the goose and one duck against three"),
+    Scenario(name="one-way", nodes=5, run=one_way, about="links cut one way only"),
+    Scenario(name="pause-goose", nodes=5, run=pause_goose,
+             about="SIGSTOP the goose past its lease, SIGCONT"),
+    Scenario(name="kill-restart", nodes=5, run=kill_restart,
+             about="SIGKILL goose and duck, restart on the same data dir"),
+    Scenario(name="graceful", nodes=5, run=graceful, about="SIGTERM the goose: hand-over"),
+    Scenario(name="redis-frozen", nodes=5, run=redis_frozen,
+             about="Redis SIGSTOPped, then killed and restarted empty"),
+    Scenario(name="goose-cut-from-redis", nodes=5, run=goose_cut_from_redis,
+             about="the goose loses Redis only"),
+    Scenario(name="chaos", nodes=5, run=chaos,
+             about="random faults from --seed for --seconds (or --steps)"),
+    Scenario(name="selftest-split-brain", nodes=2, run=split_brain, in_all=False,
+             about="self-test: a real split brain (two clusters), which must be reported"),
+)}

@@ -1,0 +1,125 @@
+"""Real faults against real nodes: `python -m ddg.faults` in a private network namespace.
+
+The short CI run lives here; longer soaks are run by hand (docs/faults.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ddg.faults import netns
+from ddg.faults.harness import Harness, HarnessConfig
+from ddg.faults.scenarios import chaos_plan
+
+REPO = Path(__file__).resolve().parent.parent
+CHAOS_SECONDS = 45
+BUDGET = 240  # seconds for the whole run; it takes about 100 s on 2 cores
+
+
+def test_iptables_is_never_touched_outside_a_private_namespace(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(netns.ENV_MARKER, raising=False)
+    assert not netns.in_private_netns()
+    with pytest.raises(RuntimeError, match="refusing"):
+        netns.require_private_netns()
+    fw = netns.Firewall(redis_port=6379)
+    fw._installed = True
+    with pytest.raises(RuntimeError, match="refusing"):
+        fw.apply(cut=(), redis_cut=())
+
+
+def test_firewall_rules_cut_exactly_the_named_directions() -> None:
+    fw = netns.Firewall(redis_port=6379)
+    a, b = fw.add("a", 1001), fw.add("b", 1002)
+    one_way = fw.rules([("a", "b")], [])
+    assert f"--gid-owner {a.gid} -m tcp --dport 1002 -j DROP" in one_way
+    assert f"--gid-owner {a.gid} -m connmark --mark {b.gid} -j DROP" in one_way
+    assert f"--gid-owner {b.gid}" not in one_way
+    redis = fw.rules([], ["b"])
+    assert f"--gid-owner {b.gid} -m tcp --dport 6379 -j DROP" in redis
+    assert f"--sport 6379 -m connmark --mark {b.gid} -j DROP" in redis
+    assert "-A OUTPUT" not in fw.rules([], [])
+
+
+class _NoFirewall:
+    def apply(self, **_: object) -> None:
+        pass
+
+
+def test_reconnect_keeps_links_to_nodes_still_isolated() -> None:
+    """MIT's disconnect/connect: reconnecting one of two isolated nodes leaves the other out."""
+    h = Harness(HarnessConfig(nodes=3))
+    try:
+        h.firewall = _NoFirewall()  # type: ignore[assignment]
+        h.topology = replace(h.topology, live=h.topology.nodes)
+        h.isolate("n1", "n2")
+        assert h.topology.majority() is None
+        h.reconnect("n2")
+        top = h.topology
+        assert top.linked("n2", "n3") and not top.linked("n1", "n2")
+        assert not top.linked("n1", "n3")
+        assert top.majority() == frozenset({"n2", "n3"})
+        h.cut([("n2", "n3")], both_ways=False)
+        assert not h.topology.linked("n3", "n2") and ("n3", "n2") not in h.topology.cut
+        h.heal_network()
+        assert not h.topology.cut and not h.isolated
+    finally:
+        h.close()
+
+
+def test_a_chaos_seed_replays_the_same_steps() -> None:
+    names = ["n1", "n2", "n3", "n4", "n5"]
+    first = [s for s, _ in zip(chaos_plan(7, names), range(50), strict=False)]
+    again = [s for s, _ in zip(chaos_plan(7, names), range(50), strict=False)]
+    other = [s for s, _ in zip(chaos_plan(8, names), range(50), strict=False)]
+    assert first == again
+    assert first != other
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(BUDGET + 30)
+def test_every_scenario_under_real_faults(tmp_path: Path) -> None:
+    reason = netns.missing_prerequisites()
+    if reason is not None:
+        pytest.skip(f"real network faults not possible here: {reason}")
+    out = tmp_path / "faults.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddg.faults", "--scenario", "all", "--seconds",
+         str(CHAOS_SECONDS), "--seed", "1", "--json", str(out), "--keep", str(tmp_path / "k")],
+        cwd=REPO, capture_output=True, text=True, timeout=BUDGET,
+    )
+    if proc.returncode == 3:
+        pytest.skip(f"real network faults not possible here: {proc.stderr.strip()}")
+    assert out.exists(), proc.stdout[-5000:] + proc.stderr[-5000:]
+    result = json.loads(out.read_text())
+    assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-3000:]
+    assert result["violations"] == 0
+    assert result["crashes"] == 0
+    assert result["failures"] == 0
+    assert result["faults"] >= 60
+    assert result["recovery"]["max_ms"] is None or result["recovery"]["max_ms"] <= 600
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(90)
+def test_a_real_split_brain_is_reported(tmp_path: Path) -> None:
+    """Negative control: two one-node clusters watched as one cluster must fail the check."""
+    reason = netns.missing_prerequisites()
+    if reason is not None:
+        pytest.skip(f"real network faults not possible here: {reason}")
+    out = tmp_path / "faults.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddg.faults", "--scenario", "selftest-split-brain",
+         "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1, proc.stdout[-5000:] + proc.stderr[-3000:]
+    violations = json.loads(out.read_text())["scenarios"]["selftest-split-brain"]["violations"]
+    rules = {v.split(":")[0] for v in violations}
+    assert {"same-term", "span-overlap", "lease-overlap"} <= rules
+    assert "---- violation here ----" in proc.stdout
