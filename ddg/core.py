@@ -298,7 +298,9 @@ class Election:
                 del self.acks[old], self.sent_at[old]
 
     def _on_timeout_now(self, msg: TimeoutNow, now: float) -> None:
-        if msg.term == self.term and self.role is Role.DUCK:
+        # Only from the goose this node follows: the hand-over skips stickiness, which is safe
+        # only because that goose stopped answering `goose` before it sent this.
+        if msg.term == self.term and self.role is Role.DUCK and msg.sender == self.leader:
             self._out.events.append(f"{msg.sender} handed leadership over; campaigning now")
             self._campaign(now, transfer=True)
 

@@ -462,8 +462,9 @@ class Node:
             return json_error(503, "partitioned by fault injection")
         out = core.step(msg, time.monotonic())
         self._apply(out)
-        if out.reply is None:
-            return web.json_response({})
+        if out.reply is None:  # TimeoutNow has no answer but an acknowledgement
+            return web.json_response({"term": core.term, "sender": self.config.name,
+                                      "version": self.membership.version})
         return web.json_response(encode(out.reply, version=self.membership.version))
 
     async def _admin_peers(self, request: web.Request) -> tuple[bool, set[str]]:

@@ -338,6 +338,14 @@ def test_timeout_now_of_another_term_is_ignored() -> None:
     assert out.sends == [] and duck.term == 3 and duck.role is Role.DUCK
 
 
+def test_timeout_now_from_anyone_but_the_goose_is_ignored() -> None:
+    """Else a duck could campaign past stickiness while the real goose still holds its lease."""
+    duck = make("d", ["g", "d", "x"])
+    duck.step(Heartbeat(term=3, sender="g", seq=1), 1.0)
+    out = duck.step(TimeoutNow(term=3, sender="x"), 1.01)
+    assert out.sends == [] and duck.term == 3 and duck.role is Role.DUCK and duck.leader == "g"
+
+
 def test_transfer_request_skips_stickiness() -> None:
     duck = make("d", ["g", "d", "t"])
     duck.step(Heartbeat(term=3, sender="g", seq=1), 1.0)

@@ -97,3 +97,15 @@ def test_higher_term_vote_from_member_is_refused_while_goose_lives(cluster: Loca
         assert resp.status_code == 200
         assert resp.json()["granted"] is False
     assert _snapshot(cluster) == before
+
+
+def test_stale_timeout_now_is_acknowledged_and_ignored(cluster: LocalCluster) -> None:
+    """Every reply carries the sender's term and name; a TimeoutNow of an old term does nothing."""
+    before = _snapshot(cluster)
+    goose = next(n for n, s in before.items() if s[2] == "goose")
+    duck = next(n for n in before if n != goose)
+    resp = httpx.post(cluster.nodes[duck].spec.address + "/raft/timeout_now",
+                      json={"term": max(0, before[duck][0] - 1), "sender": goose})
+    assert resp.status_code == 200
+    assert resp.json()["sender"] == duck and resp.json()["term"] == before[duck][0]
+    assert _snapshot(cluster) == before
