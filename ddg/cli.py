@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from aiohttp import ClientError, ClientSession, ClientTimeout
 
+from . import __version__
 from .config import (
     DEFAULT_CLUSTER,
     DEFAULT_REDIS_URL,
@@ -68,6 +69,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def run_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ddg-node", description="Run one DuckDuckGoose node in the foreground.",
                 epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"ddg-node {__version__}")
     p.add_argument("--name", default=_env("DDG_NODE_NAME"),
                    help="node name, unique in the cluster (env DDG_NODE_NAME; default HOST-PORT)")
     p.add_argument("--host", default=_env("DDG_HOST", "127.0.0.1"),

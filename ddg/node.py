@@ -129,9 +129,11 @@ class Node:
         """Serve until SIGTERM/SIGINT or removal from the registry; returns the exit code."""
         self.data.open()
         try:
-            return await self._serve()
+            code = await self._serve()
         finally:
             self.data.close()
+        log.info("stopped (exit code %d)", code)
+        return code
 
     async def _serve(self) -> int:
         hard = self.data.load_hard_state()

@@ -45,13 +45,13 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__, epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--demo", metavar="N", type=_positive_int,
-                      help=f"start an embedded Redis and N (1-{MAX_DEMO_NODES}) ddg-node "
-                           "processes, and stop them all on quit")
-    what.add_argument("--redis-url", metavar="URL", default=os.environ.get("DDG_REDIS_URL"),
-                      help="attach to the cluster registered in this Redis "
-                           "(env DDG_REDIS_URL); quitting leaves the nodes running")
+    p.add_argument("--demo", metavar="N", type=_positive_int,
+                   help=f"start N (1-{MAX_DEMO_NODES}) ddg-node processes, on an embedded Redis "
+                        "unless --redis-url is given, and stop them all on quit (on a given "
+                        "Redis they are also taken out of its registry)")
+    p.add_argument("--redis-url", metavar="URL", default=None,
+                   help="attach to the cluster registered in this Redis (env DDG_REDIS_URL); "
+                        "quitting leaves the nodes running")
     p.add_argument("--cluster", metavar="NAME",
                    default=os.environ.get("DDG_CLUSTER") or None,
                    help=f"cluster name (env DDG_CLUSTER; default {DEFAULT_CLUSTER!r}, "
@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: Sequence[str] | None = None) -> ConsoleConfig:
     """Parse and validate; raises ConfigError (argparse errors exit 2 by themselves)."""
     args = build_parser().parse_args(argv)
-    if args.demo is not None:
-        args.redis_url = None  # an inherited DDG_REDIS_URL does not conflict with --demo
+    if args.demo is None and args.redis_url is None:
+        # Only attaching reads the environment: a demo uses a Redis only when told so.
+        args.redis_url = os.environ.get("DDG_REDIS_URL") or None
     cluster = args.cluster or ("demo" if args.demo is not None else DEFAULT_CLUSTER)
     poll = PollSettings(interval=args.poll_interval / 1000, timeout=args.timeout / 1000,
                         failover_interval=min(0.05, args.poll_interval / 1000))
@@ -112,9 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         redis_url = config.redis_url
         if config.demo is not None:
             demo = Demo(DemoConfig(nodes=config.demo, cluster=config.cluster,
-                                   secret=config.secret))
-            print(f"{PROG}: starting an embedded Redis and {config.demo} nodes…",
-                  file=sys.stderr)
+                                   secret=config.secret, redis_url=config.redis_url))
+            where = config.redis_url or "an embedded Redis"
+            print(f"{PROG}: starting {config.demo} nodes on {where}…", file=sys.stderr)
             redis_url = demo.launch()
         assert redis_url is not None
         source = LiveSource(redis_url=redis_url, cluster=config.cluster,
@@ -138,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(sig, signal.SIG_IGN)
             stopped = demo.close()
-            print(f"{PROG}: stopped {len(stopped)} node(s) and the embedded Redis; "
+            what = ("the embedded Redis" if config.redis_url is None
+                    else f"removed them from cluster {config.cluster!r}")
+            print(f"{PROG}: stopped {len(stopped)} node(s) and {what}; "
                   "removed the demo's temp dir", file=sys.stderr)
     return code

@@ -53,8 +53,6 @@ class ConsoleConfig:
                 "nothing to show: pass --demo N to start a demo cluster, or --redis-url URL "
                 "to attach to a running one"
             )
-        if self.demo is not None and self.redis_url is not None:
-            raise ConfigError("--demo starts its own Redis; do not combine it with --redis-url")
         if self.demo is not None and not 1 <= self.demo <= MAX_DEMO_NODES:
             raise ConfigError(f"--demo takes 1-{MAX_DEMO_NODES} nodes, got {self.demo}")
         if self.redis_url is not None:

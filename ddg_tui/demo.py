@@ -1,11 +1,14 @@
-"""A demo cluster owned by the console: an embedded Redis, N ddg-node processes, one temp dir.
+"""A demo cluster owned by the console: N ddg-node processes, one temp dir, and an embedded
+Redis unless the operator named one.
 
-`Demo.close()` stops everything it started and removes the temp dir; it is safe to call more
-than once and from any exit path (normal quit, exception, SIGTERM/SIGHUP via the CLI).
+`Demo.close()` stops everything it started, takes its nodes out of a Redis it did not start,
+and removes the temp dir; it is safe to call more than once and from any exit path (normal
+quit, exception, SIGTERM/SIGHUP via the CLI).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import signal
@@ -16,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ddg.embedded import EmbeddedRedis, free_port
-from ddg.errors import ConfigError, DdgError
+from ddg.errors import ConfigError, DdgError, NotAMember, RegistryError
 from ddg.launcher import NodeProcess, NodeSpec
+from ddg.registry import Registry
 
 from .source import Exit, Started
 
@@ -30,6 +34,7 @@ class DemoConfig:
     host: str = "127.0.0.1"
     heartbeat_ms: int | None = None
     election_timeout_ms: str | None = None
+    redis_url: str | None = None  # None: start an embedded Redis
 
     def __post_init__(self) -> None:
         if not 0 <= self.nodes <= 64:
@@ -57,7 +62,7 @@ class Demo:
 
     def __init__(self, config: DemoConfig) -> None:
         self.config = config
-        self.redis = EmbeddedRedis(host=config.host)
+        self.redis = EmbeddedRedis(host=config.host) if config.redis_url is None else None
         self.dir: Path | None = None
         self.redis_url: str | None = None
         self._procs: dict[str, NodeProcess] = {}
@@ -73,7 +78,7 @@ class Demo:
         """Start Redis and the configured nodes; returns the Redis URL. Cleans up on failure."""
         try:
             self.dir = Path(tempfile.mkdtemp(prefix="ddg-demo-"))
-            self.redis_url = self.redis.start()
+            self.redis_url = self.redis.start() if self.redis else self.config.redis_url
             for _ in range(self.config.nodes):
                 self.add()
         except BaseException:
@@ -100,11 +105,35 @@ class Demo:
                 p.wait(2.0)
             p.close_log()
             done.append(p.spec.name)
-        with contextlib.suppress(Exception):
-            self.redis.close()
+        if self.redis is not None:
+            with contextlib.suppress(Exception):
+                self.redis.close()
+        elif self.redis_url is not None and procs:
+            self._deregister([p.spec.name for p in procs])
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
         return done
+
+    def _deregister(self, names: list[str]) -> None:
+        """Leave a Redis we did not start as we found it: our nodes out of its registry.
+
+        Runs its own event loop in a thread, so it works whether or not a loop is running here.
+        """
+        url = self.redis_url
+        assert url is not None
+
+        async def remove_all() -> None:
+            registry = Registry(url, self.config.cluster, timeout=2.0)
+            try:
+                for name in names:
+                    with contextlib.suppress(NotAMember, RegistryError):
+                        await registry.remove(name)
+            finally:
+                await registry.close()
+
+        worker = threading.Thread(target=asyncio.run, args=(remove_all(),), daemon=True)
+        worker.start()
+        worker.join(10.0)
 
     @property
     def pids(self) -> dict[str, int]:

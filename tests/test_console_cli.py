@@ -31,7 +31,6 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     ((), "pass --demo N"),
     (("--demo", "x"), "expected a whole number"),
     (("--demo", "0"), "--demo takes 1-15 nodes"),
-    (("--demo", "2", "--redis-url", "redis://h/0"), "not allowed with"),
     (("--redis-url", "http://h"), "must start with redis://"),
     (("--redis-url", "redis://h/0", "--poll-interval", "5"), "poll interval"),
     (("--redis-url", "redis://h/0", "--cluster", "bad name"), "cluster name"),

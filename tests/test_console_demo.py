@@ -1,0 +1,38 @@
+"""The console's demo cluster on a Redis it was given: it leaves that Redis as it found it."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import redis
+
+from ddg.embedded import EmbeddedRedis
+from ddg_tui.demo import Demo, DemoConfig
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_on_a_given_redis_deregisters_its_nodes_and_leaves_redis_running() -> None:
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url, socket_timeout=2)
+        client.hset("ddg:demo:members", "keep", '{"address": "http://127.0.0.1:1"}')
+        demo = Demo(DemoConfig(nodes=2, redis_url=server.url))
+        try:
+            assert demo.launch() == server.url
+            assert demo.redis is None
+            deadline = time.monotonic() + 10
+            while len(client.hkeys("ddg:demo:members")) < 3:
+                assert time.monotonic() < deadline, "demo nodes did not register"
+                time.sleep(0.05)
+            pids = list(demo.pids.values())
+        finally:
+            demo.close()
+        assert sorted(k.decode() for k in client.hkeys("ddg:demo:members")) == ["keep"]
+        assert client.ping(), "a Redis the demo did not start must keep running"
+        assert server.proc is not None and server.proc.poll() is None
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        client.close()
