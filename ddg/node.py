@@ -450,14 +450,14 @@ class Node:
             return json_error(503, "node is starting")
         if msg.sender == self.config.name:
             return json_error(400, "message claims to come from this node")
-        if msg.sender not in self.membership.names or version > self.membership.version:
+        if msg.sender not in self.membership.members or version > self.membership.version:
             refresh = self._refresh_soon()
-            if msg.sender not in self.membership.names:
+            if msg.sender not in self.membership.members:
                 # Unknown sender: maybe a member that joined since our last read. Ask once.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.registry.timeout):
                         await asyncio.shield(refresh)
-                if msg.sender not in self.membership.names:
+                if msg.sender not in self.membership.members:
                     return json_error(403, f"{msg.sender!r} is not a member of cluster "
                                            f"{self.config.cluster!r}")
         if self._blocked(msg.sender):
