@@ -127,7 +127,10 @@ def test_demo_stops_everything_on_signal(sig: int) -> None:
             if b"--data-dir" in cmd:
                 data_dirs.add(Path(cmd[cmd.index(b"--data-dir") + 1].decode()).parent)
         assert len(data_dirs) == 1
-        time.sleep(0.5)
+        # the app is up and showing the nodes it polls (not just its first frame)
+        while b"n2" not in output and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b"n2" in output
         proc.send_signal(sig)
         assert proc.wait(15) == 128 + sig
         for k in kids:
