@@ -69,9 +69,11 @@ class LiveSource:
     async def status(self, address: str) -> Reply:
         t0 = time.monotonic()
         try:
-            # wait_for is the backstop: httpx's timeout is per phase, this one is per request.
-            resp = await asyncio.wait_for(self.client.get(f"{address}/status"),
-                                          self.timeout + 0.05)
+            # The backstop: httpx's timeout is per phase, this one is per request. (Not
+            # wait_for: on Python 3.11 it can swallow a cancellation, and the poll worker
+            # would outlive its node's row or the app.)
+            async with asyncio.timeout(self.timeout + 0.05):
+                resp = await self.client.get(f"{address}/status")
             latency = (time.monotonic() - t0) * 1000
             if resp.status_code != 200:
                 return Reply(error=f"HTTP {resp.status_code}", latency_ms=latency)
@@ -88,9 +90,8 @@ class LiveSource:
         if self.secret is not None:
             headers.update(sign_headers(self.secret.encode(), "POST", path, body))
         try:
-            resp = await asyncio.wait_for(
-                self.client.post(f"{address}{path}", content=body, headers=headers),
-                max(self.timeout, 1.0) + 0.05)
+            async with asyncio.timeout(max(self.timeout, 1.0) + 0.05):
+                resp = await self.client.post(f"{address}{path}", content=body, headers=headers)
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             return AdminResult(ok=False, message=describe_error(exc))
         text = resp.text.strip()
