@@ -1,42 +1,138 @@
-"""Optional shared-secret signing of peer and admin requests (HMAC-SHA256 over a timestamp,
-the method, the path and the body)."""
+"""Optional shared-secret signing of peer and admin requests.
+
+HMAC-SHA256 over the recipient's name, a timestamp, a random nonce, the method, the path and
+the body. The recipient binds a request to one node (a message signed for n2 is useless at
+n3); the timestamp bounds how long a captured request stays usable; the nonce, remembered by
+the receiver for exactly that long, makes a second use of the same request detectable.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
+import math
+import re
+import secrets
 import time
+from collections.abc import Mapping
 
 TS_HEADER = "X-DDG-Timestamp"
+NONCE_HEADER = "X-DDG-Nonce"
 SIG_HEADER = "X-DDG-Signature"
 MAX_SKEW = 5.0  # seconds of wall-clock difference a signed message may carry
+MAX_NONCES = 200_000  # replay-cache cap: bounds memory whatever the request rate
+DOMAIN = b"ddg-auth-v2\n"  # versions the MAC input, so no other format can collide with it
+
+# Strict ASCII grammars (no nan/inf, signs, spaces, '_' or Unicode digits that float() accepts).
+_TS_RE = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,9})?")
+_NONCE_RE = re.compile(r"[0-9a-f]{1,64}")
+_SIG_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
-def signature(secret: bytes, ts: str, method: str, path: str, body: bytes) -> str:
-    mac = hmac.new(secret, f"{ts}\n{method.upper()}\n{path}\n".encode(), hashlib.sha256)
+def signature(secret: bytes, *, recipient: str, ts: str, nonce: str, method: str, path: str,
+              body: bytes) -> str:
+    """Hex HMAC-SHA256 of the request. Pure: the same inputs always give the same MAC.
+
+    Each field goes in as b"<byte length>:<bytes>\\n" after DOMAIN, so no two different
+    requests share a MAC input (a path that ends in "\\n..." cannot shift bytes into the body).
+    """
+    mac = hmac.new(secret, DOMAIN, hashlib.sha256)
+    for field in (recipient, ts, nonce, method.upper(), path):
+        # surrogatepass: any str encodes, so a decoded odd path can never raise here.
+        data = field.encode("utf-8", "surrogatepass")
+        mac.update(b"%d:%s\n" % (len(data), data))
+    mac.update(b"%d:" % len(body))
     mac.update(body)
+    mac.update(b"\n")
     return mac.hexdigest()
 
 
-def sign_headers(secret: bytes, method: str, path: str, body: bytes) -> dict[str, str]:
+def sign_headers(secret: bytes, method: str, path: str, body: bytes, *,
+                 recipient: str) -> dict[str, str]:
+    """Headers that authenticate one request to the node named RECIPIENT (use them once)."""
     ts = f"{time.time():.3f}"
-    return {TS_HEADER: ts, SIG_HEADER: signature(secret, ts, method, path, body)}
+    nonce = secrets.token_hex(16)
+    sig = signature(secret, recipient=recipient, ts=ts, nonce=nonce, method=method, path=path,
+                    body=body)
+    return {TS_HEADER: ts, NONCE_HEADER: nonce, SIG_HEADER: sig}
 
 
-def check(secret: bytes, headers: dict[str, str] | object, method: str, path: str,
-          body: bytes, *, now: float | None = None) -> str | None:
-    """None if the request is signed correctly and fresh, else the reason it is refused."""
-    get = headers.get  # type: ignore[attr-defined]
-    ts, sig = get(TS_HEADER), get(SIG_HEADER)
-    if not ts or not sig:
-        return "missing signature: this cluster requires the shared secret"
-    try:
-        sent = float(ts)
-    except ValueError:
-        return "malformed timestamp"
-    wall = time.time() if now is None else now
-    if abs(wall - sent) > MAX_SKEW:
-        return "stale or future timestamp"
-    if not hmac.compare_digest(signature(secret, ts, method, path, body), sig):
-        return "bad signature"
-    return None
+class Verifier:
+    """Checks signed requests addressed to one node and refuses replays.
+
+    Not thread-safe; meant for one event loop. Memory is bounded: a nonce is kept only while
+    its timestamp could still pass the freshness check, only after its MAC verified (so nobody
+    without the secret can fill the cache), and never beyond MAX_NONCES entries.
+    """
+
+    def __init__(self, secret: bytes, *, recipient: str, window: float = MAX_SKEW,
+                 max_nonces: int = MAX_NONCES) -> None:
+        if not (math.isfinite(window) and window > 0):
+            raise ValueError(f"window must be a positive finite number of seconds: {window!r}")
+        if max_nonces < 1:
+            raise ValueError(f"max_nonces must be at least 1: {max_nonces!r}")
+        self.secret = secret
+        self.recipient = recipient
+        self.window = float(window)
+        self.max_nonces = max_nonces
+        self._seen: set[str] = set()
+        self._by_ts: list[tuple[float, str]] = []  # min-heap of (timestamp, nonce)
+        # Latest wall clock seen: if the clock steps back, timestamps older than this minus the
+        # window stay refused, since their nonces may already have been forgotten.
+        self._latest = float("-inf")
+
+    def __len__(self) -> int:
+        """How many nonces are remembered right now."""
+        return len(self._seen)
+
+    def check(self, headers: Mapping[str, str], method: str, path: str, body: bytes, *,
+              now: float | None = None) -> str | None:
+        """None if the request is authentic, fresh and new; else a short reason to refuse it.
+
+        NOW is wall-clock seconds (time.time()), since timestamps come from other machines.
+        Never raises on anything a client sends.
+        """
+        values: dict[str, str] = {}
+        for name in (TS_HEADER, NONCE_HEADER, SIG_HEADER):
+            value = headers.get(name)
+            if not value:
+                return "missing signature: this cluster requires the shared secret"
+            if not isinstance(value, str) or not value.isascii():
+                return f"malformed {name} header: not ASCII"
+            values[name] = value
+        ts, nonce, sig = values[TS_HEADER], values[NONCE_HEADER], values[SIG_HEADER]
+        if not _TS_RE.fullmatch(ts):
+            return "malformed timestamp"
+        if not _NONCE_RE.fullmatch(nonce):
+            return "malformed nonce: use 1-64 characters 0-9a-f"
+        if not _SIG_RE.fullmatch(sig):
+            return "malformed signature"
+
+        wall = time.time() if now is None else now
+        if not math.isfinite(wall):
+            raise ValueError(f"now must be finite: {wall!r}")
+        self._latest = max(self._latest, wall)
+        floor = self._latest - self.window  # >= wall - window
+        self._forget_before(floor)
+        sent = float(ts)  # finite: the grammar has no nan, inf or exponent
+        if sent < floor or sent > wall + self.window:
+            return "stale or future timestamp"
+        expected = signature(self.secret, recipient=self.recipient, ts=ts, nonce=nonce,
+                             method=method, path=path, body=body)
+        if not hmac.compare_digest(bytes.fromhex(expected), bytes.fromhex(sig)):
+            return "bad signature"
+
+        if nonce in self._seen:
+            return "replayed request"
+        if len(self._seen) >= self.max_nonces:
+            return "too many signed requests in the replay window; try again shortly"
+        self._seen.add(nonce)
+        heapq.heappush(self._by_ts, (sent, nonce))
+        return None
+
+    def _forget_before(self, floor: float) -> None:
+        """Drop nonces whose timestamp can no longer pass the freshness check."""
+        heap = self._by_ts
+        while heap and heap[0][0] < floor:
+            self._seen.discard(heapq.heappop(heap)[1])

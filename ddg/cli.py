@@ -23,9 +23,10 @@ from .config import (
     check_name,
     check_redis_url,
     default_data_dir,
+    mask_url,
     parse_timeout_range,
 )
-from .errors import ConfigError, DdgError, RegistryUnavailable
+from .errors import ConfigError, DdgError, RegistryError, RegistryUnavailable
 from .registry import Registry
 
 RUN_EPILOG = """\
@@ -35,9 +36,20 @@ other commands:
   ddg-node status [--redis-url URL] [--cluster NAME] [--json]
                      one row per member: address, role, term, goose it follows
 
+starting a cluster:
+  The first node of a new cluster is started once with --bootstrap; every other node (and
+  that one, later) joins the cluster it finds in Redis. A node with a fresh data dir never
+  forms a cluster of its own from an empty Redis: it waits for the cluster's members to
+  restore the registry (etcd's --initial-cluster-state new|existing).
+
+security:
+  A node that binds anything but loopback needs a cluster secret (the same on every node):
+  DDG_CLUSTER_SECRET or --cluster-secret-file. Keep passwords out of the command line (and
+  so out of `ps`): DDG_REDIS_PASSWORD or --redis-password-file.
+
 environment (used when the flag is not given):
-  DDG_HTTP_PORT, DDG_HOST, DDG_NODE_NAME, DDG_REDIS_URL, DDG_CLUSTER, DDG_DATA_DIR,
-  DDG_CLUSTER_SECRET
+  DDG_HTTP_PORT, DDG_HOST, DDG_ADVERTISE_URL, DDG_NODE_NAME, DDG_REDIS_URL,
+  DDG_REDIS_PASSWORD, DDG_CLUSTER, DDG_DATA_DIR, DDG_CLUSTER_SECRET, DDG_BOOTSTRAP
 
 endpoints: GET / (goose|duck), GET /status (JSON), GET /healthz;
 peers POST /raft/vote, /raft/heartbeat, /raft/timeout_now.
@@ -62,8 +74,29 @@ def _env(name: str, default: str | None = None) -> str | None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", default=_env("DDG_REDIS_URL", DEFAULT_REDIS_URL),
                    help="registry Redis (env DDG_REDIS_URL; default %(default)s)")
+    p.add_argument("--redis-password-file", metavar="FILE",
+                   help="read the Redis password from FILE (or set DDG_REDIS_PASSWORD); "
+                        "overrides a password in the URL and keeps it out of `ps`")
     p.add_argument("--cluster", default=_env("DDG_CLUSTER", DEFAULT_CLUSTER),
                    help="cluster name, the Redis key prefix (env DDG_CLUSTER; default %(default)s)")
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the {what} file {path}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not value:
+        raise ConfigError(f"the {what} file {path} is empty")
+    return value
+
+
+def redis_password(ns: argparse.Namespace) -> str | None:
+    if ns.redis_password_file:
+        return _read_secret_file(ns.redis_password_file, "Redis password")
+    return _env("DDG_REDIS_PASSWORD")
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -76,6 +109,14 @@ def run_parser() -> argparse.ArgumentParser:
                    help="address to serve HTTP on (env DDG_HOST; default %(default)s)")
     p.add_argument("--port", type=int, default=None,
                    help="HTTP port (env DDG_HTTP_PORT); required")
+    p.add_argument("--advertise-url", default=_env("DDG_ADVERTISE_URL"), metavar="URL",
+                   help="the URL peers and the console use to reach this node, e.g. "
+                        "http://10.0.0.5:4001 (env DDG_ADVERTISE_URL; default: from --host and "
+                        "--port; required when --host is 0.0.0.0 or ::)")
+    p.add_argument("--bootstrap", action="store_true",
+                   default=(_env("DDG_BOOTSTRAP") or "").lower() in ("1", "true", "yes"),
+                   help="create the cluster if Redis holds none (once, on the first node of a "
+                        "new cluster; ignored when the cluster exists; env DDG_BOOTSTRAP=1)")
     _common(p)
     p.add_argument("--data-dir", default=_env("DDG_DATA_DIR"),
                    help="where term and vote are kept (env DDG_DATA_DIR; default "
@@ -85,7 +126,10 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--election-timeout-ms", default="150-300", metavar="MIN-MAX",
                    help="randomized election timeout range (default %(default)s)")
     p.add_argument("--cluster-secret", default=None,
-                   help="sign peer messages with this shared secret (env DDG_CLUSTER_SECRET)")
+                   help="sign peer messages with this shared secret (env DDG_CLUSTER_SECRET; "
+                        "prefer the env or --cluster-secret-file: flags show in `ps`)")
+    p.add_argument("--cluster-secret-file", metavar="FILE",
+                   help="read the cluster secret from FILE")
     p.add_argument("--allow-fault-injection", action="store_true",
                    help="enable POST /admin/partition and /admin/heal (for tests and demos)")
     p.add_argument("--log-level", default="INFO",
@@ -108,13 +152,17 @@ def config_from_args(ns: argparse.Namespace) -> NodeConfig:
     lo, hi = parse_timeout_range(ns.election_timeout_ms)
     timing = Timing(heartbeat_ms=ns.heartbeat_ms, election_timeout_min_ms=lo,
                     election_timeout_max_ms=hi)
-    secret = ns.cluster_secret or _env("DDG_CLUSTER_SECRET")
+    secret = ns.cluster_secret or (
+        _read_secret_file(ns.cluster_secret_file, "cluster secret") if ns.cluster_secret_file
+        else _env("DDG_CLUSTER_SECRET"))
     data_dir = Path(ns.data_dir) if ns.data_dir else default_data_dir(cluster, check_name(
         "node name", name))
     return NodeConfig(
         name=name, host=ns.host, port=port, redis_url=ns.redis_url, cluster=cluster,
         data_dir=data_dir, timing=timing, secret=secret.encode() if secret else None,
-        allow_fault_injection=ns.allow_fault_injection, log_level=ns.log_level.upper(),
+        redis_password=redis_password(ns), advertise_url=ns.advertise_url,
+        bootstrap=ns.bootstrap, allow_fault_injection=ns.allow_fault_injection,
+        log_level=ns.log_level.upper(),
     )
 
 
@@ -146,8 +194,11 @@ def cmd_remove(argv: Sequence[str]) -> int:
     check_name("node name", ns.name)
     check_redis_url(ns.redis_url)
 
+    password = redis_password(ns)
+
     async def go() -> int:
-        registry = Registry(ns.redis_url, check_name("cluster name", ns.cluster), timeout=2.0)
+        registry = Registry(ns.redis_url, check_name("cluster name", ns.cluster), timeout=2.0,
+                            password=password)
         try:
             return await registry.remove(ns.name)
         finally:
@@ -162,7 +213,9 @@ def _redis(url: str, fn: Any) -> Any:
     try:
         return asyncio.run(fn())
     except RegistryUnavailable as exc:
-        raise CliError(f"cannot reach Redis at {url}: {exc}") from None
+        raise CliError(f"cannot reach Redis at {mask_url(url)}: {exc}") from None
+    except RegistryError as exc:
+        raise CliError(f"registry problem: {exc}") from None
 
 
 async def fetch_statuses(addresses: dict[str, str],
@@ -189,8 +242,11 @@ def cmd_status(argv: Sequence[str]) -> int:
     ns = p.parse_args(argv)
     check_redis_url(ns.redis_url)
 
+    password = redis_password(ns)
+
     async def go() -> tuple[Any, dict[str, dict[str, Any]]]:
-        registry = Registry(ns.redis_url, check_name("cluster name", ns.cluster), timeout=2.0)
+        registry = Registry(ns.redis_url, check_name("cluster name", ns.cluster), timeout=2.0,
+                            password=password)
         try:
             membership = await registry.read()
         finally:

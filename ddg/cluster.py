@@ -65,6 +65,7 @@ class LocalCluster:
     def spec(self, name: str, port: int) -> NodeSpec:
         assert self.redis_url is not None, "start_redis() first"
         return NodeSpec(
+            bootstrap=not self.nodes,  # the first node this cluster starts creates it
             name=name, port=port, redis_url=self.redis_url, cluster=self.cluster,
             data_dir=self.base_dir / "data" / name, secret=self.secret,
             allow_fault_injection=self.allow_fault_injection, heartbeat_ms=self.heartbeat_ms,

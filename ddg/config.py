@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -27,6 +29,48 @@ def check_redis_url(url: str) -> str:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"redis URL {url!r} must start with redis://, rediss:// or unix://")
     return url
+
+
+def mask_url(url: str) -> str:
+    """URL with any password replaced by ***, for logs, /status and error messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+WILDCARDS = frozenset({"0.0.0.0", "::", "", "*"})
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_advertise_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or port is None or parts.path not in ("", "/") or parts.query or parts.username
+            or parts.hostname in WILDCARDS):
+        raise ConfigError(
+            f"advertise URL {url!r} must look like http://HOST:PORT (or https://), with the "
+            "concrete address peers and the console use to reach this node"
+        )
+    return url.rstrip("/")
 
 
 def state_home() -> Path:
@@ -108,7 +152,12 @@ class NodeConfig:
     cluster: str = DEFAULT_CLUSTER
     data_dir: Path
     timing: Timing = field(default_factory=Timing)
-    secret: bytes | None = None
+    secret: bytes | None = field(default=None, repr=False)
+    # Kept out of the URL so it is not in `ps` output; it overrides a password in the URL.
+    redis_password: str | None = field(default=None, repr=False)
+    advertise_url: str | None = None
+    # Create the cluster if the registry holds none (etcd's --initial-cluster-state new).
+    bootstrap: bool = False
     allow_fault_injection: bool = False
     log_level: str = "INFO"
     # Seconds between registry refreshes when no change notification arrives.
@@ -122,8 +171,21 @@ class NodeConfig:
             raise ConfigError(f"port must be 1-65535, got {self.port}")
         if not self.host:
             raise ConfigError("host must not be empty")
+        if self.advertise_url is not None:
+            object.__setattr__(self, "advertise_url", check_advertise_url(self.advertise_url))
+        elif self.host in WILDCARDS:
+            raise ConfigError(
+                f"--host {self.host} listens on every interface, so peers cannot be told where "
+                f"to reach this node: pass --advertise-url http://THIS-HOST-ADDRESS:{self.port}"
+            )
         if self.secret is not None and len(self.secret) < 8:
             raise ConfigError("cluster secret must be at least 8 bytes")
+        if self.secret is None and not is_loopback(self.host):
+            raise ConfigError(
+                f"--host {self.host} is not loopback, so anyone on the network could send "
+                "election messages: set a cluster secret (DDG_CLUSTER_SECRET or "
+                "--cluster-secret-file FILE, the same on every node)"
+            )
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(
                 f"log level {self.log_level!r} must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
@@ -133,5 +195,16 @@ class NodeConfig:
 
     @property
     def address(self) -> str:
+        """The URL peers, the CLI and the console use: the advertised one, else the bind one."""
+        if self.advertise_url is not None:
+            return self.advertise_url
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def signed(self) -> bool:
+        return self.secret is not None
+
+    @property
+    def security(self) -> str:
+        return "hmac" if self.signed else "insecure-loopback"

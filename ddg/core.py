@@ -14,6 +14,8 @@ from enum import StrEnum
 
 from .config import Timing
 from .messages import (
+    MAX_TERM,
+    MAX_TERM_JUMP,
     Heartbeat,
     HeartbeatAck,
     Message,
@@ -51,6 +53,7 @@ class Output:
     reply: Message | None = None
     persist: HardState | None = None  # set when HardState changed: write it before sending
     events: list[str] = field(default_factory=list)  # human-readable, for the log
+    refused: str | None = None  # why a message was not believed (the shell answers 4xx)
 
 
 @dataclass(slots=True)
@@ -81,6 +84,7 @@ class Election:
         members: frozenset[str],
         version: int = 0,
         hard: HardState | None = None,
+        trust_transfers: bool = False,
     ) -> None:
         hard = hard or HardState()
         self.name = name
@@ -99,6 +103,13 @@ class Election:
         self._reset_election_timer(now)
         self.votes: set[str] = set()
         self.campaign_at = -math.inf
+        # Peers' messages are authenticated, so a TimeoutNow really comes from a goose that
+        # has stopped answering `goose`. Without that, a hand-over is only a hint (see below).
+        self.trust_transfers = trust_transfers
+        self._trusted_campaign = False
+        # A new goose answers `goose` only from here on: until then a lease that one of its
+        # voters was still honouring when it voted may not have ended (docs/design.md).
+        self.goose_not_before = -math.inf
         # goose state
         self.lease_until = -math.inf
         self.step_down_at = -math.inf
@@ -123,7 +134,7 @@ class Election:
 
     def is_goose(self, now: float) -> bool:
         """True only while a quorum acked a round sent less than the lease ago."""
-        return self.role is Role.GOOSE and now < self.lease_until
+        return self.role is Role.GOOSE and self.goose_not_before <= now < self.lease_until
 
     def reported_role(self, now: float) -> str:
         if self.is_goose(now):
@@ -170,6 +181,10 @@ class Election:
     def step(self, msg: Message, now: float) -> Output:
         """Handle one message. A request's answer is in Output.reply."""
         if self.role is Role.REMOVED or msg.sender not in self.members or msg.sender == self.name:
+            return self._flush()
+        if msg.term > self.term + MAX_TERM_JUMP:
+            self._out.refused = (f"term {msg.term} is more than {MAX_TERM_JUMP} above this "
+                                 f"node's term {self.term}; no run of elections gets there")
             return self._flush()
         match msg:
             case VoteRequest():
@@ -221,6 +236,10 @@ class Election:
         self._send(target, TimeoutNow(term=term, sender=self.name))
         return self._flush()
 
+    def persisted(self, hard: HardState) -> None:
+        """The shell wrote HARD to disk. Until it says so, every Output asks for it again."""
+        self._persisted = hard
+
     # ---- handlers ------------------------------------------------------------------------
 
     def _on_vote_request(self, msg: VoteRequest, now: float) -> None:
@@ -242,13 +261,16 @@ class Election:
             self._become_duck(now, msg.term, leader=None)
         granted = (msg.term == self.term and self.voted_for in (None, msg.sender)
                    and self.role is Role.DUCK and self.leader is None)
+        heard_us = 0
         if granted:
             self.voted_for = msg.sender
+            heard_us = max(0, int((now - self.last_heard) * 1e6))
             # A vote acknowledges the candidate's "round 0": sticky from here, as after a
             # heartbeat, so the new goose's lease can start when it asked for the votes.
             self.last_heard = now
             self._reset_election_timer(now)
-        self._reply(VoteResponse(term=self.term, sender=self.name, granted=granted))
+        self._reply(VoteResponse(term=self.term, sender=self.name, granted=granted,
+                                 heard_us=heard_us))
 
     def _on_vote_response(self, msg: VoteResponse, now: float) -> None:
         if msg.pre_vote:
@@ -263,6 +285,13 @@ class Election:
             self._become_duck(now, msg.term, leader=None)
         elif self.role is Role.CANDIDATE and msg.term == self.term and msg.granted:
             self.votes.add(msg.sender)
+            if not self._trusted_campaign:
+                # The voter heard a goose heard_us ago; that goose's lease can run at most
+                # Tmin past it (with the drift margin to spare): wait that out.
+                self.goose_not_before = max(
+                    self.goose_not_before,
+                    now + self.timing.election_min - msg.heard_us / 1e6,
+                )
             if self._has_quorum(self.votes):
                 self._become_goose(now)
 
@@ -302,11 +331,15 @@ class Election:
         # only because that goose stopped answering `goose` before it sent this.
         if msg.term == self.term and self.role is Role.DUCK and msg.sender == self.leader:
             self._out.events.append(f"{msg.sender} handed leadership over; campaigning now")
-            self._campaign(now, transfer=True)
+            self._campaign(now, transfer=True, trusted=self.trust_transfers)
 
     # ---- transitions ---------------------------------------------------------------------
 
     def _pre_campaign(self, now: float) -> None:
+        if self.term >= MAX_TERM:
+            self._reset_election_timer(now)
+            self._out.events.append(f"term {self.term} is the largest there is; not campaigning")
+            return
         self.role = Role.PRE_CANDIDATE
         self.leader = None
         self.votes = {self.name}
@@ -317,7 +350,13 @@ class Election:
             return
         self._broadcast(VoteRequest(term=self.term + 1, sender=self.name, pre_vote=True))
 
-    def _campaign(self, now: float, *, transfer: bool) -> None:
+    def _campaign(self, now: float, *, transfer: bool, trusted: bool = False) -> None:
+        if self.term >= MAX_TERM:
+            return
+        self._trusted_campaign = trusted
+        # This node may itself have heard a goose lately (an untrusted hand-over skips the
+        # timer): its own "vote" carries the same wait as any voter's.
+        self.goose_not_before = -math.inf if trusted else self.last_heard + self.timing.election_min
         self.term += 1
         self.voted_for = self.name
         self.role = Role.CANDIDATE
@@ -409,5 +448,5 @@ class Election:
         out, self._out = self._out, Output()
         hard = self.hard_state
         if hard != self._persisted:
-            out.persist = self._persisted = hard
+            out.persist = hard
         return out

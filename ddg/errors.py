@@ -19,6 +19,26 @@ class RegistryUnavailable(RegistryError):
     """Redis did not answer in time; the caller may retry."""
 
 
+class RegistryAuthError(RegistryError):
+    """Redis refused the credentials: retrying will not help until the operator fixes them."""
+
+
+class RegistryDataError(RegistryError):
+    """The registry keys hold something no node wrote (wrong type, bad version, bad entry)."""
+
+
+class ClusterMismatch(RegistryError):
+    """The registry holds another cluster (another cluster id) than the one this node is in."""
+
+
+class NoCluster(RegistryError):
+    """The registry holds no cluster yet: only a node started with --bootstrap may create it."""
+
+
+class RegistryFull(RegistryError):
+    """The cluster already has the most members a registry may hold."""
+
+
 class NameConflict(RegistryError):
     """The name is already registered at another address."""
 

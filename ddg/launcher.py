@@ -25,6 +25,7 @@ class NodeSpec:
     host: str = "127.0.0.1"
     secret: str | None = None
     allow_fault_injection: bool = False
+    bootstrap: bool = False  # create the cluster if Redis holds none
     heartbeat_ms: int | None = None
     election_timeout_ms: str | None = None
     log_level: str = "INFO"
@@ -45,6 +46,8 @@ class NodeSpec:
             args += ["--election-timeout-ms", self.election_timeout_ms]
         if self.allow_fault_injection:
             args.append("--allow-fault-injection")
+        if self.bootstrap:
+            args.append("--bootstrap")
         return args + self.extra_args
 
 

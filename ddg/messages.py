@@ -9,6 +9,11 @@ from .config import NAME_RE
 from .errors import MessageError
 
 MAX_TERM = 2**53 - 1  # JSON-safe; anything larger is absurd, not a real term
+# No run of elections produces a jump this large between two nodes' terms (it would take
+# years of back-to-back elections), so a message claiming one is not believed: otherwise one
+# forged message could push every node to MAX_TERM, where no node can campaign again.
+MAX_TERM_JUMP = 2**20
+MAX_VERSION = MAX_TERM
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,6 +30,9 @@ class VoteResponse:
     sender: str
     granted: bool
     pre_vote: bool = False
+    # On a granted vote: microseconds since the voter last heard a goose (or started). The new
+    # goose waits out any lease the voter may still be honouring (docs/design.md).
+    heard_us: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,7 +75,8 @@ KIND_OF: dict[type[Any], str] = {v: k for k, v in REQUESTS.items()}
 
 _FIELDS: dict[type[Any], dict[str, type]] = {
     VoteRequest: {"term": int, "sender": str, "pre_vote": bool, "transfer": bool},
-    VoteResponse: {"term": int, "sender": str, "granted": bool, "pre_vote": bool},
+    VoteResponse: {"term": int, "sender": str, "granted": bool, "pre_vote": bool,
+                   "heard_us": int},
     Heartbeat: {"term": int, "sender": str, "seq": int},
     HeartbeatAck: {"term": int, "sender": str, "seq": int, "success": bool},
     TimeoutNow: {"term": int, "sender": str},

@@ -22,15 +22,32 @@ from typing import Any
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
 from . import __version__, auth
+from .backoff import Backoff
 from .config import NodeConfig
-from .core import Election, Output, Role, Send
-from .errors import DdgError, MessageError, NameConflict, RegistryError, StorageError
-from .messages import KIND_OF, REPLIES, REQUESTS, Heartbeat, decode, encode
-from .registry import Membership, Registry
+from .core import Election, HardState, Output, Role, Send
+from .errors import (
+    ClusterMismatch,
+    DdgError,
+    MessageError,
+    NameConflict,
+    NoCluster,
+    RegistryAuthError,
+    RegistryError,
+    RegistryFull,
+    RegistryUnavailable,
+    StorageError,
+)
+from .messages import KIND_OF, REPLIES, REQUESTS, Heartbeat, TimeoutNow, decode, encode
+from .registry import Member, Membership, Registry
 from .storage import DataDir
 
 MAX_BODY = 64 * 1024
 MAX_HEARTBEATS_IN_FLIGHT = 2  # per peer; more would only queue behind a dead link
+# All peers together: a membership full of dead or black-holed addresses must not take the
+# event loop (and so `GET /`) with it. Hand-overs are never dropped.
+MAX_OUTGOING = 64
+PEER_BACKOFF_MAX = 1.0  # a peer that keeps failing is tried at most this rarely
+WARN_EVERY = 60.0  # seconds between two log lines about the same recurring problem
 log = logging.getLogger("ddg.node")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,13 +91,21 @@ class Node:
         self.config = config
         self.rng = rng or random.Random()
         self.data = DataDir(config.data_dir)
-        self.registry = Registry(config.redis_url, config.cluster)
+        self.registry = Registry(config.redis_url, config.cluster,
+                                 password=config.redis_password)
+        self.verifier = (None if config.secret is None
+                         else auth.Verifier(config.secret, recipient=config.name))
         self.membership = Membership()
+        self.node_id = ""
         self.core: Election | None = None
         self.started = time.monotonic()
         self.registered = False
         self.redis_ok = False
         self.redis_error: str | None = "not connected yet"
+        self.registry_problem: str | None = None  # bad data, another cluster, refused login
+        self.joining: str | None = None  # why the node has not joined yet
+        self.fsync_last_ms: float | None = None
+        self.fsync_max_ms = 0.0
         self.isolated: set[str] = set()
         self.isolated_all = False
         self.stop_event = asyncio.Event()
@@ -89,6 +114,12 @@ class Node:
         self._ready = asyncio.Event()  # set once registered and the core exists
         self._tasks: set[asyncio.Task[Any]] = set()
         self._in_flight: dict[str, int] = {}
+        self._outgoing = 0
+        self._peer_backoff: dict[str, Backoff] = {}
+        self._peer_retry_at: dict[str, float] = {}
+        self._persist_lock = asyncio.Lock()
+        self._on_disk: HardState | None = None
+        self._warned: dict[str, float] = {}
         self._refreshing: asyncio.Task[None] | None = None
         self._session: ClientSession | None = None
         self.rpc_timeout = ClientTimeout(total=config.timing.election_min)
@@ -108,15 +139,16 @@ class Node:
         return app
 
     async def _background(self, app: web.Application) -> AsyncIterator[None]:
-        self._session = ClientSession(connector=TCPConnector(limit=0))
+        self._session = ClientSession(connector=TCPConnector(limit=MAX_OUTGOING + 8))
         loops = [asyncio.create_task(self._run_ticker(), name="ticker"),
                  asyncio.create_task(self._watch_registry(), name="registry")]
         for task in loops:
             task.add_done_callback(self._loop_ended)
         yield
-        for task in loops + list(self._tasks):
+        extra = [self._refreshing] if self._refreshing is not None else []
+        for task in loops + extra + list(self._tasks):
             task.cancel()
-        await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
+        await asyncio.gather(*loops, *extra, *self._tasks, return_exceptions=True)
         await self._session.close()
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
@@ -137,7 +169,9 @@ class Node:
 
     async def _serve(self) -> int:
         hard = self.data.load_hard_state()
+        self._on_disk = hard
         cached = self.data.load_membership()
+        self.node_id = self.data.node_id()
         runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port)
@@ -159,12 +193,15 @@ class Node:
             self.core = Election(
                 name=self.config.name, timing=self.config.timing, rng=self.rng,
                 now=time.monotonic(), members=membership.names, version=membership.version,
-                hard=hard,
+                hard=hard, trust_transfers=self.config.signed,
             )
             self._ready.set()
             log.info("serving %s as %s in cluster %r: term %d, members %s (version %d)",
                      self.config.address, self.config.name, self.config.cluster, hard.term,
                      ",".join(sorted(membership.names)), membership.version)
+            if not self.config.signed:
+                log.info("peer messages are not signed: fine on loopback only; set "
+                         "DDG_CLUSTER_SECRET (the same on every node) to sign them")
             self._wake.set()
             await self.stop_event.wait()
             await self._hand_over()
@@ -176,42 +213,104 @@ class Node:
             await self.registry.close()
 
     def _on_signal(self, sig: int) -> None:
-        log.info("received %s: stopping (this node stays a member)", signal.Signals(sig).name)
+        if self.core is None:
+            log.info("received %s: stopping before joining the cluster",
+                     signal.Signals(sig).name)
+        else:
+            log.info("received %s: stopping (this node stays a member)",
+                     signal.Signals(sig).name)
         self.stop_event.set()
 
+    def _member(self) -> Member:
+        return Member(self.config.name, self.config.address, time.time(), self.node_id)
+
     async def _join(self, cached: Membership | None) -> Membership | None:
-        """Register this node, waiting for Redis unless a cached membership lets it go on."""
-        backoff = 0.1
+        """Join the cluster the registry holds (or create it with --bootstrap), waiting for
+        Redis unless a cached membership of this node's cluster lets it go on."""
+        backoff = Backoff(initial=0.1, maximum=1.0, rng=self.rng)
+        known = cached is not None and cached.cluster_id is not None
         while not self.stop_event.is_set():
             try:
-                await self.registry.add(self.config.name, self.config.address)
-                membership = await self.registry.read()
-            except NameConflict:
+                membership = await self._register(cached)
+            except (NameConflict, RegistryFull, RegistryAuthError):
                 raise
+            except NoCluster as exc:
+                self.joining = "waiting for the cluster to exist in Redis"
+                self._redis_up()
+                self._warn_every("no-cluster", "%s", exc)
             except RegistryError as exc:
-                self._redis_down(exc)
-                if cached is not None and self.config.name in cached.members:
-                    log.warning("Redis unreachable; electing on the cached membership "
-                                "(version %d) until it is back", cached.version)
+                self._registry_trouble(exc)
+                if known and cached is not None and self.config.name in cached.members:
+                    log.warning("registry unusable (%s); electing on the cached membership "
+                                "(version %d) until it is back", exc, cached.version)
                     return cached
-                log.warning("waiting for Redis at %s (%s)", self.config.redis_url, exc)
-                await wait_event(self.stop_event, backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            self.registered = True
-            self._redis_up()
-            if cached is not None and cached.version > membership.version:
-                membership = await self._restore(cached, membership)
-            self._save_membership(membership)
-            return membership
+                self.joining = "waiting for Redis"
+                self._warn_every("join", "waiting for the registry at %s (%s)",
+                                 self.registry.url, exc)
+            else:
+                self.joining = None
+                return membership
+            await wait_event(self.stop_event, backoff.next())
         return None
+
+    async def _register(self, cached: Membership | None) -> Membership:
+        """One attempt. A node that knows its cluster puts back what Redis lost before adding
+        itself; a fresh node joins only a cluster that exists (docs/design.md, Bootstrap)."""
+        member = self._member()
+        current = await self.registry.read()
+        if cached is not None and cached.cluster_id is not None:
+            await self._reconcile(cached, current)
+            await self.registry.add(member, cluster_id=cached.cluster_id)
+        else:
+            if current.cluster_id is None:
+                # A cache from before cluster ids: the cluster existed, so it may be re-made.
+                legacy = cached is not None and self.config.name in cached.members
+                if not (self.config.bootstrap or legacy):
+                    raise NoCluster(
+                        f"cluster {self.config.cluster!r} does not exist in Redis at "
+                        f"{self.registry.url}: waiting for its members to restore it, or start "
+                        "its first node with --bootstrap")
+                cid, created = await self.registry.create(member)
+                if created:
+                    log.warning("created cluster %r (id %s) in Redis at %s",
+                                self.config.cluster, cid, self.registry.url)
+            elif self.config.bootstrap:
+                log.info("--bootstrap ignored: cluster %r exists (id %s); joining it",
+                         self.config.cluster, current.cluster_id)
+            await self.registry.add(member, cluster_id=None)
+        membership = await self.registry.read()
+        self.registered = True
+        self._redis_up()
+        self._registry_fine()
+        self._save_membership(membership)
+        return membership
+
+    async def _reconcile(self, snapshot: Membership, current: Membership) -> Membership:
+        """Put SNAPSHOT back if Redis lost it (no cluster id, an older version, or a fork at the
+        same version); refuse a registry that holds another cluster."""
+        if current.cluster_id is not None and current.cluster_id != snapshot.cluster_id:
+            raise ClusterMismatch(
+                f"Redis at {self.registry.url} holds another cluster {self.config.cluster!r} "
+                f"(id {current.cluster_id}) than this node's (id {snapshot.cluster_id}); "
+                "electing on the last membership this node knew")
+        fork = (current.cluster_id is not None and current.version == snapshot.version
+                and current.names != snapshot.names)
+        if current.cluster_id is None or current.version < snapshot.version or fork:
+            version = await self.registry.restore(snapshot, force=fork)
+            if version:
+                log.warning("the registry lost data (%s); restored %d members as version %d",
+                            "no cluster" if current.cluster_id is None else
+                            f"version {current.version}, this node knew {snapshot.version}",
+                            len(snapshot.members), version)
+            current = await self.registry.read()
+        return current
 
     async def _hand_over(self) -> None:
         """A goose stopping gracefully hands leadership to an up-to-date duck first."""
         if self.core is None or self.core.role is not Role.GOOSE:
             return
         out = self.core.transfer_leadership(time.monotonic())
-        self._apply(out, send=False)
+        await self._apply(out, send=False)
         await asyncio.gather(*(self._deliver(s) for s in out.sends), return_exceptions=True)
 
     # ---- timer ---------------------------------------------------------------------------
@@ -220,7 +319,7 @@ class Node:
         while True:
             core = self.core
             if core is not None:
-                self._apply(core.tick(time.monotonic()))
+                await self._apply(core.tick(time.monotonic()))
                 delay = core.next_deadline() - time.monotonic()
             else:
                 delay = math.inf
@@ -229,16 +328,15 @@ class Node:
             delay = min(max(delay, 0.0), self.config.timing.heartbeat)
             await wait_event(self._wake, delay)
 
-    def _apply(self, out: Output, *, send: bool = True) -> None:
-        """Persist, log, then send: nothing leaves before the term and vote are on disk."""
-        if out.persist is not None:
-            try:
-                self.data.save_hard_state(out.persist)
-            except StorageError as exc:
-                log.critical("%s; stopping so no vote is given that is not on disk", exc)
-                self.exit_code = 1
-                self.stop_event.set()
-                raise
+    async def _apply(self, out: Output, *, send: bool = True) -> None:
+        """Persist, log, then send: nothing leaves before the term and vote are on disk.
+
+        The write runs in a thread so a slow disk never stalls `GET /`; the lock keeps outputs
+        in order, so a later output (which may depend on that state) waits for the write too.
+        """
+        async with self._persist_lock:
+            if out.persist is not None and out.persist != self._on_disk:
+                await self._persist(out.persist)
         for event in out.events:
             log.info("%s", event)
         if self.core is not None and self.core.role is Role.REMOVED:
@@ -248,6 +346,31 @@ class Node:
                 self._spawn(s)
         self._wake.set()
 
+    async def _persist(self, hard: HardState) -> None:
+        t0 = time.monotonic()
+        try:
+            await asyncio.to_thread(self.data.save_hard_state, hard)
+        except StorageError as exc:
+            log.critical("%s; stopping so no vote is given that is not on disk", exc)
+            self.exit_code = 1
+            self.stop_event.set()
+            raise
+        took = (time.monotonic() - t0) * 1000
+        self.fsync_last_ms, self.fsync_max_ms = took, max(self.fsync_max_ms, took)
+        if took > self.config.timing.heartbeat_ms:
+            self._warn_every("fsync", "writing the term and vote took %.0f ms (a slow disk "
+                             "delays votes and heartbeats)", took)
+        self._on_disk = hard
+        if self.core is not None:
+            self.core.persisted(hard)
+
+    def _warn_every(self, key: str, msg: str, *args: Any) -> None:
+        """Log a recurring problem once, then at most every WARN_EVERY seconds."""
+        now = time.monotonic()
+        if now - self._warned.get(key, -math.inf) >= WARN_EVERY:
+            self._warned[key] = now
+            log.warning(msg, *args)
+
     # ---- peers ---------------------------------------------------------------------------
 
     def _blocked(self, peer: str) -> bool:
@@ -256,8 +379,13 @@ class Node:
     def _spawn(self, send: Send) -> None:
         if self._blocked(send.to):
             return
-        if isinstance(send.msg, Heartbeat):
-            if self._in_flight.get(send.to, 0) >= MAX_HEARTBEATS_IN_FLIGHT:
+        if not isinstance(send.msg, TimeoutNow):
+            if self._outgoing >= MAX_OUTGOING:
+                return
+            if time.monotonic() < self._peer_retry_at.get(send.to, -math.inf):
+                return  # it keeps failing: try it again after its backoff
+            if (isinstance(send.msg, Heartbeat)
+                    and self._in_flight.get(send.to, 0) >= MAX_HEARTBEATS_IN_FLIGHT):
                 return
         task = asyncio.create_task(self._deliver(send))
         self._tasks.add(task)
@@ -272,28 +400,55 @@ class Node:
         body = json.dumps(encode(send.msg, version=self.membership.version)).encode()
         headers = {"Content-Type": "application/json"}
         if self.config.secret is not None:
-            headers |= auth.sign_headers(self.config.secret, "POST", path, body)
+            headers |= auth.sign_headers(self.config.secret, "POST", path, body,
+                                         recipient=send.to)
         self._in_flight[send.to] = self._in_flight.get(send.to, 0) + 1
+        self._outgoing += 1
         try:
             async with self._session.post(address + path, data=body, headers=headers,
                                           timeout=self.rpc_timeout) as resp:
                 if resp.status != 200:
-                    log.debug("%s %s -> %d", send.to, kind, resp.status)
+                    reason = (await resp.text())[:200]
+                    log.debug("%s %s -> %d %s", send.to, kind, resp.status, reason)
+                    if resp.status == 401:
+                        self._warn_every(f"401:{send.to}", "%s refused our signature: %s "
+                                         "(is the cluster secret the same on every node?)",
+                                         send.to, reason)
+                    self._peer_failed(send.to)
                     return
                 data = await resp.json(content_type=None)
+            self._peer_ok(send.to)
             reply_cls = REPLIES[type(send.msg)]
             if reply_cls is None:
                 return
             reply, version = decode(reply_cls, data)
-        except (ClientError, TimeoutError, MessageError, ValueError) as exc:
+        except (ClientError, TimeoutError, MessageError, ValueError, RecursionError) as exc:
             log.debug("%s %s failed: %s", send.to, kind, str(exc) or type(exc).__name__)
+            self._peer_failed(send.to)
             return
         finally:
             self._in_flight[send.to] -= 1
+            self._outgoing -= 1
         if reply.sender != send.to or self._blocked(send.to) or self.core is None:
             return
         self._observe_version(version)
-        self._apply(self.core.step(reply, time.monotonic()))
+        out = self.core.step(reply, time.monotonic())
+        if out.refused:
+            self._warn_every(f"refused:{send.to}", "not believing %s's reply: %s",
+                             send.to, out.refused)
+        await self._apply(out)
+
+    def _peer_failed(self, peer: str) -> None:
+        backoff = self._peer_backoff.get(peer)
+        if backoff is None:
+            backoff = self._peer_backoff[peer] = Backoff(
+                initial=self.config.timing.heartbeat, maximum=PEER_BACKOFF_MAX, rng=self.rng)
+            return  # one failure is a lost packet, not a dead peer
+        self._peer_retry_at[peer] = time.monotonic() + backoff.next()
+
+    def _peer_ok(self, peer: str) -> None:
+        if self._peer_backoff.pop(peer, None) is not None:
+            self._peer_retry_at.pop(peer, None)
 
     def _observe_version(self, version: int) -> None:
         if version > self.membership.version:
@@ -303,16 +458,22 @@ class Node:
 
     async def _watch_registry(self) -> None:
         await self._ready.wait()
-        backoff = 0.1
+        backoff = Backoff(initial=0.1, maximum=2.0, rng=self.rng)
         while True:
             try:
                 async for _ in self.registry.changes(self.config.refresh_interval):
-                    await self._refresh()
-                    backoff = 0.1
+                    try:
+                        await self._refresh()
+                    except RegistryUnavailable:
+                        raise
+                    except RegistryError as exc:
+                        # Redis answers but its data is unusable: keep watching, keep electing.
+                        self._registry_trouble(exc)
+                        continue
+                    backoff.reset()
             except RegistryError as exc:
-                self._redis_down(exc)
-                await asyncio.sleep(backoff * (0.5 + self.rng.random()))
-                backoff = min(backoff * 2, 2.0)
+                self._registry_trouble(exc)
+                await asyncio.sleep(backoff.next())
 
     def _refresh_soon(self) -> asyncio.Task[None]:
         """One refresh at a time; callers share the one in flight."""
@@ -324,32 +485,28 @@ class Node:
         try:
             await self._refresh()
         except RegistryError as exc:
-            self._redis_down(exc)
+            self._registry_trouble(exc)
 
     async def _refresh(self) -> None:
-        if not self.registered:
-            await self.registry.add(self.config.name, self.config.address)
-            self.registered = True
         current = await self.registry.read()
         self._redis_up()
+        current = await self._reconcile(self.membership, current)
+        if not self.registered:
+            await self.registry.add(self._member(), cluster_id=self.membership.cluster_id)
+            self.registered = True
+            current = await self.registry.read()
+        self._registry_fine()
         if current.version < self.membership.version:
-            current = await self._restore(self.membership, current)
-        if current.version == self.membership.version and current.names == self.membership.names:
+            return  # a restore that lost a race; the next read sees the winner
+        if (current.version == self.membership.version and current.names == self.membership.names
+                and current.members == self.membership.members):
             return
         self.membership = current
         self._save_membership(current)
         if self.core is not None:
             log.info("membership version %d: %s", current.version, ",".join(sorted(current.names)))
-            self._apply(self.core.set_membership(current.names, current.version,
-                                                 time.monotonic()))
-
-    async def _restore(self, snapshot: Membership, current: Membership) -> Membership:
-        version = await self.registry.restore(snapshot)
-        if version:
-            log.warning("the registry lost data (version %d < %d); restored %d members as "
-                        "version %d", current.version, snapshot.version, len(snapshot.members),
-                        version)
-        return await self.registry.read()
+            await self._apply(self.core.set_membership(current.names, current.version,
+                                                       time.monotonic()))
 
     def _save_membership(self, membership: Membership) -> None:
         try:
@@ -359,14 +516,28 @@ class Node:
 
     def _redis_up(self) -> None:
         if not self.redis_ok:
-            log.info("Redis reachable at %s", self.config.redis_url)
+            log.info("Redis reachable at %s", self.registry.url)
         self.redis_ok, self.redis_error = True, None
 
-    def _redis_down(self, exc: Exception) -> None:
-        if self.redis_ok:
-            log.warning("Redis unreachable (%s); electing on membership version %d",
-                        exc, self.membership.version)
-        self.redis_ok, self.redis_error = False, str(exc)
+    def _registry_fine(self) -> None:
+        if self.registry_problem is not None:
+            log.warning("registry usable again (was: %s)", self.registry_problem)
+            self.registry_problem = None
+
+    def _registry_trouble(self, exc: RegistryError) -> None:
+        """Redis down, or its data unusable: say so once per distinct problem, keep electing."""
+        if isinstance(exc, RegistryUnavailable):
+            if self.redis_ok:
+                log.warning("Redis unreachable (%s); electing on membership version %d",
+                            exc, self.membership.version)
+            self.redis_ok, self.redis_error = False, str(exc)
+            return
+        self.redis_ok, self.redis_error = True, None
+        problem = str(exc)
+        if problem != self.registry_problem:
+            log.error("registry problem: %s; electing on membership version %d", problem,
+                      self.membership.version)
+            self.registry_problem = problem
 
     # ---- HTTP ----------------------------------------------------------------------------
 
@@ -395,7 +566,12 @@ class Node:
             "address": self.config.address,
             "pid": os.getpid(),
             "version": __version__,
-            "state": "starting" if core is None else core.role.value,
+            "node_id": self.node_id,
+            "cluster_id": self.membership.cluster_id,
+            "security": self.config.security,
+            "state": ("joining" if self.joining else "starting") if core is None
+            else core.role.value,
+            "joining": self.joining,
             "role": core.reported_role(now) if core else "duck",
             "term": core.term if core else 0,
             "goose": core.known_goose(now) if core else None,
@@ -412,7 +588,11 @@ class Node:
             "step_downs": counters.step_downs if counters else 0,
             "heartbeats_sent": counters.heartbeats_sent if counters else 0,
             "heartbeats_received": counters.heartbeats_received if counters else 0,
-            "redis": {"connected": self.redis_ok, "error": self.redis_error},
+            "redis": {"connected": self.redis_ok, "error": self.redis_error,
+                      "problem": self.registry_problem, "url": self.registry.url},
+            "storage": {"fsync_last_ms": None if self.fsync_last_ms is None
+                        else round(self.fsync_last_ms, 2),
+                        "fsync_max_ms": round(self.fsync_max_ms, 2)},
             "isolated_from": self._isolated_names(),
             "timing": {"heartbeat_ms": t.heartbeat_ms,
                        "election_timeout_ms": [t.election_timeout_min_ms,
@@ -427,9 +607,8 @@ class Node:
 
     async def _signed_body(self, request: web.Request) -> bytes:
         body = await request.read()
-        if self.config.secret is not None:
-            reason = auth.check(self.config.secret, request.headers, request.method,
-                                request.path, body)
+        if self.verifier is not None:
+            reason = self.verifier.check(request.headers, request.method, request.path, body)
             if reason is not None:
                 raise MessageError(reason, status=401)
         return body
@@ -440,6 +619,8 @@ class Node:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise MessageError("body is not valid JSON") from None
+        except RecursionError:
+            raise MessageError("body is nested too deeply") from None
 
     async def handle_raft(self, request: web.Request) -> web.Response:
         kind = request.path.rsplit("/", 1)[-1]
@@ -462,8 +643,13 @@ class Node:
                                            f"{self.config.cluster!r}")
         if self._blocked(msg.sender):
             return json_error(503, "partitioned by fault injection")
+        self._peer_ok(msg.sender)  # it is alive: send to it again at once
         out = core.step(msg, time.monotonic())
-        self._apply(out)
+        if out.refused:
+            self._warn_every(f"refused:{msg.sender}", "not believing %s: %s", msg.sender,
+                             out.refused)
+            return json_error(400, out.refused)
+        await self._apply(out)
         if out.reply is None:  # TimeoutNow has no answer but an acknowledgement
             return web.json_response({"term": core.term, "sender": self.config.name,
                                       "version": self.membership.version})

@@ -3,6 +3,7 @@
 Schema, for cluster C (see docs/design.md):
   ddg:C:members   hash  name -> JSON {"address": ..., "joined_at": ...}
   ddg:C:version   int   bumped by every change, never reused
+  ddg:C:id        str   the cluster's id, written once by the node that bootstraps it
   ddg:C:events    pub/sub channel, one JSON message per change
 """
 
@@ -11,39 +12,90 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
+import math
+import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 from redis.retry import Retry
 
-from .errors import NameConflict, NotAMember, RegistryError, RegistryUnavailable
+from .config import NAME_RE, mask_url
+from .errors import (
+    ClusterMismatch,
+    NameConflict,
+    NoCluster,
+    NotAMember,
+    RegistryAuthError,
+    RegistryDataError,
+    RegistryError,
+    RegistryFull,
+    RegistryUnavailable,
+)
+from .messages import MAX_VERSION
 
 log = logging.getLogger("ddg.registry")
 T = TypeVar("T")
 
+MAX_MEMBERS = 100  # a leader election needs a handful; beyond this a registry is garbage
+CLUSTER_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+# Read everything in one round trip, with the key types, so that a key of the wrong type is a
+# clear registry problem rather than a script error.
 _READ = """
-local v = redis.call('GET', KEYS[2]) or '0'
-return {v, redis.call('HGETALL', KEYS[1])}
+local mt = redis.call('TYPE', KEYS[1])['ok']
+local vt = redis.call('TYPE', KEYS[2])['ok']
+local it = redis.call('TYPE', KEYS[4])['ok']
+local members, v, id = {}, false, false
+if mt == 'hash' then members = redis.call('HGETALL', KEYS[1]) end
+if vt == 'string' then v = redis.call('GET', KEYS[2]) end
+if it == 'string' then id = redis.call('GET', KEYS[4]) end
+return {mt, vt, it, v, id, members}
 """
 
+# KEYS: members, version, channel, id. ARGV: name, entry, node_id, address, cluster id the
+# node already belongs to (or ''), max members.
 _ADD = """
+local id = redis.call('GET', KEYS[4])
+if not id then return {-2, ''} end
+if ARGV[5] ~= '' and id ~= ARGV[5] then return {-3, id} end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local ok, obj = pcall(cjson.decode, cur)
-  if ok and type(obj) == 'table' and obj['address'] == ARGV[3] then
-    return {0, redis.call('GET', KEYS[2]) or '0'}
+  local mine = ok and type(obj) == 'table' and (obj['node_id'] == ARGV[3]
+      or (obj['node_id'] == nil and obj['address'] == ARGV[4]))
+  if not mine then return {-1, cur} end
+  if obj['address'] == ARGV[4] and obj['node_id'] == ARGV[3] then
+    return {0, redis.call('GET', KEYS[2]) or '0', id}
   end
-  return {-1, cur}
+  -- the same data dir at a new address (the node moved), or a pre-identity entry: adopt it
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  local v = redis.call('INCR', KEYS[2])
+  redis.call('PUBLISH', KEYS[3], cjson.encode({op='move', name=ARGV[1], version=v}))
+  return {1, tostring(v), id}
 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[6]) then return {-4, ''} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local v = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', KEYS[3], cjson.encode({op='join', name=ARGV[1], version=v}))
-return {1, tostring(v)}
+return {1, tostring(v), id}
+"""
+
+# The one way a cluster comes to exist: a node started with --bootstrap, on a registry that
+# holds no cluster id. Entries already there (a cluster from before cluster ids) are kept.
+# ARGV: new cluster id, name, entry.
+_CREATE = """
+local id = redis.call('GET', KEYS[4])
+if id then return {0, id} end
+redis.call('SET', KEYS[4], ARGV[1])
+redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3])
+local v = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', KEYS[3], cjson.encode({op='create', name=ARGV[2], version=v}))
+return {1, ARGV[1]}
 """
 
 _REMOVE = """
@@ -55,18 +107,24 @@ redis.call('PUBLISH', KEYS[3], cjson.encode({op='remove', name=ARGV[1], version=
 return {1, tostring(v)}
 """
 
-# Redis lost its data (restarted empty) or went back in time: put back the membership a node
-# last knew, so that no member silently drops out of the quorum.
+# Redis lost its data (restarted empty, FLUSHALL) or went back in time (an old RDB), or its
+# history forked (the same version with other members): put back the membership a node last
+# knew, merged with what is there, under a version newer than both. ARGV: cluster id,
+# snapshot version, force (1: the same version is a fork), then name/entry pairs.
 _RESTORE = """
+local id = redis.call('GET', KEYS[4])
+if id and id ~= ARGV[1] then return {-3, id} end
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
-local snap = tonumber(ARGV[1])
-if cur >= snap then return 0 end
-for i = 2, #ARGV, 2 do
+local snap = tonumber(ARGV[2])
+if id and (cur > snap or (cur == snap and ARGV[3] ~= '1')) then return {0, tostring(cur)} end
+for i = 4, #ARGV, 2 do
   redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
 end
-redis.call('SET', KEYS[2], snap + 1)
-redis.call('PUBLISH', KEYS[3], cjson.encode({op='restore', version=snap + 1}))
-return snap + 1
+local v = math.max(cur, snap) + 1
+redis.call('SET', KEYS[2], string.format('%d', v))
+redis.call('SET', KEYS[4], ARGV[1])
+redis.call('PUBLISH', KEYS[3], cjson.encode({op='restore', version=v}))
+return {1, string.format('%d', v)}
 """
 
 
@@ -75,15 +133,23 @@ class Member:
     name: str
     address: str
     joined_at: float = 0.0
+    node_id: str | None = None  # the member's data dir; None only for pre-identity entries
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"address": self.address, "joined_at": self.joined_at}
+        if self.node_id is not None:
+            out["node_id"] = self.node_id
+        return out
 
     def to_json(self) -> str:
-        return json.dumps({"address": self.address, "joined_at": self.joined_at})
+        return json.dumps(self.to_dict())
 
 
 @dataclass(frozen=True, slots=True)
 class Membership:
     version: int = 0
     members: dict[str, Member] = field(default_factory=dict)
+    cluster_id: str | None = None  # None: Redis holds no cluster (or a cache from before ids)
 
     @property
     def names(self) -> frozenset[str]:
@@ -96,45 +162,105 @@ class Membership:
     def to_json(self) -> dict[str, Any]:
         return {
             "version": self.version,
-            "members": {n: {"address": m.address, "joined_at": m.joined_at}
-                        for n, m in sorted(self.members.items())},
+            "cluster_id": self.cluster_id,
+            "members": {n: m.to_dict() for n, m in sorted(self.members.items())},
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Membership:
-        members = {
-            str(n): Member(str(n), str(v["address"]), float(v.get("joined_at", 0.0)))
-            for n, v in data["members"].items()
-        }
-        return cls(int(data["version"]), members)
+        raw = data["members"]
+        if not isinstance(raw, dict):
+            raise RegistryDataError("members is not an object")
+        members = {n: parse_entry(n, v) for n, v in raw.items()}
+        cluster_id = data.get("cluster_id")
+        if cluster_id is not None:
+            cluster_id = check_cluster_id(cluster_id)
+        return cls(check_version(data["version"]), members, cluster_id)
 
 
-def _decode(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+def check_version(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_VERSION:
+        raise RegistryDataError(f"version {value!r} is not an integer in 0..{MAX_VERSION}")
+    return value
 
 
-def parse_members(flat: list[Any]) -> dict[str, Member]:
-    out: dict[str, Member] = {}
-    for i in range(0, len(flat) - 1, 2):
-        name, value = _decode(flat[i]), _decode(flat[i + 1])
+def check_cluster_id(value: Any) -> str:
+    if not isinstance(value, str) or not CLUSTER_ID_RE.fullmatch(value):
+        raise RegistryDataError(f"cluster id {str(value)[:40]!r} is not 32 hex digits")
+    return value
+
+
+def parse_entry(name: Any, value: Any) -> Member:
+    """One member entry, strictly: a registry entry no node wrote is a problem, not a member."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise RegistryDataError(f"member name {str(name)[:70]!r} is not a valid node name")
+    obj = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(obj, dict):
+        raise RegistryDataError(f"member {name!r}: entry is not a JSON object")
+    address, joined, node_id = obj.get("address"), obj.get("joined_at", 0.0), obj.get("node_id")
+    if not isinstance(address, str) or not address.startswith(("http://", "https://")):
+        raise RegistryDataError(f"member {name!r}: address {str(address)[:70]!r} is not a URL")
+    if isinstance(joined, bool) or not isinstance(joined, int | float) or not math.isfinite(
+            joined):
+        raise RegistryDataError(f"member {name!r}: joined_at is not a number")
+    if node_id is not None and (not isinstance(node_id, str) or not CLUSTER_ID_RE.fullmatch(
+            node_id)):
+        raise RegistryDataError(f"member {name!r}: node_id is not 32 hex digits")
+    return Member(name, address, float(joined), node_id)
+
+
+def _text(raw: Any, what: str) -> str:
+    if isinstance(raw, bytes):
         try:
-            obj = json.loads(value)
-            out[name] = Member(name, str(obj["address"]), float(obj.get("joined_at", 0.0)))
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring malformed registry entry %r: %r", name, value[:100])
-    return out
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise RegistryDataError(f"{what} {raw[:40]!r} is not UTF-8") from None
+    return str(raw)
+
+
+def parse_registry(key_types: tuple[str, str, str], version: Any, cluster_id: Any,
+                   flat: list[Any], keys: tuple[str, str, str]) -> Membership:
+    """Validate what _READ returned; any problem raises RegistryDataError naming it."""
+    for typ, want, key in zip(key_types, ("hash", "string", "string"), keys, strict=True):
+        if typ not in (want, "none"):
+            raise RegistryDataError(f"{key} is a {typ}, not a {want}")
+    if version is None or version is False:
+        v = 0
+    else:
+        text = _text(version, keys[1])
+        if not text.isascii() or not text.isdigit():
+            raise RegistryDataError(f"{keys[1]} is {text[:40]!r}, not a version number")
+        v = check_version(int(text))
+    cid = None if cluster_id in (None, False) else check_cluster_id(_text(cluster_id, keys[2]))
+    if len(flat) // 2 > MAX_MEMBERS:
+        raise RegistryDataError(f"{keys[0]} has {len(flat) // 2} members; at most "
+                                f"{MAX_MEMBERS} are allowed")
+    members: dict[str, Member] = {}
+    for i in range(0, len(flat) - 1, 2):
+        name = _text(flat[i], f"a member name in {keys[0]}")
+        try:
+            members[name] = parse_entry(name, _text(flat[i + 1], f"member {name!r}"))
+        except ValueError as exc:
+            raise RegistryDataError(f"member {name!r}: entry is not JSON ({exc})") from None
+    if members and v == 0:
+        raise RegistryDataError(f"{keys[0]} has members but {keys[1]} is missing")
+    return Membership(v, members, cid)
 
 
 class Registry:
     """Async access to one cluster's membership. Every call has a deadline."""
 
-    def __init__(self, redis_url: str, cluster: str, *, timeout: float = 0.5) -> None:
+    def __init__(self, redis_url: str, cluster: str, *, timeout: float = 0.5,
+                 password: str | None = None) -> None:
         self.cluster = cluster
         self.timeout = timeout
+        self.url = mask_url(redis_url)  # the only form of the URL that may be shown
         prefix = f"ddg:{cluster}:"
         self.members_key = prefix + "members"
         self.version_key = prefix + "version"
+        self.id_key = prefix + "id"
         self.channel = prefix + "events"
+        extra: dict[str, Any] = {} if password is None else {"password": password}
         self._redis = aioredis.from_url(
             redis_url,
             socket_timeout=timeout,
@@ -142,48 +268,104 @@ class Registry:
             retry=Retry(NoBackoff(), 0),
             retry_on_timeout=False,
             health_check_interval=0,
+            **extra,
         )
-        self._keys = [self.members_key, self.version_key, self.channel]
+        self._keys = [self.members_key, self.version_key, self.channel, self.id_key]
+        # EVALSHA with a fallback to EVAL: the script text crosses the wire once.
+        self._read = self._redis.register_script(_READ)
+        self._add = self._redis.register_script(_ADD)
+        self._create = self._redis.register_script(_CREATE)
+        self._remove = self._redis.register_script(_REMOVE)
+        self._restore = self._redis.register_script(_RESTORE)
 
     async def _call(self, aw: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout(self.timeout):
                 return await aw
+        except (AuthenticationError, NoPermissionError) as exc:
+            raise RegistryAuthError(
+                f"Redis at {self.url} refused this client: {exc} (check the user and password: "
+                "--redis-password-file or DDG_REDIS_PASSWORD)") from None
+        except ResponseError as exc:
+            if str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+                raise RegistryAuthError(f"Redis at {self.url} refused this client: {exc}") from None
+            raise RegistryDataError(f"Redis refused the registry update: {exc}") from None
         except (TimeoutError, RedisError, OSError) as exc:
             raise RegistryUnavailable(f"redis: {str(exc) or type(exc).__name__}") from exc
 
-    async def _script(self, script: str, args: list[Any]) -> Any:
-        return await self._call(self._redis.eval(script, 3, *self._keys, *args))
+    async def _script(self, script: Any, args: list[Any]) -> Any:
+        return await self._call(script(keys=self._keys, args=args))
 
     async def read(self) -> Membership:
-        version, flat = await self._script(_READ, [])
-        return Membership(int(_decode(version)), parse_members(flat))
+        """The membership; RegistryDataError if the keys hold anything a node did not write."""
+        reply = await self._script(self._read, [])
+        try:
+            mt, vt, it, version, cid, flat = reply
+            types = (_text(mt, "type"), _text(vt, "type"), _text(it, "type"))
+        except (TypeError, ValueError):
+            raise RegistryDataError("unexpected reply to the registry read") from None
+        return parse_registry(types, version, cid, list(flat),
+                              (self.members_key, self.version_key, self.id_key))
 
-    async def add(self, name: str, address: str) -> int:
-        """Register NAME at ADDRESS; returns the version. Idempotent for the same address."""
-        member = Member(name, address, time.time())
-        code, value = await self._script(_ADD, [name, member.to_json(), address])
-        if int(code) == -1:
-            existing = parse_members([name, value]).get(name)
-            where = existing.address if existing else _decode(value)
+    async def create(self, member: Member) -> tuple[str, bool]:
+        """Bootstrap: make the cluster with MEMBER as its first member, unless one exists.
+        Returns the cluster id and whether this call created it."""
+        new_id = uuid.uuid4().hex
+        code, cid = await self._script(self._create, [new_id, member.name, member.to_json()])
+        return check_cluster_id(_text(cid, "cluster id")), int(code) == 1
+
+    async def add(self, member: Member, *, cluster_id: str | None) -> int:
+        """Register MEMBER (idempotent for the same data dir) in the cluster the registry holds,
+        which must be CLUSTER_ID when the node already belongs to one; returns the version."""
+        code, value, *_ = await self._script(self._add, [
+            member.name, member.to_json(), member.node_id or "", member.address,
+            cluster_id or "", MAX_MEMBERS])
+        code = int(code)
+        if code == -2:
+            raise NoCluster(
+                f"Redis at {self.url} holds no cluster {self.cluster!r}: the first node of a new "
+                "cluster is started with --bootstrap; a node of an existing one waits for its "
+                "members to restore the registry")
+        if code == -3:
+            raise ClusterMismatch(
+                f"Redis at {self.url} holds another cluster {self.cluster!r} (id "
+                f"{_text(value, 'id')[:32]}) than the one this node belongs to ({cluster_id})")
+        if code == -4:
+            raise RegistryFull(f"cluster {self.cluster!r} already has {MAX_MEMBERS} members, "
+                               "the most it may have")
+        if code == -1:
+            try:
+                where = parse_entry(member.name, _text(value, "entry")).address
+            except (RegistryDataError, ValueError):
+                where = "an unreadable entry"
             raise NameConflict(
-                f"name {name!r} is already registered at {where}; remove it first "
-                f"(ddg-node remove {name}) or choose another --name"
-            )
-        return int(_decode(value))
+                f"name {member.name!r} is already registered at {where} by another node (another "
+                f"data dir); if that node is gone for good, `ddg-node remove {member.name}` "
+                "first, else choose another --name")
+        return check_version(int(_text(value, "version")))
 
     async def remove(self, name: str) -> int:
-        code, value = await self._script(_REMOVE, [name])
+        code, value = await self._script(self._remove, [name])
         if int(code) == 0:
             raise NotAMember(f"{name!r} is not a member of cluster {self.cluster!r}")
-        return int(_decode(value))
+        return int(_text(value, "version"))
 
-    async def restore(self, snapshot: Membership) -> int:
-        """Put SNAPSHOT back if Redis has an older version (it lost data); 0 if not needed."""
-        args: list[Any] = [snapshot.version]
+    async def restore(self, snapshot: Membership, *, force: bool = False) -> int:
+        """Put SNAPSHOT back where Redis lost it (no cluster id, an older version, or with
+        FORCE the same version with other members); returns the new version, 0 if not needed.
+        """
+        if snapshot.cluster_id is None:
+            raise RegistryDataError("cannot restore a membership without a cluster id")
+        args: list[Any] = [snapshot.cluster_id, snapshot.version, "1" if force else "0"]
         for m in snapshot.members.values():
             args += [m.name, m.to_json()]
-        return int(await self._script(_RESTORE, args))
+        code, value = await self._script(self._restore, args)
+        if int(code) == -3:
+            raise ClusterMismatch(
+                f"Redis at {self.url} holds another cluster {self.cluster!r} (id "
+                f"{_text(value, 'id')[:32]}) than this node's ({snapshot.cluster_id}); not "
+                "restoring over it")
+        return check_version(int(_text(value, "version"))) if int(code) == 1 else 0
 
     async def ping(self) -> bool:
         try:

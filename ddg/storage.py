@@ -6,12 +6,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 from .core import HardState
-from .errors import StorageError
+from .errors import RegistryDataError, StorageError
+from .messages import MAX_TERM
 from .registry import Membership
+
+NODE_ID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def _write_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -60,6 +65,22 @@ class DataDir:
     def members_file(self) -> Path:
         return self.path / "members.json"
 
+    @property
+    def node_file(self) -> Path:
+        return self.path / "node.json"
+
+    def node_id(self) -> str:
+        """This data dir's identity, made once: a member is this id, not a name and address."""
+        data = _read(self.node_file)
+        if data is None:
+            node_id = uuid.uuid4().hex
+            _write_atomic(self.node_file, {"node_id": node_id})
+            return node_id
+        value = data.get("node_id")
+        if not isinstance(value, str) or not NODE_ID_RE.fullmatch(value):
+            raise StorageError(f"{self.node_file} is corrupt: {data!r}")
+        return value
+
     def open(self) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -86,7 +107,7 @@ class DataDir:
         if data is None:
             return HardState()
         term, voted_for = data.get("term"), data.get("voted_for")
-        if not isinstance(term, int) or term < 0 or not (
+        if isinstance(term, bool) or not isinstance(term, int) or not 0 <= term <= MAX_TERM or not (
             voted_for is None or isinstance(voted_for, str)
         ):
             raise StorageError(f"{self.state_file} is corrupt: {data!r}")
@@ -101,7 +122,7 @@ class DataDir:
             return None
         try:
             return Membership.from_json(data)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, RegistryDataError) as exc:
             raise StorageError(f"{self.members_file} is corrupt: {exc}") from exc
 
     def save_membership(self, membership: Membership) -> None:

@@ -169,6 +169,7 @@ class Demo:
             secret=self.config.secret, allow_fault_injection=True,
             heartbeat_ms=self.config.heartbeat_ms,
             election_timeout_ms=self.config.election_timeout_ms,
+            bootstrap=not self._procs,  # the demo's first node creates the cluster
         )
         proc = NodeProcess(spec, log_path=self.dir / f"{name}.log")
         try:

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from ddg.auth import sign_headers
+from ddg.errors import RegistryError
 from ddg.registry import Membership, Registry
 
 from .model import AdminResult, NodeStatus, Reply, StatusFormatError
@@ -88,7 +89,16 @@ class LiveSource:
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json"}
         if self.secret is not None:
-            headers.update(sign_headers(self.secret.encode(), "POST", path, body))
+            # Signatures are bound to the recipient's name; the caller knows only the address.
+            try:
+                members = (await self.registry.read()).members.values()
+            except RegistryError as exc:
+                return AdminResult(ok=False, message=f"cannot sign the request: {exc}")
+            name = next((m.name for m in members if m.address == address), None)
+            if name is None:
+                return AdminResult(ok=False, message=f"no member at {address} to sign for")
+            headers.update(sign_headers(self.secret.encode(), "POST", path, body,
+                                        recipient=name))
         try:
             async with asyncio.timeout(max(self.timeout, 1.0) + 0.05):
                 resp = await self.client.post(f"{address}{path}", content=body, headers=headers)

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 from ddg.config import Timing
 from ddg.core import Election, HardState, Output, Role
-from ddg.messages import Message, VoteResponse
+from ddg.messages import Message, TimeoutNow, VoteResponse
 
 EPS = 1e-9  # a tick is scheduled this much after its deadline, so float rounding cannot stall it
 
@@ -125,8 +125,10 @@ class Sim:
         election_cls: type[Election] = Election,
         names: list[str] | None = None,
         rates: dict[str, float] | None = None,
+        trust_transfers: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
+        self.trust_transfers = trust_transfers
         self.timing = timing or Timing()
         self.election_cls = election_cls
         names = names or [f"n{i}" for i in range(1, n + 1)]
@@ -194,7 +196,7 @@ class Sim:
         node.inbox.clear()
         node.core = self.election_cls(
             name=node.name, timing=self.timing, rng=node.rng, now=node.local(self.t),
-            members=self.members, hard=node.disk,
+            members=self.members, hard=node.disk, trust_transfers=self.trust_transfers,
         )
         self._schedule_tick(node)
 
@@ -251,6 +253,7 @@ class Sim:
         assert core is not None
         if out.persist is not None:
             node.disk = out.persist
+            core.persisted(out.persist)
         if node.disk != core.hard_state:
             self._violation(f"{node.name} sends with HardState {core.hard_state} not on disk "
                             f"({node.disk})")
@@ -380,6 +383,19 @@ class Sim:
                 return node.name
         return None
 
+    def forge_timeout_now(self, a: str) -> None:
+        """A stranger sends node a a TimeoutNow in the name of the goose it follows (the
+        cluster has no secret): at most an unneeded election, never two geese."""
+        node = self.nodes[a]
+        core = node.core
+        if core is None or node.paused or core.leader in (None, a):
+            return
+        self.stats["forged"] += 1
+        env = Envelope(core.leader, a, TimeoutNow(term=core.term, sender=core.leader), False,
+                       0, 0)
+        self._receive(node, env)
+        self._schedule_tick(node)
+
     def set_membership(self, a: str, members: frozenset[str], version: int) -> None:
         node = self.nodes[a]
         if node.core is not None and not node.paused:
@@ -477,7 +493,7 @@ class Sim:
 
 # ---- random fault plans --------------------------------------------------------------------
 
-FAULT_KINDS = ("cut", "isolate", "partition", "crash", "pause", "transfer", "degrade")
+FAULT_KINDS = ("cut", "isolate", "partition", "crash", "pause", "transfer", "degrade", "forge")
 
 
 class Fault(NamedTuple):
@@ -523,6 +539,8 @@ def apply_plan(sim: Sim, plan: list[Fault]) -> None:
                 sim.at(end, sim.resume, a)
             case "transfer":
                 sim.at(f.at, sim.transfer)
+            case "forge":
+                sim.at(f.at, sim.forge_timeout_now, a)
             case "degrade":
                 sim.at(f.at, sim.degrade)
                 sim.at(end, sim.undegrade)

@@ -121,7 +121,7 @@ def test_env_fallbacks(make_cluster: Make, tmp_path: Path) -> None:
         [sys.executable, "-m", "ddg"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         env={**os.environ, "DDG_HTTP_PORT": str(port), "DDG_NODE_NAME": "solo",
              "DDG_REDIS_URL": c.redis_url, "DDG_CLUSTER": "envtest",
-             "DDG_DATA_DIR": str(tmp_path / "solo")},
+             "DDG_DATA_DIR": str(tmp_path / "solo"), "DDG_BOOTSTRAP": "1"},
     )
     try:
         def goose() -> bool:

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 def test_demo_on_a_given_redis_deregisters_its_nodes_and_leaves_redis_running() -> None:
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url, socket_timeout=2)
+        # a registry from before cluster ids: the demo's first node adopts it
         client.hset("ddg:demo:members", "keep", '{"address": "http://127.0.0.1:1"}')
+        client.set("ddg:demo:version", 1)
         demo = Demo(DemoConfig(nodes=2, redis_url=server.url))
         try:
             assert demo.launch() == server.url

@@ -194,10 +194,14 @@ def test_recovery_time_is_bounded() -> None:
 # ---- the checker can fail ------------------------------------------------------------------
 
 class NotSticky(Election):
-    """A core without leader stickiness: votes for a rival while it still hears a goose."""
+    """A core without leader stickiness: votes for a rival while it still hears a goose (and
+    without the new goose's wait for its voters' last lease, which would otherwise cover)."""
 
     def sticky(self, now: float) -> bool:
         return False
+
+    def is_goose(self, now: float) -> bool:
+        return self.role is Role.GOOSE and now < self.lease_until
 
 
 class Forgetful(Election):
@@ -234,6 +238,33 @@ def test_checker_catches_a_core_without_stickiness(seed: int) -> None:
     sim.run_for(2.0)
     assert sim.gooses() == ["n1"]
     assert sim.core("n3").term == term and sim.core("n3").counters.pre_votes_started > 3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_forged_hand_over_never_makes_two_geese(seed: int) -> None:
+    """A stranger's TimeoutNow (no cluster secret) to a duck cut off from the goose: the duck
+    wins a term with the transfer vote of a duck that still hears the goose, but answers
+    `goose` only after that duck's last goose lease has surely ended."""
+    sim = Sim(3, seed=seed)
+    elect_n1(sim)
+    sim.cut("n1", "n3")
+    sim.cut("n3", "n1")
+    sim.run_for(0.02)
+    sim.cut("n2", "n1")  # n1 does not learn of the new term: it keeps its lease to the end
+    sim.forge_timeout_now("n3")
+    sim.run_for(1.0)  # the checker raises on any overlap
+    assert sim.core("n3").counters.elections_won == 1
+    assert sim.gooses() == ["n3"]
+    # Negative control: a core that trusts the forged hand-over (as with a secret) overlaps.
+    sim = Sim(3, seed=seed, trust_transfers=True)
+    elect_n1(sim)
+    sim.cut("n1", "n3")
+    sim.cut("n3", "n1")
+    sim.run_for(0.02)
+    sim.cut("n2", "n1")
+    with pytest.raises(InvariantViolation, match="two nodes report goose at once"):
+        sim.forge_timeout_now("n3")
+        sim.run_for(1.0)
 
 
 def test_checker_catches_a_vote_that_is_not_persisted() -> None:
