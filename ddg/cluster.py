@@ -62,10 +62,11 @@ class LocalCluster:
             self.redis_url = self.redis.start()
         return self.redis_url
 
-    def spec(self, name: str, port: int) -> NodeSpec:
+    def spec(self, name: str, port: int, *, bootstrap: bool | None = None) -> NodeSpec:
         assert self.redis_url is not None, "start_redis() first"
         return NodeSpec(
-            bootstrap=not self.nodes,  # the first node this cluster starts creates it
+            # by default the first node this cluster starts creates it
+            bootstrap=not self.nodes if bootstrap is None else bootstrap,
             name=name, port=port, redis_url=self.redis_url, cluster=self.cluster,
             data_dir=self.base_dir / "data" / name, secret=self.secret,
             allow_fault_injection=self.allow_fault_injection, heartbeat_ms=self.heartbeat_ms,
@@ -80,13 +81,14 @@ class LocalCluster:
                 return name
 
     def add(self, name: str | None = None, *, port: int | None = None,
-            preexec_fn: Callable[[], None] | None = None) -> NodeProcess:
+            preexec_fn: Callable[[], None] | None = None,
+            bootstrap: bool | None = None) -> NodeProcess:
         """Start a new node process (it registers itself)."""
         self.start_redis()
         name = name or self.next_name()
         if name in self.nodes and self.nodes[name].running:
             raise DdgError(f"node {name} is already running")
-        node = NodeProcess(self.spec(name, port or free_port()),
+        node = NodeProcess(self.spec(name, port or free_port(), bootstrap=bootstrap),
                            log_path=self.base_dir / "logs" / f"{name}.log", preexec_fn=preexec_fn)
         node.start()
         self.nodes[name] = node

@@ -227,7 +227,9 @@ class Node:
     async def _join(self, cached: Membership | None) -> Membership | None:
         """Join the cluster the registry holds (or create it with --bootstrap), waiting for
         Redis unless a cached membership of this node's cluster lets it go on."""
-        backoff = Backoff(initial=0.1, maximum=1.0, rng=self.rng)
+        # Short: a fresh node waiting for the members to restore the registry joins within
+        # half a second of it.
+        backoff = Backoff(initial=0.1, maximum=0.5, rng=self.rng)
         known = cached is not None and cached.cluster_id is not None
         while not self.stop_event.is_set():
             try:
@@ -458,7 +460,7 @@ class Node:
 
     async def _watch_registry(self) -> None:
         await self._ready.wait()
-        backoff = Backoff(initial=0.1, maximum=2.0, rng=self.rng)
+        backoff = Backoff(initial=0.1, maximum=1.0, rng=self.rng)
         while True:
             try:
                 async for _ in self.registry.changes(self.config.refresh_interval):

@@ -66,7 +66,7 @@ def run_one(name: str, ns: argparse.Namespace) -> Outcome:
         base.mkdir(parents=True, exist_ok=True)
     check = CheckConfig(recovery_bound=ns.recovery_bound_ms / 1000,
                         settle_bound=ns.settle_bound_ms / 1000)
-    h = Harness(HarnessConfig(nodes=nodes, base_dir=base, check=check,
+    h = Harness(HarnessConfig(nodes=nodes, late=scenario.late, base_dir=base, check=check,
                               split_brain=name == "selftest-split-brain"))
     started = time.monotonic()
     try:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+import redis
+
 from ..cluster import LocalCluster
 from ..embedded import EmbeddedRedis
 from .checker import CheckConfig, Event, Observation, Report, Topology, check
@@ -26,6 +28,9 @@ class ScenarioFailed(AssertionError):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class HarnessConfig:
     nodes: int = 5
+    # The last LATE names are not started with the others: a scenario join()s them later,
+    # with fresh data dirs (nodes that never saw the cluster being created).
+    late: int = 0
     poll_interval: float = 0.02
     wait_timeout: float = 5.0  # for conditions a healthy cluster meets in well under a second
     base_dir: Path | None = None
@@ -53,6 +58,8 @@ class Harness:
         self.config = config
         self.cluster = LocalCluster(base_dir=config.base_dir, log_level="INFO")
         self.names = [f"n{i}" for i in range(1, config.nodes + 1)]
+        self.late = self.names[len(self.names) - config.late:] if config.late else []
+        self.ports: dict[str, int] = {}
         self.events: list[Event] = []
         self.failures: list[str] = []
         self.crashes: list[str] = []
@@ -73,7 +80,7 @@ class Harness:
         self.cluster.redis_url = self.cluster.redis.start()
         assert self.cluster.redis.port is not None
         self.firewall = Firewall(redis_port=self.cluster.redis.port)
-        ports = {n: pool.take() for n in self.names}
+        ports = self.ports = {n: pool.take() for n in self.names}
         for n in self.names:
             self.firewall.add(n, ports[n])
         self.firewall.install()
@@ -81,14 +88,16 @@ class Harness:
                                  interval=self.config.poll_interval)
         self.observer.start()
         t0 = time.monotonic()
-        for n in self.names:
+        first = [n for n in self.names if n not in self.late]
+        for n in first:
             if self.config.split_brain:
                 self.cluster.cluster = f"split-{n}"
-            self.cluster.add(n, port=ports[n], preexec_fn=self.firewall.preexec(n))  # type: ignore[arg-type]
-        self.wait_for(lambda: set(self.obs().since(t0)) >= set(self.names),
+            self.cluster.add(n, port=ports[n], preexec_fn=self.firewall.preexec(n),  # type: ignore[arg-type]
+                             bootstrap=self.config.split_brain or None)
+        self.wait_for(lambda: set(self.obs().since(t0)) >= set(first),
                       what="every node to answer /status", timeout=30)
-        self._record("start", f"{len(self.names)} nodes", (), False, t0,
-                     replace(self.topology, live=frozenset(self.names)))
+        self._record("start", f"{len(first)} nodes", (), False, t0,
+                     replace(self.topology, live=frozenset(first)))
 
     def close(self) -> None:
         if self.observer is not None:
@@ -189,6 +198,28 @@ class Harness:
         return self._record("terminate", node, (node,), True, start,
                             replace(self.topology, live=self.topology.live - {node}))
 
+    def join(self, *nodes: str) -> Event:
+        """Start late nodes for the first time (fresh data dirs), all at once."""
+        start = time.monotonic()
+        for node in nodes:
+            assert node in self.late and node not in self.cluster.nodes, node
+            assert self.firewall is not None
+            self.cluster.add(node, port=self.ports[node],
+                             preexec_fn=self.firewall.preexec(node))  # type: ignore[arg-type]
+        self.wait_for(lambda: set(nodes) <= set(self.obs().since(start)),
+                      what=f"{','.join(nodes)} to answer after starting", timeout=20)
+        return self._record("join", ",".join(nodes), nodes, False, start,
+                            replace(self.topology, live=self.topology.live | set(nodes)))
+
+    def members_converged(self, nodes: Iterable[str] | None = None) -> None:
+        """Wait until every live node's membership is exactly NODES (default: the live ones)."""
+        want = sorted(self.topology.live if nodes is None else nodes)
+
+        def done() -> bool:
+            sts = self.cluster.statuses(self.topology.live)
+            return all(s is not None and s["members"] == want for s in sts.values())
+        self.wait_for(done, what=f"every node to see members {','.join(want)}", timeout=15)
+
     def restart(self, node: str) -> Event:
         """Same name, port and data dir; the event ends when the new process answers."""
         start = time.monotonic()
@@ -235,6 +266,34 @@ class Harness:
         self.cluster.redis.proc = None
         return self._record("kill-redis", "SIGKILL", (), True, start,
                             replace(self.topology, redis="down"))
+
+    def _redis_client(self) -> redis.Redis:
+        assert self.cluster.redis_url is not None
+        return redis.Redis.from_url(self.cluster.redis_url, socket_timeout=2)
+
+    def flush_redis(self) -> Event:
+        """FLUSHALL: Redis up, its data gone."""
+        start = time.monotonic()
+        with self._redis_client() as client:
+            client.flushall()
+        return self._record("flush-redis", "FLUSHALL", (), True, start, self.topology)
+
+    def snapshot_redis(self) -> dict[bytes, bytes]:
+        """The cluster's keys as DUMPs: an "RDB" to go back to with rollback_redis()."""
+        with self._redis_client() as client:
+            return {k: client.dump(k) for k in client.keys("ddg:*")}  # type: ignore[misc]
+
+    def rollback_redis(self, snapshot: dict[bytes, bytes]) -> Event:
+        """Redis restored from an old RDB: older membership, older version."""
+        start = time.monotonic()
+        with self._redis_client() as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.flushall()
+            for key, dumped in snapshot.items():
+                pipe.restore(key, 0, dumped)
+            pipe.execute()
+        return self._record("rollback-redis", f"{len(snapshot)} keys", (), True, start,
+                            self.topology)
 
     def start_redis_empty(self) -> Event:
         start = time.monotonic()

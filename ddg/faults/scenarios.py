@@ -28,6 +28,7 @@ class Scenario:
     run: Callable[[Harness, RunConfig], None]
     about: str
     in_all: bool = True
+    late: int = 0  # nodes started only when the scenario join()s them
 
 
 def others(h: Harness, *exclude: str) -> list[str]:
@@ -187,6 +188,50 @@ def goose_cut_from_redis(h: Harness, cfg: RunConfig) -> None:
     h.settle()
 
 
+# ---- Redis loses the cluster while fresh nodes join (docs/design.md, "Bootstrap") ----------
+
+
+def redis_empty_join(h: Harness, cfg: RunConfig) -> None:
+    """Redis restarts empty and two fresh nodes start at once: they must wait for the members
+    to restore the registry, not form a cluster of their own; then everyone has 5 members."""
+    g = h.settle()
+    h.kill_redis()
+    # long enough for the members' reconnect backoff to grow: the newcomers get there first
+    h.expect_goose_unchanged(g, 2.5)
+    h.start_redis_empty()
+    h.join(*h.late)
+    h.members_converged()
+    if h.settle() != g:
+        h.notes.append("the goose moved while the cluster grew")
+
+
+def flushall_join(h: Harness, cfg: RunConfig) -> None:
+    """FLUSHALL just before a fresh node starts, then just after the next one started."""
+    h.settle()
+    first, second = h.late
+    h.flush_redis()
+    h.join(first)
+    h.members_converged()
+    h.settle()
+    h.join(second)
+    h.flush_redis()
+    h.members_converged()
+    h.settle()
+
+
+def redis_rollback_join(h: Harness, cfg: RunConfig) -> None:
+    """Redis restored from an old RDB (an older membership and version) while a fresh node
+    joins: the members put back what they knew, the newcomer joins that."""
+    h.settle()
+    old = h.snapshot_redis()
+    h.join(h.late[0])
+    h.members_converged()
+    h.rollback_redis(old)
+    h.join(h.late[1])
+    h.members_converged()
+    h.settle()
+
+
 def split_brain(h: Harness, cfg: RunConfig) -> None:
     """Self-test: two one-node clusters watched as one. The checker must report violations."""
     h.hold(1.0)
@@ -319,6 +364,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              about="the goose loses Redis only"),
     Scenario(name="chaos", nodes=5, run=chaos,
              about="random faults from --seed for --seconds (or --steps)"),
+    Scenario(name="redis-empty-join", nodes=5, late=2, run=redis_empty_join,
+             about="Redis restarts empty; two fresh nodes join at once"),
+    Scenario(name="flushall-join", nodes=5, late=2, run=flushall_join,
+             about="FLUSHALL while a fresh node joins, twice"),
+    Scenario(name="redis-rollback-join", nodes=5, late=2, run=redis_rollback_join,
+             about="Redis back from an old RDB while a fresh node joins"),
     Scenario(name="selftest-split-brain", nodes=2, run=split_brain, in_all=False,
              about="self-test: a real split brain (two clusters), which must be reported"),
 )}
