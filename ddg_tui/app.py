@@ -125,7 +125,9 @@ class ConsoleApp(App[int]):
                     self._dirty = True
                     backoff = 0.25
             except RegistryError as exc:
-                self.model.apply_registry_error(str(exc), wall=self.clock.wall())
+                self.model.apply_registry_error(
+                    str(exc), wall=self.clock.wall(),
+                    unreachable=isinstance(exc, RegistryUnavailable))
                 self._dirty = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
@@ -391,7 +393,7 @@ class ConsoleApp(App[int]):
 
     async def _isolate(self, name: str, address: str) -> None:
         now = self.clock.monotonic()
-        result = await self.source.admin(address, "/admin/partition", {"all": True})
+        result = await self.source.admin(name, address, "/admin/partition", {"all": True})
         if not result.ok:
             self.report(f"isolate {name} failed: {result.message}", "error", node=name)
             return
@@ -413,7 +415,7 @@ class ConsoleApp(App[int]):
             if n not in self.model.members:
                 self.isolated_here.discard(n)
         results = await asyncio.gather(
-            *(self.source.admin(addr, "/admin/heal", {}) for _, addr in targets))
+            *(self.source.admin(n, addr, "/admin/heal", {}) for n, addr in targets))
         healed = [n for (n, _), r in zip(targets, results, strict=True) if r.ok]
         failed = [(n, r) for (n, _), r in zip(targets, results, strict=True) if not r.ok]
         self.isolated_here.difference_update(healed)

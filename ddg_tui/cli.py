@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import NoReturn
 
-from ddg.config import DEFAULT_CLUSTER
+from ddg.config import DEFAULT_CLUSTER, mask_url
 from ddg.errors import ConfigError, DdgError
 
 from .config import MAX_DEMO_NODES, ConsoleConfig, PollSettings
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("DDG_CLUSTER_SECRET") or None,
                    help="shared secret used to sign admin requests (isolate/heal); with "
                         "--demo the nodes are started with it (env DDG_CLUSTER_SECRET)")
+    p.epilog = ((p.epilog or "") + "\nA Redis password may come from DDG_REDIS_PASSWORD instead "
+                "of the URL\n(so it is not in `ps`); the console never shows it.\n")
     return p
 
 
@@ -114,12 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.demo is not None:
             demo = Demo(DemoConfig(nodes=config.demo, cluster=config.cluster,
                                    secret=config.secret, redis_url=config.redis_url))
-            where = config.redis_url or "an embedded Redis"
+            where = mask_url(config.redis_url) if config.redis_url else "an embedded Redis"
             print(f"{PROG}: starting {config.demo} nodes on {where}…", file=sys.stderr)
             redis_url = demo.launch()
         assert redis_url is not None
         source = LiveSource(redis_url=redis_url, cluster=config.cluster,
-                            timeout=config.poll.timeout, secret=config.secret)
+                            timeout=config.poll.timeout, secret=config.secret,
+                            password=os.environ.get("DDG_REDIS_PASSWORD") or None)
         mode = (f"demo: {config.demo} nodes started here" if demo is not None
                 else "attached (nodes are not ours)")
         app = ConsoleApp(source=source, fleet=demo, poll=config.poll, mode=mode,

@@ -65,7 +65,8 @@ class FakeSource:
         self._changed.set()
         return self.version
 
-    async def admin(self, address: str, path: str, payload: dict[str, Any]) -> AdminResult:
+    async def admin(self, name: str, address: str, path: str,
+                    payload: dict[str, Any]) -> AdminResult:
         self.admin_calls.append((address, path, payload))
         return AdminResult(ok=True, message="ok", status_code=200)
 

@@ -72,6 +72,8 @@ class NodeStatus:
     heartbeats_received: int = 0
     redis_connected: bool = True
     redis_error: str | None = None
+    redis_problem: str | None = None  # the registry's data is unusable (the node says why)
+    security: str | None = None  # "hmac" or "insecure-loopback"
     isolated_from: tuple[str, ...] = ()
 
     @classmethod
@@ -115,6 +117,8 @@ class NodeStatus:
             heartbeats_received=_int(data, "heartbeats_received", 0),
             redis_connected=bool(redis.get("connected", True)),
             redis_error=_opt_str(redis, "error"),
+            redis_problem=_opt_str(redis, "problem"),
+            security=_opt_str(data, "security"),
             isolated_from=tuple(sorted(str(p) for p in isolated)),
         )
 
@@ -227,6 +231,7 @@ class HeaderView:
     last_goose: str | None
     banner: str | None = None
     banner_level: Severity = "error"
+    security: str | None = None  # the nodes' mode: hmac, insecure-loopback or mixed
 
 
 @dataclass(kw_only=True, slots=True)
@@ -282,6 +287,7 @@ class ClusterModel:
         self.version: int | None = None
         self.redis_ok: bool | None = None
         self.redis_error: str | None = None
+        self.registry_problem: str | None = None
         self.latest: dict[str, Observation] = {}
         self.last_ok: dict[str, Observation] = {}
         self.first_failure: dict[str, float] = {}
@@ -319,7 +325,9 @@ class ClusterModel:
         out: list[Event] = []
         if self.redis_ok is False:
             out.append(self._event(wall, "redis", "Redis reachable again", "good"))
-        self.redis_ok, self.redis_error = True, None
+        if self.registry_problem is not None:
+            out.append(self._event(wall, "redis", "registry readable again", "good"))
+        self.redis_ok, self.redis_error, self.registry_problem = True, None, None
         first = self.version is None
         old = self.members
         self.members = dict(m.members)
@@ -348,7 +356,15 @@ class ClusterModel:
         out += self._update_goose(at, wall)
         return out
 
-    def apply_registry_error(self, error: str, *, wall: float) -> list[Event]:
+    def apply_registry_error(self, error: str, *, wall: float,
+                             unreachable: bool = True) -> list[Event]:
+        """UNREACHABLE: Redis does not answer; else it answers with data no node wrote."""
+        if not unreachable:
+            if self.registry_problem == error:
+                return []
+            self.registry_problem = error
+            return [self._event(wall, "redis", f"registry problem: {error}; still polling the "
+                                f"{len(self.members)} last known members", "error")]
         self.redis_error = error
         if self.redis_ok is False:
             return []
@@ -553,6 +569,12 @@ class ClusterModel:
             redis_banner = (f"REDIS UNREACHABLE ({self.redis_error}) — polling the "
                             f"{len(self.members)} last known members")
             banner = f"{banner}   ·   {redis_banner}" if banner else redis_banner
+        elif self.registry_problem is not None:
+            redis_banner = (f"REGISTRY PROBLEM ({self.registry_problem}) — polling the "
+                            f"{len(self.members)} last known members")
+            banner = f"{banner}   ·   {redis_banner}" if banner else redis_banner
+        modes = {o.reply.status.security for o in self.last_ok.values()
+                 if o.reply.status is not None and o.reply.status.security}
         return HeaderView(
             cluster=self.cluster,
             redis_ok=self.redis_ok,
@@ -569,6 +591,7 @@ class ClusterModel:
             last_goose=self.goose,
             banner=banner,
             banner_level=level,
+            security=("mixed" if len(modes) > 1 else next(iter(modes)) if modes else None),
         )
 
     def rows(self, now: float) -> list[RowView]:
@@ -599,6 +622,9 @@ class ClusterModel:
                 level = "warning"
             if not st.redis_connected:
                 notes.append("no Redis")
+                level = "warning"
+            if st.redis_problem:
+                notes.append(f"registry: {st.redis_problem}")
                 level = "warning"
             if self.version is not None and st.membership_version is not None \
                     and st.membership_version < self.version:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from ddg.auth import sign_headers
-from ddg.errors import RegistryError
+from ddg.config import mask_url
 from ddg.registry import Membership, Registry
 
 from .model import AdminResult, NodeStatus, Reply, StatusFormatError
@@ -39,12 +39,13 @@ class LiveSource:
     """ClusterSource backed by a Registry and one shared httpx.AsyncClient."""
 
     def __init__(self, *, redis_url: str, cluster: str, timeout: float,
-                 secret: str | None = None, registry_timeout: float = 0.5) -> None:
+                 secret: str | None = None, registry_timeout: float = 0.5,
+                 password: str | None = None) -> None:
         self.cluster = cluster
-        self.location = redis_url
+        self.location = mask_url(redis_url)  # shown in the header: never the password
         self.timeout = timeout
         self.secret = secret
-        self.registry = Registry(redis_url, cluster, timeout=registry_timeout)
+        self.registry = Registry(redis_url, cluster, timeout=registry_timeout, password=password)
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -85,18 +86,11 @@ class LiveSource:
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             return Reply(error=describe_error(exc), latency_ms=(time.monotonic() - t0) * 1000)
 
-    async def admin(self, address: str, path: str, payload: dict[str, Any]) -> AdminResult:
+    async def admin(self, name: str, address: str, path: str,
+                    payload: dict[str, Any]) -> AdminResult:
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json"}
         if self.secret is not None:
-            # Signatures are bound to the recipient's name; the caller knows only the address.
-            try:
-                members = (await self.registry.read()).members.values()
-            except RegistryError as exc:
-                return AdminResult(ok=False, message=f"cannot sign the request: {exc}")
-            name = next((m.name for m in members if m.address == address), None)
-            if name is None:
-                return AdminResult(ok=False, message=f"no member at {address} to sign for")
             headers.update(sign_headers(self.secret.encode(), "POST", path, body,
                                         recipient=name))
         try:

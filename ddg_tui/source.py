@@ -39,8 +39,9 @@ class ClusterSource(Protocol):
         """Remove NAME from the registry; returns the new version. Raises RegistryError."""
         ...
 
-    async def admin(self, address: str, path: str, payload: dict[str, Any]) -> AdminResult:
-        """POST an admin request (fault injection). Never raises."""
+    async def admin(self, name: str, address: str, path: str,
+                    payload: dict[str, Any]) -> AdminResult:
+        """POST an admin request (fault injection) to node NAME. Never raises."""
         ...
 
     async def close(self) -> None: ...

@@ -147,6 +147,11 @@ class ClusterHeader(Static):
         t.append(f" {location}", style="dim")
         if h.version is not None:
             t.append(f" v{h.version}", style="dim")
+        if h.security == "hmac":
+            t.append("  ·  signed", style="green")
+        elif h.security is not None:
+            t.append(f"  ·  {'UNSIGNED' if h.security == 'insecure-loopback' else 'MIXED'}",
+                     style="#ff8c00")
         t.append("\n")
         t.append(f" members {h.members}", style="bold")
         t.append(f"  ·  quorum {h.quorum}  ·  answering {h.answering}/{h.members}  ·  goose ")

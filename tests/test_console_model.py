@@ -234,3 +234,34 @@ def test_formatting() -> None:
     assert fmt_uptime(7300) == "2h01m"
     assert sorted(["n10", "n2", "n1"], key=natural_key) == ["n1", "n2", "n10"]
     assert summarize_failovers([]) == "no failover yet"
+
+
+def test_registry_problem_is_a_banner_and_a_row_note_not_redis_down() -> None:
+    m = healthy()
+    n = len(m.events_after(0))
+    m.apply_registry_error("ddg:c:version is 'abc', not a version number", wall=1002.0,
+                           unreachable=False)
+    m.apply_registry_error("ddg:c:version is 'abc', not a version number", wall=1003.0,
+                           unreachable=False)
+    assert texts(m, n) == ["registry problem: ddg:c:version is 'abc', not a version number; "
+                           "still polling the 3 last known members"]
+    h = m.header(2.0)
+    assert h.redis_ok is not False
+    assert h.banner is not None and h.banner.startswith("REGISTRY PROBLEM (ddg:c:version")
+    m.apply_observation(up("n2", "duck", 1, at=2.0, goose="n1", redis_problem="bad version"))
+    row = m.row("n2", 2.0)
+    assert "registry: bad version" in row.state and row.level == "warning"
+    m.apply_membership(membership(*NAMES), at=3.0, wall=1004.0)
+    assert "registry readable again" in texts(m, n)
+    assert m.header(3.0).banner is None
+
+
+def test_header_says_whether_the_cluster_signs_its_messages() -> None:
+    m = healthy()
+    assert m.header(1.0).security is None  # nodes that do not say
+    for i, n in enumerate(NAMES):
+        m.apply_observation(up(n, "goose" if n == "n1" else "duck", 1, at=2.0 + i * 0.01,
+                               goose="n1", security="hmac"))
+    assert m.header(2.1).security == "hmac"
+    m.apply_observation(up("n3", "duck", 1, at=2.2, goose="n1", security="insecure-loopback"))
+    assert m.header(2.3).security == "mixed"
