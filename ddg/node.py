@@ -39,9 +39,11 @@ from .errors import (
 )
 from .messages import KIND_OF, REPLIES, REQUESTS, Heartbeat, TimeoutNow, decode, encode
 from .registry import Member, Membership, Registry
+from .server import GuardedServer, ServerLimits, raise_fd_limit, read_body, serve
 from .storage import DataDir
 
 MAX_BODY = 64 * 1024
+BODY_TIMEOUT = 2.0  # a peer message is a few hundred bytes: a client this slow is not a peer
 MAX_HEARTBEATS_IN_FLIGHT = 2  # per peer; more would only queue behind a dead link
 # All peers together: a membership full of dead or black-holed addresses must not take the
 # event loop (and so `GET /`) with it. Hand-overs are never dropped.
@@ -106,6 +108,7 @@ class Node:
         self.joining: str | None = None  # why the node has not joined yet
         self.fsync_last_ms: float | None = None
         self.fsync_max_ms = 0.0
+        self.http: GuardedServer | None = None
         self.isolated: set[str] = set()
         self.isolated_all = False
         self.stop_event = asyncio.Event()
@@ -172,16 +175,16 @@ class Node:
         self._on_disk = hard
         cached = self.data.load_membership()
         self.node_id = self.data.node_id()
-        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
+        soft, hard_fds = raise_fd_limit()
         try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
+            self.http = await serve(self.make_app(), self.config.host, self.config.port,
+                                    limits=ServerLimits())
+        except OSError as exc:  # serve() has cleaned up
             raise DdgError(
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
             ) from None
+        log.debug("fd limit %d (hard %d); at most %d connections", soft, hard_fds,
+                  self.http.cap)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -209,7 +212,7 @@ class Node:
         finally:
             # The handlers stay until the loop closes: a SIGTERM that arrives while the node is
             # already leaving must not kill it half-way.
-            await runner.cleanup()
+            await self.http.close()
             await self.registry.close()
 
     def _on_signal(self, sig: int) -> None:
@@ -596,6 +599,7 @@ class Node:
                         else round(self.fsync_last_ms, 2),
                         "fsync_max_ms": round(self.fsync_max_ms, 2)},
             "isolated_from": self._isolated_names(),
+            "http": self.http.stats.as_dict() if self.http is not None else None,
             "timing": {"heartbeat_ms": t.heartbeat_ms,
                        "election_timeout_ms": [t.election_timeout_min_ms,
                                                t.election_timeout_max_ms],
@@ -608,7 +612,7 @@ class Node:
         return sorted(self.isolated)
 
     async def _signed_body(self, request: web.Request) -> bytes:
-        body = await request.read()
+        body = await read_body(request, limit=MAX_BODY, timeout=BODY_TIMEOUT)
         if self.verifier is not None:
             reason = self.verifier.check(request.headers, request.method, request.path, body)
             if reason is not None:
