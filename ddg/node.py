@@ -284,6 +284,9 @@ class Node:
                          self.config.cluster, current.cluster_id)
             await self.registry.add(member, cluster_id=None)
         membership = await self.registry.read()
+        if self.config.name not in membership.members or membership.cluster_id is None:
+            # Flushed between the add and the read: nothing here is ours to trust yet.
+            raise RegistryUnavailable("the registry lost this node's entry while it joined")
         self.registered = True
         self._redis_up()
         self._registry_fine()
@@ -503,6 +506,15 @@ class Node:
         self._registry_fine()
         if current.version < self.membership.version:
             return  # a restore that lost a race; the next read sees the winner
+        if (self.config.name not in current.members and self.config.name in self.membership.members
+                and not await self.registry.was_removed(self.node_id)):
+            # A member restored a membership older than this node's join: put it back.
+            log.warning("membership version %d lost this node's entry (restored from an older "
+                        "membership, not removed); adding it back", current.version)
+            await self.registry.add(self._member(), cluster_id=self.membership.cluster_id)
+            current = await self.registry.read()
+            if self.config.name not in current.members:
+                return  # flushed again: the next refresh tries again
         if (current.version == self.membership.version and current.names == self.membership.names
                 and current.members == self.membership.members):
             return

@@ -4,6 +4,7 @@ Schema, for cluster C (see docs/design.md):
   ddg:C:members   hash  name -> JSON {"address": ..., "joined_at": ...}
   ddg:C:version   int   bumped by every change, never reused
   ddg:C:id        str   the cluster's id, written once by the node that bootstraps it
+  ddg:C:removed   zset  node ids removed on purpose (score: the version), the last 100
   ddg:C:events    pub/sub channel, one JSON message per change
 """
 
@@ -57,8 +58,8 @@ if it == 'string' then id = redis.call('GET', KEYS[4]) end
 return {mt, vt, it, v, id, members}
 """
 
-# KEYS: members, version, channel, id. ARGV: name, entry, node_id, address, cluster id the
-# node already belongs to (or ''), max members.
+# KEYS: members, version, channel, id, removed. ARGV: name, entry, node_id, address, cluster
+# id the node already belongs to (or ''), max members.
 _ADD = """
 local id = redis.call('GET', KEYS[4])
 if not id then return {-2, ''} end
@@ -79,6 +80,7 @@ if cur then
   return {1, tostring(v), id}
 end
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[6]) then return {-4, ''} end
+redis.call('ZREM', KEYS[5], ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local v = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', KEYS[3], cjson.encode({op='join', name=ARGV[1], version=v}))
@@ -98,11 +100,20 @@ redis.call('PUBLISH', KEYS[3], cjson.encode({op='create', name=ARGV[2], version=
 return {1, ARGV[1]}
 """
 
+# A tombstone tells a member that finds itself missing that it was removed on purpose, not
+# lost by a restore from a membership older than its join.
 _REMOVE = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then
   return {0, redis.call('GET', KEYS[2]) or '0'}
 end
+redis.call('HDEL', KEYS[1], ARGV[1])
 local v = redis.call('INCR', KEYS[2])
+local ok, obj = pcall(cjson.decode, cur)
+if ok and type(obj) == 'table' and type(obj['node_id']) == 'string' then
+  redis.call('ZADD', KEYS[5], v, obj['node_id'])
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -101)
+end
 redis.call('PUBLISH', KEYS[3], cjson.encode({op='remove', name=ARGV[1], version=v}))
 return {1, tostring(v)}
 """
@@ -259,6 +270,7 @@ class Registry:
         self.members_key = prefix + "members"
         self.version_key = prefix + "version"
         self.id_key = prefix + "id"
+        self.removed_key = prefix + "removed"
         self.channel = prefix + "events"
         extra: dict[str, Any] = {} if password is None else {"password": password}
         self._redis = aioredis.from_url(
@@ -270,7 +282,8 @@ class Registry:
             health_check_interval=0,
             **extra,
         )
-        self._keys = [self.members_key, self.version_key, self.channel, self.id_key]
+        self._keys = [self.members_key, self.version_key, self.channel, self.id_key,
+                      self.removed_key]
         # EVALSHA with a fallback to EVAL: the script text crosses the wire once.
         self._read = self._redis.register_script(_READ)
         self._add = self._redis.register_script(_ADD)
@@ -349,6 +362,11 @@ class Registry:
         if int(code) == 0:
             raise NotAMember(f"{name!r} is not a member of cluster {self.cluster!r}")
         return int(_text(value, "version"))
+
+    async def was_removed(self, node_id: str) -> bool:
+        """Whether NODE_ID was removed on purpose (its tombstone is there)."""
+        score = await self._call(self._redis.zscore(self.removed_key, node_id))
+        return score is not None
 
     async def restore(self, snapshot: Membership, *, force: bool = False) -> int:
         """Put SNAPSHOT back where Redis lost it (no cluster id, an older version, or with

@@ -6,7 +6,9 @@ per failure, and the node stops answering even /status. This module accepts conn
 (loop.add_reader + loop.connect_accepted_socket, both public asyncio API), so it can:
 
 * cap concurrent connections below the fd limit, keeping a reserve for the node's own peer
-  connections, Redis and files; a connection over the cap gets a 503 and is closed at once;
+  connections, Redis and files; at the cap, a new connection takes the slot of the one that
+  has gone longest without completing a request (a flood of idle clients cannot lock out a
+  peer or /status); only when every connection is busy does it get a 503;
 * close a connection that does not deliver a complete request head in time (a slow-header
   client), an idle keep-alive connection, and one whose client stops reading its responses;
 * shed connections with a spare fd, and log accept() failures at most once per interval,
@@ -188,6 +190,7 @@ class ServerStats:
     peak_open: int = 0
     accepted: int = 0
     refused_over_cap: int = 0
+    evicted_idle: int = 0  # closed at the cap to make room for a new connection
     refused_out_of_fds: int = 0
     header_timeouts: int = 0
     write_timeouts: int = 0
@@ -316,6 +319,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._server.track(self)
         self._arm()
         self._inner.connection_made(transport)
 
@@ -330,6 +334,7 @@ class _Connection(asyncio.Protocol):
         return forward()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._server.untrack(self)
         self._disarm()
         if self._write_timer is not None:
             self._write_timer.cancel()
@@ -373,6 +378,17 @@ class _Connection(asyncio.Protocol):
 
     def request_finished(self) -> None:
         self._idle = True
+        self._server.track(self)  # it made progress: last in line for eviction
+
+    @property
+    def evictable(self) -> bool:
+        return self._idle and self._transport is not None
+
+    def evict(self) -> None:
+        if self._transport is not None:
+            self.stats.evicted_idle += 1
+            self._transport.abort()
+            self._release()  # idempotent: the slot is the new connection's now
 
     def _arm(self) -> None:
         self._disarm()
@@ -464,6 +480,8 @@ class GuardedServer:
         self._spare = _open_spare()
         self._refusals = _Throttle(limits.accept_log_interval, time.monotonic)
         self._closed = False
+        # Open connections, oldest progress first (connect, or the last completed request).
+        self._by_progress: dict[_Connection, None] = {}
 
     @property
     def cap(self) -> int:
@@ -517,12 +535,33 @@ class GuardedServer:
             except OSError as exc:
                 self._accept_failed(listener, exc)
                 return
-            if self.stats.open >= self.stats.cap:
+            if self.stats.open >= self.stats.cap and not self._evict_one():
                 self.stats.refused_over_cap += 1
                 _refuse(conn)
                 self._note_refusal()
             else:
                 self._adopt(conn)
+
+    def busy(self) -> int:
+        """Connections inside a request right now (those eviction spares)."""
+        return sum(1 for conn in self._by_progress if not conn.evictable)
+
+    def track(self, conn: _Connection) -> None:
+        self._by_progress.pop(conn, None)
+        self._by_progress[conn] = None
+
+    def untrack(self, conn: _Connection) -> None:
+        self._by_progress.pop(conn, None)
+
+    def _evict_one(self) -> bool:
+        """Close the connection that has gone longest without completing a request and is not
+        in one now; its fd is freed at once (abort), its slot when it is lost."""
+        for conn in self._by_progress:
+            if conn.evictable:
+                self._by_progress.pop(conn)
+                conn.evict()
+                return True
+        return False
 
     def _note_refusal(self) -> None:
         held = self._refusals.allow()
@@ -694,7 +733,11 @@ async def read_body(
         log.debug("%s: body not received within %g s (%d bytes)", request.remote, timeout, size)
         raise web.HTTPRequestTimeout(
             reason=f"request body not received within {timeout:g} s") from None
-    except ConnectionError:
+    except (ConnectionError, RuntimeError) as exc:
+        # aiohttp raises RuntimeError("Connection closed.") when the client is already gone
+        transport = request.transport
+        if isinstance(exc, RuntimeError) and transport is not None and not transport.is_closing():
+            raise
         if conn is not None:
             conn.stats.client_disconnects += 1
         log.debug("%s disconnected after %d bytes of the body of %s %s",
