@@ -1,0 +1,70 @@
+"""The node's HTTP contract in-process (aiohttp's test client), where a real process cannot
+show the detail: what happens while the disk is slow."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from ddg.config import NodeConfig, Timing
+from ddg.core import Election, HardState
+from ddg.node import Node
+from ddg.registry import Member, Membership
+
+
+def make_node(tmp_path: Path) -> Node:
+    config = NodeConfig(name="a", port=1, data_dir=tmp_path / "a")
+    node = Node(config, rng=random.Random(1))
+    node.data.open()
+    members = {n: Member(n, f"http://127.0.0.1:{i}", node_id=f"{i:032x}")
+               for i, n in enumerate(("a", "b", "c"), 1)}
+    node.membership = Membership(1, members, "f" * 32)
+    # past the startup stickiness, so that it grants a vote
+    node.core = Election(name="a", timing=Timing(), rng=node.rng, now=time.monotonic() - 10,
+                         members=node.membership.names, version=1, hard=HardState())
+    node.core.last_heard = time.monotonic() - 10
+    return node
+
+
+async def test_a_slow_disk_delays_the_vote_but_not_get_root(tmp_path: Path) -> None:
+    node = make_node(tmp_path)
+    entered, written, release = threading.Event(), threading.Event(), threading.Event()
+    save = node.data.save_hard_state
+
+    def stalled_save(hard: HardState) -> None:
+        entered.set()
+        release.wait(5)  # a disk that takes its time
+        save(hard)
+        written.set()
+
+    node.data.save_hard_state = stalled_save  # type: ignore[method-assign]
+    client = TestClient(TestServer(node.make_app()))
+    await client.start_server()
+    try:
+        vote = asyncio.create_task(client.post(
+            "/raft/vote", json={"term": 1, "sender": "b", "version": 1}))
+        assert await asyncio.to_thread(entered.wait, 5), "the vote never reached the disk"
+        t0 = time.monotonic()
+        for _ in range(20):
+            resp = await client.get("/")
+            assert await resp.text() == "duck"
+        took = time.monotonic() - t0
+        assert took < 0.5, f"GET / waited for the disk: {took:.3f} s for 20"
+        assert not vote.done(), "the vote was answered before its HardState was on disk"
+        release.set()
+        async with asyncio.timeout(5):
+            resp = await vote
+        assert written.is_set()
+        body = await resp.json()
+        assert body["granted"] is True and body["term"] == 1
+        st = await (await client.get("/status")).json()
+        assert st["storage"]["fsync_last_ms"] is not None and st["voted_for"] == "b"
+    finally:
+        release.set()
+        await client.close()
+        node.data.close()
