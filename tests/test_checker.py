@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddg.faults.checker import (
+from ddg_faults.checker import (
     CheckConfig,
     Event,
     Observation,

@@ -7,11 +7,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from fake_source import FakeSource, healthy_cluster
 
 from ddg.registry import Registry
 from ddg_tui.app import ConsoleApp
 from ddg_tui.demo import Demo, DemoConfig
-from ddg_tui.fake import FakeSource, healthy_cluster
 from ddg_tui.poller import LiveSource
 from ddg_tui.source import FixedClock
 from ddg_tui.widgets import NodeTable

@@ -1,4 +1,4 @@
-"""Real faults against real nodes: `python -m ddg.faults` in a private network namespace.
+"""Real faults against real nodes: `python -m ddg_faults` in a private network namespace.
 
 The short CI run lives here; longer soaks are run by hand (docs/faults.md).
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ddg.faults import netns
-from ddg.faults.harness import Harness, HarnessConfig
-from ddg.faults.scenarios import chaos_plan
+from ddg_faults import netns
+from ddg_faults.harness import Harness, HarnessConfig
+from ddg_faults.scenarios import chaos_plan
 
 REPO = Path(__file__).resolve().parent.parent
 CHAOS_SECONDS = 45
@@ -90,7 +90,7 @@ def test_every_scenario_under_real_faults(tmp_path: Path) -> None:
         pytest.skip(f"real network faults not possible here: {reason}")
     out = tmp_path / "faults.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "ddg.faults", "--scenario", "all", "--seconds",
+        [sys.executable, "-m", "ddg_faults", "--scenario", "all", "--seconds",
          str(CHAOS_SECONDS), "--seed", "1", "--json", str(out), "--keep", str(tmp_path / "k")],
         cwd=REPO, capture_output=True, text=True, timeout=BUDGET,
     )
@@ -115,7 +115,7 @@ def test_a_real_split_brain_is_reported(tmp_path: Path) -> None:
         pytest.skip(f"real network faults not possible here: {reason}")
     out = tmp_path / "faults.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "ddg.faults", "--scenario", "selftest-split-brain",
+        [sys.executable, "-m", "ddg_faults", "--scenario", "selftest-split-brain",
          "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 1, proc.stdout[-5000:] + proc.stderr[-3000:]

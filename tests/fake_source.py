@@ -9,9 +9,8 @@ from typing import Any
 
 from ddg.errors import DdgError, NotAMember, RegistryUnavailable
 from ddg.registry import Member, Membership
-
-from .model import GOOSE, AdminResult, NodeStatus, Reply
-from .source import Exit, Started
+from ddg_tui.model import GOOSE, AdminResult, NodeStatus, Reply
+from ddg_tui.source import Exit, Started
 
 
 def _status(name: str, role: str, term: int, goose: str | None, members: list[str],

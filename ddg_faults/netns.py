@@ -63,11 +63,11 @@ def in_private_netns() -> bool:
 def require_private_netns() -> None:
     if not in_private_netns():
         raise RuntimeError("refusing to change iptables outside this run's own network "
-                           "namespace (start through `python -m ddg.faults`)")
+                           "namespace (start through `python -m ddg_faults`)")
 
 
 def reexec_argv(args: Iterable[str]) -> list[str]:
-    return ["unshare", "--net", "--", sys.executable, "-m", "ddg.faults", *args]
+    return ["unshare", "--net", "--", sys.executable, "-m", "ddg_faults", *args]
 
 
 def reexec_in_private_netns(args: list[str]) -> None:

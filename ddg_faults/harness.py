@@ -12,8 +12,9 @@ from typing import TypeVar
 
 import redis
 
-from ..cluster import LocalCluster
-from ..embedded import EmbeddedRedis
+from ddg.cluster import LocalCluster
+from ddg.embedded import EmbeddedRedis
+
 from .checker import CheckConfig, Event, Observation, Report, Topology, check
 from .netns import Firewall, PortPool, reserve_fixed_ports
 from .observer import Observer

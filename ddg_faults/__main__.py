@@ -1,4 +1,4 @@
-"""`python -m ddg.faults`: run fault scenarios against real nodes in a private network namespace.
+"""`python -m ddg_faults`: run fault scenarios against real nodes in a private network namespace.
 
 Re-executes itself under `unshare --net` (root only), brings the namespace's loopback up, runs
 the scenarios and checks every recorded history. Exit status: 0 all held, 1 a violation, a
@@ -24,7 +24,7 @@ from .scenarios import SCENARIOS, RunConfig
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ddg.faults", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m ddg_faults", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", default="all",
                    help=f"all, or a comma-separated list of: {', '.join(SCENARIOS)}")
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not in_private_netns():
         reason = missing_prerequisites()
         if reason is not None:
-            print(f"ddg.faults: cannot run: {reason}", file=sys.stderr)
+            print(f"ddg_faults: cannot run: {reason}", file=sys.stderr)
             return 3
         reexec_in_private_netns(args)  # does not return
     loopback_up()
