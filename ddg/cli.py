@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from aiohttp import ClientError, ClientSession, ClientTimeout
-
 from . import __version__
+from .client import NodeClient, Reply
 from .config import (
     DEFAULT_CLUSTER,
     DEFAULT_REDIS_URL,
@@ -218,20 +217,13 @@ def _redis(url: str, fn: Any) -> Any:
         raise CliError(f"registry problem: {exc}") from None
 
 
-async def fetch_statuses(addresses: dict[str, str],
-                         request_timeout: float) -> dict[str, dict[str, Any]]:
-    async def one(session: ClientSession, name: str, address: str) -> dict[str, Any]:
-        try:
-            async with session.get(address + "/status") as resp:
-                if resp.status != 200:
-                    return {"error": f"HTTP {resp.status}"}
-                return await resp.json()
-        except (ClientError, TimeoutError, ValueError) as exc:
-            return {"error": str(exc) or type(exc).__name__}
-
-    async with ClientSession(timeout=ClientTimeout(total=request_timeout)) as session:
-        results = await asyncio.gather(*(one(session, n, a) for n, a in addresses.items()))
-    return dict(zip(addresses, results, strict=True))
+async def fetch_statuses(addresses: dict[str, str], request_timeout: float) -> dict[str, Reply]:
+    client = NodeClient(timeout=request_timeout)
+    try:
+        replies = await asyncio.gather(*(client.poll(a) for a in addresses.values()))
+    finally:
+        await client.aclose()
+    return dict(zip(addresses, replies, strict=True))
 
 
 def cmd_status(argv: Sequence[str]) -> int:
@@ -244,7 +236,7 @@ def cmd_status(argv: Sequence[str]) -> int:
 
     password = redis_password(ns)
 
-    async def go() -> tuple[Any, dict[str, dict[str, Any]]]:
+    async def go() -> tuple[Any, dict[str, Reply]]:
         registry = Registry(ns.redis_url, check_name("cluster name", ns.cluster), timeout=2.0,
                             password=password)
         try:
@@ -254,17 +246,21 @@ def cmd_status(argv: Sequence[str]) -> int:
         addresses = {n: m.address for n, m in sorted(membership.members.items())}
         return membership, await fetch_statuses(addresses, ns.timeout)
 
-    membership, statuses = _redis(ns.redis_url, go)
+    membership, replies = _redis(ns.redis_url, go)
     if ns.json:
-        print(json.dumps({"version": membership.version, "members": statuses}, indent=2))
+        members = {n: r.status.to_json() if r.status is not None else {"error": r.error}
+                   for n, r in replies.items()}
+        print(json.dumps({"version": membership.version, "members": members}, indent=2))
         return 0
     if not membership.members:
         print(f"cluster {ns.cluster} has no members (version {membership.version})")
         return 0
     rows = [("NAME", "ADDRESS", "ROLE", "TERM", "GOOSE", "ERROR")]
-    for name, st in statuses.items():
-        rows.append((name, membership.members[name].address, st.get("role", "-"),
-                     str(st.get("term", "-")), st.get("goose") or "-", st.get("error", "")))
+    for name, r in replies.items():
+        st = r.status
+        rows.append((name, membership.members[name].address, st.role if st else "-",
+                     str(st.term) if st else "-", (st.goose if st else None) or "-",
+                     r.error or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from .config import Timing
@@ -23,9 +23,10 @@ from .messages import (
     VoteRequest,
     VoteResponse,
 )
+from .status import Role
 
 
-class Role(StrEnum):
+class State(StrEnum):
     DUCK = "duck"
     PRE_CANDIDATE = "pre-candidate"
     CANDIDATE = "candidate"
@@ -67,6 +68,19 @@ class Counters:
     transfers: int = 0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    state: State
+    role: Role
+    term: int
+    goose: str | None
+    voted_for: str | None
+    quorum: int
+    lease_remaining: float | None  # seconds, the goose only
+    heard_ago: float | None  # seconds since the goose was heard, when following one
+    counters: Counters
+
+
 def quorum_of(n: int) -> int:
     return n // 2 + 1
 
@@ -94,7 +108,7 @@ class Election:
         self.voted_for = hard.voted_for
         self.members = members
         self.version = version
-        self.role = Role.DUCK if name in members else Role.REMOVED
+        self.state = State.DUCK if name in members else State.REMOVED
         self.leader: str | None = None
         # Starting counts as having heard a goose: a node that acked a goose's heartbeat just
         # before it crashed must not vote for a rival until that goose's lease has run out.
@@ -134,17 +148,28 @@ class Election:
 
     def is_goose(self, now: float) -> bool:
         """True only while a quorum acked a round sent less than the lease ago."""
-        return self.role is Role.GOOSE and self.goose_not_before <= now < self.lease_until
+        return self.state is State.GOOSE and self.goose_not_before <= now < self.lease_until
 
-    def reported_role(self, now: float) -> str:
+    def reported_role(self, now: float) -> Role:
         if self.is_goose(now):
-            return "goose"
-        if self.role in (Role.PRE_CANDIDATE, Role.CANDIDATE):
-            return "candidate"
-        return "duck"
+            return Role.GOOSE
+        if self.state in (State.PRE_CANDIDATE, State.CANDIDATE):
+            return Role.CANDIDATE
+        return Role.DUCK
+
+    def snapshot(self, now: float) -> Snapshot:
+        """Everything /status says about the election, read at one instant."""
+        following = self.leader is not None and self.leader != self.name
+        return Snapshot(
+            state=self.state, role=self.reported_role(now), term=self.term,
+            goose=self.known_goose(now), voted_for=self.voted_for, quorum=self.quorum,
+            lease_remaining=self.lease_remaining(now),
+            heard_ago=now - self.last_heard if following else None,
+            counters=replace(self.counters),
+        )
 
     def known_goose(self, now: float) -> str | None:
-        if self.role is Role.GOOSE:
+        if self.state is State.GOOSE:
             return self.name if self.is_goose(now) else None
         return self.leader
 
@@ -153,34 +178,34 @@ class Election:
 
     def next_deadline(self) -> float:
         """When tick() next has work to do."""
-        if self.role is Role.REMOVED:
+        if self.state is State.REMOVED:
             return math.inf
-        if self.role is Role.GOOSE:
+        if self.state is State.GOOSE:
             # The lease needs no tick: is_goose() reads it against the clock.
             return min(self.next_heartbeat, self.step_down_at)
         return self.election_deadline
 
     def sticky(self, now: float) -> bool:
         """Leader stickiness: refuse rivals while a goose (maybe this node) is believed alive."""
-        if self.role is Role.GOOSE:
+        if self.state is State.GOOSE:
             return now < self.step_down_at
         return now - self.last_heard < self.timing.election_min
 
     # ---- inputs --------------------------------------------------------------------------
 
     def tick(self, now: float) -> Output:
-        if self.role is Role.GOOSE:
+        if self.state is State.GOOSE:
             if now >= self.step_down_at:
                 self._step_down(now, "lost its quorum: no heartbeat round acked within the lease")
             elif now >= self.next_heartbeat:
                 self._broadcast_heartbeat(now)
-        elif self.role is not Role.REMOVED and now >= self.election_deadline:
+        elif self.state is not State.REMOVED and now >= self.election_deadline:
             self._pre_campaign(now)
         return self._flush()
 
     def step(self, msg: Message, now: float) -> Output:
         """Handle one message. A request's answer is in Output.reply."""
-        if self.role is Role.REMOVED or msg.sender not in self.members or msg.sender == self.name:
+        if self.state is State.REMOVED or msg.sender not in self.members or msg.sender == self.name:
             return self._flush()
         if msg.term > self.term + MAX_TERM_JUMP:
             self._out.refused = (f"term {msg.term} is more than {MAX_TERM_JUMP} above this "
@@ -207,27 +232,27 @@ class Election:
             return self._flush()
         self.members, self.version = members, version
         if self.name not in members:
-            self.role = Role.REMOVED
+            self.state = State.REMOVED
             self.leader = None
             self.lease_until = self.step_down_at = -math.inf
             self._out.events.append(
                 f"removed from the cluster (membership version {version}); leaving the election"
             )
             return self._flush()
-        if self.role is Role.REMOVED:
-            self.role = Role.DUCK
+        if self.state is State.REMOVED:
+            self.state = State.DUCK
             self._reset_election_timer(now)
         # A smaller quorum may already be met by the votes in hand.
-        if self.role is Role.PRE_CANDIDATE and self._has_quorum(self.votes):
+        if self.state is State.PRE_CANDIDATE and self._has_quorum(self.votes):
             self._campaign(now, transfer=False)
-        elif self.role is Role.CANDIDATE and self._has_quorum(self.votes):
+        elif self.state is State.CANDIDATE and self._has_quorum(self.votes):
             self._become_goose(now)
         return self._flush()
 
     def transfer_leadership(self, now: float) -> Output:
         """Graceful stop of a goose: hand over to the most up-to-date duck (Raft's TimeoutNow)."""
         peers = [p for p in self.members if p != self.name]
-        if self.role is not Role.GOOSE or not peers:
+        if self.state is not State.GOOSE or not peers:
             return self._flush()
         target = max(peers, key=lambda p: (self.acked_seq.get(p, -1), p))
         term = self.term
@@ -250,7 +275,7 @@ class Election:
             return
         if msg.pre_vote:
             granted = msg.term > self.term
-            if granted and self.role is Role.DUCK:
+            if granted and self.state is State.DUCK:
                 # Give that campaign time to finish before starting a rival one: fewer split
                 # votes, and so a shorter tail of failover times.
                 self._reset_election_timer(now)
@@ -260,7 +285,7 @@ class Election:
         if msg.term > self.term:
             self._become_duck(now, msg.term, leader=None)
         granted = (msg.term == self.term and self.voted_for in (None, msg.sender)
-                   and self.role is Role.DUCK and self.leader is None)
+                   and self.state is State.DUCK and self.leader is None)
         heard_us = 0
         if granted:
             self.voted_for = msg.sender
@@ -274,7 +299,7 @@ class Election:
 
     def _on_vote_response(self, msg: VoteResponse, now: float) -> None:
         if msg.pre_vote:
-            if self.role is Role.PRE_CANDIDATE and msg.granted and msg.term == self.term + 1:
+            if self.state is State.PRE_CANDIDATE and msg.granted and msg.term == self.term + 1:
                 self.votes.add(msg.sender)
                 if self._has_quorum(self.votes):
                     self._campaign(now, transfer=False)
@@ -283,7 +308,7 @@ class Election:
             return
         if msg.term > self.term:
             self._become_duck(now, msg.term, leader=None)
-        elif self.role is Role.CANDIDATE and msg.term == self.term and msg.granted:
+        elif self.state is State.CANDIDATE and msg.term == self.term and msg.granted:
             self.votes.add(msg.sender)
             if not self._trusted_campaign:
                 # The voter heard a goose heard_us ago; that goose's lease can run at most
@@ -300,7 +325,7 @@ class Election:
             # A goose of an old term: tell it, so it steps down (etcd does the same).
             self._reply(HeartbeatAck(term=self.term, sender=self.name, seq=msg.seq, success=False))
             return
-        if msg.term > self.term or self.role is not Role.DUCK or self.leader != msg.sender:
+        if msg.term > self.term or self.state is not State.DUCK or self.leader != msg.sender:
             self._become_duck(now, msg.term, leader=msg.sender)
         self.last_heard = now
         self.counters.heartbeats_received += 1
@@ -311,7 +336,7 @@ class Election:
         if msg.term > self.term:
             self._become_duck(now, msg.term, leader=None)
             return
-        if self.role is not Role.GOOSE or msg.term != self.term or not msg.success:
+        if self.state is not State.GOOSE or msg.term != self.term or not msg.success:
             return
         self.acked_seq[msg.sender] = max(self.acked_seq.get(msg.sender, -1), msg.seq)
         acks = self.acks.get(msg.seq)
@@ -329,7 +354,7 @@ class Election:
     def _on_timeout_now(self, msg: TimeoutNow, now: float) -> None:
         # Only from the goose this node follows: the hand-over skips stickiness, which is safe
         # only because that goose stopped answering `goose` before it sent this.
-        if msg.term == self.term and self.role is Role.DUCK and msg.sender == self.leader:
+        if msg.term == self.term and self.state is State.DUCK and msg.sender == self.leader:
             self._out.events.append(f"{msg.sender} handed leadership over; campaigning now")
             self._campaign(now, transfer=True, trusted=self.trust_transfers)
 
@@ -340,7 +365,7 @@ class Election:
             self._reset_election_timer(now)
             self._out.events.append(f"term {self.term} is the largest there is; not campaigning")
             return
-        self.role = Role.PRE_CANDIDATE
+        self.state = State.PRE_CANDIDATE
         self.leader = None
         self.votes = {self.name}
         self.counters.pre_votes_started += 1
@@ -359,7 +384,7 @@ class Election:
         self.goose_not_before = -math.inf if trusted else self.last_heard + self.timing.election_min
         self.term += 1
         self.voted_for = self.name
-        self.role = Role.CANDIDATE
+        self.state = State.CANDIDATE
         self.leader = None
         self.votes = {self.name}
         self.counters.elections_started += 1
@@ -372,7 +397,7 @@ class Election:
         self._broadcast(VoteRequest(term=self.term, sender=self.name, transfer=transfer))
 
     def _become_goose(self, now: float) -> None:
-        self.role = Role.GOOSE
+        self.state = State.GOOSE
         self.leader = self.name
         self.counters.elections_won += 1
         # The votes were a quorum's acknowledgement of a round sent at campaign_at.
@@ -387,13 +412,13 @@ class Election:
         self._broadcast_heartbeat(now)
 
     def _become_duck(self, now: float, term: int, *, leader: str | None) -> None:
-        if self.role is Role.GOOSE:
+        if self.state is State.GOOSE:
             self.counters.step_downs += 1
             self._out.events.append(f"stepped down: saw term {term}")
         if term > self.term:
             self.term = term
             self.voted_for = None
-        self.role = Role.DUCK
+        self.state = State.DUCK
         self.leader = leader
         self.lease_until = self.step_down_at = -math.inf
         self.next_heartbeat = math.inf
@@ -404,7 +429,7 @@ class Election:
     def _step_down(self, now: float, why: str) -> None:
         self.counters.step_downs += 1
         self._out.events.append(f"stepped down in term {self.term}: {why}")
-        self.role = Role.DUCK
+        self.state = State.DUCK
         self.leader = None
         self.lease_until = self.step_down_at = -math.inf
         self.next_heartbeat = math.inf

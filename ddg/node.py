@@ -17,6 +17,7 @@ import random
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
@@ -24,7 +25,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from . import __version__, auth
 from .backoff import Backoff
 from .config import NodeConfig
-from .core import Election, HardState, Output, Role, Send
+from .core import Election, HardState, Output, Send, State, quorum_of
 from .errors import (
     ClusterMismatch,
     DdgError,
@@ -40,6 +41,7 @@ from .errors import (
 from .messages import KIND_OF, REPLIES, REQUESTS, Heartbeat, TimeoutNow, decode, encode
 from .registry import Member, Membership, Registry
 from .server import GuardedServer, ServerLimits, raise_fd_limit, read_body, serve
+from .status import NodeStatus, RedisInfo, Role, StorageInfo, TimingInfo
 from .storage import DataDir
 
 MAX_BODY = 64 * 1024
@@ -315,7 +317,7 @@ class Node:
 
     async def _hand_over(self) -> None:
         """A goose stopping gracefully hands leadership to an up-to-date duck first."""
-        if self.core is None or self.core.role is not Role.GOOSE:
+        if self.core is None or self.core.state is not State.GOOSE:
             return
         out = self.core.transfer_leadership(time.monotonic())
         await self._apply(out, send=False)
@@ -347,7 +349,7 @@ class Node:
                 await self._persist(out.persist)
         for event in out.events:
             log.info("%s", event)
-        if self.core is not None and self.core.role is Role.REMOVED:
+        if self.core is not None and self.core.state is State.REMOVED:
             self.stop_event.set()
         if send:
             for s in out.sends:
@@ -559,64 +561,55 @@ class Node:
     # ---- HTTP ----------------------------------------------------------------------------
 
     async def handle_root(self, request: web.Request) -> web.Response:
-        role = self.core.reported_role(time.monotonic()) if self.core else "duck"
-        return web.Response(text=role if role == "goose" else "duck")
+        goose = self.core is not None and self.core.is_goose(time.monotonic())
+        return web.Response(text=Role.GOOSE if goose else Role.DUCK)
 
     async def handle_healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
     async def handle_status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.status())
+        return web.json_response(self.status().to_json())
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> NodeStatus:
+        """One reading of the core and the shell, at one instant."""
         now = time.monotonic()
-        core = self.core
-        heard = None
-        if core is not None and core.leader not in (None, self.config.name):
-            heard = round((now - core.last_heard) * 1000, 1)
-        lease = core.lease_remaining(now) if core else None
-        counters = core.counters if core else None
+        snap = self.core.snapshot(now) if self.core is not None else None
         t = self.config.timing
-        return {
-            "name": self.config.name,
-            "cluster": self.config.cluster,
-            "address": self.config.address,
-            "pid": os.getpid(),
-            "version": __version__,
-            "node_id": self.node_id,
-            "cluster_id": self.membership.cluster_id,
-            "security": self.config.security,
-            "state": ("joining" if self.joining else "starting") if core is None
-            else core.role.value,
-            "joining": self.joining,
-            "role": core.reported_role(now) if core else "duck",
-            "term": core.term if core else 0,
-            "goose": core.known_goose(now) if core else None,
-            "voted_for": core.voted_for if core else None,
-            "members": sorted(self.membership.names),
-            "quorum": core.quorum if core else len(self.membership.names) // 2 + 1,
-            "membership_version": self.membership.version,
-            "heartbeat_age_ms": heard,
-            "lease_remaining_ms": None if lease is None else round(lease * 1000, 1),
-            "uptime_s": round(now - self.started, 3),
-            "elections_started": counters.elections_started if counters else 0,
-            "pre_votes_started": counters.pre_votes_started if counters else 0,
-            "elections_won": counters.elections_won if counters else 0,
-            "step_downs": counters.step_downs if counters else 0,
-            "heartbeats_sent": counters.heartbeats_sent if counters else 0,
-            "heartbeats_received": counters.heartbeats_received if counters else 0,
-            "redis": {"connected": self.redis_ok, "error": self.redis_error,
-                      "problem": self.registry_problem, "url": self.registry.url},
-            "storage": {"fsync_last_ms": None if self.fsync_last_ms is None
-                        else round(self.fsync_last_ms, 2),
-                        "fsync_max_ms": round(self.fsync_max_ms, 2)},
-            "isolated_from": self._isolated_names(),
-            "http": self.http.stats.as_dict() if self.http is not None else None,
-            "timing": {"heartbeat_ms": t.heartbeat_ms,
-                       "election_timeout_ms": [t.election_timeout_min_ms,
-                                               t.election_timeout_max_ms],
-                       "lease_ms": round(t.lease * 1000, 1)},
-        }
+
+        def ms(seconds: float | None) -> float | None:
+            return None if seconds is None else round(seconds * 1000, 1)
+
+        shell = NodeStatus(
+            name=self.config.name, role=Role.DUCK, term=0,
+            state="joining" if self.joining else "starting",
+            quorum=quorum_of(len(self.membership.names)),
+            cluster=self.config.cluster, address=self.config.address, pid=os.getpid(),
+            version=__version__, node_id=self.node_id, cluster_id=self.membership.cluster_id,
+            security=self.config.security, joining=self.joining,
+            members=tuple(sorted(self.membership.names)),
+            membership_version=self.membership.version, uptime_s=round(now - self.started, 3),
+            redis=RedisInfo(connected=self.redis_ok, error=self.redis_error,
+                            problem=self.registry_problem, url=self.registry.url),
+            storage=StorageInfo(
+                fsync_last_ms=None if self.fsync_last_ms is None else round(self.fsync_last_ms, 2),
+                fsync_max_ms=round(self.fsync_max_ms, 2)),
+            http=self.http.stats.as_dict() if self.http is not None else None,
+            isolated_from=tuple(self._isolated_names()),
+            timing=TimingInfo(heartbeat_ms=t.heartbeat_ms,
+                              election_timeout_ms=(t.election_timeout_min_ms,
+                                                   t.election_timeout_max_ms),
+                              lease_ms=round(t.lease * 1000, 1)),
+        )
+        if snap is None:
+            return shell
+        c = snap.counters
+        return replace(
+            shell, role=snap.role, term=snap.term, state=snap.state.value, goose=snap.goose,
+            voted_for=snap.voted_for, quorum=snap.quorum,
+            heartbeat_age_ms=ms(snap.heard_ago), lease_remaining_ms=ms(snap.lease_remaining),
+            elections_started=c.elections_started, pre_votes_started=c.pre_votes_started,
+            elections_won=c.elections_won, step_downs=c.step_downs,
+            heartbeats_sent=c.heartbeats_sent, heartbeats_received=c.heartbeats_received)
 
     def _isolated_names(self) -> list[str]:
         if self.isolated_all:

@@ -6,23 +6,21 @@ import asyncio
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector
+from ddg.client import NodeClient, Reply
 
 from .checker import Observation
 
 
-def parse_status(node: str, sent: float, received: float, data: Any) -> Observation:
-    if not isinstance(data, dict):
+def observation(node: str, sent: float, received: float, reply: Reply) -> Observation:
+    st = reply.status
+    if st is None:
         return Observation(node=node, sent=sent, received=received, role=None,
-                           error="status is not a JSON object")
-    timing = data.get("timing") if isinstance(data.get("timing"), dict) else {}
+                           error=reply.error)
     return Observation(
-        node=node, sent=sent, received=received, role=str(data.get("role")),
-        term=data.get("term"), goose=data.get("goose"),
-        lease_ms=data.get("lease_remaining_ms"), lease_total_ms=timing.get("lease_ms"),
-        pid=data.get("pid"),
+        node=node, sent=sent, received=received, role=st.role.value, term=st.term,
+        goose=st.goose, lease_ms=st.lease_remaining_ms, lease_total_ms=st.timing.lease_ms,
+        pid=st.pid,
     )
 
 
@@ -84,33 +82,23 @@ class Observer:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        connector = TCPConnector(limit=0)
-        async with ClientSession(connector=connector, trust_env=False,
-                                 timeout=ClientTimeout(total=self.timeout)) as session:
-            tasks = [asyncio.create_task(self._poll(session, n, a))
+        client = NodeClient(timeout=self.timeout, max_connections=4 * len(self.targets) + 8)
+        try:
+            tasks = [asyncio.create_task(self._poll(client, n, a))
                      for n, a in self.targets.items()]
             self._started.set()
             await self._stop.wait()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await client.aclose()
 
-    async def _poll(self, session: ClientSession, node: str, address: str) -> None:
-        url = address + "/status"
+    async def _poll(self, client: NodeClient, node: str, address: str) -> None:
         while True:
             sent = time.monotonic()
-            try:
-                async with session.get(url) as resp:
-                    data = await resp.json(content_type=None) if resp.status == 200 else None
-                    received = time.monotonic()
-                    if data is None:
-                        obs = Observation(node=node, sent=sent, received=received, role=None,
-                                          error=f"HTTP {resp.status}")
-                    else:
-                        obs = parse_status(node, sent, received, data)
-            except (ClientError, TimeoutError, ValueError, OSError) as exc:
-                obs = Observation(node=node, sent=sent, received=time.monotonic(), role=None,
-                                  error=type(exc).__name__)
+            reply = await client.poll(address)
+            obs = observation(node, sent, time.monotonic(), reply)
             self._record(obs)
             delay = sent + self.interval - time.monotonic()
             if not obs.ok:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from ddg.client import AdminResult, Reply
+from ddg.core import quorum_of
 from ddg.registry import Member, Membership
+from ddg.status import NodeStatus, StatusFormatError
+
+__all__ = ["AdminResult", "NodeStatus", "Reply", "StatusFormatError"]  # one contract, re-exported
 
 GOOSE = "goose"
 DUCK = "duck"
@@ -23,121 +28,6 @@ Severity = Literal["info", "good", "warning", "error"]
 ProcState = Literal["running", "killed", "stopped", "exited", "removed"]
 
 
-class StatusFormatError(ValueError):
-    """A /status answer that does not follow the node contract."""
-
-
-def _opt_float(data: Mapping[str, Any], key: str) -> float | None:
-    v = data.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise StatusFormatError(f"{key} must be a number or null, got {v!r}")
-    return float(v)
-
-
-def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
-    v = data.get(key)
-    return None if v is None else str(v)
-
-
-def _int(data: Mapping[str, Any], key: str, default: int | None = None) -> int:
-    v = data.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise StatusFormatError(f"{key} must be an integer, got {v!r}")
-    return v
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class NodeStatus:
-    """One parsed `GET /status` answer."""
-
-    name: str
-    role: str
-    term: int
-    goose: str | None = None
-    cluster: str = ""
-    address: str = ""
-    pid: int | None = None
-    voted_for: str | None = None
-    members: tuple[str, ...] = ()
-    quorum: int | None = None
-    membership_version: int | None = None
-    heartbeat_age_ms: float | None = None
-    lease_remaining_ms: float | None = None
-    uptime_s: float | None = None
-    elections_started: int = 0
-    elections_won: int = 0
-    heartbeats_sent: int = 0
-    heartbeats_received: int = 0
-    redis_connected: bool = True
-    redis_error: str | None = None
-    redis_problem: str | None = None  # the registry's data is unusable (the node says why)
-    security: str | None = None  # "hmac" or "insecure-loopback"
-    isolated_from: tuple[str, ...] = ()
-
-    @classmethod
-    def from_json(cls, data: Any) -> NodeStatus:
-        if not isinstance(data, dict):
-            raise StatusFormatError(f"status must be a JSON object, got {type(data).__name__}")
-        name = data.get("name")
-        if not isinstance(name, str) or not name:
-            raise StatusFormatError("status has no name")
-        role = data.get("role")
-        if role not in ROLES:
-            raise StatusFormatError(f"unknown role {role!r}")
-        redis = data.get("redis") or {}
-        if not isinstance(redis, dict):
-            raise StatusFormatError("redis must be an object")
-        members = data.get("members") or []
-        isolated = data.get("isolated_from") or []
-        if not isinstance(members, list) or not isinstance(isolated, list):
-            raise StatusFormatError("members and isolated_from must be lists")
-        pid = data.get("pid")
-        quorum = data.get("quorum")
-        version = data.get("membership_version")
-        return cls(
-            name=name,
-            role=str(role),
-            term=_int(data, "term"),
-            goose=_opt_str(data, "goose"),
-            cluster=str(data.get("cluster") or ""),
-            address=str(data.get("address") or ""),
-            pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
-            voted_for=_opt_str(data, "voted_for"),
-            members=tuple(sorted(str(m) for m in members)),
-            quorum=quorum if isinstance(quorum, int) and not isinstance(quorum, bool) else None,
-            membership_version=version if isinstance(version, int) else None,
-            heartbeat_age_ms=_opt_float(data, "heartbeat_age_ms"),
-            lease_remaining_ms=_opt_float(data, "lease_remaining_ms"),
-            uptime_s=_opt_float(data, "uptime_s"),
-            elections_started=_int(data, "elections_started", 0),
-            elections_won=_int(data, "elections_won", 0),
-            heartbeats_sent=_int(data, "heartbeats_sent", 0),
-            heartbeats_received=_int(data, "heartbeats_received", 0),
-            redis_connected=bool(redis.get("connected", True)),
-            redis_error=_opt_str(redis, "error"),
-            redis_problem=_opt_str(redis, "problem"),
-            security=_opt_str(data, "security"),
-            isolated_from=tuple(sorted(str(p) for p in isolated)),
-        )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Reply:
-    """The outcome of one poll: a status, or the reason there is none."""
-
-    status: NodeStatus | None = None
-    error: str | None = None
-    latency_ms: float = 0.0
-
-    def __post_init__(self) -> None:
-        if (self.status is None) == (self.error is None):
-            raise ValueError("a reply has exactly one of status and error")
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -273,8 +163,6 @@ def natural_key(name: str) -> tuple[Any, ...]:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
-def quorum_of(n: int) -> int:
-    return n // 2 + 1
 
 
 class ClusterModel:
@@ -420,14 +308,14 @@ class ClusterModel:
                     else:
                         out.append(self._event(obs.wall, "partition",
                                                f"{name} is no longer isolated", "good", name))
-                if old.redis_connected != st.redis_connected:
-                    if st.redis_connected:
+                if old.redis.connected != st.redis.connected:
+                    if st.redis.connected:
                         out.append(self._event(obs.wall, "redis",
                                                f"{name} reaches Redis again", "good", name))
                     else:
                         out.append(self._event(
                             obs.wall, "redis",
-                            f"{name} lost Redis: {st.redis_error or 'no detail'}", "warning",
+                            f"{name} lost Redis: {st.redis.error or 'no detail'}", "warning",
                             name))
             self.last_ok[name] = obs
         else:
@@ -620,11 +508,11 @@ class ClusterModel:
                     else ", ".join(st.isolated_from)
                 notes.append(f"ISOLATED from {peers}")
                 level = "warning"
-            if not st.redis_connected:
+            if not st.redis.connected:
                 notes.append("no Redis")
                 level = "warning"
-            if st.redis_problem:
-                notes.append(f"registry: {st.redis_problem}")
+            if st.redis.problem:
+                notes.append(f"registry: {st.redis.problem}")
                 level = "warning"
             if self.version is not None and st.membership_version is not None \
                     and st.membership_version < self.version:
@@ -680,9 +568,3 @@ def summarize_failovers(failovers: Iterable[Failover]) -> str:
             f"max {fmt_ms(ms[-1])}")
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class AdminResult:
-    ok: bool
-    message: str
-    status_code: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)

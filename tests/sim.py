@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ddg.config import Timing
-from ddg.core import Election, HardState, Output, Role
+from ddg.core import Election, HardState, Output, State
 from ddg.messages import Message, TimeoutNow, VoteResponse
 
 EPS = 1e-9  # a tick is scheduled this much after its deadline, so float rounding cannot stall it
@@ -225,7 +225,7 @@ class Sim:
             # The shell would spin (sleep 0) until the deadline moves: fail fast, don't hang.
             self.anomalies.append(f"t={self.t:.6f} {node.name}: next_deadline() not after tick")
             self._violation(f"{node.name}: next_deadline() {node.core.next_deadline()!r} <= now "
-                            f"{now!r} after tick (role {node.core.role}): a busy loop")
+                            f"{now!r} after tick (role {node.core.state}): a busy loop")
 
     def _on_deliver(self, env: Envelope) -> None:
         node = self.nodes[env.dst]
@@ -376,7 +376,7 @@ class Sim:
     def transfer(self, a: str | None = None) -> str | None:
         """Graceful stop of the goose (or of node a if it is one): transfer_leadership()."""
         for node in self.nodes.values() if a is None else [self.nodes[a]]:
-            if node.core is not None and not node.paused and node.core.role is Role.GOOSE:
+            if node.core is not None and not node.paused and node.core.state is State.GOOSE:
                 self._apply(node, node.core.transfer_leadership(node.local(self.t)), None)
                 self._schedule_tick(node)
                 self.stats["transfers"] += 1
@@ -435,7 +435,7 @@ class Sim:
                 now = node.local(t)
                 goose = core.is_goose(now)
                 role, term = core.reported_role(now), core.term
-                if core.role is Role.GOOSE:
+                if core.state is State.GOOSE:
                     winner = self.winners.setdefault(core.term, name)
                     if winner != name:
                         self._violation(f"two gooses in term {core.term}: {winner} and {name}")

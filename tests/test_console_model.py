@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ddg.registry import Member, Membership
+from ddg.status import RedisInfo, Role
 from ddg_tui.model import (
     ClusterModel,
     NodeStatus,
@@ -27,7 +28,7 @@ def membership(*names: str, version: int = 3) -> Membership:
 
 def up(name: str, role: str, term: int, *, at: float, sent: float | None = None,
        goose: str | None = None, **extra: object) -> Observation:
-    st = NodeStatus(name=name, role=role, term=term,
+    st = NodeStatus(name=name, role=Role(role), term=term,
                     goose=goose if goose is not None else (name if role == "goose" else None),
                     membership_version=3, **extra)  # type: ignore[arg-type]
     return Observation(name=name, reply=Reply(status=st, latency_ms=1.0),
@@ -185,8 +186,8 @@ def test_role_term_isolation_and_redis_changes_are_events() -> None:
     m.apply_observation(up("n2", "candidate", 2, at=2.0))
     m.apply_observation(up("n3", "duck", 2, at=2.1, goose="n1"))
     m.apply_observation(up("n3", "duck", 2, at=2.2, goose="n1", isolated_from=("n1", "n2")))
-    m.apply_observation(up("n3", "duck", 2, at=2.3, goose="n1", redis_connected=False,
-                           redis_error="timeout", isolated_from=("n1", "n2")))
+    m.apply_observation(up("n3", "duck", 2, at=2.3, goose="n1", redis=RedisInfo(connected=False,
+                           error="timeout"), isolated_from=("n1", "n2")))
     t = texts(m)
     assert "n2: duck → candidate (term 2)" in t
     assert "n3: term 1 → 2 (duck, follows n1)" in t
@@ -248,7 +249,8 @@ def test_registry_problem_is_a_banner_and_a_row_note_not_redis_down() -> None:
     h = m.header(2.0)
     assert h.redis_ok is not False
     assert h.banner is not None and h.banner.startswith("REGISTRY PROBLEM (ddg:c:version")
-    m.apply_observation(up("n2", "duck", 1, at=2.0, goose="n1", redis_problem="bad version"))
+    m.apply_observation(up("n2", "duck", 1, at=2.0, goose="n1",
+                           redis=RedisInfo(problem="bad version")))
     row = m.row("n2", 2.0)
     assert "registry: bad version" in row.state and row.level == "warning"
     m.apply_membership(membership(*NAMES), at=3.0, wall=1004.0)

@@ -10,7 +10,7 @@ import pytest
 from sim import Sim
 
 from ddg.config import Timing
-from ddg.core import Election, HardState, Output, Role, quorum_of
+from ddg.core import Election, HardState, Output, State, quorum_of
 from ddg.messages import Heartbeat, HeartbeatAck, Message, TimeoutNow, VoteRequest, VoteResponse
 
 T = Timing()
@@ -64,7 +64,7 @@ class Cluster:
         node = self.nodes[name]
         node.election_deadline = min(node.election_deadline, now)
         self.tick(name, now)
-        assert node.role is Role.GOOSE
+        assert node.state is State.GOOSE
         return node
 
 
@@ -80,7 +80,7 @@ def test_single_node_elects_itself_with_a_lease() -> None:
     assert node.tick(10.0).sends == []  # nothing to do before the timer fires
     now = node.next_deadline()
     out = node.tick(now)
-    assert node.role is Role.GOOSE and node.term == 1
+    assert node.state is State.GOOSE and node.term == 1
     assert out.persist == HardState(1, "a")
     assert out.sends == []
     assert node.is_goose(now) and node.lease_until == pytest.approx(now + LEASE)
@@ -101,7 +101,7 @@ def test_cluster_elects_exactly_one_goose(n: int) -> None:
         core = sim.core(name)
         assert core.term == goose.term
         if name != gooses[0]:
-            assert core.role is Role.DUCK and core.leader == gooses[0]
+            assert core.state is State.DUCK and core.leader == gooses[0]
             assert core.reported_role(sim.nodes[name].local(sim.t)) == "duck"
     # A healthy cluster elects within a couple of election timeouts and then stays put.
     assert sim.elected_since(0.0) is not None and sim.elected_since(0.0) < 1.0
@@ -181,7 +181,7 @@ def test_pre_vote_does_not_raise_terms() -> None:
     c.blocked = lambda a, b: b == "n1"  # n1 hears no answers: a pre-vote that gets nowhere
     c.tick("n1", 1.0)
     n1 = c.nodes["n1"]
-    assert n1.role is Role.PRE_CANDIDATE and n1.term == 0
+    assert n1.state is State.PRE_CANDIDATE and n1.term == 0
     reqs = [m for a, _, m in c.log if a == "n1"]
     assert reqs and all(isinstance(m, VoteRequest) and m.pre_vote and m.term == 1 for m in reqs)
     assert all(node.term == 0 for node in c.nodes.values())
@@ -220,7 +220,7 @@ def test_goose_refuses_rivals_while_it_holds_on() -> None:
     goose = c.elect("n1", 1.0)
     out = goose.step(VoteRequest(term=5, sender="n2"), 1.05)
     assert out.reply is not None and not out.reply.granted
-    assert goose.term == 1 and goose.role is Role.GOOSE
+    assert goose.term == 1 and goose.state is State.GOOSE
 
 
 def test_rejoining_partitioned_node_does_not_depose_a_live_goose() -> None:
@@ -245,7 +245,7 @@ def test_higher_term_in_an_ack_steps_the_goose_down() -> None:
     c = Cluster(3)
     goose = c.elect("n1", 1.0)
     out = goose.step(HeartbeatAck(term=4, sender="n2", seq=1, success=False), 1.01)
-    assert goose.role is Role.DUCK and goose.term == 4 and not goose.is_goose(1.01)
+    assert goose.state is State.DUCK and goose.term == 4 and not goose.is_goose(1.01)
     assert out.persist == HardState(4, None)
 
 
@@ -265,13 +265,13 @@ def test_lease_expiry_steps_a_goose_down() -> None:
     assert goose.lease_until == pytest.approx(1.0 + LEASE)
     c.blocked = lambda a, b: "n1" in (a, b)  # the goose is cut off
     now = 1.0
-    while goose.role is Role.GOOSE:
+    while goose.state is State.GOOSE:
         assert now <= 1.0 + LEASE + 1e-9
         assert goose.is_goose(now) == (now < 1.0 + LEASE)
         now = goose.next_deadline()
         c.tick("n1", now)
     assert now == pytest.approx(1.0 + LEASE)
-    assert goose.role is Role.DUCK and not goose.is_goose(now)
+    assert goose.state is State.DUCK and not goose.is_goose(now)
     assert goose.counters.step_downs == 1 and goose.term == 1
 
 
@@ -297,7 +297,7 @@ def test_paused_goose_resumed_after_its_lease_reports_duck_at_once() -> None:
     assert goose.is_goose(1.0 + LEASE - 1e-6)
     resumed = 1.0 + 10.0  # SIGSTOP for ten seconds: the next reading is far on
     # No tick yet: the role is still GOOSE inside, but nobody may be told so.
-    assert goose.role is Role.GOOSE
+    assert goose.state is State.GOOSE
     assert not goose.is_goose(resumed)
     assert goose.reported_role(resumed) == "duck"
     assert goose.known_goose(resumed) is None
@@ -306,7 +306,7 @@ def test_paused_goose_resumed_after_its_lease_reports_duck_at_once() -> None:
     goose.step(HeartbeatAck(term=1, sender="n2", seq=1, success=True), resumed)
     assert not goose.is_goose(resumed)
     goose.tick(resumed)
-    assert goose.role is Role.DUCK
+    assert goose.state is State.DUCK
 
 
 # ---- transfer and membership -------------------------------------------------------------
@@ -319,7 +319,7 @@ def test_transfer_via_timeout_now_elects_the_target_quickly(trusted: bool) -> No
     t0 = sim.t
     assert sim.transfer() == old
     assert sim.gooses() == []  # the old goose gives up its lease at once
-    assert sim.core(old).role is Role.DUCK
+    assert sim.core(old).state is State.DUCK
     # Signed (trusted) hand-overs take a round trip; unsigned ones wait out the old lease
     # (at most Tmin after the voters' last heartbeat), still inside every duck's stickiness
     # plus a little.
@@ -343,7 +343,7 @@ def test_transfer_picks_the_most_up_to_date_duck() -> None:
     c.tick("n1", 1.05)  # round 2 reaches n3 only
     out = goose.transfer_leadership(1.06)
     assert out.sends == [type(out.sends[0])("n3", TimeoutNow(term=1, sender="n1"))]
-    assert goose.role is Role.DUCK and not goose.is_goose(1.06)
+    assert goose.state is State.DUCK and not goose.is_goose(1.06)
     assert goose.counters.transfers == 1
 
 
@@ -351,7 +351,7 @@ def test_timeout_now_of_another_term_is_ignored() -> None:
     duck = make("d", ["g", "d", "x"])
     duck.step(Heartbeat(term=3, sender="g", seq=1), 1.0)
     out = duck.step(TimeoutNow(term=2, sender="g"), 1.01)
-    assert out.sends == [] and duck.term == 3 and duck.role is Role.DUCK
+    assert out.sends == [] and duck.term == 3 and duck.state is State.DUCK
 
 
 def test_timeout_now_from_anyone_but_the_goose_is_ignored() -> None:
@@ -359,7 +359,7 @@ def test_timeout_now_from_anyone_but_the_goose_is_ignored() -> None:
     duck = make("d", ["g", "d", "x"])
     duck.step(Heartbeat(term=3, sender="g", seq=1), 1.0)
     out = duck.step(TimeoutNow(term=3, sender="x"), 1.01)
-    assert out.sends == [] and duck.term == 3 and duck.role is Role.DUCK and duck.leader == "g"
+    assert out.sends == [] and duck.term == 3 and duck.state is State.DUCK and duck.leader == "g"
 
 
 def test_transfer_request_skips_stickiness() -> None:
@@ -375,7 +375,7 @@ def test_removal_via_set_membership() -> None:
     c = Cluster(3)
     goose = c.elect("n1", 1.0)
     out = goose.set_membership(frozenset({"n2", "n3"}), 1, 1.01)
-    assert goose.role is Role.REMOVED and not goose.is_goose(1.01)
+    assert goose.state is State.REMOVED and not goose.is_goose(1.01)
     assert goose.reported_role(1.01) == "duck"
     assert goose.next_deadline() == math.inf
     assert any("removed" in e for e in out.events)
@@ -383,9 +383,9 @@ def test_removal_via_set_membership() -> None:
     assert goose.step(VoteRequest(term=9, sender="n2"), 5.0).reply is None
     # An older version cannot undo it; a newer one that lists the node again can.
     goose.set_membership(frozenset({"n1", "n2", "n3"}), 0, 5.0)
-    assert goose.role is Role.REMOVED
+    assert goose.state is State.REMOVED
     goose.set_membership(frozenset({"n1", "n2", "n3"}), 2, 5.0)
-    assert goose.role is Role.DUCK and goose.next_deadline() > 5.0
+    assert goose.state is State.DUCK and goose.next_deadline() > 5.0
 
 
 def test_messages_from_non_members_are_ignored() -> None:
@@ -403,11 +403,11 @@ def test_quorum_shrink_lets_a_candidate_win() -> None:
     cand.tick(1.0)
     cand.step(VoteResponse(term=1, sender="b", granted=True, pre_vote=True), 1.0)
     cand.step(VoteResponse(term=1, sender="c", granted=True, pre_vote=True), 1.0)
-    assert cand.role is Role.CANDIDATE and cand.term == 1
+    assert cand.state is State.CANDIDATE and cand.term == 1
     cand.step(VoteResponse(term=1, sender="b", granted=True), 1.01)
-    assert cand.role is Role.CANDIDATE  # 2 of 5
+    assert cand.state is State.CANDIDATE  # 2 of 5
     out = cand.set_membership(frozenset({"a", "b", "d"}), 1, 1.02)  # quorum 3 -> 2
-    assert cand.role is Role.GOOSE and cand.term == 1
+    assert cand.state is State.GOOSE and cand.term == 1
     assert [s.msg for s in out.sends] == [Heartbeat(term=1, sender="a", seq=1)] * 2
 
 
@@ -416,9 +416,9 @@ def test_quorum_shrink_lets_a_pre_candidate_campaign() -> None:
     cand.election_deadline = 1.0
     cand.tick(1.0)
     cand.step(VoteResponse(term=1, sender="b", granted=True, pre_vote=True), 1.0)
-    assert cand.role is Role.PRE_CANDIDATE
+    assert cand.state is State.PRE_CANDIDATE
     out = cand.set_membership(frozenset({"a", "b", "c"}), 1, 1.01)
-    assert cand.role is Role.CANDIDATE and cand.term == 1
+    assert cand.state is State.CANDIDATE and cand.term == 1
     assert out.persist == HardState(1, "a")
 
 
@@ -431,17 +431,17 @@ def test_duplicated_vote_responses_count_once() -> None:
     cand.tick(1.0)
     for _ in range(3):
         cand.step(VoteResponse(term=1, sender="b", granted=True, pre_vote=True), 1.0)
-    assert cand.role is Role.PRE_CANDIDATE and cand.term == 0
+    assert cand.state is State.PRE_CANDIDATE and cand.term == 0
     cand.step(VoteResponse(term=1, sender="c", granted=True, pre_vote=True), 1.0)
-    assert cand.role is Role.CANDIDATE
+    assert cand.state is State.CANDIDATE
     for _ in range(3):
         cand.step(VoteResponse(term=1, sender="b", granted=True), 1.0)
-    assert cand.role is Role.CANDIDATE
+    assert cand.state is State.CANDIDATE
     # A pre-vote grant arriving late (reordered) is no real vote.
     cand.step(VoteResponse(term=1, sender="d", granted=True, pre_vote=True), 1.0)
-    assert cand.role is Role.CANDIDATE
+    assert cand.state is State.CANDIDATE
     cand.step(VoteResponse(term=1, sender="d", granted=True), 1.0)
-    assert cand.role is Role.GOOSE
+    assert cand.state is State.GOOSE
 
 
 def test_duplicated_acks_count_once() -> None:
@@ -461,7 +461,7 @@ def test_duplicate_timeout_now_does_not_start_a_second_campaign() -> None:
     duck = make("d", ["g", "d", "x"])
     duck.step(Heartbeat(term=3, sender="g", seq=1), 1.0)
     first = duck.step(TimeoutNow(term=3, sender="g"), 1.01)
-    assert duck.role is Role.CANDIDATE and duck.term == 4
+    assert duck.state is State.CANDIDATE and duck.term == 4
     assert all(isinstance(s.msg, VoteRequest) and s.msg.transfer for s in first.sends)
     again = duck.step(TimeoutNow(term=3, sender="g"), 1.02)
     assert again.sends == [] and duck.term == 4

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from ddg.cluster import LocalCluster
+from ddg.status import NodeStatus, Role
 
 pytestmark = pytest.mark.integration
 Make = Callable[..., LocalCluster]
@@ -48,6 +49,11 @@ def test_first_election_and_status_contract(make_cluster: Make) -> None:
     c.wait_for(lambda: all((s := c.status(d)) and s["goose"] == goose for d in ducks),
                timeout=3, what="ducks follow the goose")
     assert httpx.get(c.nodes[goose].spec.address + "/healthz").status_code == 200
+    # the contract: every field the node sends is in NodeStatus, and survives a round trip
+    raw = httpx.get(c.nodes[goose].spec.address + "/status").json()
+    parsed = NodeStatus.from_json(raw)
+    assert parsed.to_json() == raw
+    assert parsed.role is Role.GOOSE and parsed.name == goose and parsed.security is not None
     # term and vote are on disk
     state = json.loads((c.base_dir / "data" / goose / "state.json").read_text())
     assert state["term"] == st["term"] and state["voted_for"] == goose

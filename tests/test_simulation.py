@@ -28,7 +28,7 @@ from sim import (
 )
 
 from ddg.config import Timing
-from ddg.core import Election, HardState, Role
+from ddg.core import Election, HardState, State
 
 LIVENESS_BOUND = 2.0  # simulated seconds from the end of faults to a reported goose
 SETTLE = 2.5  # how long we run after the faults stop
@@ -201,7 +201,7 @@ class NotSticky(Election):
         return False
 
     def is_goose(self, now: float) -> bool:
-        return self.role is Role.GOOSE and now < self.lease_until
+        return self.state is State.GOOSE and now < self.lease_until
 
 
 class Forgetful(Election):
@@ -308,7 +308,7 @@ def test_history_and_windows_are_recorded() -> None:
     assert first.end < second.start and second.term > first.term
     # The first goose's window ends exactly at its lease (global time), with no tick needed.
     n1 = sim.nodes["n1"]
-    assert sim.core("n1").role is not Role.GOOSE
+    assert sim.core("n1").state is not State.GOOSE
     assert first.end == pytest.approx(n1.to_global(lease_until))
     roles = [(r.node, r.role) for r in sim.history]
     assert ("n1", "goose") in roles and ("n1", "candidate") in roles

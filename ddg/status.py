@@ -1,0 +1,249 @@
+"""The `/status` contract: one typed answer, written by the node and read by every tool.
+
+The node builds a NodeStatus from one snapshot of its core; the CLI, the console, the fault
+observer and the benchmark parse the JSON with the same `from_json`. Parsing is strict about
+what a reader relies on (name, role, term, the goose, types of every field present) and
+lenient about fields a node of another version may lack (they take their defaults), so a
+mixed-version cluster stays readable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .errors import DdgError
+
+
+class StatusFormatError(DdgError, ValueError):
+    """A /status answer that does not fit the contract."""
+
+
+class Role(StrEnum):
+    """What a node answers on `GET /`, and `role` in /status (a candidate answers duck)."""
+
+    GOOSE = "goose"
+    DUCK = "duck"
+    CANDIDATE = "candidate"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RedisInfo:
+    connected: bool = True
+    error: str | None = None
+    problem: str | None = None  # registry data the node will not use
+    url: str | None = None  # masked: never a password
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StorageInfo:
+    fsync_last_ms: float | None = None  # the last term/vote write
+    fsync_max_ms: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TimingInfo:
+    heartbeat_ms: int = 0
+    election_timeout_ms: tuple[int, int] = (0, 0)
+    lease_ms: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeStatus:
+    name: str
+    role: Role
+    term: int
+    goose: str | None = None  # the goose this node follows or is
+    cluster: str = ""
+    address: str = ""  # the advertised URL
+    pid: int | None = None
+    version: str = ""  # of ddg-node
+    node_id: str = ""
+    cluster_id: str | None = None
+    security: str | None = None  # "hmac" or "insecure-loopback"
+    state: str = ""  # the core's state (pre-candidate, ...), or joining/starting
+    joining: str | None = None  # why it has not joined yet
+    voted_for: str | None = None
+    members: tuple[str, ...] = ()
+    quorum: int | None = None
+    membership_version: int | None = None
+    heartbeat_age_ms: float | None = None  # ducks: since the goose was last heard
+    lease_remaining_ms: float | None = None  # the goose only
+    uptime_s: float | None = None
+    elections_started: int = 0
+    pre_votes_started: int = 0
+    elections_won: int = 0
+    step_downs: int = 0
+    heartbeats_sent: int = 0
+    heartbeats_received: int = 0
+    redis: RedisInfo = field(default_factory=RedisInfo)
+    storage: StorageInfo = field(default_factory=StorageInfo)
+    http: dict[str, int] | None = None  # connection counters of the node's listener
+    isolated_from: tuple[str, ...] = ()
+    timing: TimingInfo = field(default_factory=TimingInfo)
+
+    @property
+    def is_goose(self) -> bool:
+        return self.role == Role.GOOSE
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "cluster": self.cluster, "address": self.address,
+            "pid": self.pid, "version": self.version, "node_id": self.node_id,
+            "cluster_id": self.cluster_id, "security": self.security, "state": self.state,
+            "joining": self.joining, "role": self.role.value, "term": self.term,
+            "goose": self.goose, "voted_for": self.voted_for, "members": list(self.members),
+            "quorum": self.quorum, "membership_version": self.membership_version,
+            "heartbeat_age_ms": self.heartbeat_age_ms,
+            "lease_remaining_ms": self.lease_remaining_ms, "uptime_s": self.uptime_s,
+            "elections_started": self.elections_started,
+            "pre_votes_started": self.pre_votes_started, "elections_won": self.elections_won,
+            "step_downs": self.step_downs, "heartbeats_sent": self.heartbeats_sent,
+            "heartbeats_received": self.heartbeats_received,
+            "redis": {"connected": self.redis.connected, "error": self.redis.error,
+                      "problem": self.redis.problem, "url": self.redis.url},
+            "storage": {"fsync_last_ms": self.storage.fsync_last_ms,
+                        "fsync_max_ms": self.storage.fsync_max_ms},
+            "http": self.http,
+            "isolated_from": list(self.isolated_from),
+            "timing": {"heartbeat_ms": self.timing.heartbeat_ms,
+                       "election_timeout_ms": list(self.timing.election_timeout_ms),
+                       "lease_ms": self.timing.lease_ms},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> NodeStatus:
+        if not isinstance(data, dict):
+            raise StatusFormatError(f"status must be a JSON object, got {type(data).__name__}")
+        r = _Reader(data)
+        name = r.text("name")
+        if not name:
+            raise StatusFormatError("status has an empty name")
+        role = r.raw("role")
+        try:
+            role = Role(role)
+        except ValueError:
+            raise StatusFormatError(f"unknown role {role!r}") from None
+        redis = _Reader(r.obj("redis"), "redis.")
+        storage = _Reader(r.obj("storage"), "storage.")
+        timing = _Reader(r.obj("timing"), "timing.")
+        window = timing.integers("election_timeout_ms")
+        http = r.obj("http", optional=True)
+        if http is not None and not all(isinstance(v, int) and not isinstance(v, bool)
+                                        for v in http.values()):
+            raise StatusFormatError("http counters must be integers")
+        return cls(
+            name=name, role=role, term=r.integer("term"), goose=r.opt_text("goose"),
+            cluster=r.text("cluster", ""), address=r.text("address", ""),
+            pid=r.opt_integer("pid"), version=r.text("version", ""), node_id=r.text("node_id", ""),
+            cluster_id=r.opt_text("cluster_id"), security=r.opt_text("security"),
+            state=r.text("state", ""), joining=r.opt_text("joining"),
+            voted_for=r.opt_text("voted_for"), members=r.texts("members"),
+            quorum=r.opt_integer("quorum"), membership_version=r.opt_integer("membership_version"),
+            heartbeat_age_ms=r.number("heartbeat_age_ms"),
+            lease_remaining_ms=r.number("lease_remaining_ms"),
+            uptime_s=r.number("uptime_s"),
+            elections_started=r.integer("elections_started", 0),
+            pre_votes_started=r.integer("pre_votes_started", 0),
+            elections_won=r.integer("elections_won", 0), step_downs=r.integer("step_downs", 0),
+            heartbeats_sent=r.integer("heartbeats_sent", 0),
+            heartbeats_received=r.integer("heartbeats_received", 0),
+            redis=RedisInfo(connected=redis.flag("connected", True),
+                            error=redis.opt_text("error"), problem=redis.opt_text("problem"),
+                            url=redis.opt_text("url")),
+            storage=StorageInfo(fsync_last_ms=storage.number("fsync_last_ms"),
+                                fsync_max_ms=storage.number("fsync_max_ms") or 0.0),
+            http=http, isolated_from=r.texts("isolated_from"),
+            timing=TimingInfo(heartbeat_ms=timing.integer("heartbeat_ms", 0),
+                              election_timeout_ms=(window[0], window[1]) if len(window) == 2
+                              else (0, 0),
+                              lease_ms=timing.number("lease_ms") or 0.0),
+        )
+
+
+_MISSING = object()
+
+
+class _Reader:
+    """Typed access to one JSON object, naming the field in every error."""
+
+    def __init__(self, data: dict[str, Any], prefix: str = "") -> None:
+        self.data, self.prefix = data, prefix
+
+    def _fail(self, key: str, want: str, value: Any) -> StatusFormatError:
+        return StatusFormatError(f"{self.prefix}{key} must be {want}, got {value!r:.60}")
+
+    def raw(self, key: str) -> Any:
+        if key not in self.data:
+            raise StatusFormatError(f"status has no {self.prefix}{key}")
+        return self.data[key]
+
+    def _get(self, key: str, default: Any) -> Any:
+        value = self.data.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise StatusFormatError(f"status has no {self.prefix}{key}")
+            return default
+        return value
+
+    def text(self, key: str, default: Any = _MISSING) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            raise self._fail(key, "a string", value)
+        return value
+
+    def opt_text(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise self._fail(key, "a string or null", value)
+        return value
+
+    def integer(self, key: str, default: Any = _MISSING) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(key, "an integer", value)
+        return value
+
+    def opt_integer(self, key: str) -> int | None:
+        value = self.data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise self._fail(key, "an integer or null", value)
+        return value
+
+    def number(self, key: str) -> float | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            raise self._fail(key, "a number or null", value)
+        return float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self._fail(key, "a boolean", value)
+        return value
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self.data.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._fail(key, "a list of strings", value)
+        return tuple(sorted(value))
+
+    def integers(self, key: str) -> list[int]:
+        value = self.data.get(key) or []
+        if not isinstance(value, list) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise self._fail(key, "a list of integers", value)
+        return value
+
+    def obj(self, key: str, *, optional: bool = False) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            return None if optional else {}
+        if not isinstance(value, dict):
+            raise self._fail(key, "an object", value)
+        return value
