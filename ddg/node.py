@@ -1,8 +1,10 @@
 """The node daemon: the I/O shell around the pure election core.
 
-It owns the HTTP server (status and peer messages), the peer client, the registry watcher and
-the election timer. Only the timer and message handlers touch the core; none of them waits on
-Redis, so a slow or frozen Redis cannot delay a heartbeat or stretch a lease.
+It owns the lifecycle, the HTTP handlers, the election timer and the term/vote persistence.
+The peer transport (peers.py), the membership sync with Redis (membership.py) and fault
+injection (partitions.py) are its parts. Only the timer and message handlers touch the core;
+none of them waits on Redis, so a slow or frozen Redis cannot delay a heartbeat or stretch a
+lease.
 """
 
 from __future__ import annotations
@@ -20,52 +22,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import web
 
 from . import __version__, auth
-from .backoff import Backoff
 from .config import NodeConfig
-from .core import Election, HardState, Output, Send, State, quorum_of
-from .errors import (
-    ClusterMismatch,
-    DdgError,
-    MessageError,
-    NameConflict,
-    NoCluster,
-    RegistryAuthError,
-    RegistryError,
-    RegistryFull,
-    RegistryUnavailable,
-    StorageError,
-)
-from .messages import KIND_OF, REPLIES, REQUESTS, Heartbeat, TimeoutNow, decode, encode
-from .registry import Member, Membership, Registry
+from .core import Election, HardState, Output, State, quorum_of
+from .errors import DdgError, MessageError, StorageError
+from .membership import MembershipSync
+from .messages import REQUESTS, Message, decode, encode
+from .partitions import Partitions
+from .peers import PeerTransport
+from .ratelimit import LogThrottle
+from .registry import Membership, Registry
 from .server import GuardedServer, ServerLimits, raise_fd_limit, read_body, serve
-from .status import NodeStatus, RedisInfo, Role, StorageInfo, TimingInfo
+from .status import NodeStatus, Role, StorageInfo, TimingInfo
 from .storage import DataDir
 
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 2.0  # a peer message is a few hundred bytes: a client this slow is not a peer
-MAX_HEARTBEATS_IN_FLIGHT = 2  # per peer; more would only queue behind a dead link
-# All peers together: a membership full of dead or black-holed addresses must not take the
-# event loop (and so `GET /`) with it. Hand-overs are never dropped.
-MAX_OUTGOING = 64
-PEER_BACKOFF_MAX = 1.0  # a peer that keeps failing is tried at most this rarely
 WARN_EVERY = 60.0  # seconds between two log lines about the same recurring problem
 log = logging.getLogger("ddg.node")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-async def wait_event(event: asyncio.Event, seconds: float) -> bool:
-    """Wait for EVENT at most SECONDS. (Python 3.11's wait_for can swallow a cancellation
-    that races with completion; asyncio.timeout cannot.)"""
-    try:
-        async with asyncio.timeout(seconds):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
 
 
 def json_error(status: int, reason: str) -> web.Response:
@@ -90,44 +68,54 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return json_error(500, "internal error; see the node's log")
 
 
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise MessageError("body is not valid JSON") from None
+    except RecursionError:
+        raise MessageError("body is nested too deeply") from None
+
+
 class Node:
-    def __init__(self, config: NodeConfig, *, rng: random.Random | None = None) -> None:
+    """REGISTRY and DATA may be given (tests run the HTTP contract in-process with them);
+    by default they come from the config."""
+
+    def __init__(self, config: NodeConfig, *, rng: random.Random | None = None,
+                 registry: Registry | None = None, data: DataDir | None = None) -> None:
         self.config = config
         self.rng = rng or random.Random()
-        self.data = DataDir(config.data_dir)
-        self.registry = Registry(config.redis_url, config.cluster,
-                                 password=config.redis_password)
+        self.data = data or DataDir(config.data_dir)
+        self.warn = LogThrottle(log, WARN_EVERY)
+        self.sync = MembershipSync(
+            config=config, rng=self.rng, data=self.data, warn=self.warn,
+            registry=registry or Registry(config.redis_url, config.cluster,
+                                          password=config.redis_password),
+            on_change=self._membership_changed)
+        self.partitions = Partitions()
+        self.peers = PeerTransport(
+            config=config, rng=self.rng, address_of=self._address_of,
+            version=lambda: self.sync.membership.version, blocked=self.partitions.blocked,
+            on_reply=self._on_reply, warn=self.warn)
         self.verifier = (None if config.secret is None
                          else auth.Verifier(config.secret, recipient=config.name))
-        self.membership = Membership()
-        self.node_id = ""
         self.core: Election | None = None
         self.started = time.monotonic()
-        self.registered = False
-        self.redis_ok = False
-        self.redis_error: str | None = "not connected yet"
-        self.registry_problem: str | None = None  # bad data, another cluster, refused login
-        self.joining: str | None = None  # why the node has not joined yet
         self.fsync_last_ms: float | None = None
         self.fsync_max_ms = 0.0
         self.http: GuardedServer | None = None
-        self.isolated: set[str] = set()
-        self.isolated_all = False
         self.stop_event = asyncio.Event()
         self.exit_code = 0
         self._wake = asyncio.Event()
-        self._ready = asyncio.Event()  # set once registered and the core exists
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._in_flight: dict[str, int] = {}
-        self._outgoing = 0
-        self._peer_backoff: dict[str, Backoff] = {}
-        self._peer_retry_at: dict[str, float] = {}
         self._persist_lock = asyncio.Lock()
         self._on_disk: HardState | None = None
-        self._warned: dict[str, float] = {}
-        self._refreshing: asyncio.Task[None] | None = None
-        self._session: ClientSession | None = None
-        self.rpc_timeout = ClientTimeout(total=config.timing.election_min)
+
+    @property
+    def membership(self) -> Membership:
+        return self.sync.membership
+
+    def _address_of(self, name: str) -> str | None:
+        return self.sync.membership.address_of(name)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -144,17 +132,14 @@ class Node:
         return app
 
     async def _background(self, app: web.Application) -> AsyncIterator[None]:
-        self._session = ClientSession(connector=TCPConnector(limit=MAX_OUTGOING + 8))
-        loops = [asyncio.create_task(self._run_ticker(), name="ticker"),
-                 asyncio.create_task(self._watch_registry(), name="registry")]
-        for task in loops:
-            task.add_done_callback(self._loop_ended)
+        await self.peers.start()
+        ticker = asyncio.create_task(self._run_ticker(), name="ticker")
+        ticker.add_done_callback(self._loop_ended)
         yield
-        extra = [self._refreshing] if self._refreshing is not None else []
-        for task in loops + extra + list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*loops, *extra, *self._tasks, return_exceptions=True)
-        await self._session.close()
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+        await self.sync.close()
+        await self.peers.close()
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -176,7 +161,7 @@ class Node:
         hard = self.data.load_hard_state()
         self._on_disk = hard
         cached = self.data.load_membership()
-        self.node_id = self.data.node_id()
+        self.sync.node_id = self.data.node_id()
         soft, hard_fds = raise_fd_limit()
         try:
             self.http = await serve(self.make_app(), self.config.host, self.config.port,
@@ -190,17 +175,19 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        watcher: asyncio.Task[None] | None = None
         try:
-            membership = await self._join(cached)
+            membership = await self.sync.join(cached, self.stop_event)
             if membership is None:  # stopped while waiting for Redis
                 return self.exit_code
-            self.membership = membership
+            self.sync.membership = membership
             self.core = Election(
                 name=self.config.name, timing=self.config.timing, rng=self.rng,
                 now=time.monotonic(), members=membership.names, version=membership.version,
                 hard=hard, trust_transfers=self.config.signed,
             )
-            self._ready.set()
+            watcher = asyncio.create_task(self.sync.watch(), name="registry")
+            watcher.add_done_callback(self._loop_ended)
             log.info("serving %s as %s in cluster %r: term %d, members %s (version %d)",
                      self.config.address, self.config.name, self.config.cluster, hard.term,
                      ",".join(sorted(membership.names)), membership.version)
@@ -212,10 +199,13 @@ class Node:
             await self._hand_over()
             return self.exit_code
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             # The handlers stay until the loop closes: a SIGTERM that arrives while the node is
             # already leaving must not kill it half-way.
             await self.http.close()
-            await self.registry.close()
+            await self.sync.registry.close()
 
     def _on_signal(self, sig: int) -> None:
         if self.core is None:
@@ -226,104 +216,16 @@ class Node:
                      signal.Signals(sig).name)
         self.stop_event.set()
 
-    def _member(self) -> Member:
-        return Member(self.config.name, self.config.address, time.time(), self.node_id)
-
-    async def _join(self, cached: Membership | None) -> Membership | None:
-        """Join the cluster the registry holds (or create it with --bootstrap), waiting for
-        Redis unless a cached membership of this node's cluster lets it go on."""
-        # Short: a fresh node waiting for the members to restore the registry joins within
-        # half a second of it.
-        backoff = Backoff(initial=0.1, maximum=0.5, rng=self.rng)
-        known = cached is not None and cached.cluster_id is not None
-        while not self.stop_event.is_set():
-            try:
-                membership = await self._register(cached)
-            except (NameConflict, RegistryFull, RegistryAuthError):
-                raise
-            except NoCluster as exc:
-                self.joining = "waiting for the cluster to exist in Redis"
-                self._redis_up()
-                self._warn_every("no-cluster", "%s", exc)
-            except RegistryError as exc:
-                self._registry_trouble(exc)
-                if known and cached is not None and self.config.name in cached.members:
-                    log.warning("registry unusable (%s); electing on the cached membership "
-                                "(version %d) until it is back", exc, cached.version)
-                    return cached
-                self.joining = "waiting for Redis"
-                self._warn_every("join", "waiting for the registry at %s (%s)",
-                                 self.registry.url, exc)
-            else:
-                self.joining = None
-                return membership
-            await wait_event(self.stop_event, backoff.next())
-        return None
-
-    async def _register(self, cached: Membership | None) -> Membership:
-        """One attempt. A node that knows its cluster puts back what Redis lost before adding
-        itself; a fresh node joins only a cluster that exists (docs/design.md, Bootstrap)."""
-        member = self._member()
-        current = await self.registry.read()
-        if cached is not None and cached.cluster_id is not None:
-            await self._reconcile(cached, current)
-            await self.registry.add(member, cluster_id=cached.cluster_id)
-        else:
-            if current.cluster_id is None:
-                # A cache from before cluster ids: the cluster existed, so it may be re-made.
-                legacy = cached is not None and self.config.name in cached.members
-                if not (self.config.bootstrap or legacy):
-                    raise NoCluster(
-                        f"cluster {self.config.cluster!r} does not exist in Redis at "
-                        f"{self.registry.url}: waiting for its members to restore it, or start "
-                        "its first node with --bootstrap")
-                cid, created = await self.registry.create(member)
-                if created:
-                    log.warning("created cluster %r (id %s) in Redis at %s",
-                                self.config.cluster, cid, self.registry.url)
-            elif self.config.bootstrap:
-                log.info("--bootstrap ignored: cluster %r exists (id %s); joining it",
-                         self.config.cluster, current.cluster_id)
-            await self.registry.add(member, cluster_id=None)
-        membership = await self.registry.read()
-        if self.config.name not in membership.members or membership.cluster_id is None:
-            # Flushed between the add and the read: nothing here is ours to trust yet.
-            raise RegistryUnavailable("the registry lost this node's entry while it joined")
-        self.registered = True
-        self._redis_up()
-        self._registry_fine()
-        self._save_membership(membership)
-        return membership
-
-    async def _reconcile(self, snapshot: Membership, current: Membership) -> Membership:
-        """Put SNAPSHOT back if Redis lost it (no cluster id, an older version, or a fork at the
-        same version); refuse a registry that holds another cluster."""
-        if current.cluster_id is not None and current.cluster_id != snapshot.cluster_id:
-            raise ClusterMismatch(
-                f"Redis at {self.registry.url} holds another cluster {self.config.cluster!r} "
-                f"(id {current.cluster_id}) than this node's (id {snapshot.cluster_id}); "
-                "electing on the last membership this node knew")
-        fork = (current.cluster_id is not None and current.version == snapshot.version
-                and current.names != snapshot.names)
-        if current.cluster_id is None or current.version < snapshot.version or fork:
-            version = await self.registry.restore(snapshot, force=fork)
-            if version:
-                log.warning("the registry lost data (%s); restored %d members as version %d",
-                            "no cluster" if current.cluster_id is None else
-                            f"version {current.version}, this node knew {snapshot.version}",
-                            len(snapshot.members), version)
-            current = await self.registry.read()
-        return current
-
     async def _hand_over(self) -> None:
         """A goose stopping gracefully hands leadership to an up-to-date duck first."""
         if self.core is None or self.core.state is not State.GOOSE:
             return
         out = self.core.transfer_leadership(time.monotonic())
         await self._apply(out, send=False)
-        await asyncio.gather(*(self._deliver(s) for s in out.sends), return_exceptions=True)
+        await asyncio.gather(*(self.peers.deliver(s) for s in out.sends),
+                             return_exceptions=True)
 
-    # ---- timer ---------------------------------------------------------------------------
+    # ---- timer and core ------------------------------------------------------------------
 
     async def _run_ticker(self) -> None:
         while True:
@@ -336,7 +238,9 @@ class Node:
             self._wake.clear()
             # Cap the sleep so a missed wake-up costs at most one heartbeat interval.
             delay = min(max(delay, 0.0), self.config.timing.heartbeat)
-            await wait_event(self._wake, delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def _apply(self, out: Output, *, send: bool = True) -> None:
         """Persist, log, then send: nothing leaves before the term and vote are on disk.
@@ -353,7 +257,7 @@ class Node:
             self.stop_event.set()
         if send:
             for s in out.sends:
-                self._spawn(s)
+                self.peers.send(s)
         self._wake.set()
 
     async def _persist(self, hard: HardState) -> None:
@@ -368,195 +272,26 @@ class Node:
         took = (time.monotonic() - t0) * 1000
         self.fsync_last_ms, self.fsync_max_ms = took, max(self.fsync_max_ms, took)
         if took > self.config.timing.heartbeat_ms:
-            self._warn_every("fsync", "writing the term and vote took %.0f ms (a slow disk "
-                             "delays votes and heartbeats)", took)
+            self.warn.warning("fsync", "writing the term and vote took %.0f ms (a slow disk "
+                              "delays votes and heartbeats)", took)
         self._on_disk = hard
         if self.core is not None:
             self.core.persisted(hard)
 
-    def _warn_every(self, key: str, msg: str, *args: Any) -> None:
-        """Log a recurring problem once, then at most every WARN_EVERY seconds."""
-        now = time.monotonic()
-        if now - self._warned.get(key, -math.inf) >= WARN_EVERY:
-            self._warned[key] = now
-            log.warning(msg, *args)
-
-    # ---- peers ---------------------------------------------------------------------------
-
-    def _blocked(self, peer: str) -> bool:
-        return self.isolated_all or peer in self.isolated
-
-    def _spawn(self, send: Send) -> None:
-        if self._blocked(send.to):
+    async def _on_reply(self, reply: Message, version: int) -> None:
+        if self.core is None:
             return
-        if not isinstance(send.msg, TimeoutNow):
-            if self._outgoing >= MAX_OUTGOING:
-                return
-            if time.monotonic() < self._peer_retry_at.get(send.to, -math.inf):
-                return  # it keeps failing: try it again after its backoff
-            if (isinstance(send.msg, Heartbeat)
-                    and self._in_flight.get(send.to, 0) >= MAX_HEARTBEATS_IN_FLIGHT):
-                return
-        task = asyncio.create_task(self._deliver(send))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _deliver(self, send: Send) -> None:
-        address = self.membership.address_of(send.to)
-        if address is None or self._session is None:
-            return
-        kind = KIND_OF[type(send.msg)]
-        path = f"/raft/{kind}"
-        body = json.dumps(encode(send.msg, version=self.membership.version)).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.config.secret is not None:
-            headers |= auth.sign_headers(self.config.secret, "POST", path, body,
-                                         recipient=send.to)
-        self._in_flight[send.to] = self._in_flight.get(send.to, 0) + 1
-        self._outgoing += 1
-        try:
-            async with self._session.post(address + path, data=body, headers=headers,
-                                          timeout=self.rpc_timeout) as resp:
-                if resp.status != 200:
-                    reason = (await resp.text())[:200]
-                    log.debug("%s %s -> %d %s", send.to, kind, resp.status, reason)
-                    if resp.status == 401:
-                        self._warn_every(f"401:{send.to}", "%s refused our signature: %s "
-                                         "(is the cluster secret the same on every node?)",
-                                         send.to, reason)
-                    self._peer_failed(send.to)
-                    return
-                data = await resp.json(content_type=None)
-            self._peer_ok(send.to)
-            reply_cls = REPLIES[type(send.msg)]
-            if reply_cls is None:
-                return
-            reply, version = decode(reply_cls, data)
-        except (ClientError, TimeoutError, MessageError, ValueError, RecursionError) as exc:
-            log.debug("%s %s failed: %s", send.to, kind, str(exc) or type(exc).__name__)
-            self._peer_failed(send.to)
-            return
-        finally:
-            self._in_flight[send.to] -= 1
-            self._outgoing -= 1
-        if reply.sender != send.to or self._blocked(send.to) or self.core is None:
-            return
-        self._observe_version(version)
+        self.sync.observe_version(version)
         out = self.core.step(reply, time.monotonic())
         if out.refused:
-            self._warn_every(f"refused:{send.to}", "not believing %s's reply: %s",
-                             send.to, out.refused)
+            self.warn.warning(f"refused:{reply.sender}", "not believing %s's reply: %s",
+                              reply.sender, out.refused)
         await self._apply(out)
 
-    def _peer_failed(self, peer: str) -> None:
-        backoff = self._peer_backoff.get(peer)
-        if backoff is None:
-            backoff = self._peer_backoff[peer] = Backoff(
-                initial=self.config.timing.heartbeat, maximum=PEER_BACKOFF_MAX, rng=self.rng)
-            return  # one failure is a lost packet, not a dead peer
-        self._peer_retry_at[peer] = time.monotonic() + backoff.next()
-
-    def _peer_ok(self, peer: str) -> None:
-        if self._peer_backoff.pop(peer, None) is not None:
-            self._peer_retry_at.pop(peer, None)
-
-    def _observe_version(self, version: int) -> None:
-        if version > self.membership.version:
-            self._refresh_soon()
-
-    # ---- registry ------------------------------------------------------------------------
-
-    async def _watch_registry(self) -> None:
-        await self._ready.wait()
-        backoff = Backoff(initial=0.1, maximum=1.0, rng=self.rng)
-        while True:
-            try:
-                async for _ in self.registry.changes(self.config.refresh_interval):
-                    try:
-                        await self._refresh()
-                    except RegistryUnavailable:
-                        raise
-                    except RegistryError as exc:
-                        # Redis answers but its data is unusable: keep watching, keep electing.
-                        self._registry_trouble(exc)
-                        continue
-                    backoff.reset()
-            except RegistryError as exc:
-                self._registry_trouble(exc)
-                await asyncio.sleep(backoff.next())
-
-    def _refresh_soon(self) -> asyncio.Task[None]:
-        """One refresh at a time; callers share the one in flight."""
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.create_task(self._refresh_quietly())
-        return self._refreshing
-
-    async def _refresh_quietly(self) -> None:
-        try:
-            await self._refresh()
-        except RegistryError as exc:
-            self._registry_trouble(exc)
-
-    async def _refresh(self) -> None:
-        current = await self.registry.read()
-        self._redis_up()
-        current = await self._reconcile(self.membership, current)
-        if not self.registered:
-            await self.registry.add(self._member(), cluster_id=self.membership.cluster_id)
-            self.registered = True
-            current = await self.registry.read()
-        self._registry_fine()
-        if current.version < self.membership.version:
-            return  # a restore that lost a race; the next read sees the winner
-        if (self.config.name not in current.members and self.config.name in self.membership.members
-                and not await self.registry.was_removed(self.node_id)):
-            # A member restored a membership older than this node's join: put it back.
-            log.warning("membership version %d lost this node's entry (restored from an older "
-                        "membership, not removed); adding it back", current.version)
-            await self.registry.add(self._member(), cluster_id=self.membership.cluster_id)
-            current = await self.registry.read()
-            if self.config.name not in current.members:
-                return  # flushed again: the next refresh tries again
-        if (current.version == self.membership.version and current.names == self.membership.names
-                and current.members == self.membership.members):
-            return
-        self.membership = current
-        self._save_membership(current)
+    async def _membership_changed(self, membership: Membership) -> None:
         if self.core is not None:
-            log.info("membership version %d: %s", current.version, ",".join(sorted(current.names)))
-            await self._apply(self.core.set_membership(current.names, current.version,
+            await self._apply(self.core.set_membership(membership.names, membership.version,
                                                        time.monotonic()))
-
-    def _save_membership(self, membership: Membership) -> None:
-        try:
-            self.data.save_membership(membership)
-        except StorageError as exc:
-            log.warning("%s (the cache only helps restarts while Redis is down)", exc)
-
-    def _redis_up(self) -> None:
-        if not self.redis_ok:
-            log.info("Redis reachable at %s", self.registry.url)
-        self.redis_ok, self.redis_error = True, None
-
-    def _registry_fine(self) -> None:
-        if self.registry_problem is not None:
-            log.warning("registry usable again (was: %s)", self.registry_problem)
-            self.registry_problem = None
-
-    def _registry_trouble(self, exc: RegistryError) -> None:
-        """Redis down, or its data unusable: say so once per distinct problem, keep electing."""
-        if isinstance(exc, RegistryUnavailable):
-            if self.redis_ok:
-                log.warning("Redis unreachable (%s); electing on membership version %d",
-                            exc, self.membership.version)
-            self.redis_ok, self.redis_error = False, str(exc)
-            return
-        self.redis_ok, self.redis_error = True, None
-        problem = str(exc)
-        if problem != self.registry_problem:
-            log.error("registry problem: %s; electing on membership version %d", problem,
-                      self.membership.version)
-            self.registry_problem = problem
 
     # ---- HTTP ----------------------------------------------------------------------------
 
@@ -575,26 +310,26 @@ class Node:
         now = time.monotonic()
         snap = self.core.snapshot(now) if self.core is not None else None
         t = self.config.timing
+        members = self.membership.names
 
         def ms(seconds: float | None) -> float | None:
             return None if seconds is None else round(seconds * 1000, 1)
 
         shell = NodeStatus(
             name=self.config.name, role=Role.DUCK, term=0,
-            state="joining" if self.joining else "starting",
-            quorum=quorum_of(len(self.membership.names)),
+            state="joining" if self.sync.joining else "starting",
+            quorum=quorum_of(len(members)),
             cluster=self.config.cluster, address=self.config.address, pid=os.getpid(),
-            version=__version__, node_id=self.node_id, cluster_id=self.membership.cluster_id,
-            security=self.config.security, joining=self.joining,
-            members=tuple(sorted(self.membership.names)),
+            version=__version__, node_id=self.sync.node_id,
+            cluster_id=self.membership.cluster_id, security=self.config.security,
+            joining=self.sync.joining, members=tuple(sorted(members)),
             membership_version=self.membership.version, uptime_s=round(now - self.started, 3),
-            redis=RedisInfo(connected=self.redis_ok, error=self.redis_error,
-                            problem=self.registry_problem, url=self.registry.url),
+            redis=self.sync.info(),
             storage=StorageInfo(
                 fsync_last_ms=None if self.fsync_last_ms is None else round(self.fsync_last_ms, 2),
                 fsync_max_ms=round(self.fsync_max_ms, 2)),
             http=self.http.stats.as_dict() if self.http is not None else None,
-            isolated_from=tuple(self._isolated_names()),
+            isolated_from=tuple(self.partitions.isolated_from(members, self.config.name)),
             timing=TimingInfo(heartbeat_ms=t.heartbeat_ms,
                               election_timeout_ms=(t.election_timeout_min_ms,
                                                    t.election_timeout_max_ms),
@@ -611,11 +346,6 @@ class Node:
             elections_won=c.elections_won, step_downs=c.step_downs,
             heartbeats_sent=c.heartbeats_sent, heartbeats_received=c.heartbeats_received)
 
-    def _isolated_names(self) -> list[str]:
-        if self.isolated_all:
-            return sorted(self.membership.names - {self.config.name})
-        return sorted(self.isolated)
-
     async def _signed_body(self, request: web.Request) -> bytes:
         body = await read_body(request, limit=MAX_BODY, timeout=BODY_TIMEOUT)
         if self.verifier is not None:
@@ -624,41 +354,32 @@ class Node:
                 raise MessageError(reason, status=401)
         return body
 
-    @staticmethod
-    def _json(body: bytes) -> Any:
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise MessageError("body is not valid JSON") from None
-        except RecursionError:
-            raise MessageError("body is nested too deeply") from None
-
     async def handle_raft(self, request: web.Request) -> web.Response:
         kind = request.path.rsplit("/", 1)[-1]
         body = await self._signed_body(request)
-        msg, version = decode(REQUESTS[kind], self._json(body))
+        msg, version = decode(REQUESTS[kind], parse_json(body))
         core = self.core
         if core is None:
             return json_error(503, "node is starting")
         if msg.sender == self.config.name:
             return json_error(400, "message claims to come from this node")
         if msg.sender not in self.membership.members or version > self.membership.version:
-            refresh = self._refresh_soon()
+            refresh = self.sync.refresh_soon()
             if msg.sender not in self.membership.members:
                 # Unknown sender: maybe a member that joined since our last read. Ask once.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.registry.timeout):
+                    async with asyncio.timeout(self.sync.registry.timeout):
                         await asyncio.shield(refresh)
                 if msg.sender not in self.membership.members:
                     return json_error(403, f"{msg.sender!r} is not a member of cluster "
                                            f"{self.config.cluster!r}")
-        if self._blocked(msg.sender):
+        if self.partitions.blocked(msg.sender):
             return json_error(503, "partitioned by fault injection")
-        self._peer_ok(msg.sender)  # it is alive: send to it again at once
+        self.peers.alive(msg.sender)
         out = core.step(msg, time.monotonic())
         if out.refused:
-            self._warn_every(f"refused:{msg.sender}", "not believing %s: %s", msg.sender,
-                             out.refused)
+            self.warn.warning(f"refused:{msg.sender}", "not believing %s: %s", msg.sender,
+                              out.refused)
             return json_error(400, out.refused)
         await self._apply(out)
         if out.reply is None:  # TimeoutNow has no answer but an acknowledgement
@@ -666,46 +387,28 @@ class Node:
                                       "version": self.membership.version})
         return web.json_response(encode(out.reply, version=self.membership.version))
 
-    async def _admin_peers(self, request: web.Request) -> tuple[bool, set[str]]:
+    async def _admin_body(self, request: web.Request) -> tuple[bool, set[str]]:
         if not self.config.allow_fault_injection:
             raise MessageError("fault injection is disabled; start the node with "
                                "--allow-fault-injection", status=403)
-        data = self._json(await self._signed_body(request))
-        if not isinstance(data, dict) or set(data) - {"peers", "all"}:
-            raise MessageError("body must be {\"peers\": [names]} or {\"all\": true}")
-        everyone = data.get("all", False)
-        peers = data.get("peers", [])
-        if not isinstance(everyone, bool) or not isinstance(peers, list) or not all(
-            isinstance(p, str) for p in peers
-        ):
-            raise MessageError("'all' must be a boolean and 'peers' a list of names")
-        return everyone, set(peers)
+        return Partitions.parse(parse_json(await self._signed_body(request)))
+
+    def _isolated(self) -> list[str]:
+        return self.partitions.isolated_from(self.membership.names, self.config.name)
 
     async def handle_partition(self, request: web.Request) -> web.Response:
-        everyone, peers = await self._admin_peers(request)
-        unknown = peers - self.membership.names
-        if unknown:
-            raise MessageError(f"not members: {', '.join(sorted(unknown))}")
-        if self.config.name in peers:
-            raise MessageError("a node cannot be partitioned from itself")
-        if not everyone and not peers:
-            raise MessageError("name at least one peer, or set \"all\": true")
-        self.isolated_all = self.isolated_all or everyone
-        self.isolated |= peers
+        everyone, peers = await self._admin_body(request)
+        self.partitions.isolate(everyone, peers, self.membership.names, self.config.name)
         log.warning("fault injection: dropping messages to and from %s",
-                    "all peers" if self.isolated_all else ",".join(sorted(self.isolated)))
-        return web.json_response({"isolated_from": self._isolated_names()})
+                    "all peers" if self.partitions.everyone else ",".join(self._isolated()))
+        return web.json_response({"isolated_from": self._isolated()})
 
     async def handle_heal(self, request: web.Request) -> web.Response:
-        everyone, peers = await self._admin_peers(request)
-        if peers and not everyone:
-            self.isolated -= peers
-        else:
-            self.isolated.clear()
-            self.isolated_all = False
+        everyone, peers = await self._admin_body(request)
+        self.partitions.heal(everyone, peers)
         log.warning("fault injection: healed; isolated from %s",
-                    ",".join(self._isolated_names()) or "nobody")
-        return web.json_response({"isolated_from": self._isolated_names()})
+                    ",".join(self._isolated()) or "nobody")
+        return web.json_response({"isolated_from": self._isolated()})
 
 
 async def run_node(config: NodeConfig) -> int:

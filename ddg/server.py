@@ -36,6 +36,7 @@ from typing import Any, Final, cast
 from aiohttp import web
 
 from .errors import ConfigError
+from .ratelimit import Throttle
 
 log = logging.getLogger("ddg.server")
 
@@ -206,26 +207,6 @@ class ServerStats:
 # ---- rate-limited accept errors ---------------------------------------------------------
 
 
-class _Throttle:
-    """Lets one event through per INTERVAL seconds and counts the ones it holds back."""
-
-    def __init__(self, interval: float, clock: Callable[[], float]) -> None:
-        self.interval = interval
-        self.clock = clock
-        self.suppressed = 0
-        self._last: float | None = None
-
-    def allow(self) -> int | None:
-        """None to stay quiet; otherwise the number suppressed since the last allowed one."""
-        now = self.clock()
-        if self._last is not None and now - self._last < self.interval:
-            self.suppressed += 1
-            return None
-        self._last = now
-        held, self.suppressed = self.suppressed, 0
-        return held
-
-
 def is_accept_error(context: dict[str, Any]) -> bool:
     """asyncio's report of a failed accept(): 'socket.accept() out of system resource', or an
     OSError escaping its _accept_connection callback."""
@@ -248,7 +229,7 @@ class AcceptErrorFilter:
         self.previous = previous
         self.logger = logger
         self.total = 0
-        self._throttle = _Throttle(interval, clock)
+        self._throttle = Throttle(interval, clock)
 
     @property
     def suppressed(self) -> int:
@@ -478,7 +459,7 @@ class GuardedServer:
         self._paused: dict[socket.socket, asyncio.TimerHandle] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._spare = _open_spare()
-        self._refusals = _Throttle(limits.accept_log_interval, time.monotonic)
+        self._refusals = Throttle(limits.accept_log_interval, time.monotonic)
         self._closed = False
         # Open connections, oldest progress first (connect, or the last completed request).
         self._by_progress: dict[_Connection, None] = {}

@@ -23,7 +23,7 @@ def make_node(tmp_path: Path) -> Node:
     node.data.open()
     members = {n: Member(n, f"http://127.0.0.1:{i}", node_id=f"{i:032x}")
                for i, n in enumerate(("a", "b", "c"), 1)}
-    node.membership = Membership(1, members, "f" * 32)
+    node.sync.membership = Membership(1, members, "f" * 32)
     # past the startup stickiness, so that it grants a vote
     node.core = Election(name="a", timing=Timing(), rng=node.rng, now=time.monotonic() - 10,
                          members=node.membership.names, version=1, hard=HardState())

@@ -1,0 +1,258 @@
+"""The node's view of the membership, kept in step with the Redis registry.
+
+Joining (and creating the cluster with --bootstrap), putting back what Redis lost, watching
+for changes (pub/sub, and a re-read every refresh interval), and saying once per distinct
+problem when Redis is down or its data unusable. Nothing in the election waits on this: the
+node keeps electing on the last membership it knew (docs/design.md, "Bootstrap").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from .backoff import Backoff
+from .config import NodeConfig
+from .errors import (
+    ClusterMismatch,
+    NameConflict,
+    NoCluster,
+    RegistryAuthError,
+    RegistryError,
+    RegistryFull,
+    RegistryUnavailable,
+    StorageError,
+)
+from .ratelimit import LogThrottle
+from .registry import Member, Membership, Registry
+from .status import RedisInfo
+from .storage import DataDir
+
+log = logging.getLogger("ddg.membership")
+
+OnChange = Callable[[Membership], Awaitable[None]]
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for EVENT at most SECONDS. (Python 3.11's wait_for can swallow a cancellation
+    that races with completion; asyncio.timeout cannot.)"""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+class MembershipSync:
+    def __init__(self, *, config: NodeConfig, registry: Registry, data: DataDir,
+                 rng: random.Random, on_change: OnChange, warn: LogThrottle) -> None:
+        self.config = config
+        self.registry = registry
+        self.data = data
+        self.rng = rng
+        self._on_change = on_change
+        self._warn = warn
+        self.membership = Membership()
+        self.node_id = ""
+        self.registered = False
+        self.redis_ok = False
+        self.redis_error: str | None = "not connected yet"
+        self.registry_problem: str | None = None  # bad data, another cluster, refused login
+        self.joining: str | None = None  # why the node has not joined yet
+        self._refreshing: asyncio.Task[None] | None = None
+
+    def info(self) -> RedisInfo:
+        return RedisInfo(connected=self.redis_ok, error=self.redis_error,
+                         problem=self.registry_problem, url=self.registry.url)
+
+    def observe_version(self, version: int) -> None:
+        """A peer has a newer membership version: read the registry (in the background)."""
+        if version > self.membership.version:
+            self.refresh_soon()
+
+    async def close(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+            await asyncio.gather(self._refreshing, return_exceptions=True)
+
+    def _member(self) -> Member:
+        return Member(self.config.name, self.config.address, time.time(), self.node_id)
+
+    async def join(self, cached: Membership | None, stop: asyncio.Event) -> Membership | None:
+        """Join the cluster the registry holds (or create it with --bootstrap), waiting for
+        Redis unless a cached membership of this node's cluster lets it go on."""
+        # Short: a fresh node waiting for the members to restore the registry joins within
+        # half a second of it.
+        backoff = Backoff(initial=0.1, maximum=0.5, rng=self.rng)
+        known = cached is not None and cached.cluster_id is not None
+        while not stop.is_set():
+            try:
+                membership = await self._register(cached)
+            except (NameConflict, RegistryFull, RegistryAuthError):
+                raise
+            except NoCluster as exc:
+                self.joining = "waiting for the cluster to exist in Redis"
+                self._redis_up()
+                self._warn.warning("no-cluster", "%s", exc)
+            except RegistryError as exc:
+                self._registry_trouble(exc)
+                if known and cached is not None and self.config.name in cached.members:
+                    log.warning("registry unusable (%s); electing on the cached membership "
+                                "(version %d) until it is back", exc, cached.version)
+                    return cached
+                self.joining = "waiting for Redis"
+                self._warn.warning("join", "waiting for the registry at %s (%s)",
+                                 self.registry.url, exc)
+            else:
+                self.joining = None
+                return membership
+            await wait_event(stop, backoff.next())
+        return None
+
+    async def _register(self, cached: Membership | None) -> Membership:
+        """One attempt. A node that knows its cluster puts back what Redis lost before adding
+        itself; a fresh node joins only a cluster that exists (docs/design.md, Bootstrap)."""
+        member = self._member()
+        current = await self.registry.read()
+        if cached is not None and cached.cluster_id is not None:
+            await self._reconcile(cached, current)
+            await self.registry.add(member, cluster_id=cached.cluster_id)
+        else:
+            if current.cluster_id is None:
+                # A cache from before cluster ids: the cluster existed, so it may be re-made.
+                legacy = cached is not None and self.config.name in cached.members
+                if not (self.config.bootstrap or legacy):
+                    raise NoCluster(
+                        f"cluster {self.config.cluster!r} does not exist in Redis at "
+                        f"{self.registry.url}: waiting for its members to restore it, or start "
+                        "its first node with --bootstrap")
+                cid, created = await self.registry.create(member)
+                if created:
+                    log.warning("created cluster %r (id %s) in Redis at %s",
+                                self.config.cluster, cid, self.registry.url)
+            elif self.config.bootstrap:
+                log.info("--bootstrap ignored: cluster %r exists (id %s); joining it",
+                         self.config.cluster, current.cluster_id)
+            await self.registry.add(member, cluster_id=None)
+        membership = await self.registry.read()
+        if self.config.name not in membership.members or membership.cluster_id is None:
+            # Flushed between the add and the read: nothing here is ours to trust yet.
+            raise RegistryUnavailable("the registry lost this node's entry while it joined")
+        self.registered = True
+        self._redis_up()
+        self._registry_fine()
+        self._save_membership(membership)
+        return membership
+
+    async def _reconcile(self, snapshot: Membership, current: Membership) -> Membership:
+        """Put SNAPSHOT back if Redis lost it (no cluster id, an older version, or a fork at the
+        same version); refuse a registry that holds another cluster."""
+        if current.cluster_id is not None and current.cluster_id != snapshot.cluster_id:
+            raise ClusterMismatch(
+                f"Redis at {self.registry.url} holds another cluster {self.config.cluster!r} "
+                f"(id {current.cluster_id}) than this node's (id {snapshot.cluster_id}); "
+                "electing on the last membership this node knew")
+        fork = (current.cluster_id is not None and current.version == snapshot.version
+                and current.names != snapshot.names)
+        if current.cluster_id is None or current.version < snapshot.version or fork:
+            version = await self.registry.restore(snapshot, force=fork)
+            if version:
+                log.warning("the registry lost data (%s); restored %d members as version %d",
+                            "no cluster" if current.cluster_id is None else
+                            f"version {current.version}, this node knew {snapshot.version}",
+                            len(snapshot.members), version)
+            current = await self.registry.read()
+        return current
+
+    async def watch(self) -> None:
+        backoff = Backoff(initial=0.1, maximum=1.0, rng=self.rng)
+        while True:
+            try:
+                async for _ in self.registry.changes(self.config.refresh_interval):
+                    try:
+                        await self._refresh()
+                    except RegistryUnavailable:
+                        raise
+                    except RegistryError as exc:
+                        # Redis answers but its data is unusable: keep watching, keep electing.
+                        self._registry_trouble(exc)
+                        continue
+                    backoff.reset()
+            except RegistryError as exc:
+                self._registry_trouble(exc)
+                await asyncio.sleep(backoff.next())
+
+    def refresh_soon(self) -> asyncio.Task[None]:
+        """One refresh at a time; callers share the one in flight."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._refresh_quietly())
+        return self._refreshing
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._refresh()
+        except RegistryError as exc:
+            self._registry_trouble(exc)
+
+    async def _refresh(self) -> None:
+        current = await self.registry.read()
+        self._redis_up()
+        current = await self._reconcile(self.membership, current)
+        if not self.registered:
+            await self.registry.add(self._member(), cluster_id=self.membership.cluster_id)
+            self.registered = True
+            current = await self.registry.read()
+        self._registry_fine()
+        if current.version < self.membership.version:
+            return  # a restore that lost a race; the next read sees the winner
+        if (self.config.name not in current.members and self.config.name in self.membership.members
+                and not await self.registry.was_removed(self.node_id)):
+            # A member restored a membership older than this node's join: put it back.
+            log.warning("membership version %d lost this node's entry (restored from an older "
+                        "membership, not removed); adding it back", current.version)
+            await self.registry.add(self._member(), cluster_id=self.membership.cluster_id)
+            current = await self.registry.read()
+            if self.config.name not in current.members:
+                return  # flushed again: the next refresh tries again
+        if (current.version == self.membership.version and current.names == self.membership.names
+                and current.members == self.membership.members):
+            return
+        self.membership = current
+        self._save_membership(current)
+        log.info("membership version %d: %s", current.version, ",".join(sorted(current.names)))
+        await self._on_change(current)
+
+    def _save_membership(self, membership: Membership) -> None:
+        try:
+            self.data.save_membership(membership)
+        except StorageError as exc:
+            log.warning("%s (the cache only helps restarts while Redis is down)", exc)
+
+    def _redis_up(self) -> None:
+        if not self.redis_ok:
+            log.info("Redis reachable at %s", self.registry.url)
+        self.redis_ok, self.redis_error = True, None
+
+    def _registry_fine(self) -> None:
+        if self.registry_problem is not None:
+            log.warning("registry usable again (was: %s)", self.registry_problem)
+            self.registry_problem = None
+
+    def _registry_trouble(self, exc: RegistryError) -> None:
+        """Redis down, or its data unusable: say so once per distinct problem, keep electing."""
+        if isinstance(exc, RegistryUnavailable):
+            if self.redis_ok:
+                log.warning("Redis unreachable (%s); electing on membership version %d",
+                            exc, self.membership.version)
+            self.redis_ok, self.redis_error = False, str(exc)
+            return
+        self.redis_ok, self.redis_error = True, None
+        problem = str(exc)
+        if problem != self.registry_problem:
+            log.error("registry problem: %s; electing on membership version %d", problem,
+                      self.membership.version)
+            self.registry_problem = problem

@@ -1,0 +1,138 @@
+"""The node's peer transport: election messages out over HTTP, replies back to the node.
+
+Sends never wait on each other: each is its own task. What it bounds: heartbeats in flight
+per peer (more would only queue behind a dead link), peer requests in flight overall (a
+membership full of black-holed addresses must not take the event loop, and so `GET /`, with
+it), and how often a peer that keeps failing is tried (a backoff up to PEER_BACKOFF_MAX; any
+message from it ends the backoff). Hand-overs are never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector
+
+from . import auth
+from .backoff import Backoff
+from .config import NodeConfig
+from .core import Send
+from .errors import MessageError
+from .messages import KIND_OF, REPLIES, Heartbeat, Message, TimeoutNow, decode, encode
+from .ratelimit import LogThrottle
+
+MAX_HEARTBEATS_IN_FLIGHT = 2  # per peer
+MAX_OUTGOING = 64
+PEER_BACKOFF_MAX = 1.0
+log = logging.getLogger("ddg.peers")
+
+OnReply = Callable[[Message, int], Awaitable[None]]
+
+
+class PeerTransport:
+    def __init__(self, *, config: NodeConfig, rng: random.Random,
+                 address_of: Callable[[str], str | None], version: Callable[[], int],
+                 blocked: Callable[[str], bool], on_reply: OnReply,
+                 warn: LogThrottle) -> None:
+        self.config = config
+        self.rng = rng
+        self._address_of = address_of
+        self._version = version
+        self._blocked = blocked
+        self._on_reply = on_reply
+        self._warn = warn
+        self._timeout = ClientTimeout(total=config.timing.election_min)
+        self._session: ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[str, int] = {}
+        self._outgoing = 0
+        self._backoff: dict[str, Backoff] = {}
+        self._retry_at: dict[str, float] = {}
+
+    async def start(self) -> None:
+        self._session = ClientSession(connector=TCPConnector(limit=MAX_OUTGOING + 8))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def send(self, send: Send) -> None:
+        """Fire and forget (the reply, if any, goes to on_reply)."""
+        if self._blocked(send.to):
+            return
+        if not isinstance(send.msg, TimeoutNow):
+            if self._outgoing >= MAX_OUTGOING:
+                return
+            if time.monotonic() < self._retry_at.get(send.to, -math.inf):
+                return  # it keeps failing: try it again after its backoff
+            if (isinstance(send.msg, Heartbeat)
+                    and self._in_flight.get(send.to, 0) >= MAX_HEARTBEATS_IN_FLIGHT):
+                return
+        task = asyncio.create_task(self.deliver(send))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def alive(self, peer: str) -> None:
+        """PEER was just heard from: send to it again at once."""
+        if self._backoff.pop(peer, None) is not None:
+            self._retry_at.pop(peer, None)
+
+    async def deliver(self, send: Send) -> None:
+        address = self._address_of(send.to)
+        if address is None or self._session is None:
+            return
+        kind = KIND_OF[type(send.msg)]
+        path = f"/raft/{kind}"
+        body = json.dumps(encode(send.msg, version=self._version())).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.config.secret is not None:
+            headers |= auth.sign_headers(self.config.secret, "POST", path, body,
+                                         recipient=send.to)
+        self._in_flight[send.to] = self._in_flight.get(send.to, 0) + 1
+        self._outgoing += 1
+        try:
+            async with self._session.post(address + path, data=body, headers=headers,
+                                          timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    reason = (await resp.text())[:200]
+                    log.debug("%s %s -> %d %s", send.to, kind, resp.status, reason)
+                    if resp.status == 401:
+                        self._warn.warning(f"401:{send.to}", "%s refused our signature: %s (is "
+                                           "the cluster secret the same on every node?)",
+                                           send.to, reason)
+                    self._failed(send.to)
+                    return
+                data = await resp.json(content_type=None)
+            self.alive(send.to)
+            reply_cls = REPLIES[type(send.msg)]
+            if reply_cls is None:
+                return
+            reply, version = decode(reply_cls, data)
+        except (ClientError, TimeoutError, MessageError, ValueError, RecursionError) as exc:
+            log.debug("%s %s failed: %s", send.to, kind, str(exc) or type(exc).__name__)
+            self._failed(send.to)
+            return
+        finally:
+            self._in_flight[send.to] -= 1
+            self._outgoing -= 1
+        if reply.sender != send.to or self._blocked(send.to):
+            return
+        await self._on_reply(reply, version)
+
+    def _failed(self, peer: str) -> None:
+        backoff = self._backoff.get(peer)
+        if backoff is None:
+            self._backoff[peer] = Backoff(initial=self.config.timing.heartbeat,
+                                          maximum=PEER_BACKOFF_MAX, rng=self.rng)
+            return  # one failure is a lost packet, not a dead peer
+        self._retry_at[peer] = time.monotonic() + backoff.next()
