@@ -453,14 +453,18 @@ class ClusterModel:
                 cause = f"; {self._loss.cause}" if self._loss is not None else ""
                 last = f" (last: {self.goose}, term {self.goose_term}{cause})"
             banner = f"NO GOOSE{since}{last} — election in progress or no quorum"
+        election_trouble = banner is not None
         if self.redis_ok is False:
             redis_banner = (f"REDIS UNREACHABLE ({self.redis_error}) — polling the "
                             f"{len(self.members)} last known members")
             banner = f"{banner}   ·   {redis_banner}" if banner else redis_banner
+            level = level if election_trouble else "warning"
         elif self.registry_problem is not None:
             redis_banner = (f"REGISTRY PROBLEM ({self.registry_problem}) — polling the "
                             f"{len(self.members)} last known members")
             banner = f"{banner}   ·   {redis_banner}" if banner else redis_banner
+            # the nodes keep electing on what they know: a warning unless the election is hurt
+            level = level if election_trouble else "warning"
         modes = {o.reply.status.security for o in self.last_ok.values()
                  if o.reply.status is not None and o.reply.status.security}
         return HeaderView(

@@ -267,3 +267,18 @@ def test_header_says_whether_the_cluster_signs_its_messages() -> None:
     assert m.header(2.1).security == "hmac"
     m.apply_observation(up("n3", "duck", 1, at=2.2, goose="n1", security="insecure-loopback"))
     assert m.header(2.3).security == "mixed"
+
+
+def test_a_registry_problem_alone_is_a_warning_and_with_no_goose_an_error() -> None:
+    m = healthy()
+    m.apply_registry_error("bad version", wall=1002.0, unreachable=False)
+    assert m.header(2.0).banner_level == "warning"
+    m.apply_registry_error("connection refused", wall=1003.0)
+    h = m.header(2.0)
+    assert h.banner is not None and "REDIS UNREACHABLE" in h.banner
+    assert h.banner_level == "warning"
+    for n in NAMES:
+        m.apply_observation(down(n, at=3.0 + int(n[1:]) * 0.01))
+    h = m.header(3.5)
+    assert h.banner is not None and h.banner.startswith("NO GOOSE")
+    assert h.banner_level == "error"
