@@ -6,23 +6,24 @@ durations, wall-clock `wall` for display), so the logic is unit-testable and det
 
 from __future__ import annotations
 
-import re
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from ddg.client import AdminResult, Reply
-from ddg.core import quorum_of
 from ddg.registry import Member, Membership
-from ddg.status import NodeStatus, StatusFormatError
+from ddg.status import NodeStatus, Role, StatusFormatError
 
-__all__ = ["AdminResult", "NodeStatus", "Reply", "StatusFormatError"]  # one contract, re-exported
+from .failovers import Failover, GooseSpan, GooseTracker, summarize_failovers
+from .fmt import fmt_ms, fmt_uptime, natural_key
+from .views import HeaderView, RowView, header_view, row_view
 
-GOOSE = "goose"
-DUCK = "duck"
-CANDIDATE = "candidate"
-ROLES = (GOOSE, DUCK, CANDIDATE)
+# One contract for everything the console shows; re-exported for its widgets and tests.
+__all__ = ["AdminResult", "Failover", "GooseSpan", "HeaderView", "NodeStatus", "Reply",
+           "RowView", "StatusFormatError", "fmt_ms", "fmt_uptime", "natural_key",
+           "summarize_failovers"]
+
+GOOSE, DUCK, CANDIDATE = Role.GOOSE, Role.DUCK, Role.CANDIDATE
 
 Severity = Literal["info", "good", "warning", "error"]
 ProcState = Literal["running", "killed", "stopped", "exited", "removed"]
@@ -51,27 +52,6 @@ class Event:
     node: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Failover:
-    """A goose change measured by the console: from the first sign of loss to the new goose."""
-
-    old: str
-    new: str
-    term: int
-    cause: str
-    duration_ms: float
-    wall: float
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class GooseSpan:
-    """An entry of the goose timeline: NAME was goose in TERM from `wall` on."""
-
-    name: str
-    term: int
-    wall: float
-
-
 @dataclass(kw_only=True, slots=True)
 class ProcInfo:
     """A process this console started."""
@@ -82,85 +62,6 @@ class ProcInfo:
     code: int | None = None
     detail: str = ""
 
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RowView:
-    """What one table row shows. `role` also takes the console-side states below."""
-
-    name: str
-    address: str
-    role: str  # goose | duck | candidate | unreachable | killed | stopped | exited | pending
-    term: int | None = None
-    follows: str | None = None
-    heartbeat_age_ms: float | None = None
-    lease_remaining_ms: float | None = None
-    latency_ms: float | None = None
-    uptime_s: float | None = None
-    pid: int | None = None
-    pid_owned: bool = False
-    state: str = ""
-    level: Severity = "info"
-    stale: bool = False  # term/follows are the last known values, not a current answer
-    isolated_from: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class HeaderView:
-    cluster: str
-    redis_ok: bool | None
-    redis_error: str | None
-    members: int
-    version: int | None
-    quorum: int
-    goose: str | None
-    term: int | None
-    max_term: int | None
-    geese: tuple[tuple[str, int], ...]
-    answering: int
-    leaderless_ms: float | None
-    last_goose: str | None
-    banner: str | None = None
-    banner_level: Severity = "error"
-    security: str | None = None  # the nodes' mode: hmac, insecure-loopback or mixed
-
-
-@dataclass(kw_only=True, slots=True)
-class _Loss:
-    at: float
-    cause: str
-    # Started by a console action (kill, stop, isolate, remove): only a goose change ends it,
-    # since e.g. an isolated goose rightly keeps answering goose until its lease runs out.
-    sticky: bool = False
-
-
-def fmt_ms(ms: float | None) -> str:
-    if ms is None:
-        return "—"
-    if ms < 10:
-        return f"{ms:.1f} ms"
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.1f} s"
-    return fmt_uptime(ms / 1000)
-
-
-def fmt_uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def natural_key(name: str) -> tuple[Any, ...]:
-    """Sort n2 before n10."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
 
@@ -181,14 +82,8 @@ class ClusterModel:
         self.first_failure: dict[str, float] = {}
         self.procs: dict[str, ProcInfo] = {}
         self.events: deque[Event] = deque(maxlen=max_events)
-        self.failovers: list[Failover] = []
-        self.timeline: list[GooseSpan] = []
-        self.goose: str | None = None  # the last goose seen (kept while there is none)
-        self.goose_term: int | None = None
+        self.tracker = GooseTracker(self._event, self._loss_cause)
         self._seq = 0
-        self._loss: _Loss | None = None
-        self._leaderless_since: float | None = None
-        self._two_geese = False
 
     # ---- events ---------------------------------------------------------------------------
 
@@ -239,9 +134,8 @@ class ClusterModel:
             self.latest.pop(name, None)
             self.last_ok.pop(name, None)
             self.first_failure.pop(name, None)
-            if name == self.goose and self._loss is None:
-                self._loss = _Loss(at=at, cause=f"{name} removed")
-        out += self._update_goose(at, wall)
+            self.tracker.removed(name, at=at)
+        out += self.tracker.update(self.geese(), at, wall)
         return out
 
     def apply_registry_error(self, error: str, *, wall: float,
@@ -324,7 +218,7 @@ class ClusterModel:
                 out.append(self._event(obs.wall, "reach",
                                        f"{name} does not answer: {obs.reply.error}",
                                        "warning", name))
-        out += self._update_goose(obs.at, obs.wall, obs)
+        out += self.tracker.update(self.geese(), obs.at, obs.wall, obs)
         return out
 
     # ---- console actions and processes ----------------------------------------------------
@@ -332,16 +226,6 @@ class ClusterModel:
     def note_process(self, name: str, *, pid: int | None, state: ProcState, at: float,
                      code: int | None = None, detail: str = "") -> None:
         self.procs[name] = ProcInfo(pid=pid, state=state, since=at, code=code, detail=detail)
-
-    def mark_goose_loss(self, name: str, cause: str, *, at: float) -> bool:
-        """The console just did something (kill, stop, isolate, remove) to NAME.
-
-        If NAME is the goose, the failover clock starts now. Returns whether it was the goose.
-        """
-        if name == self.goose and self._loss is None and self.live_goose() == name:
-            self._loss = _Loss(at=at, cause=cause, sticky=True)
-            return True
-        return False
 
     # ---- goose tracking -------------------------------------------------------------------
 
@@ -368,207 +252,44 @@ class ClusterModel:
             return f"{name} unreachable"
         return f"{name} stepped down ({obs.reply.status.role})"
 
-    def _update_goose(self, at: float, wall: float,
-                      obs: Observation | None = None) -> list[Event]:
-        out: list[Event] = []
-        geese = self.geese()
-        if len(geese) >= 2:
-            if not self._two_geese:
-                self._two_geese = True
-                who = " and ".join(f"{n} (term {t})" for n, t in geese)
-                out.append(self._event(wall, "split", f"TWO GEESE: {who} both answer goose",
-                                       "error"))
-        elif self._two_geese:
-            self._two_geese = False
-            out.append(self._event(wall, "split", "only one node answers goose again", "good"))
-
-        if not geese:
-            if self._leaderless_since is None:
-                self._leaderless_since = at
-            if self.goose is not None and self._loss is None:
-                self._loss = _Loss(at=at, cause=self._loss_cause(self.goose))
-                out.append(self._event(wall, "goose",
-                                       f"no goose: {self._loss.cause} (was goose in term "
-                                       f"{self.goose_term})", "warning"))
-            return out
-
-        name, term = geese[0]
-        if self.goose is None:
-            waited = ""
-            if self._leaderless_since is not None and at > self._leaderless_since:
-                waited = f" after {fmt_ms((at - self._leaderless_since) * 1000)} without a goose"
-            out.append(self._event(wall, "goose", f"{name} is goose (term {term}){waited}",
-                                   "good", name))
-            self.timeline.append(GooseSpan(name=name, term=term, wall=wall))
-        elif (name, term) != (self.goose, self.goose_term):
-            start = self._loss.at if self._loss is not None else at
-            cause = self._loss.cause if self._loss is not None \
-                else self._loss_cause(self.goose)
-            ms = max(0.0, (at - start) * 1000)
-            fo = Failover(old=self.goose, new=name, term=term, cause=cause, duration_ms=ms,
-                          wall=wall)
-            self.failovers.append(fo)
-            self.timeline.append(GooseSpan(name=name, term=term, wall=wall))
-            out.append(self._event(wall, "failover",
-                                   f"{cause} → {name} goose after {fmt_ms(ms)} (term {term})",
-                                   "good", name))
-        elif self._loss is not None:
-            # Same goose, same term: it never lost the role. A reply to a request sent before
-            # the console acted says nothing about afterwards, so it does not end the loss.
-            if self._loss.sticky or obs is None or obs.name != name \
-                    or obs.sent < self._loss.at:
-                return out
-            ms = (at - self._loss.at) * 1000
-            out.append(self._event(
-                wall, "goose", f"{name} still goose in term {term} after {fmt_ms(ms)} "
-                f"({self._loss.cause}); no failover", "info", name))
-        self.goose, self.goose_term = name, term
-        self._loss = None
-        self._leaderless_since = None
-        return out
-
     # ---- views ----------------------------------------------------------------------------
 
+    # ---- goose tracking and views (failovers.py, views.py) ---------------------------------
+
+    @property
+    def failovers(self) -> list[Failover]:
+        return self.tracker.failovers
+
+    @property
+    def timeline(self) -> list[GooseSpan]:
+        return self.tracker.timeline
+
+    @property
+    def goose(self) -> str | None:
+        return self.tracker.goose
+
+    @property
+    def goose_term(self) -> int | None:
+        return self.tracker.goose_term
+
+    def mark_goose_loss(self, name: str, cause: str, *, at: float) -> bool:
+        """The console just did something (kill, stop, isolate, remove) to NAME: if NAME is
+        the goose, the failover clock starts now. Returns whether it was the goose."""
+        return self.tracker.mark_loss(name, cause, at=at, live_goose=self.live_goose())
+
     def leaderless_ms(self, now: float) -> float | None:
-        if self._leaderless_since is None or self.geese():
-            return None
-        return (now - self._leaderless_since) * 1000
-
-    def header(self, now: float) -> HeaderView:
-        geese = tuple(self.geese())
-        answering = sum(1 for n in self.members
-                        if (o := self.latest.get(n)) is not None and o.reply.ok)
-        terms = [o.reply.status.term for o in self.last_ok.values()
-                 if o.reply.status is not None]
-        leaderless = self.leaderless_ms(now)
-        banner: str | None = None
-        level: Severity = "error"
-        if len(geese) >= 2:
-            who = ", ".join(f"{n} (term {t})" for n, t in geese)
-            banner = f"TWO GEESE — {who} answer goose at once"
-        elif not geese and self.members:
-            since = f" for {fmt_ms(leaderless)}" if leaderless is not None else ""
-            last = ""
-            if self.goose is not None:
-                cause = f"; {self._loss.cause}" if self._loss is not None else ""
-                last = f" (last: {self.goose}, term {self.goose_term}{cause})"
-            banner = f"NO GOOSE{since}{last} — election in progress or no quorum"
-        election_trouble = banner is not None
-        if self.redis_ok is False:
-            redis_banner = (f"REDIS UNREACHABLE ({self.redis_error}) — polling the "
-                            f"{len(self.members)} last known members")
-            banner = f"{banner}   ·   {redis_banner}" if banner else redis_banner
-            level = level if election_trouble else "warning"
-        elif self.registry_problem is not None:
-            redis_banner = (f"REGISTRY PROBLEM ({self.registry_problem}) — polling the "
-                            f"{len(self.members)} last known members")
-            banner = f"{banner}   ·   {redis_banner}" if banner else redis_banner
-            # the nodes keep electing on what they know: a warning unless the election is hurt
-            level = level if election_trouble else "warning"
-        modes = {o.reply.status.security for o in self.last_ok.values()
-                 if o.reply.status is not None and o.reply.status.security}
-        return HeaderView(
-            cluster=self.cluster,
-            redis_ok=self.redis_ok,
-            redis_error=self.redis_error,
-            members=len(self.members),
-            version=self.version,
-            quorum=quorum_of(len(self.members)),
-            goose=geese[0][0] if geese else None,
-            term=geese[0][1] if geese else None,
-            max_term=max(terms) if terms else None,
-            geese=geese,
-            answering=answering,
-            leaderless_ms=leaderless,
-            last_goose=self.goose,
-            banner=banner,
-            banner_level=level,
-            security=("mixed" if len(modes) > 1 else next(iter(modes)) if modes else None),
-        )
-
-    def rows(self, now: float) -> list[RowView]:
-        return [self.row(name, now) for name in sorted(self.members, key=natural_key)]
-
-    def row(self, name: str, now: float) -> RowView:
-        member = self.members[name]
-        obs = self.latest.get(name)
-        ok = self.last_ok.get(name)
-        proc = self.procs.get(name)
-        pid = proc.pid if proc is not None else None
-        base: dict[str, Any] = {
-            "name": name, "address": member.address, "pid": pid,
-            "pid_owned": proc is not None,
-        }
-        if obs is not None and obs.reply.status is not None:
-            st = obs.reply.status
-            notes: list[str] = []
-            level: Severity = "good"
-            age = now - obs.at
-            if age > self.stale_after:
-                notes.append(f"answer is {fmt_ms(age * 1000)} old")
-                level = "warning"
-            if st.isolated_from:
-                peers = "all peers" if set(st.isolated_from) >= (set(self.members) - {name}) \
-                    else ", ".join(st.isolated_from)
-                notes.append(f"ISOLATED from {peers}")
-                level = "warning"
-            if not st.redis.connected:
-                notes.append("no Redis")
-                level = "warning"
-            if st.redis.problem:
-                notes.append(f"registry: {st.redis.problem}")
-                level = "warning"
-            if self.version is not None and st.membership_version is not None \
-                    and st.membership_version < self.version:
-                notes.append(f"membership v{st.membership_version} < v{self.version}")
-            if proc is None and st.pid is not None:
-                base["pid"] = st.pid
-            return RowView(
-                **base, role=st.role, term=st.term,
-                follows=None if st.role == GOOSE else st.goose,
-                heartbeat_age_ms=st.heartbeat_age_ms,
-                lease_remaining_ms=st.lease_remaining_ms,
-                latency_ms=obs.reply.latency_ms, uptime_s=st.uptime_s,
-                state="; ".join(notes) or "ok", level=level,
-                isolated_from=st.isolated_from,
-            )
-        last = ok.reply.status if ok is not None else None
-        known: dict[str, Any] = {}
-        if last is not None:
-            known = {"term": last.term, "stale": True,
-                     "follows": None if last.role == GOOSE else last.goose}
-            if proc is None and last.pid is not None:
-                base["pid"] = last.pid
-        if obs is None:
-            return RowView(**base, **known, role="pending", state="waiting for a first answer",
-                           level="info")
-        silent_since = self.first_failure.get(name, obs.at)
-        if ok is not None:
-            silent_since = ok.at
-        silent = fmt_ms((now - silent_since) * 1000)
-        if proc is not None and proc.state in ("killed", "stopped", "exited"):
-            ago = fmt_ms((now - proc.since) * 1000)
-            what = {
-                "killed": f"killed here {ago} ago",
-                "stopped": f"stopped here {ago} ago",
-                "exited": f"process exited{'' if proc.code is None else f' ({proc.code})'} "
-                          f"{ago} ago{': ' + proc.detail if proc.detail else ''}",
-            }[proc.state]
-            return RowView(**base, **known, role=proc.state, state=what,
-                           level="error" if proc.state == "exited" else "warning")
-        return RowView(**base, **known, role="unreachable",
-                       state=f"no answer {silent}: {obs.reply.error}", level="error")
+        return self.tracker.leaderless_ms(now, has_goose=bool(self.geese()))
 
     def failover_durations(self) -> list[float]:
-        return [f.duration_ms for f in self.failovers]
+        return self.tracker.durations()
 
+    def header(self, now: float) -> HeaderView:
+        return header_view(self, now)
 
-def summarize_failovers(failovers: Iterable[Failover]) -> str:
-    ms = sorted(f.duration_ms for f in failovers)
-    if not ms:
-        return "no failover yet"
-    median = ms[len(ms) // 2] if len(ms) % 2 else (ms[len(ms) // 2 - 1] + ms[len(ms) // 2]) / 2
-    return (f"{len(ms)} failover{'s' if len(ms) != 1 else ''} · median {fmt_ms(median)} · "
-            f"max {fmt_ms(ms[-1])}")
+    def rows(self, now: float) -> list[RowView]:
+        return [row_view(self, name, now) for name in sorted(self.members, key=natural_key)]
+
+    def row(self, name: str, now: float) -> RowView:
+        return row_view(self, name, now)
 
 
