@@ -133,6 +133,7 @@ class Election:
         self.acks: dict[int, set[str]] = {}
         self.acked_seq: dict[str, int] = {}
         self.counters = Counters()
+        self._ticked = -math.inf
         self._out = Output()
         self._persisted = hard
 
@@ -177,12 +178,15 @@ class Election:
         return max(0.0, self.lease_until - now) if self.is_goose(now) else None
 
     def next_deadline(self) -> float:
-        """When tick() next has work to do."""
+        """When tick() next has work to do, or the reported role changes by the clock alone
+        (the wait for the old lease ends, or the lease runs out): the shell observes it then."""
         if self.state is State.REMOVED:
             return math.inf
         if self.state is State.GOOSE:
-            # The lease needs no tick: is_goose() reads it against the clock.
-            return min(self.next_heartbeat, self.step_down_at)
+            # is_goose() reads the lease against the clock; ticks at its edges only let the
+            # shell see the change at once.
+            edges = [t for t in (self.goose_not_before, self.lease_until) if t > self._ticked]
+            return min(self.next_heartbeat, self.step_down_at, *edges)
         return self.election_deadline
 
     def sticky(self, now: float) -> bool:
@@ -194,6 +198,7 @@ class Election:
     # ---- inputs --------------------------------------------------------------------------
 
     def tick(self, now: float) -> Output:
+        self._ticked = now
         if self.state is State.GOOSE:
             if now >= self.step_down_at:
                 self._step_down(now, "lost its quorum: no heartbeat round acked within the lease")

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__, auth
+from .changes import Changes, View
 from .config import NodeConfig
 from .core import Election, HardState, Output, State, quorum_of
 from .errors import DdgError, MessageError, StorageError
@@ -104,6 +105,7 @@ class Node:
         self.fsync_last_ms: float | None = None
         self.fsync_max_ms = 0.0
         self.http: GuardedServer | None = None
+        self.changes = Changes()
         self.stop_event = asyncio.Event()
         self.exit_code = 0
         self._wake = asyncio.Event()
@@ -186,6 +188,7 @@ class Node:
                 now=time.monotonic(), members=membership.names, version=membership.version,
                 hard=hard, trust_transfers=self.config.signed,
             )
+            self.observe()
             watcher = asyncio.create_task(self.sync.watch(), name="registry")
             watcher.add_done_callback(self._loop_ended)
             log.info("serving %s as %s in cluster %r: term %d, members %s (version %d)",
@@ -232,6 +235,7 @@ class Node:
             core = self.core
             if core is not None:
                 await self._apply(core.tick(time.monotonic()))
+                self.observe()  # a deadline of the clock alone (a lease edge) changes the role
                 delay = core.next_deadline() - time.monotonic()
             else:
                 delay = math.inf
@@ -253,6 +257,7 @@ class Node:
                 await self._persist(out.persist)
         for event in out.events:
             log.info("%s", event)
+        self.observe()
         if self.core is not None and self.core.state is State.REMOVED:
             self.stop_event.set()
         if send:
@@ -277,6 +282,17 @@ class Node:
         self._on_disk = hard
         if self.core is not None:
             self.core.persisted(hard)
+
+    def observe(self) -> None:
+        """Tell the listeners if the role, term, goose or membership changed."""
+        core = self.core
+        if core is None:
+            return
+        now = time.monotonic()
+        snap = core.snapshot(now)
+        self.changes.observe(View(role=snap.role, state=snap.state.value, term=snap.term,
+                                  goose=snap.goose, members=tuple(sorted(core.members)),
+                                  version=core.version), at=now, wall=time.time())
 
     async def _on_reply(self, reply: Message, version: int) -> None:
         if self.core is None:
@@ -338,8 +354,10 @@ class Node:
         if snap is None:
             return shell
         c = snap.counters
+        since = self.changes.role_since
         return replace(
             shell, role=snap.role, term=snap.term, state=snap.state.value, goose=snap.goose,
+            role_since_ms=None if since is None else ms(now - since),
             voted_for=snap.voted_for, quorum=snap.quorum,
             heartbeat_age_ms=ms(snap.heard_ago), lease_remaining_ms=ms(snap.lease_remaining),
             elections_started=c.elections_started, pre_votes_started=c.pre_votes_started,

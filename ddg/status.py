@@ -64,6 +64,9 @@ class NodeStatus:
     cluster_id: str | None = None
     security: str | None = None  # "hmac" or "insecure-loopback"
     state: str = ""  # the core's state (pre-candidate, ...), or joining/starting
+    # How long it has answered `role`, on its own clock at the moment it answered: when a new
+    # goose took over, without the poller's delay.
+    role_since_ms: float | None = None
     joining: str | None = None  # why it has not joined yet
     voted_for: str | None = None
     members: tuple[str, ...] = ()
@@ -93,7 +96,8 @@ class NodeStatus:
             "name": self.name, "cluster": self.cluster, "address": self.address,
             "pid": self.pid, "version": self.version, "node_id": self.node_id,
             "cluster_id": self.cluster_id, "security": self.security, "state": self.state,
-            "joining": self.joining, "role": self.role.value, "term": self.term,
+            "joining": self.joining, "role": self.role.value,
+            "role_since_ms": self.role_since_ms, "term": self.term,
             "goose": self.goose, "voted_for": self.voted_for, "members": list(self.members),
             "quorum": self.quorum, "membership_version": self.membership_version,
             "heartbeat_age_ms": self.heartbeat_age_ms,
@@ -140,6 +144,7 @@ class NodeStatus:
             pid=r.opt_integer("pid"), version=r.text("version", ""), node_id=r.text("node_id", ""),
             cluster_id=r.opt_text("cluster_id"), security=r.opt_text("security"),
             state=r.text("state", ""), joining=r.opt_text("joining"),
+            role_since_ms=r.number("role_since_ms"),
             voted_for=r.opt_text("voted_for"), members=r.texts("members"),
             quorum=r.opt_integer("quorum"), membership_version=r.opt_integer("membership_version"),
             heartbeat_age_ms=r.number("heartbeat_age_ms"),
