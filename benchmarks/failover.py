@@ -4,7 +4,9 @@ The time is what an outside poller sees: from the SIGKILL to the first other nod
 `goose` on GET /. Also prints cold-start time to a first goose, and each node's CPU share and
 resident memory in steady state. Not a test: it prints figures.
 
-    python benchmarks/failover.py [--kills 40] [--nodes 5] [--seed 1]
+    .venv/bin/python -m benchmarks.failover [--kills 40] [--nodes 5] [--seed 1]
+
+from the repository root: it uses the test kit (ddg_testkit), which is not installed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from ddg.cluster import LocalCluster
+from ddg_testkit import LocalCluster
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Each node is polled this often. Coarser polling can only make a failover look slower (up to
@@ -64,24 +66,22 @@ async def first_goose(client: httpx.AsyncClient, urls: dict[str, str], deadline:
     return min(found, key=lambda f: f[1]) if found else None
 
 
-async def wait_stable(c: LocalCluster, client: httpx.AsyncClient, seconds: float = 10) -> str:
-    """All nodes up, one goose, everyone following it."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            sts = await asyncio.gather(*(client.get(n.spec.address + "/status")
-                                         for n in c.nodes.values()))
-            data = [s.json() for s in sts]
-            geese = {d["goose"] for d in data}
-            roles = [d["role"] for d in data]
-            if len(geese) == 1 and None not in geese and roles.count("goose") == 1 and all(
-                len(d["members"]) == len(c.nodes) for d in data
-            ):
-                return geese.pop()
-        except (httpx.HTTPError, ValueError):
-            pass
-        await asyncio.sleep(0.02)
-    raise TimeoutError("cluster did not settle:\n" + c.describe())
+def wait_stable(c: LocalCluster, seconds: float = 10) -> str:
+    """All nodes up, one goose, everyone following it; returns the goose."""
+    def stable() -> str | None:
+        sts = [st for st in c.statuses().values() if st is not None]
+        if len(sts) < len(c.names):
+            return None
+        geese = {st["goose"] for st in sts}
+        roles = [st["role"] for st in sts]
+        if len(geese) == 1 and None not in geese and roles.count("goose") == 1 and all(
+            len(st["members"]) == len(sts) for st in sts
+        ):
+            goose: str = geese.pop()
+            return goose
+        return None
+
+    return c.wait_for(stable, timeout=seconds, what="the cluster to settle")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -108,20 +108,20 @@ async def main(args: argparse.Namespace) -> None:
             # cold start: spawn all processes, time to the first goose answer
             t0 = time.monotonic()
             names = c.start(args.nodes)
-            urls = {n: c.nodes[n].spec.address + "/" for n in names}
+            urls = {n: c.address(n) + "/" for n in names}
             hit = await first_goose(client, urls, t0 + 30)
             assert hit is not None, "no goose after a cold start"
             print(f"cold start: first goose ({hit[0]}) {1000 * (hit[1] - t0):.0f} ms after "
                   f"spawning {args.nodes} processes")
-            await wait_stable(c, client)
+            wait_stable(c)
 
             # steady state resources
-            pids = {n: c.nodes[n].pid for n in names}
+            pids = {n: c.pid(n) for n in names}
             before = {n: cpu_seconds(p) for n, p in pids.items() if p}
             t1 = time.monotonic()
             await asyncio.sleep(args.steady_seconds)
             span = time.monotonic() - t1
-            goose = await wait_stable(c, client)
+            goose = wait_stable(c)
             for n, p in pids.items():
                 if p:
                     share = 100 * (cpu_seconds(p) - before[n]) / span
@@ -130,19 +130,19 @@ async def main(args: argparse.Namespace) -> None:
 
             failovers: list[float] = []
             for i in range(args.kills):
-                goose = await wait_stable(c, client)
+                goose = wait_stable(c)
                 # kill at a random moment in the heartbeat cycle
                 await asyncio.sleep(rng.uniform(0, 0.05) + 0.2)
                 others = {n: u for n, u in urls.items() if n != goose}
                 t_kill = time.monotonic()
-                c.nodes[goose].kill()
+                c.kill(goose)
                 hit = await first_goose(client, others, t_kill + 10)
                 if hit is None:
                     raise SystemExit(f"kill {i + 1}: no new goose within 10 s\n{c.describe()}")
                 failovers.append(1000 * (hit[1] - t_kill))
                 print(f"kill {i + 1:3d}: {goose} -> {hit[0]} after {failovers[-1]:.0f} ms",
                       flush=True)
-                c.nodes[goose].wait(5)
+                c.wait(goose, 5)
                 c.restart(goose)
             print(summary("failover (SIGKILL goose -> another node answers goose)", failovers))
 

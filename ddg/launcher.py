@@ -1,4 +1,6 @@
-"""Start and signal real ddg-node processes, for the console demo, the tests and benchmarks."""
+"""One ddg-node child process: what it is started with (NodeSpec) and the handle on it
+(NodeProcess). `ddg.supervisor.Supervisor` owns many of these; use it unless a test needs a
+process the supervisor must not know about (an impostor under a taken name, say)."""
 
 from __future__ import annotations
 
@@ -6,14 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import DdgError
+from .errors import ConfigError, DdgError
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class NodeSpec:
     """What is needed to (re)start one node process with the same identity."""
 
@@ -29,7 +32,15 @@ class NodeSpec:
     heartbeat_ms: int | None = None
     election_timeout_ms: str | None = None
     log_level: str = "INFO"
-    extra_args: list[str] = field(default_factory=list)
+    extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("a node needs a name")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"node {self.name}: port must be 1-65535, got {self.port}")
+        if not self.cluster:
+            raise ConfigError(f"node {self.name}: the cluster name is empty")
 
     @property
     def address(self) -> str:
@@ -48,14 +59,14 @@ class NodeSpec:
             args.append("--allow-fault-injection")
         if self.bootstrap:
             args.append("--bootstrap")
-        return args + self.extra_args
+        return args + list(self.extra_args)
 
 
 class NodeProcess:
     """One ddg-node child process. Never blocks except in wait()."""
 
     def __init__(self, spec: NodeSpec, *, log_path: Path | None = None,
-                 preexec_fn: object = None) -> None:
+                 preexec_fn: Callable[[], object] | None = None) -> None:
         self.spec = spec
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -86,10 +97,14 @@ class NodeProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")
             out = self._log
-        self.proc = subprocess.Popen(
-            self.spec.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True, preexec_fn=self._preexec,  # type: ignore[arg-type]
-        )
+        try:
+            self.proc = subprocess.Popen(
+                self.spec.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True, preexec_fn=self._preexec,
+            )
+        except BaseException:
+            self.close_log()
+            raise
 
     def signal(self, sig: int) -> bool:
         """Send SIG; False if the process is not running."""

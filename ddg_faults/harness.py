@@ -3,7 +3,6 @@ and the log of every fault injected (with the topology it leaves), for the check
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -12,8 +11,7 @@ from typing import TypeVar
 
 import redis
 
-from ddg.cluster import LocalCluster
-from ddg.embedded import EmbeddedRedis
+from ddg_testkit import LocalCluster, wait_until
 
 from .checker import CheckConfig, Event, Observation, Report, Topology, check
 from .netns import Firewall, PortPool, reserve_fixed_ports
@@ -57,7 +55,7 @@ class Outcome:
 class Harness:
     def __init__(self, config: HarnessConfig) -> None:
         self.config = config
-        self.cluster = LocalCluster(base_dir=config.base_dir, log_level="INFO")
+        self._cluster: LocalCluster | None = None  # made by start(), on a port of the namespace
         self.names = [f"n{i}" for i in range(1, config.nodes + 1)]
         self.late = self.names[len(self.names) - config.late:] if config.late else []
         self.ports: dict[str, int] = {}
@@ -66,7 +64,6 @@ class Harness:
         self.crashes: list[str] = []
         self.notes: list[str] = []
         self.isolated: set[str] = set()  # cut off from everyone by isolate()
-        self._crashed: set[tuple[str, int | None]] = set()
         self.initial = Topology(nodes=frozenset(self.names), live=frozenset())
         self.topology = self.initial
         self.firewall: Firewall | None = None
@@ -74,13 +71,20 @@ class Harness:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def cluster(self) -> LocalCluster:
+        if self._cluster is None:
+            raise RuntimeError("the harness has not started")
+        return self._cluster
+
     def start(self) -> None:
         reserve_fixed_ports()
         pool = PortPool()
-        self.cluster.redis = EmbeddedRedis(port=pool.take())
-        self.cluster.redis_url = self.cluster.redis.start()
-        assert self.cluster.redis.port is not None
-        self.firewall = Firewall(redis_port=self.cluster.redis.port)
+        redis_port = pool.take()
+        self._cluster = LocalCluster(base_dir=self.config.base_dir, log_level="INFO",
+                                     redis_port=redis_port)
+        self._cluster.start_redis()
+        self.firewall = Firewall(redis_port=redis_port)
         ports = self.ports = {n: pool.take() for n in self.names}
         for n in self.names:
             self.firewall.add(n, ports[n])
@@ -90,11 +94,11 @@ class Harness:
         self.observer.start()
         t0 = time.monotonic()
         first = [n for n in self.names if n not in self.late]
+        split = self.config.split_brain
         for n in first:
-            if self.config.split_brain:
-                self.cluster.cluster = f"split-{n}"
-            self.cluster.add(n, port=ports[n], preexec_fn=self.firewall.preexec(n),  # type: ignore[arg-type]
-                             bootstrap=self.config.split_brain or None)
+            self.cluster.add(n, port=ports[n], preexec_fn=self.firewall.preexec(n),
+                             cluster=f"split-{n}" if split else None,
+                             bootstrap=True if split else None)
         self.wait_for(lambda: set(self.obs().since(t0)) >= set(first),
                       what="every node to answer /status", timeout=30)
         self._record("start", f"{len(first)} nodes", (), False, t0,
@@ -103,7 +107,8 @@ class Harness:
     def close(self) -> None:
         if self.observer is not None:
             self.observer.stop()
-        self.cluster.close()
+        if self._cluster is not None:
+            self._cluster.close()
 
     def obs(self) -> Observer:
         assert self.observer is not None
@@ -178,22 +183,20 @@ class Harness:
 
     def kill(self, node: str) -> Event:
         start = time.monotonic()
-        proc = self.cluster.nodes[node]
-        proc.kill()
-        proc.wait(10)
+        self.cluster.kill(node)
+        self.cluster.wait(node, 10)
         return self._record("kill", node, (node,), True, start,
                             replace(self.topology, live=self.topology.live - {node}))
 
     def terminate(self, node: str) -> Event:
         """SIGTERM: a goose hands over first. Waits for the exit."""
         start = time.monotonic()
-        proc = self.cluster.nodes[node]
-        proc.terminate()
-        code = proc.wait(10)
+        self.cluster.terminate(node)
+        code = self.cluster.wait(node, 10)
         if code is None:
             self.fail(f"{node} did not exit within 10 s of SIGTERM")
-            proc.kill()
-            proc.wait(5)
+            self.cluster.kill(node)
+            self.cluster.wait(node, 5)
         elif code != 0:
             self.fail(f"{node} exited with code {code} after SIGTERM")
         return self._record("terminate", node, (node,), True, start,
@@ -203,10 +206,8 @@ class Harness:
         """Start late nodes for the first time (fresh data dirs), all at once."""
         start = time.monotonic()
         for node in nodes:
-            assert node in self.late and node not in self.cluster.nodes, node
-            assert self.firewall is not None
-            self.cluster.add(node, port=self.ports[node],
-                             preexec_fn=self.firewall.preexec(node))  # type: ignore[arg-type]
+            assert node in self.late and not self.cluster.owns(node), node
+            self.cluster.add(node, port=self.ports[node], preexec_fn=self.fw().preexec(node))
         self.wait_for(lambda: set(nodes) <= set(self.obs().since(start)),
                       what=f"{','.join(nodes)} to answer after starting", timeout=20)
         return self._record("join", ",".join(nodes), nodes, False, start,
@@ -232,13 +233,13 @@ class Harness:
 
     def pause(self, node: str) -> Event:
         start = time.monotonic()
-        self.cluster.nodes[node].signal(signal.SIGSTOP)
+        self.cluster.pause(node)
         return self._record("pause", node, (node,), True, start,
                             replace(self.topology, live=self.topology.live - {node}))
 
     def resume(self, node: str) -> Event:
         start = time.monotonic()
-        self.cluster.nodes[node].signal(signal.SIGCONT)
+        self.cluster.resume(node)
         return self._record("resume", node, (node,), False, start,
                             replace(self.topology, live=self.topology.live | {node}))
 
@@ -246,25 +247,19 @@ class Harness:
 
     def freeze_redis(self) -> Event:
         start = time.monotonic()
-        assert self.cluster.redis is not None and self.cluster.redis.proc is not None
-        self.cluster.redis.proc.send_signal(signal.SIGSTOP)
+        self.cluster.pause_redis()
         return self._record("freeze-redis", "SIGSTOP", (), True, start,
                             replace(self.topology, redis="frozen"))
 
     def thaw_redis(self) -> Event:
         start = time.monotonic()
-        assert self.cluster.redis is not None and self.cluster.redis.proc is not None
-        self.cluster.redis.proc.send_signal(signal.SIGCONT)
+        self.cluster.resume_redis()
         return self._record("thaw-redis", "SIGCONT", (), False, start,
                             replace(self.topology, redis="up"))
 
     def kill_redis(self) -> Event:
         start = time.monotonic()
-        assert self.cluster.redis is not None and self.cluster.redis.proc is not None
-        self.cluster.redis.proc.send_signal(signal.SIGCONT)
-        self.cluster.redis.proc.kill()
-        self.cluster.redis.proc.wait(10)
-        self.cluster.redis.proc = None
+        self.cluster.kill_redis()
         return self._record("kill-redis", "SIGKILL", (), True, start,
                             replace(self.topology, redis="down"))
 
@@ -282,7 +277,7 @@ class Harness:
     def snapshot_redis(self) -> dict[bytes, bytes]:
         """The cluster's keys as DUMPs: an "RDB" to go back to with rollback_redis()."""
         with self._redis_client() as client:
-            return {k: client.dump(k) for k in client.keys("ddg:*")}  # type: ignore[misc]
+            return {k: client.dump(k) for k in client.keys("ddg:*")}
 
     def rollback_redis(self, snapshot: dict[bytes, bytes]) -> Event:
         """Redis restored from an old RDB: older membership, older version."""
@@ -298,9 +293,8 @@ class Harness:
 
     def start_redis_empty(self) -> Event:
         start = time.monotonic()
-        assert self.cluster.redis is not None
-        self.cluster.redis.start()
-        return self._record("start-redis", f"empty, port {self.cluster.redis.port}", (), False,
+        self.cluster.start_redis()
+        return self._record("start-redis", f"empty, port {self.cluster.redis_port}", (), False,
                             start, replace(self.topology, redis="up"))
 
     # ---- heal everything -----------------------------------------------------------------
@@ -311,7 +305,7 @@ class Harness:
         if top.cut or top.redis_cut:
             self.heal_network()
         for node in sorted(top.nodes - top.live):
-            if self.cluster.nodes[node].running:
+            if self.cluster.running(node):
                 self.resume(node)
             else:
                 self.restart(node)
@@ -327,15 +321,12 @@ class Harness:
         self.failures.append(message)
 
     def wait_for(self, cond: Callable[[], T | None], *, what: str,
-                 timeout: float | None = None) -> T | None:
-        deadline = time.monotonic() + (timeout or self.config.wait_timeout)
-        while True:
-            value = cond()
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise ScenarioFailed(f"timed out waiting for {what}")
-            time.sleep(0.01)
+                 timeout: float | None = None) -> T:
+        try:
+            return wait_until(cond, timeout=timeout or self.config.wait_timeout, what=what,
+                              interval=0.01)
+        except TimeoutError as exc:
+            raise ScenarioFailed(str(exc)) from None
 
     def geese(self, since: float, among: Iterable[str] | None = None) -> dict[str, Observation]:
         names = set(self.names if among is None else among)
@@ -353,10 +344,8 @@ class Harness:
             geese = [n for n in names if n in latest and latest[n].role == "goose"]
             return geese[0] if len(geese) == 1 else None
 
-        found = self.wait_for(one, what=f"one goose among {','.join(sorted(names))}",
-                              timeout=timeout)
-        assert found is not None
-        return found
+        return self.wait_for(one, what=f"one goose among {','.join(sorted(names))}",
+                             timeout=timeout)
 
     def current_goose(self) -> str:
         return self.goose(self.topology.live)
@@ -375,10 +364,7 @@ class Harness:
                 return geese[0]
             return None
 
-        found = self.wait_for(agreed, what="the cluster to agree on one goose",
-                              timeout=timeout)
-        assert found is not None
-        return found
+        return self.wait_for(agreed, what="the cluster to agree on one goose", timeout=timeout)
 
     def expect_no_goose(self, among: Iterable[str], seconds: float) -> None:
         """MIT's checkNoLeader: for SECONDS (after a lease of grace) nobody in AMONG is goose."""
@@ -409,19 +395,20 @@ class Harness:
         time.sleep(seconds)
 
     def check_processes(self) -> None:
-        for node in self.names:
-            proc = self.cluster.nodes.get(node)
-            if proc is not None and not proc.running and node in self.topology.live \
-                    and (node, proc.pid) not in self._crashed:
-                self._crashed.add((node, proc.pid))
-                self.crashes.append(f"{node} exited with code {proc.returncode} unexpectedly\n"
-                                    + self.cluster.log_tail(node, 25))
+        """Every node exit the harness did not cause (kill, terminate) is a crash."""
+        if self._cluster is None:
+            return
+        for ex in self._cluster.reap():
+            if not ex.expected:
+                self.crashes.append(f"{ex.name} exited with code {ex.code} unexpectedly\n"
+                                    + self._cluster.log_tail(ex.name, 25))
 
     def log_problems(self) -> list[str]:
-        found = []
-        logs = self.cluster.base_dir / "logs"
+        found: list[str] = []
+        if self._cluster is None:
+            return found
         for node in self.names:
-            path = logs / f"{node}.log"
+            path = self._cluster.log_path(node)
             if not path.exists():
                 continue
             text = path.read_text(errors="replace")

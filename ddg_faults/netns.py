@@ -24,7 +24,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 ENV_MARKER = "DDG_FAULTS_NETNS"
@@ -147,7 +147,7 @@ class Firewall:
         self.nodes[name] = ep
         return ep
 
-    def preexec(self, name: str) -> object:
+    def preexec(self, name: str) -> Callable[[], None]:
         gid = self.nodes[name].gid
 
         def drop_to_group() -> None:

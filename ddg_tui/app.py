@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,15 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer
-from textual.worker import Worker
+from textual.worker import Worker, WorkerState
 
+from ddg.backoff import Backoff
 from ddg.errors import DdgError, NotAMember, RegistryError, RegistryUnavailable
 
 from .config import PollSettings
+from .keys import console_keys, palette_keys
 from .model import ClusterModel, Observation, Severity, fmt_ms
 from .screens import ConfirmScreen, HelpScreen
 from .source import Clock, ClusterSource, Fleet, SystemClock
@@ -27,19 +31,37 @@ NOTIFY_SEVERITY: dict[Severity, str] = {
     "info": "information", "good": "information", "warning": "warning", "error": "error",
 }
 
-# (key, action, footer label, palette title, palette help)
-ACTIONS: tuple[tuple[str, str, str, str, str], ...] = (
-    ("a", "add", "Add", "Add a node", "Start a new ddg-node on the next free port (demo mode)"),
-    ("k", "kill", "Kill", "Kill selected node", "SIGKILL the selected node"),
-    ("s", "stop", "Stop", "Stop selected node", "Stop the selected node gracefully (SIGTERM)"),
-    ("t", "start", "Start", "Start selected node", "Start the selected node again"),
-    ("r", "remove", "Remove", "Remove selected node", "Remove it from the registry (asks first)"),
-    ("g", "goto_goose", "Goose", "Go to the goose", "Move the cursor to the current goose"),
-    ("p", "isolate", "Isolate", "Isolate selected node", "Partition it from all peers"),
-    ("h", "heal", "Heal", "Heal partitions", "Heal every partition this console made"),
-    ("question_mark", "help", "Help", "Help", "Keys and what the columns mean"),
-    ("q", "quit", "Quit", "Quit", "Quit (demo mode: stop everything started here)"),
-)
+# Restart delays of the long-running loops (discovery, each node's poll, the screen tick) after
+# a failure; also the discovery loop's retry delay while Redis is in trouble.
+RESTART_INITIAL = 0.25
+RESTART_MAX = 2.0
+
+
+def restart_backoff() -> Backoff:
+    return Backoff(initial=RESTART_INITIAL, maximum=RESTART_MAX)
+
+
+def describe(error: BaseException | None) -> str:
+    """An exception as the event log shows it: its type, and its message if it has one."""
+    if error is None:
+        return "unknown error"
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _needed() -> str | None:
+    return None
+
+
+@dataclass(slots=True)
+class _Loop:
+    """A long-running worker that the console restarts, after a backoff, when it crashes."""
+
+    what: str                                   # "registry discovery", "the poll loop of n2"
+    restart: Callable[[], object]               # starts it again
+    backoff: Backoff
+    node: str | None = None
+    gone: Callable[[], str | None] = _needed    # why it need not run any more, if so
 
 
 class ConsoleApp(App[int]):
@@ -47,7 +69,7 @@ class ConsoleApp(App[int]):
 
     CSS_PATH = "console.tcss"
     TITLE = "ddg-console"
-    BINDINGS = [Binding(key, action, label) for key, action, label, *_ in ACTIONS]
+    BINDINGS = [Binding(k.key, k.action, k.label) for k in console_keys()]
 
     def __init__(self, *, source: ClusterSource, fleet: Fleet | None = None,
                  poll: PollSettings | None = None, clock: Clock | None = None,
@@ -65,6 +87,14 @@ class ConsoleApp(App[int]):
         self.isolated_here: set[str] = set()
         self.renders = 0
         self._pollers: dict[str, Worker[None]] = {}
+        # Every worker the console runs, and what to do if it crashes: a _Loop is restarted;
+        # a job (an admin action) is reported, with a notification.
+        self._loops: dict[Worker[Any], _Loop] = {}
+        self._jobs: dict[Worker[Any], str | None] = {}  # worker -> its node, if any
+        self._discovery_backoff = restart_backoff()
+        self._tick_backoff = restart_backoff()
+        self._ticker: Timer | None = None
+        self._closing = False
         self._dirty = True
         self._last_render = -1e9
         self._membership_seen = asyncio.Event()
@@ -86,9 +116,8 @@ class ConsoleApp(App[int]):
         self.query_one(EventLog).border_title = "events"
         self.query_one(HistoryPanel).border_title = "history"
         table.focus()
-        self.run_worker(self._discover(), name="discovery", group="discovery",
-                        exit_on_error=False)
-        self.set_interval(0.1, self._tick)
+        self._start_discovery()
+        self._ticker = self.set_interval(0.1, self._tick)
         if self.handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -99,21 +128,74 @@ class ConsoleApp(App[int]):
         self.exit(128 + sig, return_code=128 + sig)
 
     async def on_unmount(self) -> None:
+        self._closing = True
         self.workers.cancel_all()
         await self.source.close()
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for _key, action, _label, title, help_text in ACTIONS:
-            if action in ("quit", "help"):
-                continue
-            yield SystemCommand(title, help_text, getattr(self, f"action_{action}"))
-        yield SystemCommand("Help: keys", "Keys and what the columns mean", self.action_help)
+        for k in palette_keys():
+            yield SystemCommand(k.title, k.text, getattr(self, f"action_{k.action}"))
+
+    # ---- workers: every one that fails says so -------------------------------------------
+
+    def _run_loop(self, work: Coroutine[Any, Any, None], *, name: str, group: str,
+                  loop: _Loop) -> Worker[None]:
+        worker: Worker[None] = self.run_worker(work, name=name, group=group,
+                                               exit_on_error=False)
+        self._loops[worker] = loop
+        return worker
+
+    def _run_job(self, work: Callable[[], object] | Coroutine[Any, Any, None], *, name: str,
+                 group: str, node: str | None = None, thread: bool = False) -> None:
+        """Run a one-shot action; if it crashes, on_worker_state_changed reports it."""
+        worker = self.run_worker(work, name=name, group=group, exit_on_error=False,
+                                 thread=thread)
+        self._jobs[worker] = node
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        # EVENT.state, not worker.state: by the time this runs, the worker may be further on.
+        if event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        loop = self._loops.pop(worker, None)
+        node = self._jobs.pop(worker, None)
+        if event.state != WorkerState.ERROR or self._closing:
+            return
+        error = describe(worker.error)
+        if loop is None:
+            self.report(f"{worker.name or 'a background task'} failed unexpectedly: {error}",
+                        "error", node=node)
+            return
+        # A crash streak is notified once, when it starts; every crash goes to the event log.
+        first = not loop.backoff.failing
+        if (why_not := loop.gone()) is not None:
+            self.report(f"{loop.what} crashed: {error}; not restarted: {why_not}", "error",
+                        node=loop.node, notify=first)
+            return
+        delay = loop.backoff.next()
+        self.report(f"{loop.what} crashed: {error}; restarting it in {fmt_ms(delay * 1000)}",
+                    "error", node=loop.node, notify=first)
+        self.set_timer(delay, lambda: self._restart(loop))
+
+    def _restart(self, loop: _Loop) -> None:
+        if self._closing:
+            return
+        if (why_not := loop.gone()) is not None:
+            self.report(f"{loop.what} not restarted: {why_not}", "info", node=loop.node,
+                        notify=False)
+            return
+        loop.restart()
 
     # ---- discovery and polling -----------------------------------------------------------
 
+    def _start_discovery(self) -> None:
+        self._run_loop(self._discover(), name="discovery", group="discovery",
+                       loop=_Loop("registry discovery", self._start_discovery,
+                                  self._discovery_backoff))
+
     async def _discover(self) -> None:
-        backoff = 0.25
+        backoff = self._discovery_backoff
         while True:
             try:
                 async for _ in self.source.changes(self.poll.registry_interval):
@@ -123,14 +205,13 @@ class ConsoleApp(App[int]):
                     self._sync_pollers()
                     self._membership_seen.set()
                     self._dirty = True
-                    backoff = 0.25
+                    backoff.reset()
             except RegistryError as exc:
                 self.model.apply_registry_error(
                     str(exc), wall=self.clock.wall(),
                     unreachable=isinstance(exc, RegistryUnavailable))
                 self._dirty = True
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await asyncio.sleep(backoff.next())
 
     def _sync_pollers(self) -> None:
         members = self.model.members
@@ -138,12 +219,25 @@ class ConsoleApp(App[int]):
             self._pollers.pop(name).cancel()
         for name in members:
             if name not in self._pollers:
-                self._pollers[name] = self.run_worker(
-                    self._poll_node(name), name=f"poll {name}", group="poll",
-                    exit_on_error=False)
+                self._start_poller(name, restart_backoff())
 
-    async def _poll_node(self, name: str) -> None:
-        """Poll one node forever: each node has its own loop, so none can delay another."""
+    def _start_poller(self, name: str, backoff: Backoff) -> None:
+        def gone() -> str | None:
+            if name not in self.model.members:
+                return f"{name} left the registry"
+            if self._pollers.get(name) is not worker:
+                return f"{name} left and came back; a new loop polls it"
+            return None
+
+        worker = self._pollers[name] = self._run_loop(
+            self._poll_node(name, backoff), name=f"poll {name}", group="poll",
+            loop=_Loop(f"the poll loop of {name}", lambda: self._start_poller(name, backoff),
+                       backoff, node=name, gone=gone))
+
+    async def _poll_node(self, name: str, backoff: Backoff | None = None) -> None:
+        """Poll one node forever: each node has its own loop, so none can delay another.
+
+        BACKOFF, the loop's restart delay, is reset by every poll that goes through."""
         while name in self.model.members:
             address = self.model.members[name].address
             sent = self.clock.monotonic()
@@ -152,6 +246,8 @@ class ConsoleApp(App[int]):
                               wall=self.clock.wall())
             self.model.apply_observation(obs)
             self._dirty = True
+            if backoff is not None:
+                backoff.reset()
             busy = self.model.leaderless_ms(obs.at) is not None
             interval = self.poll.failover_interval if busy else self.poll.interval
             await asyncio.sleep(max(0.0, interval - (obs.at - sent)))
@@ -162,12 +258,27 @@ class ConsoleApp(App[int]):
     # ---- rendering -----------------------------------------------------------------------
 
     def _tick(self) -> None:
-        if self.fleet is not None:
-            for ex in self.fleet.exits():
-                self._on_exit(ex.name, ex.code, ex.expected, ex.detail)
-        now = self.clock.monotonic()
-        if self._dirty or now - self._last_render >= 0.5:
-            self.render_now()
+        """Every 0.1 s: process exits, and redraw when something changed (at least each 0.5 s).
+
+        If it fails, the ticker pauses, says so, and resumes after a backoff."""
+        try:
+            if self.fleet is not None:
+                for ex in self.fleet.exits():
+                    self._on_exit(ex.name, ex.code, ex.expected, ex.detail)
+            now = self.clock.monotonic()
+            if self._dirty or now - self._last_render >= 0.5:
+                self.render_now()
+        except Exception as exc:
+            if self._ticker is None:
+                raise
+            self._ticker.pause()
+            first = not self._tick_backoff.failing
+            delay = self._tick_backoff.next()
+            self.report(f"the screen update crashed: {describe(exc)}; restarting it in "
+                        f"{fmt_ms(delay * 1000)}", "error", notify=first)
+            self.set_timer(delay, self._ticker.resume)
+        else:
+            self._tick_backoff.reset()
 
     def render_now(self) -> None:
         """Bring every widget up to date with the model."""
@@ -199,8 +310,9 @@ class ConsoleApp(App[int]):
         """An action's outcome: into the event log and, by default, a notification."""
         self.model.note(self.clock.wall(), text, severity, node=node)
         if notify:
+            # No markup: the text may quote an error message, brackets and all.
             self.notify(text, severity=NOTIFY_SEVERITY[severity],  # type: ignore[arg-type]
-                        timeout=5 if severity in ("info", "good") else 8)
+                        timeout=5 if severity in ("info", "good") else 8, markup=False)
         self._dirty = True
 
     def selected(self) -> str | None:
@@ -243,7 +355,7 @@ class ConsoleApp(App[int]):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(HelpScreen(attached=self.fleet is None))
 
     def action_goto_goose(self) -> None:
         goose = self.model.live_goose()
@@ -314,8 +426,7 @@ class ConsoleApp(App[int]):
                 self.report, f"{name} {what}: pid {pid} exited with code {code} after "
                 f"{took}{forced}", "info", node=name)
 
-        self.run_worker(work, thread=True, name=f"stop {name}", group="stop",
-                        exit_on_error=False)
+        self._run_job(work, thread=True, name=f"stop {name}", group="stop", node=name)
 
     def action_start(self) -> None:
         name = self.selected()
@@ -346,8 +457,8 @@ class ConsoleApp(App[int]):
     def _make_remove_callback(self, name: str) -> Callable[[bool | None], None]:
         def done(yes: bool | None) -> None:
             if yes:
-                self.run_worker(self._remove(name), name=f"remove {name}", group="remove",
-                                exit_on_error=False)
+                self._run_job(self._remove(name), name=f"remove {name}", group="remove",
+                              node=name)
             else:
                 self.report(f"remove {name}: cancelled", "info", node=name, notify=False)
         return done
@@ -388,8 +499,8 @@ class ConsoleApp(App[int]):
         member = self.model.members.get(name)
         if member is None:
             return
-        self.run_worker(self._isolate(name, member.address), name=f"isolate {name}",
-                        group="admin", exit_on_error=False)
+        self._run_job(self._isolate(name, member.address), name=f"isolate {name}",
+                      group="admin", node=name)
 
     async def _isolate(self, name: str, address: str) -> None:
         now = self.clock.monotonic()
@@ -406,8 +517,7 @@ class ConsoleApp(App[int]):
         if not self.isolated_here:
             self.report("nothing to heal: this console made no partition", "info")
             return
-        self.run_worker(self._heal(sorted(self.isolated_here)), name="heal", group="admin",
-                        exit_on_error=False)
+        self._run_job(self._heal(sorted(self.isolated_here)), name="heal", group="admin")
 
     async def _heal(self, names: list[str]) -> None:
         targets = [(n, self.model.members[n].address) for n in names if n in self.model.members]

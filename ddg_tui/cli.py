@@ -14,6 +14,7 @@ from ddg.config import DEFAULT_CLUSTER, mask_url
 from ddg.errors import ConfigError, DdgError
 
 from .config import MAX_DEMO_NODES, ConsoleConfig, PollSettings
+from .keys import epilog as keys_epilog
 
 PROG = "ddg-console"
 
@@ -25,9 +26,7 @@ examples:
   ddg-console --redis-url redis://10.0.0.5:6379/0 --cluster prod
       attach to a running cluster; quitting leaves its nodes alone
 
-keys: a add · k kill · s stop · t start · r remove · g goose · p isolate · h heal ·
-      ? help · q quit · ctrl+p command palette
-"""
+""" + keys_epilog()
 
 
 class _Parser(argparse.ArgumentParser):

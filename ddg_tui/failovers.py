@@ -6,7 +6,7 @@ times). Events go out through EMIT, the model's event log.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -143,5 +143,5 @@ class GooseTracker:
         return [f.duration_ms for f in self.failovers]
 
 
-def summarize_failovers(failovers: list[Failover]) -> str:
+def summarize_failovers(failovers: Iterable[Failover]) -> str:
     return summarize_durations(f.duration_ms for f in failovers)

@@ -10,20 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
-KEYS: tuple[tuple[str, str], ...] = (
-    ("↑ ↓", "move between nodes"),
-    ("g", "jump to the current goose"),
-    ("a", "add a node (new ddg-node on the next free port; demo mode only)"),
-    ("k", "kill the selected node with SIGKILL (nodes this console started)"),
-    ("s", "stop the selected node gracefully (SIGTERM)"),
-    ("t", "start the selected node again (same name, port and data dir)"),
-    ("r", "remove the selected node from the registry (asks first); stops it if ours"),
-    ("p", "isolate the selected node from all peers (fault injection)"),
-    ("h", "heal every partition this console made"),
-    ("ctrl+p", "command palette"),
-    ("?", "this help"),
-    ("q", "quit (demo mode: stops every node and Redis it started)"),
-)
+from .keys import KEYS
 
 LEGEND: tuple[tuple[str, str], ...] = (
     ("★ GOOSE", "the node that answers goose: the leader"),
@@ -38,16 +25,25 @@ LEGEND: tuple[tuple[str, str], ...] = (
 
 
 class HelpScreen(ModalScreen[None]):
+    """The keys (from ddg_tui/keys.py) and a legend of the node table.
+
+    ATTACHED: the console runs in attach mode; keys that need --demo are dimmed."""
+
     BINDINGS = [
         Binding("escape,question_mark,q", "close", "Close", show=True),
     ]
+
+    def __init__(self, *, attached: bool = False) -> None:
+        super().__init__()
+        self.attached = attached
 
     def compose(self) -> ComposeResult:
         keys = Table.grid(padding=(0, 2))
         keys.add_column(style="bold #ffd200", no_wrap=True)
         keys.add_column()
-        for k, what in KEYS:
-            keys.add_row(k, what)
+        for key in KEYS:
+            dim = "dim" if self.attached and not key.attach else ""
+            keys.add_row(Text(key.shown, style=dim), Text(key.text, style=dim))
         legend = Table.grid(padding=(0, 2))
         legend.add_column(style="bold", no_wrap=True)
         legend.add_column()
@@ -58,8 +54,11 @@ class HelpScreen(ModalScreen[None]):
             yield Static(keys)
             yield Label("What the table shows", classes="title")
             yield Static(legend)
-            yield Static(Text("Every value is what a node answered to the last poll; "
-                              "nothing is guessed. Esc or ? closes this help.", style="dim"))
+            note = ("Every value is what a node answered to the last poll; nothing is "
+                    "guessed. Esc or ? closes this help.")
+            if self.attached:
+                note += " Attach mode: the dimmed keys need nodes started by --demo."
+            yield Static(Text(note, style="dim"))
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -1,7 +1,8 @@
 """The pluggable edges of the console: where data comes from, who owns processes, what time it is.
 
 The app talks only to these protocols. `poller.LiveSource` and `demo.Demo` are the real ones;
-`fake.FakeSource`, `fake.FakeFleet` and `FixedClock` make the screens deterministic for tests.
+`ddg_testkit.fake_source`'s FakeSource and FakeFleet and `FixedClock` make the screens
+deterministic for tests.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-#!/usr/bin/env python3
 """SVG screenshots of ddg-console on a REAL demo cluster (embedded Redis + 3 ddg-node processes).
 
-    .venv/bin/python scripts/screenshots.py [OUT_DIR]     (default: screenshots/)
+    .venv/bin/python -m scripts.screenshots [OUT_DIR]     (default: screenshots/)
+
+from the repository root: it uses the test kit (ddg_testkit), which is not installed.
 
 Writes console-healthy.svg, console-failover.svg (just after killing the goose) and
 console-help.svg. Everything it starts is stopped again, whatever happens.
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from textual.pilot import Pilot
 
+from ddg_testkit import wait_until_async
 from ddg_tui.app import ConsoleApp
 from ddg_tui.demo import Demo, DemoConfig
 from ddg_tui.poller import LiveSource
@@ -27,11 +28,10 @@ SIZE = (120, 34)
 
 async def until(pilot: Pilot[int], cond: Callable[[], object], within: float,
                 what: str) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"screenshots: timed out waiting for {what}")
-        await pilot.pause(0.05)
+    try:
+        await wait_until_async(cond, timeout=within, what=what, pause=pilot.pause)
+    except TimeoutError as exc:
+        raise SystemExit(f"screenshots: {exc}") from None
 
 
 async def shoot(out: Path) -> list[Path]:

@@ -5,13 +5,14 @@ from typing import Any
 
 import pytest
 
-from ddg.cluster import LocalCluster
+from ddg_testkit import LocalCluster
 
 
 @pytest.fixture
 def make_cluster() -> Iterator[Callable[..., LocalCluster]]:
     """Factory for LocalClusters (real redis-server, real ddg-node processes), all closed after
-    the test, so no process outlives it."""
+    the test, so no process outlives it. Closed last-made first: a cluster that borrows another
+    one's Redis takes its nodes out of it before that Redis stops."""
     made: list[LocalCluster] = []
 
     def make(**kwargs: Any) -> LocalCluster:
@@ -21,5 +22,5 @@ def make_cluster() -> Iterator[Callable[..., LocalCluster]]:
         return c
 
     yield make
-    for c in made:
+    for c in reversed(made):
         c.close()

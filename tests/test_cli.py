@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ddg.cluster import LocalCluster
 from ddg.embedded import free_port
+from ddg_testkit import LocalCluster
 
 Make = Callable[..., LocalCluster]
 

@@ -8,11 +8,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from ddg_testkit import wait_until
 from ddg_tui.cli import parse_config
 from ddg_tui.config import ConsoleConfig
 
@@ -113,14 +113,12 @@ def test_demo_stops_everything_on_signal(sig: int) -> None:
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     try:
-        deadline = time.monotonic() + 15
-        kids: list[int] = []
-        while time.monotonic() < deadline:
+        def started() -> list[int] | None:
             kids = children(proc.pid)
-            if len(kids) >= 3 and b"DuckDuckGoose" in output:
-                break
-            time.sleep(0.1)
-        assert len(kids) >= 3, f"expected redis + 2 nodes, got {kids}"
+            return kids if len(kids) >= 3 and b"DuckDuckGoose" in output else None
+
+        kids = wait_until(started, timeout=15, interval=0.1,
+                          what="redis + 2 nodes and the console's first frame")
         data_dirs = set()
         for k in kids:
             cmd = Path(f"/proc/{k}/cmdline").read_bytes().split(b"\0")
@@ -128,9 +126,7 @@ def test_demo_stops_everything_on_signal(sig: int) -> None:
                 data_dirs.add(Path(cmd[cmd.index(b"--data-dir") + 1].decode()).parent)
         assert len(data_dirs) == 1
         # the app is up and showing the nodes it polls (not just its first frame)
-        while b"n2" not in output and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert b"n2" in output
+        wait_until(lambda: b"n2" in output, timeout=15, what="the console to show n2")
         proc.send_signal(sig)
         assert proc.wait(15) == 128 + sig
         for k in kids:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import redis
 
 from ddg.embedded import EmbeddedRedis
+from ddg_testkit import wait_until
 from ddg_tui.demo import Demo, DemoConfig
 
 pytestmark = pytest.mark.integration
@@ -23,17 +23,15 @@ def test_demo_on_a_given_redis_deregisters_its_nodes_and_leaves_redis_running() 
         demo = Demo(DemoConfig(nodes=2, redis_url=server.url))
         try:
             assert demo.launch() == server.url
-            assert demo.redis is None
-            deadline = time.monotonic() + 10
-            while len(client.hkeys("ddg:demo:members")) < 3:
-                assert time.monotonic() < deadline, "demo nodes did not register"
-                time.sleep(0.05)
+            assert not demo.supervisor.owns_redis
+            wait_until(lambda: len(client.hkeys("ddg:demo:members")) >= 3, timeout=10,
+                       what="the demo nodes to register")
             pids = list(demo.pids.values())
         finally:
             demo.close()
         assert sorted(k.decode() for k in client.hkeys("ddg:demo:members")) == ["keep"]
         assert client.ping(), "a Redis the demo did not start must keep running"
-        assert server.proc is not None and server.proc.poll() is None
+        assert server.running
         for pid in pids:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)

@@ -7,9 +7,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from fake_source import FakeSource, healthy_cluster
+from textual.pilot import Pilot
 
 from ddg.registry import Registry
+from ddg_testkit import wait_until_async
+from ddg_testkit.fake_source import FakeSource, healthy_cluster
 from ddg_tui.app import ConsoleApp
 from ddg_tui.demo import Demo, DemoConfig
 from ddg_tui.poller import LiveSource
@@ -34,12 +36,9 @@ def alive(pid: int) -> bool:
         return False
 
 
-async def until(pilot, cond: Callable[[], object], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await pilot.pause(0.05)
+async def until(pilot: Pilot[int], cond: Callable[[], object], within: float,
+                what: str) -> None:
+    await wait_until_async(cond, timeout=within, what=what, pause=pilot.pause)
 
 
 def role_cell(app: ConsoleApp, name: str) -> str:
@@ -122,7 +121,7 @@ async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
         await pilot.press("q")
     # Quitting the console and closing the demo leaves no process and no temp dir.
     demo_dir = demo.dir
-    redis_pid = demo.redis.pid
+    redis_pid = demo.supervisor.redis_pid
     assert redis_pid is not None
     demo.close()
     assert not demo_dir.exists()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fake_source import FakeFleet, FakeSource, healthy_cluster, troubled_cluster
 from textual.pilot import Pilot
 
+from ddg_testkit.fake_source import FakeFleet, FakeSource, healthy_cluster, troubled_cluster
 from ddg_tui.app import ConsoleApp
 from ddg_tui.source import FixedClock
 

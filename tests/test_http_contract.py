@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ddg.cluster import LocalCluster
+from ddg_testkit import LocalCluster
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +60,8 @@ def test_bad_input_is_refused_and_changes_nothing(
     cluster: LocalCluster, what: str, path: str, raw: bytes | None, body: Any, status: int
 ) -> None:
     before = _snapshot(cluster)
-    target = sorted(cluster.nodes)[-1]
-    url = cluster.nodes[target].spec.address + path
+    target = sorted(cluster.names)[-1]
+    url = cluster.address(target) + path
     if raw is not None:
         resp = httpx.post(url, content=raw, headers={"Content-Type": "application/json"})
     else:
@@ -69,18 +69,18 @@ def test_bad_input_is_refused_and_changes_nothing(
     assert resp.status_code == status, resp.text
     assert isinstance(resp.json().get("error"), str) and resp.json()["error"]
     assert _snapshot(cluster) == before
-    assert cluster.nodes[target].running
+    assert cluster.running(target)
 
 
 def test_self_sent_message_is_refused(cluster: LocalCluster) -> None:
-    target = sorted(cluster.nodes)[0]
-    resp = httpx.post(cluster.nodes[target].spec.address + "/raft/vote",
+    target = sorted(cluster.names)[0]
+    resp = httpx.post(cluster.address(target) + "/raft/vote",
                       json={"term": 10**6, "sender": target})
     assert resp.status_code == 400
 
 
 def test_get_on_peer_path_is_405_json(cluster: LocalCluster) -> None:
-    resp = httpx.get(cluster.nodes["n1"].spec.address + "/raft/vote")
+    resp = httpx.get(cluster.address("n1") + "/raft/vote")
     assert resp.status_code == 405 and "error" in resp.json()
 
 
@@ -91,7 +91,7 @@ def test_higher_term_vote_from_member_is_refused_while_goose_lives(cluster: Loca
     duck = next(n for n in before if n != goose)
     other = next(n for n in before if n not in (goose, duck))
     for pre_vote in (True, False):
-        resp = httpx.post(cluster.nodes[duck].spec.address + "/raft/vote",
+        resp = httpx.post(cluster.address(duck) + "/raft/vote",
                           json={"term": before[duck][0] + 100, "sender": other,
                                 "pre_vote": pre_vote})
         assert resp.status_code == 200
@@ -104,7 +104,7 @@ def test_stale_timeout_now_is_acknowledged_and_ignored(cluster: LocalCluster) ->
     before = _snapshot(cluster)
     goose = next(n for n, s in before.items() if s[2] == "goose")
     duck = next(n for n in before if n != goose)
-    resp = httpx.post(cluster.nodes[duck].spec.address + "/raft/timeout_now",
+    resp = httpx.post(cluster.address(duck) + "/raft/timeout_now",
                       json={"term": max(0, before[duck][0] - 1), "sender": goose})
     assert resp.status_code == 200
     assert resp.json()["sender"] == duck and resp.json()["term"] == before[duck][0]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from collections.abc import Callable
 
@@ -12,8 +10,8 @@ import httpx
 import pytest
 import redis
 
-from ddg.cluster import LocalCluster
 from ddg.status import NodeStatus, Role
+from ddg_testkit import LocalCluster
 
 pytestmark = pytest.mark.integration
 Make = Callable[..., LocalCluster]
@@ -43,14 +41,14 @@ def test_first_election_and_status_contract(make_cluster: Make) -> None:
     assert st["lease_remaining_ms"] > 0
     ducks = [n for n in names if n != goose]
     for d in ducks:
-        resp = httpx.get(c.nodes[d].spec.address + "/")
+        resp = httpx.get(c.address(d) + "/")
         assert resp.status_code == 200 and resp.text == "duck"
         assert resp.headers["content-type"].startswith("text/plain")
     c.wait_for(lambda: all((s := c.status(d)) and s["goose"] == goose for d in ducks),
                timeout=3, what="ducks follow the goose")
-    assert httpx.get(c.nodes[goose].spec.address + "/healthz").status_code == 200
+    assert httpx.get(c.address(goose) + "/healthz").status_code == 200
     # the contract: every field the node sends is in NodeStatus, and survives a round trip
-    raw = httpx.get(c.nodes[goose].spec.address + "/status").json()
+    raw = httpx.get(c.address(goose) + "/status").json()
     parsed = NodeStatus.from_json(raw)
     assert parsed.to_json() == raw
     assert parsed.role is Role.GOOSE and parsed.name == goose and parsed.security is not None
@@ -63,8 +61,8 @@ def test_kill_goose_fails_over_and_restarted_goose_rejoins_as_duck(make_cluster:
     c = make_cluster()
     names = c.start(3)
     old = c.wait_goose(timeout=5)
-    c.nodes[old].kill()
-    c.nodes[old].wait(5)
+    c.kill(old)
+    c.wait(old, 5)
     new = c.wait_goose(among=names, exclude=[old], timeout=3)
     term = c.status(new)["term"]
     c.restart(old)
@@ -84,9 +82,9 @@ def test_minority_never_has_a_goose_and_remove_restores_quorum(make_cluster: Mak
     dead = [goose, *[n for n in names if n != goose][:2]]
     alive = [n for n in names if n not in dead]
     for n in dead:
-        c.nodes[n].kill()
+        c.kill(n)
     for n in dead:
-        c.nodes[n].wait(5)
+        c.wait(n, 5)
     samples = watch(c, 1.5, alive)
     assert not any("goose" in s.values() for s in samples), "2 of 5 must never elect"
     for n in dead[:2]:
@@ -105,10 +103,10 @@ def test_sigterm_goose_hands_over_fast_and_stays_member(make_cluster: Make, sign
     c.wait_for(lambda: all((s := c.status(n)) and s["goose"] == old for n in names),
                timeout=3, what="everyone follows the goose")
     t0 = time.monotonic()
-    c.nodes[old].terminate()
+    c.terminate(old)
     new = c.wait_goose(among=names, exclude=[old], timeout=3)
     handover = time.monotonic() - t0
-    assert c.nodes[old].wait(5) == 0
+    assert c.wait(old, 5) == 0
     if signed:
         # a signed transfer is trusted: it does not wait out an election timeout (150 ms)
         assert handover < 0.15, f"hand-over took {handover * 1000:.0f} ms"
@@ -126,7 +124,7 @@ def test_removed_live_node_exits_zero(make_cluster: Make) -> None:
     c.wait_goose(timeout=5)
     victim = names[0]
     assert c.remove(victim).returncode == 0
-    assert c.nodes[victim].wait(3) == 0, c.log_tail(victim)
+    assert c.wait(victim, 3) == 0, c.log_tail(victim)
     assert "removed from the cluster" in c.log_tail(victim)
     rest = names[1:]
     c.wait_for(lambda: all((s := c.status(n)) and s["members"] == rest for n in rest),
@@ -139,12 +137,11 @@ def test_frozen_redis_does_not_move_the_goose(make_cluster: Make) -> None:
     names = c.start(3)
     goose = c.wait_goose(timeout=5)
     term = c.status(goose)["term"]
-    assert c.redis is not None and c.redis.pid is not None
-    os.kill(c.redis.pid, signal.SIGSTOP)
+    assert c.pause_redis()
     try:
         samples = watch(c, 3.0, names)
     finally:
-        os.kill(c.redis.pid, signal.SIGCONT)
+        c.resume_redis()
     assert all(s[goose] == "goose" for s in samples), "the goose must hold through the freeze"
     assert all(list(s.values()).count("goose") == 1 for s in samples)
     st = c.status(goose)
@@ -160,9 +157,8 @@ def test_redis_restarted_empty_gets_membership_back(make_cluster: Make) -> None:
     c.wait_for(lambda: all((s := c.status(n)) and len(s["members"]) == 3 for n in names),
                timeout=5, what="3 members")
     term = c.status(goose)["term"]
-    assert c.redis is not None
-    c.redis.stop()
-    c.redis.start()  # same port, no data
+    c.kill_redis()
+    c.start_redis()  # same port, no data
     c.wait_for(lambda: _members_in_redis(c) == sorted(names),
                timeout=5, what="membership restored in Redis")
     assert c.geese() == [goose] and c.status(goose)["term"] == term
@@ -181,7 +177,7 @@ def test_shared_secret(make_cluster: Make) -> None:
     names = c.start(3)
     goose = c.wait_goose(timeout=5)
     duck = next(n for n in names if n != goose)
-    url = c.nodes[duck].spec.address
+    url = c.address(duck)
     before = c.status(duck)
     forged = {"term": before["term"] + 5, "sender": goose, "seq": 1}
     for headers in ({}, {"X-DDG-Timestamp": str(time.time()), "X-DDG-Signature": "00" * 32},

@@ -7,16 +7,19 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+from ddg.client import AdminResult, Reply
 from ddg.errors import DdgError, NotAMember, RegistryUnavailable
 from ddg.registry import Member, Membership
-from ddg_tui.model import GOOSE, AdminResult, NodeStatus, Reply
+from ddg.status import NodeStatus, Role
 from ddg_tui.source import Exit, Started
+
+GOOSE = Role.GOOSE
 
 
 def _status(name: str, role: str, term: int, goose: str | None, members: list[str],
             **extra: Any) -> NodeStatus:
     return NodeStatus(
-        name=name, role=role, term=term, goose=goose, cluster="demo",
+        name=name, role=Role(role), term=term, goose=goose, cluster="demo",
         address=f"http://127.0.0.1:{7100 + int(name[1:])}", pid=40000 + int(name[1:]),
         members=tuple(members), quorum=len(members) // 2 + 1, membership_version=7,
         heartbeat_age_ms=None if role == GOOSE else 12.0 + int(name[1:]),

@@ -1,0 +1,1 @@
+"""The failover benchmark: `python -m benchmarks.failover` from the repository root."""

@@ -1,0 +1,1 @@
+"""Maintenance scripts: `python -m scripts.screenshots` from the repository root."""
