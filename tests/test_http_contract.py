@@ -2,34 +2,71 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from ddg_testkit import LocalCluster
+from ddg.config import NodeConfig, Timing
+from ddg.core import Election
+from ddg.messages import Heartbeat
+from ddg.node import Node
+from ddg.registry import Member, Membership
+from ddg.storage import DataDir
 
-pytestmark = pytest.mark.integration
+NAMES = ("n1", "n2", "n3")
+# Timeouts long enough that nothing but the test moves the node during a test.
+TIMING = Timing(heartbeat_ms=50, election_timeout_min_ms=60_000, election_timeout_max_ms=60_000)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster(allow_fault_injection=False)
-    c.start_redis()
+class StaticRegistry:
+    """The registry as the node sees it, for the HTTP contract alone (membership safety is
+    tested against real Redis elsewhere)."""
+
+    url = "redis://stub"
+    timeout = 0.2
+
+    def __init__(self, membership: Membership) -> None:
+        self.membership = membership
+
+    async def read(self) -> Membership:
+        return self.membership
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[tuple[Node, TestClient[Any, Any]]]:
+    """n3, in-process: a duck that has just heard goose n1 (so it is sticky)."""
+    members = {n: Member(n, "http://127.0.0.1:9", node_id=f"{i:032x}")  # discard port
+               for i, n in enumerate(NAMES, 1)}
+    membership = Membership(3, members, "a" * 32)
+    config = NodeConfig(name="n3", port=1, data_dir=tmp_path / "n3", timing=TIMING)
+    data = DataDir(config.data_dir)
+    n = Node(config, registry=StaticRegistry(membership), data=data)  # type: ignore[arg-type]
+    data.open()
+    n.sync.membership = membership
+    n.sync.registered = True
+    now = time.monotonic()
+    n.core = Election(name="n3", timing=TIMING, rng=n.rng, now=now,
+                      members=membership.names, version=3)
+    n.core.step(Heartbeat(term=4, sender="n1", seq=1), now)
+    client = TestClient(TestServer(n.make_app()))
+    await client.start_server()
     try:
-        names = c.start(3)
-        c.wait_goose(timeout=8)
-        c.wait_for(lambda: all((s := c.status(n)) and len(s["members"]) == 3 for n in names),
-                   timeout=5, what="3 members")
-        yield c
+        yield n, client
     finally:
-        c.close()
+        await client.close()
+        data.close()
 
 
-def _snapshot(c: LocalCluster) -> dict[str, tuple[Any, ...]]:
-    return {n: (s["term"], s["voted_for"], s["role"], s["goose"])
-            for n, s in c.statuses().items() if s}
+def _snapshot(n: Node) -> tuple[Any, ...]:
+    st = n.status()
+    return (st.term, st.voted_for, st.role, st.goose)
 
 
 BAD: list[tuple[str, str, bytes | None, Any, int]] = [
@@ -56,56 +93,54 @@ BAD: list[tuple[str, str, bytes | None, Any, int]] = [
 
 @pytest.mark.parametrize(("what", "path", "raw", "body", "status"), BAD,
                          ids=[b[0] for b in BAD])
-def test_bad_input_is_refused_and_changes_nothing(
-    cluster: LocalCluster, what: str, path: str, raw: bytes | None, body: Any, status: int
+async def test_bad_input_is_refused_and_changes_nothing(
+    node: tuple[Node, TestClient[Any, Any]], what: str, path: str, raw: bytes | None, body: Any,
+    status: int,
 ) -> None:
-    before = _snapshot(cluster)
-    target = sorted(cluster.names)[-1]
-    url = cluster.address(target) + path
+    n, client = node
+    before = _snapshot(n)
     if raw is not None:
-        resp = httpx.post(url, content=raw, headers={"Content-Type": "application/json"})
+        resp = await client.post(path, data=raw, headers={"Content-Type": "application/json"})
     else:
-        resp = httpx.post(url, json=body)
-    assert resp.status_code == status, resp.text
-    assert isinstance(resp.json().get("error"), str) and resp.json()["error"]
-    assert _snapshot(cluster) == before
-    assert cluster.running(target)
+        resp = await client.post(path, json=body)
+    assert resp.status == status, await resp.text()
+    data = await resp.json()
+    assert isinstance(data.get("error"), str) and data["error"]
+    assert _snapshot(n) == before
 
 
-def test_self_sent_message_is_refused(cluster: LocalCluster) -> None:
-    target = sorted(cluster.names)[0]
-    resp = httpx.post(cluster.address(target) + "/raft/vote",
-                      json={"term": 10**6, "sender": target})
-    assert resp.status_code == 400
+async def test_self_sent_message_is_refused(node: tuple[Node, TestClient[Any, Any]]) -> None:
+    _, client = node
+    resp = await client.post("/raft/vote", json={"term": 10**6, "sender": "n3"})
+    assert resp.status == 400
 
 
-def test_get_on_peer_path_is_405_json(cluster: LocalCluster) -> None:
-    resp = httpx.get(cluster.address("n1") + "/raft/vote")
-    assert resp.status_code == 405 and "error" in resp.json()
+async def test_get_on_peer_path_is_405_json(node: tuple[Node, TestClient[Any, Any]]) -> None:
+    _, client = node
+    resp = await client.get("/raft/vote")
+    assert resp.status == 405 and "error" in await resp.json()
 
 
-def test_higher_term_vote_from_member_is_refused_while_goose_lives(cluster: LocalCluster) -> None:
+async def test_higher_term_vote_from_member_is_refused_while_goose_lives(
+        node: tuple[Node, TestClient[Any, Any]]) -> None:
     """Leader stickiness: a member asking for a vote while the goose is alive changes nothing."""
-    before = _snapshot(cluster)
-    goose = next(n for n, s in before.items() if s[2] == "goose")
-    duck = next(n for n in before if n != goose)
-    other = next(n for n in before if n not in (goose, duck))
+    n, client = node
+    before = _snapshot(n)
     for pre_vote in (True, False):
-        resp = httpx.post(cluster.address(duck) + "/raft/vote",
-                          json={"term": before[duck][0] + 100, "sender": other,
-                                "pre_vote": pre_vote})
-        assert resp.status_code == 200
-        assert resp.json()["granted"] is False
-    assert _snapshot(cluster) == before
+        resp = await client.post("/raft/vote", json={"term": 104, "sender": "n2",
+                                                     "pre_vote": pre_vote})
+        assert resp.status == 200
+        assert (await resp.json())["granted"] is False
+    assert _snapshot(n) == before
 
 
-def test_stale_timeout_now_is_acknowledged_and_ignored(cluster: LocalCluster) -> None:
+async def test_stale_timeout_now_is_acknowledged_and_ignored(
+        node: tuple[Node, TestClient[Any, Any]]) -> None:
     """Every reply carries the sender's term and name; a TimeoutNow of an old term does nothing."""
-    before = _snapshot(cluster)
-    goose = next(n for n, s in before.items() if s[2] == "goose")
-    duck = next(n for n in before if n != goose)
-    resp = httpx.post(cluster.address(duck) + "/raft/timeout_now",
-                      json={"term": max(0, before[duck][0] - 1), "sender": goose})
-    assert resp.status_code == 200
-    assert resp.json()["sender"] == duck and resp.json()["term"] == before[duck][0]
-    assert _snapshot(cluster) == before
+    n, client = node
+    before = _snapshot(n)
+    resp = await client.post("/raft/timeout_now", json={"term": 3, "sender": "n1"})
+    assert resp.status == 200
+    data = await resp.json()
+    assert data["sender"] == "n3" and data["term"] == 4
+    assert _snapshot(n) == before
