@@ -38,6 +38,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ddg.core import quorum_of
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Observation:
@@ -69,7 +71,7 @@ class Topology:
 
     @property
     def quorum(self) -> int:
-        return len(self.nodes) // 2 + 1
+        return quorum_of(len(self.nodes))
 
     def linked(self, a: str, b: str) -> bool:
         """A request/reply link works only if packets pass both ways."""

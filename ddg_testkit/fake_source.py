@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from ddg.client import AdminResult, Reply
+from ddg.core import quorum_of
 from ddg.errors import DdgError, NotAMember, RegistryUnavailable
 from ddg.registry import Member, Membership
 from ddg.status import NodeStatus, Role
@@ -21,7 +22,7 @@ def _status(name: str, role: str, term: int, goose: str | None, members: list[st
     return NodeStatus(
         name=name, role=Role(role), term=term, goose=goose, cluster="demo",
         address=f"http://127.0.0.1:{7100 + int(name[1:])}", pid=40000 + int(name[1:]),
-        members=tuple(members), quorum=len(members) // 2 + 1, membership_version=7,
+        members=tuple(members), quorum=quorum_of(len(members)), membership_version=7,
         heartbeat_age_ms=None if role == GOOSE else 12.0 + int(name[1:]),
         lease_remaining_ms=96.0 if role == GOOSE else None,
         uptime_s=125.0 + int(name[1:]), **extra)
