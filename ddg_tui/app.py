@@ -509,7 +509,8 @@ class ConsoleApp(App[int]):
             self.report(f"isolate {name} failed: {result.message}", "error", node=name)
             return
         self.isolated_here.add(name)
-        was_goose = self.model.mark_goose_loss(name, f"{name} isolated", at=now)
+        was_goose = self.model.mark_goose_loss(name, f"{name} isolated", at=now,
+                                               ends_role=False)
         self.report(f"{name} isolated from all peers{' — it was the goose' if was_goose else ''}"
                     " (h heals)", "warning", node=name)
 

@@ -135,7 +135,7 @@ class ClusterModel:
             self.last_ok.pop(name, None)
             self.first_failure.pop(name, None)
             self.tracker.removed(name, at=at)
-        out += self.tracker.update(self.geese(), at, wall)
+        out += self.tracker.update(None, at=at, wall=wall, members=self.members)
         return out
 
     def apply_registry_error(self, error: str, *, wall: float,
@@ -218,7 +218,7 @@ class ClusterModel:
                 out.append(self._event(obs.wall, "reach",
                                        f"{name} does not answer: {obs.reply.error}",
                                        "warning", name))
-        out += self.tracker.update(self.geese(), obs.at, obs.wall, obs)
+        out += self.tracker.update(obs, at=obs.at, wall=obs.wall, members=self.members)
         return out
 
     # ---- console actions and processes ----------------------------------------------------
@@ -230,15 +230,10 @@ class ClusterModel:
     # ---- goose tracking -------------------------------------------------------------------
 
     def geese(self) -> list[tuple[str, int]]:
-        """Members whose latest answer says goose, highest term first."""
-        out = []
-        for name in self.members:
-            obs = self.latest.get(name)
-            if obs is not None and obs.reply.status is not None \
-                    and obs.reply.status.role == GOOSE:
-                out.append((name, obs.reply.status.term))
-        out.sort(key=lambda g: (-g[1], g[0]))
-        return out
+        """Members whose latest answer says goose (and that this console has not killed or
+        stopped since), highest term first. Two of them is a note; TWO GEESE needs proof
+        (tracker.split)."""
+        return self.tracker.geese()
 
     def live_goose(self) -> str | None:
         g = self.geese()
@@ -272,13 +267,15 @@ class ClusterModel:
     def goose_term(self) -> int | None:
         return self.tracker.goose_term
 
-    def mark_goose_loss(self, name: str, cause: str, *, at: float) -> bool:
+    def mark_goose_loss(self, name: str, cause: str, *, at: float,
+                        ends_role: bool = True) -> bool:
         """The console just did something (kill, stop, isolate, remove) to NAME: if NAME is
-        the goose, the failover clock starts now. Returns whether it was the goose."""
-        return self.tracker.mark_loss(name, cause, at=at, live_goose=self.live_goose())
+        the goose, the failover clock starts now. Returns whether it was the goose. ENDS_ROLE
+        is False for an isolation: that goose keeps its role until its lease runs out."""
+        return self.tracker.mark_loss(name, cause, at=at, ends_role=ends_role)
 
     def leaderless_ms(self, now: float) -> float | None:
-        return self.tracker.leaderless_ms(now, has_goose=bool(self.geese()))
+        return self.tracker.leaderless_ms(now)
 
     def failover_durations(self) -> list[float]:
         return self.tracker.durations()

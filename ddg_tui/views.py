@@ -58,7 +58,8 @@ class HeaderView:
 
 
 def header_view(m: ClusterModel, now: float) -> HeaderView:
-    geese = tuple(m.geese())
+    current = m.geese()
+    split = m.tracker.split
     answering = sum(1 for n in m.members
                     if (o := m.latest.get(n)) is not None and o.reply.ok)
     terms = [o.reply.status.term for o in m.last_ok.values()
@@ -66,10 +67,10 @@ def header_view(m: ClusterModel, now: float) -> HeaderView:
     leaderless = m.leaderless_ms(now)
     banner: str | None = None
     level: Severity = "error"
-    if len(geese) >= 2:
-        who = ", ".join(f"{n} (term {t})" for n, t in geese)
-        banner = f"TWO GEESE — {who} answer goose at once"
-    elif not geese and m.members:
+    if split:
+        who = ", ".join(f"{n} (term {t})" for n, t in split)
+        banner = f"TWO GEESE — {who} were goose at the same instant (proven by their leases)"
+    elif not current and m.members:
         since = f" for {fmt_ms(leaderless)}" if leaderless is not None else ""
         last = ""
         if m.tracker.goose is not None:
@@ -97,10 +98,10 @@ def header_view(m: ClusterModel, now: float) -> HeaderView:
         members=len(m.members),
         version=m.version,
         quorum=quorum_of(len(m.members)),
-        goose=geese[0][0] if geese else None,
-        term=geese[0][1] if geese else None,
+        goose=current[0][0] if current else None,
+        term=current[0][1] if current else None,
         max_term=max(terms) if terms else None,
-        geese=geese,
+        geese=split,  # two or more only with proof
         answering=answering,
         leaderless_ms=leaderless,
         last_goose=m.tracker.goose,

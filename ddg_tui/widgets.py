@@ -216,12 +216,14 @@ class HistoryPanel(Vertical):
         if key == self._shown:
             return
         self._shown = key
-        self.query_one("#spark", Sparkline).data = [f.duration_ms for f in failovers[-40:]]
+        timed = [f.duration_ms for f in failovers[-40:] if f.duration_ms is not None]
+        self.query_one("#spark", Sparkline).data = timed
         summary = Text(summarize_failovers(failovers).replace(" · ", "\n", 1))
         if failovers:
             last = failovers[-1]
-            summary.append(f"\nlast: {last.old} → {last.new} {fmt_ms(last.duration_ms)}",
-                           style="bold")
+            took = ("not timed" if last.duration_ms is None else
+                    f"{fmt_ms(last.duration_ms)} ± {fmt_ms(last.uncertainty_ms)}")
+            summary.append(f"\nlast: {last.old} → {last.new} {took}", style="bold")
         self.query_one("#fo-summary", Static).update(summary)
         lines = Text()
         for i, span in enumerate(timeline[-8:]):

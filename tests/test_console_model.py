@@ -62,54 +62,72 @@ def test_first_goose_is_announced_once() -> None:
     assert [s.name for s in m.timeline] == ["n1"]
 
 
-def test_failover_duration_is_measured_from_the_kill() -> None:
+def test_failover_is_timed_from_the_kill_to_the_takeover_the_new_goose_reports() -> None:
     m = healthy()
     assert m.mark_goose_loss("n1", "n1 killed", at=10.0)
     m.apply_observation(down("n1", at=10.01))
     m.apply_observation(up("n2", "candidate", 2, at=10.1))
     assert m.header(10.1).banner is not None and "NO GOOSE" in m.header(10.1).banner
-    m.apply_observation(up("n2", "goose", 2, at=10.182))
+    # polled late (at 10.181), but n2 says it has been goose for 30 ms: it took over at 10.15
+    m.apply_observation(up("n2", "goose", 2, sent=10.179, at=10.181, role_since_ms=30.0))
     [fo] = m.failovers
     assert (fo.old, fo.new, fo.term) == ("n1", "n2", 2)
-    assert fo.duration_ms == pytest.approx(182.0)
-    assert "n1 killed → n2 goose after 182 ms (term 2)" in texts(m)
+    assert fo.duration_ms == pytest.approx(150.0)
+    assert fo.uncertainty_ms == pytest.approx(1.0)
+    assert "n1 killed → n2 goose after 150 ms ± 1.0 ms (term 2)" in texts(m)
     assert m.header(10.2).banner is None
     assert m.header(10.2).goose == "n2"
 
 
-def test_a_reply_sent_before_the_kill_does_not_end_the_loss() -> None:
+def test_a_reply_sent_before_the_kill_is_no_goose_after_it() -> None:
     m = healthy()
     m.mark_goose_loss("n1", "n1 killed", at=10.0)
     seq = m.events[-1].seq
-    # In flight when the kill happened: it still says goose, and proves nothing.
-    m.apply_observation(up("n1", "goose", 1, sent=9.99, at=10.02))
+    # In flight when the kill happened: it still says goose, with a lease, and proves nothing
+    # about after the kill.
+    m.apply_observation(up("n1", "goose", 1, sent=9.99, at=10.02, lease_remaining_ms=110.0))
+    assert m.geese() == []
     m.apply_observation(up("n2", "duck", 1, at=10.03, goose="n1"))
     assert not any("still goose" in t for t in texts(m, seq))
-    m.apply_observation(down("n1", at=10.1))
-    m.apply_observation(up("n3", "goose", 2, at=10.25))
-    assert m.failovers[-1].duration_ms == pytest.approx(250.0)
+    m.apply_observation(up("n3", "goose", 2, sent=10.04, at=10.05, role_since_ms=1.0,
+                           lease_remaining_ms=120.0))
+    assert m.tracker.split == () and not any("TWO GEESE" in t for t in texts(m, seq))
+    assert m.failovers[-1].duration_ms == pytest.approx(44.0)
     assert m.failovers[-1].cause == "n1 killed"
 
 
-def test_isolated_goose_keeps_answering_until_its_lease_ends() -> None:
+def test_isolated_goose_keeps_its_role_until_its_lease_ends() -> None:
     m = healthy()
-    assert m.mark_goose_loss("n1", "n1 isolated", at=10.0)
-    m.apply_observation(up("n1", "goose", 1, sent=10.05, at=10.06, isolated_from=("n2", "n3")))
+    assert m.mark_goose_loss("n1", "n1 isolated", at=10.0, ends_role=False)
+    m.apply_observation(up("n1", "goose", 1, sent=10.05, at=10.06, isolated_from=("n2", "n3"),
+                           lease_remaining_ms=60.0))
+    assert m.geese() == [("n1", 1)]
     assert not any("still goose" in t for t in texts(m))
     m.apply_observation(up("n1", "duck", 1, at=10.2))
-    m.apply_observation(up("n2", "goose", 2, at=10.33))
+    m.apply_observation(up("n2", "goose", 2, sent=10.32, at=10.33, role_since_ms=20.0))
     assert m.failovers[-1].cause == "n1 isolated"
-    assert m.failovers[-1].duration_ms == pytest.approx(330.0)
-    assert texts(m)[-1] == "n1 isolated → n2 goose after 330 ms (term 2)"
+    assert m.failovers[-1].duration_ms == pytest.approx(305.0)
+    assert texts(m)[-1] == "n1 isolated → n2 goose after 305 ms ± 5.0 ms (term 2)"
 
 
-def test_unprovoked_loss_is_timed_from_the_first_failed_poll() -> None:
+def test_a_loss_not_caused_here_is_timed_from_the_old_goose_s_last_proven_instant() -> None:
     m = healthy()
-    m.apply_observation(down("n1", at=5.0))
+    m.apply_observation(up("n1", "goose", 1, sent=4.9, at=4.91, lease_remaining_ms=100.0))
+    m.apply_observation(down("n1", at=5.2))
     assert "no goose: n1 unreachable (was goose in term 1)" in texts(m)
+    m.apply_observation(up("n3", "goose", 2, sent=5.29, at=5.3, role_since_ms=100.0))
+    # n1 was surely goose until 5.0; n3 took over at 5.195
+    assert m.failovers[-1].duration_ms == pytest.approx(195.0)
+    assert texts(m)[-1] == "n1 unreachable → n3 goose after 195 ms ± 5.0 ms (term 2)"
+
+
+def test_a_failover_that_cannot_be_timed_says_so_never_zero() -> None:
+    m = healthy()  # answers without a lease or role_since_ms (an older node)
+    m.apply_observation(down("n1", at=5.0))
     m.apply_observation(up("n3", "goose", 2, at=5.3))
-    assert m.failovers[-1].duration_ms == pytest.approx(300.0)
-    assert texts(m)[-1] == "n1 unreachable → n3 goose after 300 ms (term 2)"
+    assert m.failovers[-1].duration_ms is None
+    assert texts(m)[-1].startswith("n1 unreachable → n3 goose (term 2); not timed:")
+    assert m.failover_durations() == []
 
 
 def test_goose_that_keeps_its_term_is_not_a_failover() -> None:
@@ -129,13 +147,24 @@ def test_stepping_down_is_a_failover_cause() -> None:
     assert "n1: goose → duck (term 2)" in texts(m)
 
 
-def test_two_geese_are_detected_once_and_cleared() -> None:
-    m = healthy()
-    m.apply_observation(up("n3", "goose", 2, at=2.0))
+def test_two_goose_answers_without_proof_are_a_note_not_an_alarm() -> None:
+    m = healthy()  # n1's answers carry no lease: nothing proves it is goose after them
+    m.apply_observation(up("n3", "goose", 2, at=2.0, lease_remaining_ms=120.0))
     h = m.header(2.0)
+    assert h.banner is None and h.geese == () and h.goose == "n3"
+    assert "n1's last answer was goose (term 1); n3 answers goose in term 2 (no overlap " \
+           "proven)" in texts(m)
+    assert not any("TWO GEESE" in t for t in texts(m))
+
+
+def test_two_geese_with_overlapping_proven_leases_are_an_alarm_once_and_cleared() -> None:
+    m = healthy()
+    m.apply_observation(up("n1", "goose", 1, sent=2.0, at=2.01, lease_remaining_ms=120.0))
+    m.apply_observation(up("n3", "goose", 2, sent=2.05, at=2.06, lease_remaining_ms=120.0))
+    h = m.header(2.07)
     assert h.geese == (("n3", 2), ("n1", 1))
     assert h.banner is not None and h.banner.startswith("TWO GEESE")
-    m.apply_observation(up("n3", "goose", 2, at=2.2))
+    m.apply_observation(up("n3", "goose", 2, sent=2.1, at=2.11, lease_remaining_ms=120.0))
     assert sum("TWO GEESE" in t for t in texts(m)) == 1
     m.apply_observation(up("n1", "duck", 2, at=2.3, goose="n3"))
     assert texts(m)[-1] == "only one node answers goose again"
