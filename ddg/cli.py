@@ -26,7 +26,10 @@ from .config import (
     parse_timeout_range,
 )
 from .errors import ConfigError, DdgError, RegistryError, RegistryUnavailable
+from .job import add_job_arguments, job_configs
+from .logs import JsonFormatter
 from .registry import Registry
+from .watchcli import cmd_watch
 
 RUN_EPILOG = """\
 other commands:
@@ -34,6 +37,13 @@ other commands:
                      remove a member from the cluster for good (alive or dead)
   ddg-node status [--redis-url URL] [--cluster NAME] [--json]
                      one row per member: address, role, term, goose it follows
+  ddg-node watch [URL] [--json]
+                     a node's changes as they happen (GET /watch), one line each
+
+run something only on the goose:
+  ddg-node [flags] --exec -- CMD ARGS...   CMD runs while this node is the goose, with
+  DDG_TERM (a fencing token), DDG_NODE_NAME, DDG_CLUSTER; SIGTERM the moment it is not,
+  SIGKILL --exec-grace-ms later. --on-change CMD runs CMD ROLE TERM GOOSE on role changes.
 
 starting a cluster:
   The first node of a new cluster is started once with --bootstrap; every other node (and
@@ -48,10 +58,11 @@ security:
 
 environment (used when the flag is not given):
   DDG_HTTP_PORT, DDG_HOST, DDG_ADVERTISE_URL, DDG_NODE_NAME, DDG_REDIS_URL,
-  DDG_REDIS_PASSWORD, DDG_CLUSTER, DDG_DATA_DIR, DDG_CLUSTER_SECRET, DDG_BOOTSTRAP
+  DDG_REDIS_PASSWORD, DDG_CLUSTER, DDG_DATA_DIR, DDG_CLUSTER_SECRET, DDG_BOOTSTRAP,
+  DDG_LOG_FORMAT
 
-endpoints: GET / (goose|duck), GET /status (JSON), GET /healthz;
-peers POST /raft/vote, /raft/heartbeat, /raft/timeout_now.
+endpoints: GET / (goose|duck), GET /status (JSON), GET /healthz, GET /metrics (Prometheus),
+GET /watch (Server-Sent Events); peers POST /raft/vote, /raft/heartbeat, /raft/timeout_now.
 SIGTERM or Ctrl-C stops the node gracefully (a goose hands over first); it stays a member.
 """
 
@@ -133,6 +144,11 @@ def run_parser() -> argparse.ArgumentParser:
                    help="enable POST /admin/partition and /admin/heal (for tests and demos)")
     p.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO, WARNING or ERROR (default %(default)s)")
+    p.add_argument("--log-format", choices=("text", "json"),
+                   default=_env("DDG_LOG_FORMAT", "text"),
+                   help="text, or json: one object per line with ts, level, node, cluster, "
+                        "event, term, msg (env DDG_LOG_FORMAT; default %(default)s)")
+    add_job_arguments(p)
     return p
 
 
@@ -156,31 +172,57 @@ def config_from_args(ns: argparse.Namespace) -> NodeConfig:
         else _env("DDG_CLUSTER_SECRET"))
     data_dir = Path(ns.data_dir) if ns.data_dir else default_data_dir(cluster, check_name(
         "node name", name))
+    job, on_change = job_configs(ns)
     return NodeConfig(
+        job=job, on_change=on_change,
         name=name, host=ns.host, port=port, redis_url=ns.redis_url, cluster=cluster,
         data_dir=data_dir, timing=timing, secret=secret.encode() if secret else None,
         redis_password=redis_password(ns), advertise_url=ns.advertise_url,
         bootstrap=ns.bootstrap, allow_fault_injection=ns.allow_fault_injection,
-        log_level=ns.log_level.upper(),
+        log_level=ns.log_level.upper(), log_format=ns.log_format,
     )
 
 
-def setup_logging(level: str, name: str) -> None:
+def setup_logging(level: str, name: str, *, log_format: str = "text",
+                  cluster: str = "") -> JsonFormatter | None:
+    """Log to stderr; returns the JSON formatter when that is the format (ddg/logs.py)."""
+    if log_format == "json":
+        json_logs = JsonFormatter(node=name, cluster=cluster)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(json_logs)
+        logging.basicConfig(level=level, handlers=[handler])
+        logging.getLogger("aiohttp").setLevel(logging.WARNING)
+        return json_logs
     logging.basicConfig(
         level=level, stream=sys.stderr,
         format=f"%(asctime)s.%(msecs)03d %(levelname)-7s [{name}] %(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    return None
 
 
 def cmd_run(argv: Sequence[str]) -> int:
-    from .node import run_node
+    from .node import Node
 
     ns = run_parser().parse_args(argv)
     config = config_from_args(ns)
-    setup_logging(config.log_level, config.name)
-    return asyncio.run(run_node(config))
+    json_logs = setup_logging(config.log_level, config.name, log_format=config.log_format,
+                              cluster=config.cluster)
+
+    async def run() -> int:
+        node = Node(config)
+        if json_logs is not None:  # every line carries the term the node is in
+            json_logs.term = lambda: None if node.core is None else node.core.term
+        try:
+            return await node.run()
+        except DdgError as exc:
+            if json_logs is None:
+                raise  # main() prints it, as it always has
+            logging.getLogger("ddg.node").critical("%s", exc, extra={"event": "failed"})
+            return 1
+
+    return asyncio.run(run())
 
 
 def cmd_remove(argv: Sequence[str]) -> int:
@@ -269,7 +311,7 @@ def cmd_status(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"remove": cmd_remove, "status": cmd_status}
+    commands = {"remove": cmd_remove, "status": cmd_status, "watch": cmd_watch}
     try:
         if args and args[0] in commands:
             return commands[args[0]](args[1:])

@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from .auth import sign_headers
+from .backoff import Backoff
+from .errors import DdgError
 from .status import NodeStatus, Role, StatusFormatError
+from .watch import INCARNATION_HEADER, SseDecoder, WatchEvent, WatchFormatError, parse_event
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -157,3 +161,97 @@ class NodeClient:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+# ---- for applications: one status, and a node's changes as they happen -------------------
+
+
+class NodeUnavailable(DdgError):
+    """A node gave no status: unreachable, too slow, or not a ddg node."""
+
+
+class WatchRefused(DdgError):
+    """A node refuses /watch for good (no such endpoint: not a ddg node, or too old)."""
+
+
+async def status(url: str, *, request_timeout: float = 2.0) -> NodeStatus:
+    """The node's /status at URL (e.g. http://127.0.0.1:4001); NodeUnavailable if none."""
+    client = NodeClient(timeout=request_timeout)
+    try:
+        reply = await client.poll(url.rstrip("/"))
+    finally:
+        await client.aclose()
+    if reply.status is None:
+        raise NodeUnavailable(f"{url}: {reply.error}")
+    return reply.status
+
+
+# No byte for this long (not even a ping, sent every 5 s) and the stream is taken for dead.
+WATCH_READ_TIMEOUT = 15.0
+
+
+async def watch(url: str, *, last_event_id: int | None = None, connect_timeout: float = 5.0,
+                backoff: Backoff | None = None,
+                on_retry: Callable[[str, float], object] | None = None,
+                ) -> AsyncGenerator[WatchEvent, None]:
+    """The events of the node at URL's /watch, forever: its state first, then each change.
+
+    A broken stream is reopened after BACKOFF's delay (ON_RETRY(reason, delay) is told) with
+    Last-Event-ID, so the events continue without a duplicate or a gap while the node lives;
+    after a restart of the node (or too long away) the next event is its state again, with
+    `gap` saying why. LAST_EVENT_ID resumes from an id kept from an earlier watch.
+    CONNECT_TIMEOUT bounds the connect and each write; a stream silent for WATCH_READ_TIMEOUT
+    is taken for dead and reopened. Raises WatchRefused if the node has no /watch. Close it
+    with contextlib.aclosing().
+    """
+    base = url.rstrip("/")
+    backoff = backoff or Backoff(initial=0.1, maximum=2.0)
+    incarnation: str | None = None
+    limits = httpx.Timeout(connect_timeout, read=WATCH_READ_TIMEOUT)
+    async with httpx.AsyncClient(timeout=limits, trust_env=False) as http:
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last_event_id is not None:
+                headers["Last-Event-ID"] = str(last_event_id)
+                if incarnation is not None:
+                    headers[INCARNATION_HEADER] = incarnation
+            try:
+                async with http.stream("GET", f"{base}/watch", headers=headers) as resp:
+                    if resp.status_code in (404, 405):
+                        raise WatchRefused(f"{base}/watch answered {resp.status_code}: not a "
+                                           "ddg node, or one too old to have /watch")
+                    kind = resp.headers.get("content-type", "")
+                    if resp.status_code != 200 or not kind.startswith("text/event-stream"):
+                        await resp.aread()
+                        reason = f"HTTP {resp.status_code}: {_reason(resp)}"
+                        if resp.status_code == 400:
+                            last_event_id = incarnation = None  # start afresh
+                    else:
+                        decoder = SseDecoder()
+                        reason = "the node ended the stream"
+                        async for line in resp.aiter_lines():
+                            msg = decoder.feed(line)
+                            if msg is None:
+                                continue
+                            event = parse_event(msg)
+                            last_event_id, incarnation = event.id, event.incarnation
+                            backoff.reset()
+                            yield event
+            except WatchFormatError as exc:
+                reason = str(exc)
+            except (httpx.HTTPError, OSError) as exc:
+                reason = describe_error(exc)
+            delay = backoff.next()
+            if on_retry is not None:
+                on_retry(reason, delay)
+            await asyncio.sleep(delay)
+
+
+def _reason(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        return resp.text[:160]
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    return resp.text[:160]

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
+from .job import HookConfig, JobConfig
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -160,8 +161,12 @@ class NodeConfig:
     bootstrap: bool = False
     allow_fault_injection: bool = False
     log_level: str = "INFO"
+    # "text" (for people; unchanged) or "json" (one object per line, for a log pipeline).
+    log_format: str = "text"
     # Seconds between registry refreshes when no change notification arrives.
     refresh_interval: float = 1.0
+    job: JobConfig | None = None  # --exec: a command run only while this node is the goose
+    on_change: HookConfig | None = None  # --on-change: a hook run on every role change
 
     def __post_init__(self) -> None:
         check_name("node name", self.name)
@@ -190,6 +195,8 @@ class NodeConfig:
             raise ConfigError(
                 f"log level {self.log_level!r} must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
             )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log format {self.log_format!r} must be text or json")
         if not 0.05 <= self.refresh_interval <= 60:
             raise ConfigError(f"refresh interval must be 0.05-60 s, got {self.refresh_interval}")
 

@@ -48,24 +48,57 @@ class Send:
     msg: Message
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Something the log says about a step: a stable NAME (the JSON log's `event`, which tools
+    match on), FIELDS of its own, and TEXT, the line the text log has always had."""
+
+    name: str
+    text: str
+    fields: dict[str, str | int] = field(default_factory=dict)
+    debug: bool = False  # routine (a granted vote): logged at DEBUG, so INFO logs stay as they were
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @dataclass(slots=True)
 class Output:
     sends: list[Send] = field(default_factory=list)
     reply: Message | None = None
     persist: HardState | None = None  # set when HardState changed: write it before sending
-    events: list[str] = field(default_factory=list)  # human-readable, for the log
+    events: list[Event] = field(default_factory=list)  # for the log
     refused: str | None = None  # why a message was not believed (the shell answers 4xx)
+
+
+class StepDown(StrEnum):
+    """Why a goose stopped being one (the `reason` label of ddg_step_downs_total)."""
+
+    LOST_QUORUM = "lost_quorum"
+    HIGHER_TERM = "higher_term"
+    HANDOVER = "handover"
+    REMOVED = "removed"
 
 
 @dataclass(slots=True)
 class Counters:
     pre_votes_started: int = 0
+    pre_votes_won: int = 0
     elections_started: int = 0
     elections_won: int = 0
-    step_downs: int = 0
+    step_downs: int = 0  # for every reason; by reason in step_downs_by
     heartbeats_sent: int = 0
     heartbeats_received: int = 0
     transfers: int = 0
+    step_downs_by: dict[StepDown, int] = field(default_factory=dict)
+
+    def stepped_down(self, reason: StepDown) -> None:
+        self.step_downs += 1
+        self.step_downs_by[reason] = self.step_downs_by.get(reason, 0) + 1
+
+    def copy(self) -> Counters:
+        """A copy that later counts do not change (the dict is copied too)."""
+        return replace(self, step_downs_by=dict(self.step_downs_by))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,7 +199,7 @@ class Election:
             goose=self.known_goose(now), voted_for=self.voted_for, quorum=self.quorum,
             lease_remaining=self.lease_remaining(now),
             heard_ago=now - self.last_heard if following else None,
-            counters=replace(self.counters),
+            counters=self.counters.copy(),
         )
 
     def known_goose(self, now: float) -> str | None:
@@ -201,7 +234,8 @@ class Election:
         self._ticked = now
         if self.state is State.GOOSE:
             if now >= self.step_down_at:
-                self._step_down(now, "lost its quorum: no heartbeat round acked within the lease")
+                self._step_down(now, StepDown.LOST_QUORUM,
+                                "lost its quorum: no heartbeat round acked within the lease")
             elif now >= self.next_heartbeat:
                 self._broadcast_heartbeat(now)
         elif self.state is not State.REMOVED and now >= self.election_deadline:
@@ -237,12 +271,13 @@ class Election:
             return self._flush()
         self.members, self.version = members, version
         if self.name not in members:
+            if self.state is State.GOOSE:
+                self.counters.stepped_down(StepDown.REMOVED)
             self.state = State.REMOVED
             self.leader = None
             self.lease_until = self.step_down_at = -math.inf
-            self._out.events.append(
-                f"removed from the cluster (membership version {version}); leaving the election"
-            )
+            self._event("removed", f"removed from the cluster (membership version {version}); "
+                        "leaving the election", version=version)
             return self._flush()
         if self.state is State.REMOVED:
             self.state = State.DUCK
@@ -261,7 +296,7 @@ class Election:
             return self._flush()
         target = max(peers, key=lambda p: (self.acked_seq.get(p, -1), p))
         term = self.term
-        self._step_down(now, f"handing over to {target}")
+        self._step_down(now, StepDown.HANDOVER, f"handing over to {target}", to=target)
         self.counters.transfers += 1
         self._send(target, TimeoutNow(term=term, sender=self.name))
         return self._flush()
@@ -294,6 +329,8 @@ class Election:
         heard_us = 0
         if granted:
             self.voted_for = msg.sender
+            self._event("vote_granted", f"voted for {msg.sender} in term {self.term}",
+                        debug=True, candidate=msg.sender)
             heard_us = max(0, int((now - self.last_heard) * 1e6))
             # A vote acknowledges the candidate's "round 0": sticky from here, as after a
             # heartbeat, so the new goose's lease can start when it asked for the votes.
@@ -360,7 +397,8 @@ class Election:
         # Only from the goose this node follows: the hand-over skips stickiness, which is safe
         # only because that goose stopped answering `goose` before it sent this.
         if msg.term == self.term and self.state is State.DUCK and msg.sender == self.leader:
-            self._out.events.append(f"{msg.sender} handed leadership over; campaigning now")
+            self._event("handover", f"{msg.sender} handed leadership over; campaigning now",
+                        goose=msg.sender)
             self._campaign(now, transfer=True, trusted=self.trust_transfers)
 
     # ---- transitions ---------------------------------------------------------------------
@@ -368,7 +406,8 @@ class Election:
     def _pre_campaign(self, now: float) -> None:
         if self.term >= MAX_TERM:
             self._reset_election_timer(now)
-            self._out.events.append(f"term {self.term} is the largest there is; not campaigning")
+            self._event("term_exhausted",
+                        f"term {self.term} is the largest there is; not campaigning")
             return
         self.state = State.PRE_CANDIDATE
         self.leader = None
@@ -383,6 +422,8 @@ class Election:
     def _campaign(self, now: float, *, transfer: bool, trusted: bool = False) -> None:
         if self.term >= MAX_TERM:
             return
+        if self.state is State.PRE_CANDIDATE:  # a quorum granted the pre-vote
+            self.counters.pre_votes_won += 1
         self._trusted_campaign = trusted
         # This node may itself have heard a goose lately (an untrusted hand-over skips the
         # timer): its own "vote" carries the same wait as any voter's.
@@ -395,7 +436,7 @@ class Election:
         self.counters.elections_started += 1
         self.campaign_at = now
         self._reset_election_timer(now)
-        self._out.events.append(f"campaigning for term {self.term}")
+        self._event("campaign", f"campaigning for term {self.term}", transfer=transfer)
         if self._has_quorum(self.votes):
             self._become_goose(now)
             return
@@ -411,15 +452,16 @@ class Election:
         self.acks.clear()
         self.sent_at.clear()
         self.acked_seq.clear()
-        self._out.events.append(
-            f"won term {self.term} with {len(self.votes)}/{len(self.members)} votes"
-        )
+        self._event("elected",
+                    f"won term {self.term} with {len(self.votes)}/{len(self.members)} votes",
+                    votes=len(self.votes), members=len(self.members))
         self._broadcast_heartbeat(now)
 
     def _become_duck(self, now: float, term: int, *, leader: str | None) -> None:
         if self.state is State.GOOSE:
-            self.counters.step_downs += 1
-            self._out.events.append(f"stepped down: saw term {term}")
+            self.counters.stepped_down(StepDown.HIGHER_TERM)
+            self._event("stepped_down", f"stepped down: saw term {term}",
+                        reason=StepDown.HIGHER_TERM.value, saw_term=term)
         if term > self.term:
             self.term = term
             self.voted_for = None
@@ -429,11 +471,15 @@ class Election:
         self.next_heartbeat = math.inf
         self._reset_election_timer(now)
         if leader is not None:
-            self._out.events.append(f"following {leader} in term {term}")
+            self._event("following", f"following {leader} in term {term}", goose=leader)
 
-    def _step_down(self, now: float, why: str) -> None:
-        self.counters.step_downs += 1
-        self._out.events.append(f"stepped down in term {self.term}: {why}")
+    def _step_down(self, now: float, reason: StepDown, why: str, *, to: str | None = None) -> None:
+        self.counters.stepped_down(reason)
+        text = f"stepped down in term {self.term}: {why}"
+        if to is None:
+            self._event("stepped_down", text, reason=reason.value)
+        else:
+            self._event("stepped_down", text, reason=reason.value, to=to)
         self.state = State.DUCK
         self.leader = None
         self.lease_until = self.step_down_at = -math.inf
@@ -467,6 +513,11 @@ class Election:
         for peer in sorted(self.members):
             if peer != self.name:
                 self._send(peer, msg)
+
+    def _event(self, name: str, text: str, *, debug: bool = False, **fields: str | int) -> None:
+        """Log NAME with TEXT; the term the core is in goes with every event."""
+        self._out.events.append(Event(name=name, text=text, debug=debug,
+                                      fields={"term": self.term, **fields}))
 
     def _send(self, to: str, msg: Message) -> None:
         self._out.sends.append(Send(to, msg))

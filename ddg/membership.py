@@ -34,6 +34,7 @@ from .storage import DataDir
 log = logging.getLogger("ddg.membership")
 
 OnChange = Callable[[Membership], Awaitable[None]]
+OnError = Callable[[RegistryError], None]
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -49,12 +50,14 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
 
 class MembershipSync:
     def __init__(self, *, config: NodeConfig, registry: Registry, data: DataDir,
-                 rng: random.Random, on_change: OnChange, warn: LogThrottle) -> None:
+                 rng: random.Random, on_change: OnChange, warn: LogThrottle,
+                 on_error: OnError | None = None) -> None:
         self.config = config
         self.registry = registry
         self.data = data
         self.rng = rng
         self._on_change = on_change
+        self._on_error = on_error  # every registry error, for the metrics
         self._warn = warn
         self.membership = Membership()
         self.node_id = ""
@@ -133,7 +136,8 @@ class MembershipSync:
                 cid, created = await self.registry.create(member)
                 if created:
                     log.warning("created cluster %r (id %s) in Redis at %s",
-                                self.config.cluster, cid, self.registry.url)
+                                self.config.cluster, cid, self.registry.url,
+                                extra={"event": "cluster_created", "cluster_id": cid})
             elif self.config.bootstrap:
                 log.info("--bootstrap ignored: cluster %r exists (id %s); joining it",
                          self.config.cluster, current.cluster_id)
@@ -164,7 +168,8 @@ class MembershipSync:
                 log.warning("the registry lost data (%s); restored %d members as version %d",
                             "no cluster" if current.cluster_id is None else
                             f"version {current.version}, this node knew {snapshot.version}",
-                            len(snapshot.members), version)
+                            len(snapshot.members), version,
+                            extra={"event": "registry_restored", "membership_version": version})
             current = await self.registry.read()
         return current
 
@@ -223,7 +228,9 @@ class MembershipSync:
             return
         self.membership = current
         self._save_membership(current)
-        log.info("membership version %d: %s", current.version, ",".join(sorted(current.names)))
+        log.info("membership version %d: %s", current.version, ",".join(sorted(current.names)),
+                 extra={"event": "membership_changed", "membership_version": current.version,
+                        "members": sorted(current.names)})
         await self._on_change(current)
 
     def _save_membership(self, membership: Membership) -> None:
@@ -234,25 +241,31 @@ class MembershipSync:
 
     def _redis_up(self) -> None:
         if not self.redis_ok:
-            log.info("Redis reachable at %s", self.registry.url)
+            log.info("Redis reachable at %s", self.registry.url,
+                     extra={"event": "redis_up", "url": self.registry.url})
         self.redis_ok, self.redis_error = True, None
 
     def _registry_fine(self) -> None:
         if self.registry_problem is not None:
-            log.warning("registry usable again (was: %s)", self.registry_problem)
+            log.warning("registry usable again (was: %s)", self.registry_problem,
+                        extra={"event": "registry_ok"})
             self.registry_problem = None
 
     def _registry_trouble(self, exc: RegistryError) -> None:
         """Redis down, or its data unusable: say so once per distinct problem, keep electing."""
+        if self._on_error is not None:
+            self._on_error(exc)
         if isinstance(exc, RegistryUnavailable):
             if self.redis_ok:
                 log.warning("Redis unreachable (%s); electing on membership version %d",
-                            exc, self.membership.version)
+                            exc, self.membership.version,
+                            extra={"event": "redis_down", "error": str(exc)})
             self.redis_ok, self.redis_error = False, str(exc)
             return
         self.redis_ok, self.redis_error = True, None
         problem = str(exc)
         if problem != self.registry_problem:
             log.error("registry problem: %s; electing on membership version %d", problem,
-                      self.membership.version)
+                      self.membership.version,
+                      extra={"event": "registry_problem", "problem": problem})
             self.registry_problem = problem

@@ -29,8 +29,10 @@ from .changes import Changes, View
 from .config import NodeConfig
 from .core import Election, HardState, Output, State, quorum_of
 from .errors import DdgError, MessageError, StorageError
+from .job import Jobs
 from .membership import MembershipSync
 from .messages import REQUESTS, Message, decode, encode
+from .metrics import NodeMetrics
 from .partitions import Partitions
 from .peers import PeerTransport
 from .ratelimit import LogThrottle
@@ -38,6 +40,7 @@ from .registry import Membership, Registry
 from .server import GuardedServer, ServerLimits, raise_fd_limit, read_body, serve
 from .status import NodeStatus, Role, StorageInfo, TimingInfo
 from .storage import DataDir
+from .watch import Watchers
 
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 2.0  # a peer message is a few hundred bytes: a client this slow is not a peer
@@ -88,16 +91,19 @@ class Node:
         self.rng = rng or random.Random()
         self.data = data or DataDir(config.data_dir)
         self.warn = LogThrottle(log, WARN_EVERY)
+        self.metrics = NodeMetrics(
+            name=config.name, status=self.status,
+            counters=lambda: None if self.core is None else self.core.counters)
         self.sync = MembershipSync(
             config=config, rng=self.rng, data=self.data, warn=self.warn,
             registry=registry or Registry(config.redis_url, config.cluster,
                                           password=config.redis_password),
-            on_change=self._membership_changed)
+            on_change=self._membership_changed, on_error=self.metrics.registry_error)
         self.partitions = Partitions()
         self.peers = PeerTransport(
             config=config, rng=self.rng, address_of=self._address_of,
             version=lambda: self.sync.membership.version, blocked=self.partitions.blocked,
-            on_reply=self._on_reply, warn=self.warn)
+            on_reply=self._on_reply, warn=self.warn, metrics=self.metrics)
         self.verifier = (None if config.secret is None
                          else auth.Verifier(config.secret, recipient=config.name))
         self.core: Election | None = None
@@ -106,6 +112,11 @@ class Node:
         self.fsync_max_ms = 0.0
         self.http: GuardedServer | None = None
         self.changes = Changes()
+        self.changes.listen(self.metrics.observe)
+        self.jobs = Jobs(config.job, config.on_change, node=config.name, cluster=config.cluster)
+        self.changes.listen(self.jobs.on_change)  # before the watchers: SIGTERM at once
+        self.watchers = Watchers(node=config.name, status=self.status)
+        self.changes.listen(self.watchers.publish)
         self.stop_event = asyncio.Event()
         self.exit_code = 0
         self._wake = asyncio.Event()
@@ -126,11 +137,15 @@ class Node:
         app.router.add_get("/", self.handle_root)
         app.router.add_get("/status", self.handle_status)
         app.router.add_get("/healthz", self.handle_healthz)
+        app.router.add_get("/metrics", self.handle_metrics)
+        app.router.add_get("/watch", self.watchers.handle)
         for kind in REQUESTS:
             app.router.add_post(f"/raft/{kind}", self.handle_raft)
         app.router.add_post("/admin/partition", self.handle_partition)
         app.router.add_post("/admin/heal", self.handle_heal)
         app.cleanup_ctx.append(self._background)
+        app.cleanup_ctx.append(self.jobs.context)  # stops --exec's command before exiting
+        app.on_shutdown.append(self.watchers.shutdown)  # ends /watch streams: no delay
         return app
 
     async def _background(self, app: web.Application) -> AsyncIterator[None]:
@@ -156,7 +171,7 @@ class Node:
             code = await self._serve()
         finally:
             self.data.close()
-        log.info("stopped (exit code %d)", code)
+        log.info("stopped (exit code %d)", code, extra={"event": "stopped", "exit_code": code})
         return code
 
     async def _serve(self) -> int:
@@ -193,7 +208,11 @@ class Node:
             watcher.add_done_callback(self._loop_ended)
             log.info("serving %s as %s in cluster %r: term %d, members %s (version %d)",
                      self.config.address, self.config.name, self.config.cluster, hard.term,
-                     ",".join(sorted(membership.names)), membership.version)
+                     ",".join(sorted(membership.names)), membership.version,
+                     extra={"event": "started", "term": hard.term,
+                            "address": self.config.address,
+                            "members": sorted(membership.names),
+                            "membership_version": membership.version})
             if not self.config.signed:
                 log.info("peer messages are not signed: fine on loopback only; set "
                          "DDG_CLUSTER_SECRET (the same on every node) to sign them")
@@ -211,12 +230,12 @@ class Node:
             await self.sync.registry.close()
 
     def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        extra = {"event": "stopping", "signal": name}
         if self.core is None:
-            log.info("received %s: stopping before joining the cluster",
-                     signal.Signals(sig).name)
+            log.info("received %s: stopping before joining the cluster", name, extra=extra)
         else:
-            log.info("received %s: stopping (this node stays a member)",
-                     signal.Signals(sig).name)
+            log.info("received %s: stopping (this node stays a member)", name, extra=extra)
         self.stop_event.set()
 
     async def _hand_over(self) -> None:
@@ -256,7 +275,8 @@ class Node:
             if out.persist is not None and out.persist != self._on_disk:
                 await self._persist(out.persist)
         for event in out.events:
-            log.info("%s", event)
+            log.log(logging.DEBUG if event.debug else logging.INFO, "%s", event.text,
+                    extra={"event": event.name, **event.fields})
         self.observe()
         if self.core is not None and self.core.state is State.REMOVED:
             self.stop_event.set()
@@ -270,11 +290,13 @@ class Node:
         try:
             await asyncio.to_thread(self.data.save_hard_state, hard)
         except StorageError as exc:
-            log.critical("%s; stopping so no vote is given that is not on disk", exc)
+            log.critical("%s; stopping so no vote is given that is not on disk", exc,
+                         extra={"event": "storage_failed"})
             self.exit_code = 1
             self.stop_event.set()
             raise
         took = (time.monotonic() - t0) * 1000
+        self.metrics.fsync_took(took / 1000)
         self.fsync_last_ms, self.fsync_max_ms = took, max(self.fsync_max_ms, took)
         if took > self.config.timing.heartbeat_ms:
             self.warn.warning("fsync", "writing the term and vote took %.0f ms (a slow disk "
@@ -290,9 +312,14 @@ class Node:
             return
         now = time.monotonic()
         snap = core.snapshot(now)
-        self.changes.observe(View(role=snap.role, state=snap.state.value, term=snap.term,
-                                  goose=snap.goose, members=tuple(sorted(core.members)),
-                                  version=core.version), at=now, wall=time.time())
+        change = self.changes.observe(
+            View(role=snap.role, state=snap.state.value, term=snap.term, goose=snap.goose,
+                 members=tuple(sorted(core.members)), version=core.version),
+            at=now, wall=time.time())
+        if change is not None and change.previous is not None \
+                and change.previous.role != change.view.role:
+            # the instant the answer on GET / changed: what failover times are measured to
+            log.info("now answering %s (term %d)", change.view.role.value, change.view.term)
 
     async def _on_reply(self, reply: Message, version: int) -> None:
         if self.core is None:
@@ -317,6 +344,10 @@ class Node:
 
     async def handle_healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.exposition(request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def handle_status(self, request: web.Request) -> web.Response:
         return web.json_response(self.status().to_json())
@@ -418,14 +449,15 @@ class Node:
         everyone, peers = await self._admin_body(request)
         self.partitions.isolate(everyone, peers, self.membership.names, self.config.name)
         log.warning("fault injection: dropping messages to and from %s",
-                    "all peers" if self.partitions.everyone else ",".join(self._isolated()))
+                    "all peers" if self.partitions.everyone else ",".join(self._isolated()),
+                    extra={"event": "partitioned"})
         return web.json_response({"isolated_from": self._isolated()})
 
     async def handle_heal(self, request: web.Request) -> web.Response:
         everyone, peers = await self._admin_body(request)
         self.partitions.heal(everyone, peers)
         log.warning("fault injection: healed; isolated from %s",
-                    ",".join(self._isolated()) or "nobody")
+                    ",".join(self._isolated()) or "nobody", extra={"event": "healed"})
         return web.json_response({"isolated_from": self._isolated()})
 
 

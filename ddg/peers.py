@@ -17,7 +17,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector
+from aiohttp import (
+    ClientConnectorError,
+    ClientError,
+    ClientSession,
+    ClientSSLError,
+    ClientTimeout,
+    TCPConnector,
+)
 
 from . import auth
 from .backoff import Backoff
@@ -25,6 +32,7 @@ from .config import NodeConfig
 from .core import Send
 from .errors import MessageError
 from .messages import KIND_OF, REPLIES, Heartbeat, Message, TimeoutNow, decode, encode
+from .metrics import NodeMetrics
 from .ratelimit import LogThrottle
 
 MAX_HEARTBEATS_IN_FLIGHT = 2  # per peer
@@ -35,11 +43,26 @@ log = logging.getLogger("ddg.peers")
 OnReply = Callable[[Message, int], Awaitable[None]]
 
 
+def failure_reason(failure: BaseException | int) -> str:
+    """The `reason` label of ddg_peer_message_failures_total for an exception or a non-200
+    status: what an operator looks at first (the peer is down, slow, or refusing us)."""
+    if isinstance(failure, int):
+        return "http_4xx" if 400 <= failure < 500 else "http_5xx" if failure >= 500 else "other"
+    if isinstance(failure, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
+        return "timeout"
+    if isinstance(failure, ClientSSLError):
+        return "tls"
+    if isinstance(failure, ClientConnectorError) and isinstance(failure.os_error,
+                                                               ConnectionRefusedError):
+        return "refused"
+    return "other"
+
+
 class PeerTransport:
     def __init__(self, *, config: NodeConfig, rng: random.Random,
                  address_of: Callable[[str], str | None], version: Callable[[], int],
                  blocked: Callable[[str], bool], on_reply: OnReply,
-                 warn: LogThrottle) -> None:
+                 warn: LogThrottle, metrics: NodeMetrics | None = None) -> None:
         self.config = config
         self.rng = rng
         self._address_of = address_of
@@ -47,6 +70,7 @@ class PeerTransport:
         self._blocked = blocked
         self._on_reply = on_reply
         self._warn = warn
+        self._metrics = metrics
         self._timeout = ClientTimeout(total=config.timing.election_min)
         self._session: ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -100,6 +124,7 @@ class PeerTransport:
                                          recipient=send.to)
         self._in_flight[send.to] = self._in_flight.get(send.to, 0) + 1
         self._outgoing += 1
+        sent_at = time.monotonic()
         try:
             async with self._session.post(address + path, data=body, headers=headers,
                                           timeout=self._timeout) as resp:
@@ -110,9 +135,11 @@ class PeerTransport:
                         self._warn.warning(f"401:{send.to}", "%s refused our signature: %s (is "
                                            "the cluster secret the same on every node?)",
                                            send.to, reason)
-                    self._failed(send.to)
+                    self._failed(send.to, failure_reason(resp.status))
                     return
                 data = await resp.json(content_type=None)
+            if isinstance(send.msg, Heartbeat) and self._metrics is not None:
+                self._metrics.heartbeat_round_trip(send.to, time.monotonic() - sent_at)
             self.alive(send.to)
             reply_cls = REPLIES[type(send.msg)]
             if reply_cls is None:
@@ -120,7 +147,7 @@ class PeerTransport:
             reply, version = decode(reply_cls, data)
         except (ClientError, TimeoutError, MessageError, ValueError, RecursionError) as exc:
             log.debug("%s %s failed: %s", send.to, kind, str(exc) or type(exc).__name__)
-            self._failed(send.to)
+            self._failed(send.to, failure_reason(exc))
             return
         finally:
             self._in_flight[send.to] -= 1
@@ -129,7 +156,9 @@ class PeerTransport:
             return
         await self._on_reply(reply, version)
 
-    def _failed(self, peer: str) -> None:
+    def _failed(self, peer: str, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.peer_failed(peer, reason)
         backoff = self._backoff.get(peer)
         if backoff is None:
             self._backoff[peer] = Backoff(initial=self.config.timing.heartbeat,

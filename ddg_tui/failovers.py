@@ -40,6 +40,7 @@ class Failover:
     duration_ms: float | None  # None: it could not be timed
     uncertainty_ms: float | None
     wall: float
+    took_over_wall: float | None = None  # the takeover on the wall clock, for comparisons
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -63,6 +64,7 @@ class Claim:
     until: float | None
     took_over: float | None  # when it became goose, from its role_since_ms
     took_over_error: float | None  # ± half the round trip
+    wall_offset: float = 0.0  # wall clock minus monotonic, at the reply
 
     def proven(self, cut: float | None) -> tuple[float, float] | None:
         """The interval in which NAME was certainly goose, ended early at CUT (the console
@@ -92,7 +94,7 @@ def claim_of(obs: Observation) -> Claim | None:
         half = (obs.at - obs.sent) / 2
         took, err = obs.sent + half - st.role_since_ms / 1000, half
     return Claim(name=obs.name, term=st.term, sent=obs.sent, at=obs.at, until=until,
-                 took_over=took, took_over_error=err)
+                 took_over=took, took_over_error=err, wall_offset=obs.wall - obs.at)
 
 
 class GooseTracker:
@@ -258,7 +260,9 @@ class GooseTracker:
             duration = max(0.0, (claim.took_over - start) * 1000)
             error = (claim.took_over_error or 0.0) * 1000
         fo = Failover(old=old, new=name, term=term, cause=cause, duration_ms=duration,
-                      uncertainty_ms=error, wall=wall)
+                      uncertainty_ms=error, wall=wall,
+                      took_over_wall=None if claim.took_over is None
+                      else claim.took_over + claim.wall_offset)
         self.failovers.append(fo)
         self.timeline.append(GooseSpan(name=name, term=term, wall=wall))
         if duration is None:

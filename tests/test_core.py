@@ -10,7 +10,7 @@ import pytest
 from sim import Sim
 
 from ddg.config import Timing
-from ddg.core import Election, HardState, Output, State, quorum_of
+from ddg.core import Election, HardState, Output, State, StepDown, quorum_of
 from ddg.messages import Heartbeat, HeartbeatAck, Message, TimeoutNow, VoteRequest, VoteResponse
 
 T = Timing()
@@ -83,6 +83,9 @@ def test_single_node_elects_itself_with_a_lease() -> None:
     assert node.state is State.GOOSE and node.term == 1
     assert out.persist == HardState(1, "a")
     assert out.sends == []
+    # the log's events: stable names, the term, and the text the log has always had
+    assert [(e.name, e.fields["term"]) for e in out.events] == [("campaign", 1), ("elected", 1)]
+    assert str(out.events[1]) == "won term 1 with 1/1 votes"
     assert node.is_goose(now) and node.lease_until == pytest.approx(now + LEASE)
     assert node.reported_role(now) == "goose"
     # It renews its own lease every heartbeat.
@@ -247,6 +250,9 @@ def test_higher_term_in_an_ack_steps_the_goose_down() -> None:
     out = goose.step(HeartbeatAck(term=4, sender="n2", seq=1, success=False), 1.01)
     assert goose.state is State.DUCK and goose.term == 4 and not goose.is_goose(1.01)
     assert out.persist == HardState(4, None)
+    assert goose.counters.step_downs_by == {StepDown.HIGHER_TERM: 1}
+    [event] = [e for e in out.events if e.name == "stepped_down"]
+    assert event.fields == {"term": 1, "reason": "higher_term", "saw_term": 4}
 
 
 def test_stale_goose_is_told_its_term_is_over() -> None:
@@ -273,6 +279,11 @@ def test_lease_expiry_steps_a_goose_down() -> None:
     assert now == pytest.approx(1.0 + LEASE)
     assert goose.state is State.DUCK and not goose.is_goose(now)
     assert goose.counters.step_downs == 1 and goose.term == 1
+    assert goose.counters.step_downs_by == {StepDown.LOST_QUORUM: 1}
+    # a pre-vote won, an election started and won: the counters the metrics export
+    c = goose.counters
+    assert (c.pre_votes_started, c.pre_votes_won, c.elections_started, c.elections_won) == (
+        1, 1, 1, 1)
 
 
 def test_lease_starts_at_the_send_time_of_the_acked_round() -> None:
@@ -345,6 +356,7 @@ def test_transfer_picks_the_most_up_to_date_duck() -> None:
     assert out.sends == [type(out.sends[0])("n3", TimeoutNow(term=1, sender="n1"))]
     assert goose.state is State.DUCK and not goose.is_goose(1.06)
     assert goose.counters.transfers == 1
+    assert goose.counters.step_downs_by == {StepDown.HANDOVER: 1}
 
 
 def test_timeout_now_of_another_term_is_ignored() -> None:
@@ -378,7 +390,8 @@ def test_removal_via_set_membership() -> None:
     assert goose.state is State.REMOVED and not goose.is_goose(1.01)
     assert goose.reported_role(1.01) == "duck"
     assert goose.next_deadline() == math.inf
-    assert any("removed" in e for e in out.events)
+    assert [e.name for e in out.events] == ["removed"] and out.events[0].fields["version"] == 1
+    assert goose.counters.step_downs_by == {StepDown.REMOVED: 1}  # a goose removed steps down
     assert goose.tick(5.0).sends == []
     assert goose.step(VoteRequest(term=9, sender="n2"), 5.0).reply is None
     # An older version cannot undo it; a newer one that lists the node again can.
