@@ -73,7 +73,9 @@ class CliError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        # One prefix for every error of the program: "ddg-node: error: status: ..."
+        sub = self.prog.removeprefix("ddg-node").strip()
+        self.exit(2, f"ddg-node: error: {sub + ': ' if sub else ''}{message}\n")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -306,6 +308,10 @@ def cmd_status(argv: Sequence[str]) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    silent = [n for n, r in replies.items() if r.status is None]
+    for name in silent:
+        print(f"{name} does not answer; if it is gone for good: ddg-node remove {name}"
+              f"{'' if ns.cluster == DEFAULT_CLUSTER else ' --cluster ' + ns.cluster}")
     return 0
 
 
@@ -321,3 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `ddg-node status --json | head`: the reader left; that is not an error. Point
+        # stdout at /dev/null so that the interpreter's final flush stays quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -40,7 +40,12 @@ class RegistryFull(RegistryError):
 
 
 class NameConflict(RegistryError):
-    """The name is already registered at another address."""
+    """The name is already registered by another node (another data dir)."""
+
+    def __init__(self, message: str, *, name: str = "", address: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.address = address  # where the other node is registered, if readable
 
 
 class NotAMember(RegistryError):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .backoff import Backoff
+from .client import NodeClient
 from .config import NodeConfig
 from .errors import (
     ClusterMismatch,
@@ -82,6 +83,28 @@ class MembershipSync:
             self._refreshing.cancel()
             await asyncio.gather(self._refreshing, return_exceptions=True)
 
+    async def _explain(self, exc: NameConflict) -> NameConflict:
+        """Say whether the node holding the name is alive: only a dead one may be removed."""
+        if exc.address is None:
+            return exc
+        client = NodeClient(timeout=1.0)
+        try:
+            reply = await client.poll(exc.address)
+        finally:
+            await client.aclose()
+        st = reply.status
+        if st is not None and st.name == exc.name:
+            return NameConflict(
+                f"name {exc.name!r} is already registered to a live node at {exc.address} (it "
+                f"answers, as {st.role.value} in term {st.term}); choose another --name",
+                name=exc.name,
+                address=exc.address)
+        return NameConflict(
+            f"name {exc.name!r} is already registered at {exc.address} by another node "
+            f"(another data dir), which does not answer ({reply.error or 'another name answers there'}); if "
+            f"it is gone for good: ddg-node remove {exc.name}", name=exc.name,
+            address=exc.address)
+
     def _member(self) -> Member:
         return Member(self.config.name, self.config.address, time.time(), self.node_id)
 
@@ -95,7 +118,9 @@ class MembershipSync:
         while not stop.is_set():
             try:
                 membership = await self._register(cached)
-            except (NameConflict, RegistryFull, RegistryAuthError):
+            except NameConflict as exc:
+                raise await self._explain(exc) from None
+            except (RegistryFull, RegistryAuthError):
                 raise
             except NoCluster as exc:
                 self.joining = "waiting for the cluster to exist in Redis"

@@ -347,14 +347,16 @@ class Registry:
             raise RegistryFull(f"cluster {self.cluster!r} already has {MAX_MEMBERS} members, "
                                "the most it may have")
         if code == -1:
+            address: str | None
             try:
-                where = parse_entry(member.name, _text(value, "entry")).address
+                address = parse_entry(member.name, _text(value, "entry")).address
             except (RegistryDataError, ValueError):
-                where = "an unreadable entry"
+                address = None
             raise NameConflict(
-                f"name {member.name!r} is already registered at {where} by another node (another "
-                f"data dir); if that node is gone for good, `ddg-node remove {member.name}` "
-                "first, else choose another --name")
+                f"name {member.name!r} is already registered at {address or 'an unreadable entry'}"
+                f" by another node (another data dir); if that node is gone for good, "
+                f"`ddg-node remove {member.name}` first, else choose another --name",
+                name=member.name, address=address)
         return check_version(int(_text(value, "version")))
 
     async def remove(self, name: str) -> int:

@@ -92,7 +92,8 @@ def test_status_remove_and_startup_errors(make_cluster: Make, tmp_path: Path) ->
     port = free_port()
     err = one_line_error(ddg("--name", names[0], "--port", str(port), "--redis-url", url,
                              "--data-dir", str(tmp_path / "x")))
-    assert "already registered" in err
+    assert "already registered to a live node" in err and "choose another --name" in err
+    assert "ddg-node remove" not in err, "never suggest removing a node that answers"
     # the data dir is locked by a running node
     err = one_line_error(ddg("--name", "other", "--port", str(port), "--redis-url", url,
                              "--data-dir", str(c.base_dir / "data" / names[0])))
@@ -110,6 +111,25 @@ def test_status_remove_and_startup_errors(make_cluster: Make, tmp_path: Path) ->
     assert '"other"' not in members.stdout
 
     assert "not a member" in one_line_error(ddg("remove", "ghost", "--redis-url", url))
+    # one prefix for every error, subcommands included
+    assert one_line_error(ddg("remove")).startswith("ddg-node: error: remove: ")
+
+    # a reader that leaves early is no error: no BrokenPipeError traceback
+    piped = subprocess.run(
+        f"{sys.executable} -m ddg status --json --redis-url {url} | head -c 5",
+        shell=True, capture_output=True, text=True, timeout=30)
+    assert piped.stdout == "{\n  \"" and piped.stderr == "", piped.stderr
+
+    # a member that does not answer: the name conflict and status both say how to remove it
+    dead = names[0]
+    c.kill(dead)
+    c.wait(dead, 5)
+    err = one_line_error(ddg("--name", dead, "--port", str(free_port()), "--redis-url", url,
+                             "--data-dir", str(tmp_path / "z")))
+    assert "does not answer" in err and f"ddg-node remove {dead}" in err
+    table = ddg("status", "--redis-url", url)
+    assert f"{dead} does not answer; if it is gone for good: ddg-node remove {dead}" \
+        in table.stdout
 
 
 @pytest.mark.integration
