@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import EmbeddedRedisError
+from .launcher import spawn_bound
 
 
 def find_redis_server() -> str:
@@ -77,13 +78,29 @@ def _ping(host: str, port: int, timeout: float) -> bool:
 
 
 class EmbeddedRedis:
-    """Start with start(), stop with stop(); or use as a context manager."""
+    """Start with start(), stop with stop(); or use as a context manager.
 
-    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+    WORKDIR is where the server keeps its log (None: a temp dir of its own, removed by close(); a
+    given dir is left in place). DIE_WITH_PARENT: the server is SIGKILLed as soon as this
+    process dies, however it dies (see ddg.launcher.spawn_bound).
+    """
+
+    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1",
+                 workdir: Path | None = None, die_with_parent: bool = False) -> None:
         self.host = host
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
+        self.die_with_parent = die_with_parent
+        self._given_dir = workdir
         self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def _workdir(self) -> str:
+        if self._given_dir is not None:
+            self._given_dir.mkdir(parents=True, exist_ok=True)
+            return str(self._given_dir)
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="ddg-redis-")
+        return self._dir.name
 
     @property
     def url(self) -> str:
@@ -95,18 +112,21 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> str:
         binary = find_redis_server()
-        if self._dir is None:
-            self._dir = tempfile.TemporaryDirectory(prefix="ddg-redis-")
+        workdir = self._workdir()
         fixed = self.port is not None
         for _attempt in range(1 if fixed else 5):
             port = self.port if self.port is not None else free_port(self.host)
-            log = Path(self._dir.name) / "redis.log"
-            proc = subprocess.Popen(
-                [binary, "--port", str(port), "--bind", self.host, "--save", "",
-                 "--appendonly", "no", "--dir", self._dir.name, "--logfile", str(log),
-                 "--daemonize", "no"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
+            log = Path(workdir) / "redis.log"
+            argv = [binary, "--port", str(port), "--bind", self.host, "--save", "",
+                    "--appendonly", "no", "--dir", workdir, "--logfile", str(log),
+                    "--daemonize", "no"]
+            quiet = subprocess.DEVNULL
+            # Bound to this process, it needs no terminal signal to end: a session of its own
+            # keeps a Ctrl+C meant for ddg-console --web (or a test run) from stopping it first.
+            proc = (spawn_bound(argv, stdin=quiet, stdout=quiet, stderr=quiet,
+                                start_new_session=True)
+                    if self.die_with_parent else
+                    subprocess.Popen(argv, stdin=quiet, stdout=quiet, stderr=quiet))
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and proc.poll() is None:
                 if _ping(self.host, port, 0.2):
@@ -117,7 +137,7 @@ class EmbeddedRedis:
                 proc.kill()
             proc.wait()
         tail = ""
-        logfile = Path(self._dir.name) / "redis.log"
+        logfile = Path(workdir) / "redis.log"
         if logfile.exists():
             last = logfile.read_text(errors="replace").strip().splitlines()[-1:]
             tail = f": {last[0]}" if last else ""

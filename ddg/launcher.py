@@ -1,19 +1,143 @@
 """One ddg-node child process: what it is started with (NodeSpec) and the handle on it
 (NodeProcess). `ddg.supervisor.Supervisor` owns many of these; use it unless a test needs a
-process the supervisor must not know about (an impostor under a taken name, say)."""
+process the supervisor must not know about (an impostor under a taken name, say).
+
+Also the parent-death lifeline (`spawn_bound`) that the supervisor uses for every child it
+starts when told to `die_with_parent`: nodes and the embedded redis-server alike.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar, cast
 
 from .errors import ConfigError, DdgError
+
+T = TypeVar("T")
+PreexecFn = Callable[[], object]
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+# What a child started with die_with_parent gets when this process dies. SIGKILL, not SIGTERM:
+# all of a supervisor's nodes die at once, so a goose's graceful hand-over would go to a node
+# that is dying too (with the embedded Redis dying beside them, it could also spend its
+# shutdown on Redis timeouts); a node that was frozen (SIGSTOP: the fault harness does it)
+# cannot act on SIGTERM and would live on, stopped, an orphan; SIGKILL ends a frozen or wedged
+# process as surely as a running one. The cluster is built to survive a node that dies without
+# a word, which is all this is. (A console served by `ddg-console --web` binds itself to the
+# server with SIGTERM instead: it has cleanup to do, and then its own nodes follow it.)
+PARENT_DEATH_SIGNAL = signal.SIGKILL
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return fn
+
+
+# Looked up once, in the parent: between fork and exec the child only calls it (no dlopen).
+_PRCTL = _load_prctl()
+
+
+def die_with_parent(sig: int = PARENT_DEATH_SIGNAL,
+                    then: PreexecFn | None = None) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIG as soon as this process dies, however it dies (SIGKILL
+    included). Call it in the parent right before the spawn: it notes the parent's pid.
+
+    THEN (the caller's own preexec, e.g. a setgid) runs first: a change of credentials clears
+    the death signal, so prctl must come after it. If the parent died between fork and prctl,
+    the kernel sent nothing (the child already has a new parent); getppid() tells, and the child
+    ends itself instead of running orphaned. The signal follows the *thread* that forked: see
+    spawn_bound(). A no-op where the platform has no such signal (not Linux).
+    """
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if then is not None:
+            then()
+        if not bind_to_parent(parent, sig):
+            os.kill(os.getpid(), sig)
+            os._exit(128 + sig)
+
+    return preexec
+
+
+def bind_to_parent(parent: int, sig: int) -> bool:
+    """Have the kernel send SIG to the calling process when its parent dies; False if its
+    parent is not PARENT any more (it died already: nothing will be sent, act now). True where
+    the platform has no parent-death signal."""
+    if _PRCTL is None:
+        return True
+    _PRCTL(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    return os.getppid() == parent
+
+
+class _Spawner:
+    """One thread that lives as long as this process and forks every child bound to it.
+
+    Linux sends the parent-death signal when the *thread* that forked the child ends, not the
+    process: a child spawned from a short-lived worker thread (the console runs node actions in
+    Textual's worker threads) would be killed as soon as that worker returns. So every bound
+    child is forked here, from a daemon thread that ends only with the process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], Future[object]]] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while True:
+            fn, future = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ddg-spawner",
+                                                daemon=True)
+                self._thread.start()
+            thread = self._thread
+        if threading.current_thread() is thread:
+            return fn()
+        future: Future[object] = Future()
+        self._jobs.put((fn, future))
+        return cast(T, future.result())
+
+
+_SPAWNER = _Spawner()
+
+
+def spawn_bound(argv: list[str], *, preexec_fn: PreexecFn | None = None,
+                sig: int = PARENT_DEATH_SIGNAL, **popen: Any) -> subprocess.Popen[bytes]:
+    """subprocess.Popen(ARGV, **POPEN) for a child that dies with this process (SIG, see
+    PARENT_DEATH_SIGNAL), forked from the long-lived spawner thread; PREEXEC_FN runs first."""
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, preexec_fn=die_with_parent(sig, preexec_fn),
+                                **popen)
+
+    return _SPAWNER.call(start)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -66,11 +190,13 @@ class NodeProcess:
     """One ddg-node child process. Never blocks except in wait()."""
 
     def __init__(self, spec: NodeSpec, *, log_path: Path | None = None,
-                 preexec_fn: Callable[[], object] | None = None) -> None:
+                 preexec_fn: PreexecFn | None = None, die_with_parent: bool = False) -> None:
         self.spec = spec
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._preexec = preexec_fn
+        # The child gets PARENT_DEATH_SIGNAL when this process dies (see spawn_bound).
+        self.die_with_parent = die_with_parent
         self._log: IO[bytes] | None = None
 
     @property
@@ -98,10 +224,16 @@ class NodeProcess:
             self._log = open(self.log_path, "ab")
             out = self._log
         try:
-            self.proc = subprocess.Popen(
-                self.spec.argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, preexec_fn=self._preexec,
-            )
+            if self.die_with_parent:
+                self.proc = spawn_bound(
+                    self.spec.argv(), preexec_fn=self._preexec, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            else:
+                self.proc = subprocess.Popen(
+                    self.spec.argv(), stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                    preexec_fn=self._preexec,
+                )
         except BaseException:
             self.close_log()
             raise

@@ -99,11 +99,11 @@ class MembershipSync:
                 f"answers, as {st.role.value} in term {st.term}); choose another --name",
                 name=exc.name,
                 address=exc.address)
+        why = reply.error or "another name answers there"
         return NameConflict(
             f"name {exc.name!r} is already registered at {exc.address} by another node "
-            f"(another data dir), which does not answer ({reply.error or 'another name answers there'}); if "
-            f"it is gone for good: ddg-node remove {exc.name}", name=exc.name,
-            address=exc.address)
+            f"(another data dir), which does not answer ({why}); if it is gone for good: "
+            f"ddg-node remove {exc.name}", name=exc.name, address=exc.address)
 
     def _member(self) -> Member:
         return Member(self.config.name, self.config.address, time.time(), self.node_id)

@@ -8,30 +8,110 @@ tells an exit it caused (stop, kill, remove) from a crash. Nodes are named by th
 n1, n2, ...; the first node it ever starts creates the cluster (`--bootstrap`).
 
 `close()` stops every node at once (SIGTERM, SIGKILL after a deadline), takes its nodes out of
-a Redis it did not start, stops the Redis it did start and removes its temp dir. It is safe to
-call more than once and from any thread.
+a Redis it did not start (and deletes the cluster's keys there if the cluster did not exist
+before this supervisor started its first node in it), stops the Redis it did start and removes
+its temp dir. It is safe to call more than once and from any thread.
+
+`die_with_parent`: close() is never called when this process is SIGKILLed or crashes hard, so
+every child (nodes and the embedded redis-server) is then bound to this process: the kernel
+SIGKILLs it as soon as this process dies (see ddg.launcher.spawn_bound, and PARENT_DEATH_SIGNAL
+for why SIGKILL). The temp dir is named <temp_prefix><pid>-* and holds an owner mark; the next
+supervisor with the same prefix and die_with_parent removes the dirs whose owner is dead
+(`remove_stale_dirs`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import shutil
 import signal as _signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
+
 from .embedded import EmbeddedRedis, free_port
 from .errors import ConfigError, DdgError, NotAMember, RegistryError
-from .launcher import NodeProcess, NodeSpec
+from .launcher import NodeProcess, NodeSpec, PreexecFn
 from .registry import Registry
 
-PreexecFn = Callable[[], object]
+OWNER_FILE = ".owner"  # in a die_with_parent temp dir: "<pid> <start time>" of its owner
+
+# The registry's keys of one cluster (ddg.registry.Registry); its events channel is no key.
+_CLUSTER_KEYS = ("members", "version", "id", "removed")
+# Deletes a cluster's keys only when it has no member left (none of ours, nobody else's).
+_DROP_EMPTY_CLUSTER = """
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HLEN', KEYS[1]) > 0 then return -1 end
+return redis.call('DEL', unpack(KEYS))
+"""
+
+
+def _start_time(pid: int) -> str | None:
+    """PID's start time (clock ticks since boot), which tells it from a later process that
+    reuses the pid; None if there is no such process (or it is a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    if Path("/proc/self/stat").exists():
+        now = _start_time(pid)
+        return now is not None and (start is None or now == start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mark_owner(path: Path) -> None:
+    pid = os.getpid()
+    (path / OWNER_FILE).write_text(f"{pid} {_start_time(pid) or '-'}\n")
+
+
+def remove_stale_dirs(prefix: str, parent: Path | None = None) -> list[Path]:
+    """Remove the temp dirs <PARENT>/<PREFIX><pid>-* that die_with_parent supervisors made and
+    whose owner process is gone (its children died with it); returns them. PARENT defaults to
+    the system temp dir. A dir whose owner still runs is left alone, so is one without a pid."""
+    parent = Path(tempfile.gettempdir()) if parent is None else parent
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-")
+    removed: list[Path] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        m = pattern.match(path.name)
+        if m is None or path.is_symlink() or not path.is_dir():
+            continue
+        pid, start = int(m.group(1)), None
+        with contextlib.suppress(OSError, ValueError):
+            owner, start = (path / OWNER_FILE).read_text().split()
+            if int(owner) != pid:
+                continue
+        if start == "-":
+            start = None
+        if pid == os.getpid() or _alive(pid, start):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -51,6 +131,9 @@ class SupervisorConfig:
     log_level: str = "INFO"
     name_prefix: str = "n"
     stop_timeout: float = 5.0  # SIGTERM to SIGKILL
+    # Nodes and the embedded Redis are SIGKILLed by the kernel when this process dies, and
+    # stale temp dirs of dead owners are removed at start: see the module docstring.
+    die_with_parent: bool = False
 
     def __post_init__(self) -> None:
         if not self.cluster:
@@ -86,16 +169,29 @@ class Supervisor:
     """Owns a base dir, a Redis and ddg-node processes; see the module docstring."""
 
     def __init__(self, config: SupervisorConfig | None = None) -> None:
-        self.config = config or SupervisorConfig()
+        self.config = config = config or SupervisorConfig()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if self.config.base_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix=self.config.temp_prefix,
-                                                    ignore_cleanup_errors=True)
+        # Temp dirs of dead die_with_parent owners that this supervisor removed at its start.
+        self.stale_dirs_removed: list[Path] = []
+        if config.base_dir is None:
+            prefix = config.temp_prefix
+            if config.die_with_parent:
+                self.stale_dirs_removed = remove_stale_dirs(prefix)
+                prefix = f"{prefix}{os.getpid()}-"
+            self._tmp = tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True)
             self._base = Path(self._tmp.name)
+            if config.die_with_parent:
+                _mark_owner(self._base)
         else:
-            self._base = self.config.base_dir
-        self._redis = (EmbeddedRedis(port=self.config.redis_port, host=self.config.host)
-                       if self.config.redis_url is None else None)
+            self._base = config.base_dir
+        self._redis = (EmbeddedRedis(port=config.redis_port, host=config.host,
+                                     workdir=self._base / "redis",
+                                     die_with_parent=config.die_with_parent)
+                       if config.redis_url is None else None)
+        # An external Redis: the clusters this supervisor looked for before its first node in
+        # each, and those it did not find there (close() deletes their keys again).
+        self._checked_clusters: set[str] = set()
+        self._new_clusters: set[str] = set()
         self._nodes: dict[str, _Node] = {}
         self._pending: list[NodeExit] = []  # exits of processes replaced before reap() saw them
         self._counter = 0
@@ -261,7 +357,9 @@ class Supervisor:
                 election_timeout_ms=self.config.election_timeout_ms,
                 log_level=self.config.log_level, extra_args=tuple(extra_args),
             )
-            process = NodeProcess(spec, log_path=self.log_path(name), preexec_fn=preexec_fn)
+            self._note_cluster(spec.cluster)
+            process = NodeProcess(spec, log_path=self.log_path(name), preexec_fn=preexec_fn,
+                                  die_with_parent=self.config.die_with_parent)
             self._launch(process)
             self._nodes[name] = _Node(process=process)
             self._started_any = True
@@ -400,8 +498,9 @@ class Supervisor:
     # ---- the end ---------------------------------------------------------------------------
 
     def close(self, timeout: float | None = None) -> list[str]:
-        """Stop every node, take them out of an external Redis, stop the embedded Redis and
-        remove the temp dir. Returns the names of the nodes it had; [] when already closed."""
+        """Stop every node, take them out of an external Redis (and delete the keys of the
+        clusters that were not there before), stop the embedded Redis and remove the temp dir.
+        Returns the names of the nodes it had; [] when already closed."""
         with self._lock:
             if self._closed:
                 return []
@@ -415,10 +514,55 @@ class Supervisor:
                     self._redis.close()
                 elif self._nodes:
                     self._deregister()
+                    self._drop_new_clusters()
             finally:
                 if self._tmp is not None:
                     self._tmp.cleanup()
         return list(codes)
+
+    # ---- an external Redis, left as it was found -----------------------------------------
+
+    def _external(self) -> redis.Redis:
+        url = self.config.redis_url
+        assert url is not None
+        password = os.environ.get("DDG_REDIS_PASSWORD") or None  # as the nodes read it
+        extra = {} if password is None else {"password": password}
+        return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                    **extra)
+
+    @staticmethod
+    def _keys_of(cluster: str) -> list[str]:
+        return [f"ddg:{cluster}:{k}" for k in _CLUSTER_KEYS]
+
+    def _note_cluster(self, cluster: str) -> None:
+        """Before our first node in CLUSTER on an external Redis: note whether the cluster is
+        there. A Redis that does not answer counts as holding it (its keys are never deleted)."""
+        if self.config.redis_url is None or cluster in self._checked_clusters:
+            return
+        self._checked_clusters.add(cluster)
+        client = self._external()
+        try:
+            if client.exists(*self._keys_of(cluster)) == 0:
+                self._new_clusters.add(cluster)
+        except redis.RedisError:
+            pass
+        finally:
+            client.close()
+
+    def _drop_new_clusters(self) -> None:
+        """Delete the keys of the clusters our nodes created on an external Redis, once none
+        of their members is left (after _deregister). Best effort, bounded."""
+        if not self._new_clusters:
+            return
+        client = self._external()
+        try:
+            drop = client.register_script(_DROP_EMPTY_CLUSTER)
+            for cluster in sorted(self._new_clusters):
+                drop(keys=self._keys_of(cluster))
+        except redis.RedisError:
+            pass
+        finally:
+            client.close()
 
     def _deregister(self) -> None:
         """Leave a Redis we did not start as we found it: our nodes out of its registry.

@@ -19,11 +19,13 @@ T = TypeVar("T")
 
 class LocalCluster(Supervisor):
     """LocalCluster(cluster="x", redis_url=..., ...) takes SupervisorConfig's fields, or one
-    SupervisorConfig."""
+    SupervisorConfig. Built from fields, its processes die with the test process
+    (die_with_parent), so that a test run killed hard leaves no node or Redis behind."""
 
     def __init__(self, config: SupervisorConfig | None = None, **settings: Any) -> None:
         if config is not None and settings:
             raise ConfigError("pass a SupervisorConfig or its fields, not both")
+        settings.setdefault("die_with_parent", True)
         super().__init__(config if config is not None else SupervisorConfig(**settings))
         self._http = httpx.Client(timeout=httpx.Timeout(0.5), trust_env=False)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ddg-poll")

@@ -12,11 +12,14 @@ from typing import NoReturn
 
 from ddg.config import DEFAULT_CLUSTER, mask_url
 from ddg.errors import ConfigError, DdgError
+from ddg.launcher import bind_to_parent
 
 from .config import MAX_DEMO_NODES, ConsoleConfig, PollSettings
 from .keys import epilog as keys_epilog
 
 PROG = "ddg-console"
+WEB_HOST = "127.0.0.1"  # --web serves here unless told otherwise
+WEB_PORT = 8000
 
 EPILOG = """\
 examples:
@@ -25,6 +28,9 @@ examples:
       quitting stops every process it started and deletes its temp dir
   ddg-console --redis-url redis://10.0.0.5:6379/0 --cluster prod
       attach to a running cluster; quitting leaves its nodes alone
+  ddg-console --web --demo 3
+      the same console in a browser, on http://127.0.0.1:8000 (each tab runs its own console,
+      with its own demo cluster)
 
 """ + keys_epilog()
 
@@ -32,6 +38,13 @@ examples:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _port(text: str) -> int:
+    port = _positive_int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {port}")
+    return port
 
 
 def _positive_int(text: str) -> int:
@@ -65,6 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("DDG_CLUSTER_SECRET") or None,
                    help="shared secret used to sign admin requests (isolate/heal); with "
                         "--demo the nodes are started with it (env DDG_CLUSTER_SECRET)")
+    web = p.add_argument_group("in a browser")
+    web.add_argument("--web", action="store_true",
+                     help="serve this console (with the other options given here) to browsers "
+                          "instead of showing it in this terminal, with textual-serve; each tab "
+                          "runs its own console process")
+    web.add_argument("--host", metavar="HOST", default=None,
+                     help=f"address to serve on, with --web (default {WEB_HOST}; anything else "
+                          "lets others kill your nodes: there is no login)")
+    web.add_argument("--port", metavar="PORT", type=_port, default=None,
+                     help=f"port to serve on, with --web (default {WEB_PORT})")
+    web.add_argument("--public-url", metavar="URL", default=None,
+                     help="the URL the page tells browsers to reach the server at, with "
+                          "--web, behind a proxy (default: the address the browser used)")
+    # The console a --web server runs for a browser tab: --web and its options are ignored, and
+    # the console exits cleanly (SIGTERM) when the server PID dies.
+    p.add_argument("--served-by", metavar="PID", type=_positive_int, default=None,
+                   help=argparse.SUPPRESS)
     p.epilog = ((p.epilog or "") + "\nA Redis password may come from DDG_REDIS_PASSWORD instead "
                 "of the URL\n(so it is not in `ps`); the console never shows it.\n")
     return p
@@ -72,15 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: Sequence[str] | None = None) -> ConsoleConfig:
     """Parse and validate; raises ConfigError (argparse errors exit 2 by themselves)."""
+    return _parse(argv)[1]
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, ConsoleConfig]:
     args = build_parser().parse_args(argv)
+    if not args.web and (args.host, args.port, args.public_url) != (None, None, None):
+        raise ConfigError("--host, --port and --public-url go with --web")
     if args.demo is None and args.redis_url is None:
         # Only attaching reads the environment: a demo uses a Redis only when told so.
         args.redis_url = os.environ.get("DDG_REDIS_URL") or None
     cluster = args.cluster or ("demo" if args.demo is not None else DEFAULT_CLUSTER)
     poll = PollSettings(interval=args.poll_interval / 1000, timeout=args.timeout / 1000,
                         failover_interval=min(0.05, args.poll_interval / 1000))
-    return ConsoleConfig(demo=args.demo, redis_url=args.redis_url, cluster=cluster,
-                         secret=args.cluster_secret, poll=poll)
+    return args, ConsoleConfig(demo=args.demo, redis_url=args.redis_url, cluster=cluster,
+                               secret=args.cluster_secret, poll=poll)
 
 
 class _Terminated(Exception):
@@ -94,11 +130,16 @@ def _raise_terminated(sig: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        config = parse_config(argv)
+        args, config = _parse(argv)
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    if args.web and args.served_by is None:
+        from .web import serve
+        return serve(argv, host=args.host or WEB_HOST, port=args.port or WEB_PORT,
+                     public_url=args.public_url)
 
     # Imported late so that --help and option errors stay fast.
     from .app import ConsoleApp
@@ -108,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Until the app installs its own handlers, SIGTERM/SIGHUP unwind through `finally`.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_terminated)
+    if args.served_by is not None and not bind_to_parent(args.served_by, signal.SIGTERM):
+        return 128 + signal.SIGTERM  # the server that started this console is gone already
     demo: Demo | None = None
     code = 0
     try:
@@ -115,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.demo is not None:
             demo = Demo(DemoConfig(nodes=config.demo, cluster=config.cluster,
                                    secret=config.secret, redis_url=config.redis_url))
+            for stale in demo.stale_dirs_removed:
+                print(f"{PROG}: removed {stale}, left by a demo whose console died",
+                      file=sys.stderr)
             where = mask_url(config.redis_url) if config.redis_url else "an embedded Redis"
             print(f"{PROG}: starting {config.demo} nodes on {where}…", file=sys.stderr)
             redis_url = demo.launch()

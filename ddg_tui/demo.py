@@ -2,9 +2,12 @@
 named), owned by a `ddg.supervisor.Supervisor`. This module only adapts the supervisor to the
 console's Fleet protocol; processes, Redis and the temp dir are the supervisor's.
 
-`Demo.close()` stops everything it started, takes its nodes out of a Redis it did not start,
-and removes the temp dir; it is safe to call more than once and from any exit path (normal
-quit, exception, SIGTERM/SIGHUP via the CLI).
+`Demo.close()` stops everything it started, takes its nodes out of a Redis it did not start
+(deleting the cluster's keys there if the demo created the cluster), and removes the temp dir;
+it is safe to call more than once and from any exit path (normal quit, exception, SIGTERM/SIGHUP
+via the CLI). When the console dies without close() (SIGKILL, a crash), the kernel kills its
+nodes and Redis with it (the supervisor's die_with_parent), and the next demo removes the temp
+dir it left (`stale_dirs_removed`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from ddg.errors import ConfigError
 from ddg.supervisor import Supervisor, SupervisorConfig
 
 from .source import Exit, Started
+
+# The demo's temp dirs: <tmp>/ddg-demo-<console pid>-*.
+TEMP_PREFIX = "ddg-demo-"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -42,7 +48,7 @@ class Demo:
             cluster=config.cluster, host=config.host, redis_url=config.redis_url,
             secret=config.secret, heartbeat_ms=config.heartbeat_ms,
             election_timeout_ms=config.election_timeout_ms, allow_fault_injection=True,
-            temp_prefix="ddg-demo-",
+            temp_prefix=TEMP_PREFIX, die_with_parent=True,
         ))
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -59,8 +65,17 @@ class Demo:
         return url
 
     def close(self, timeout: float | None = None) -> list[str]:
-        """Stop every node (SIGTERM, then SIGKILL), stop Redis, delete the temp dir."""
-        return self.supervisor.close(timeout)
+        """Stop every node (SIGTERM, then SIGKILL), stop Redis, delete the temp dir. Returns
+        the nodes that were still running, which it stopped (not those already killed,
+        stopped or exited: the quit message counts what it really stopped)."""
+        running = [name for name in self.supervisor.names if self.supervisor.running(name)]
+        closed = set(self.supervisor.close(timeout))
+        return [name for name in running if name in closed]
+
+    @property
+    def stale_dirs_removed(self) -> list[Path]:
+        """Temp dirs of demos whose console died, removed when this one was made."""
+        return self.supervisor.stale_dirs_removed
 
     @property
     def redis_url(self) -> str | None:

@@ -1,0 +1,372 @@
+"""`ddg-console --web --demo 3` in a real headless Chromium, driven over the DevTools protocol.
+
+Real processes all the way: the console's web server (textual-serve), the console it runs for
+the browser tab, its embedded Redis and 3 ddg-node processes, and Chromium (Debian's package,
+installed by ./dev as root). The browser is driven through its DevTools protocol over a
+websocket (aiohttp's client): nothing is downloaded at test time, and Chromium may reach
+nothing but 127.0.0.1 (--host-resolver-rules).
+
+The page's terminal (xterm.js) draws on a canvas, so the test reads what the browser received
+from textual-serve's websocket (the DevTools Network events) to see the node table, presses
+keys as a person would (Input.dispatchKeyEvent), and checks the result on the processes
+themselves. It saves a screenshot (Page.captureScreenshot) to the test's tmp dir, and to
+$DDG_SCREENSHOT_DIR too when that is set (`DDG_SCREENSHOT_DIR=screenshots` refreshes
+screenshots/console-web.png).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+
+from ddg.embedded import free_port
+from ddg_testkit import wait_until_async
+from ddg_tui.keys import KEYS
+
+T = TypeVar("T")
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-crash-reporter", "--disable-breakpad", "--disable-extensions",
+    "--no-default-browser-check", "--mute-audio", "--disable-dev-shm-usage",
+    # loopback only: every other host name fails to resolve, at once
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+    "--window-size=1280,800",
+]
+ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def key_for(action: str) -> str:
+    """The key bound to ACTION, from the one key table (ddg_tui/keys.py)."""
+    for k in KEYS:
+        for key, act in k.pairs():
+            if act == action:
+                return key
+    raise LookupError(action)
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only its zombie (a reparented child nobody reaps here)."""
+    fields = _stat(pid)
+    return fields is None or fields[0] == "Z"
+
+
+def descendants(root: int) -> dict[int, list[str]]:
+    """Every live process under ROOT, with its command line."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and fields[0] != "Z":
+            parent[int(entry.name)] = int(fields[1])
+    out: dict[int, list[str]] = {}
+    for pid in parent:
+        p = pid
+        while p in parent and p != root:
+            p = parent[p]
+        if p == root and pid != root:
+            with contextlib.suppress(OSError):
+                out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    return out
+
+
+def nodes_under(root: int) -> dict[str, tuple[int, int]]:
+    """name -> (pid, port) of the ddg-node processes under ROOT."""
+    found = {}
+    for pid, cmd in descendants(root).items():
+        if "--name" in cmd and "--port" in cmd and "ddg" in cmd:
+            found[cmd[cmd.index("--name") + 1]] = (pid, int(cmd[cmd.index("--port") + 1]))
+    return found
+
+
+def redis_under(root: int) -> list[int]:
+    return [pid for pid, cmd in descendants(root).items()
+            if cmd and "redis-server" in cmd[0]]  # it retitles itself "redis-server HOST:PORT"
+
+
+@contextlib.contextmanager
+def started(argv: list[str], log: Path, **kw: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """ARGV in a session of its own; afterwards it and all it started are gone (SIGKILL to
+    what is left, so that a failing test leaks nothing either)."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    try:
+        yield proc
+    finally:
+        left = list(descendants(proc.pid))
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+# ---- the DevTools protocol ------------------------------------------------------------------
+
+
+@dataclass
+class DevTools:
+    """A minimal DevTools protocol client on one page target."""
+
+    ws: aiohttp.ClientWebSocketResponse
+    received: bytearray = field(default_factory=bytearray)  # what the page's websockets got
+    requested: list[str] = field(default_factory=list)  # every URL the page asked for
+    _next: int = 0
+    _pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+
+    async def pump(self) -> None:
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            if "id" in data:
+                fut = self._pending.pop(data["id"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(data)
+            elif data.get("method") in ("Network.requestWillBeSent",
+                                        "Network.webSocketCreated"):
+                self.requested.append(data["params"]["request"]["url"]
+                                      if "request" in data["params"] else data["params"]["url"])
+            elif data.get("method") == "Network.webSocketFrameReceived":
+                frame = data["params"]["response"]
+                payload = frame["payloadData"]
+                self.received += (base64.b64decode(payload) if frame["opcode"] == 2
+                                  else payload.encode())
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._next += 1
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[self._next] = fut
+        await self.ws.send_json({"id": self._next, "method": method, "params": params})
+        async with asyncio.timeout(15):
+            reply = await fut
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        result: dict[str, Any] = reply.get("result", {})
+        return result
+
+    async def shows(self, cond: Callable[[str], bool], *,
+                    timeout: float, what: str) -> None:  # noqa: ASYNC109
+        """Wait until COND holds for screen_text(); the end of it in the error if it never
+        does."""
+        try:
+            await wait_until_async(lambda: cond(self.screen_text()), timeout=timeout,
+                                   what=what, pause=pause)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; what the page received last:\n"
+                               f"{self.screen_text()[-3000:]}") from None
+
+    def screen_text(self) -> str:
+        """What textual-serve sent the page, escape sequences removed."""
+        return ANSI.sub("", self.received.decode("utf-8", errors="replace"))
+
+    async def press(self, key: str) -> None:
+        """One key press on the focused element, as a keyboard makes it."""
+        code = f"Key{key.upper()}" if len(key) == 1 and key.isalpha() else key
+        common = {"key": key, "code": code, "windowsVirtualKeyCode": ord(key.upper())}
+        await self.call("Input.dispatchKeyEvent", type="keyDown", text=key, **common)
+        await self.call("Input.dispatchKeyEvent", type="keyUp", **common)
+
+
+@contextlib.asynccontextmanager
+async def devtools(port: int) -> AsyncIterator[DevTools]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
+            targets = await resp.json()
+        page = next(t for t in targets if t["type"] == "page")
+        async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            client = DevTools(ws)
+            pump = asyncio.create_task(client.pump())
+            try:
+                yield client
+            finally:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+
+
+async def http_ok(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession() as http, http.get(
+                url, timeout=aiohttp.ClientTimeout(total=1)) as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+async def role(port: int) -> str | None:
+    try:
+        async with aiohttp.ClientSession() as http, http.get(
+                f"http://127.0.0.1:{port}/", timeout=aiohttp.ClientTimeout(total=1)) as resp:
+            return await resp.text() if resp.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def pause(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def until(cond: Callable[[], Awaitable[T | None]], *,
+                timeout: float, what: str, interval: float = 0.05) -> T:  # noqa: ASYNC109
+    """wait_until for an async condition."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def save_screenshot(png: bytes, tmp_path: Path) -> None:
+    (tmp_path / "console-web.png").write_bytes(png)
+    if out_dir := os.environ.get("DDG_SCREENSHOT_DIR"):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "console-web.png").write_bytes(png)
+
+
+# ---- the test -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium: `./dev test` as root installs "
+                    "Debian's chromium and chromium-driver")
+async def test_the_console_in_a_real_browser_kills_a_real_node(tmp_path: Path) -> None:
+    assert CHROMIUM is not None
+    t0 = time.monotonic()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DDG_REDIS_URL", "DDG_CLUSTER", "DDG_CLUSTER_SECRET")}
+    console = [sys.executable, "-m", "ddg_tui", "--web", "--port", str(port), "--demo", "3"]
+    profile = tmp_path / "chromium-profile"
+    with started(console, tmp_path / "console.log", env=env) as server, \
+            started([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                    tmp_path / "chromium.log") as browser:
+        url = f"http://127.0.0.1:{port}/"
+
+        async def serving() -> bool:
+            assert server.poll() is None, (tmp_path / "console.log").read_text()
+            return await http_ok(url)
+
+        await until(serving, timeout=15, what="the console's web server")
+        port_file = profile / "DevToolsActivePort"
+        await wait_until_async(lambda: port_file.is_file() and port_file.read_text().strip(),
+                               timeout=20, what="Chromium's DevTools port", pause=pause)
+        devtools_port = int(port_file.read_text().split()[0])
+        t_ready = time.monotonic()
+
+        async with devtools(devtools_port) as page:
+            await page.call("Network.enable")
+            await page.call("Page.enable")
+            await page.call("Page.navigate", url=url)
+
+            # the browser tab got its own console, which started Redis and 3 nodes
+            nodes = await wait_until_async(
+                lambda: (n if len(n := nodes_under(server.pid)) == 3 else None), timeout=30,
+                what="the tab's console to start 3 nodes", pause=pause)
+            redis_pids = redis_under(server.pid)
+            assert len(redis_pids) == 1
+            under = descendants(server.pid)
+            tabs = [pid for pid, cmd in under.items() if "--served-by" in cmd]
+            assert len(tabs) == 1, "one console process for the one tab"
+            demo_dirs = {Path(cmd[cmd.index("--data-dir") + 1]).parent.parent
+                         for cmd in under.values() if "--data-dir" in cmd}
+            assert len(demo_dirs) == 1
+            # the page shows the node table: every name, with the goose, reached the browser
+            async def one_goose() -> str | None:
+                roles = {n: await role(p) for n, (_pid, p) in nodes.items()}
+                geese = [n for n, r in roles.items() if r == "goose"]
+                return geese[0] if len(geese) == 1 else None
+
+            goose = await until(one_goose, timeout=30, what="one goose among the demo's nodes")
+            await page.shows(lambda text: all(n in text for n in nodes) and "★ GOOSE" in text,
+                             timeout=30, what="the node table with the goose in the page")
+            t_table = time.monotonic()
+
+            # g (go to the goose), then k (kill it): the goose's process exits
+            await page.call("Runtime.evaluate",
+                            expression="document.querySelector('.xterm-helper-textarea')"
+                                       ".focus()")
+            goose_pid = nodes[goose][0]
+            await page.press(key_for("goto_goose"))
+            await page.press(key_for("kill"))
+            await wait_until_async(lambda: gone(goose_pid), timeout=10,
+                                   what=f"the goose {goose} (pid {goose_pid}) to exit",
+                                   pause=pause)
+            t_killed = time.monotonic()
+            others = {n: p for n, (_pid, p) in nodes.items() if n != goose}
+            assert not any(gone(nodes[n][0]) for n in others), "only the goose was killed"
+            await page.shows(lambda text: f"{goose} killed" in text, timeout=10,
+                             what="the page to report the kill")
+
+            # the survivors elect a new goose, and the page shows it (for the screenshot)
+            async def new_goose() -> str | None:
+                roles = {n: await role(p) for n, p in others.items()}
+                geese = [n for n, r in roles.items() if r == "goose"]
+                return geese[0] if len(geese) == 1 else None
+
+            successor = await until(new_goose, timeout=20, what="a new goose")
+
+            await page.shows(lambda text: text.rfind(successor) > text.rfind(f"{goose} killed"),
+                             timeout=10, what=f"the page to show {successor} after the kill")
+
+            # the page (its script, styles and font included) came from this server alone
+            assert page.requested
+            foreign = [u for u in page.requested
+                       if not u.startswith((url, f"ws://127.0.0.1:{port}/"))]
+            assert foreign == [], foreign
+
+            shot = await page.call("Page.captureScreenshot", format="png")
+            save_screenshot(base64.b64decode(shot["data"]), tmp_path)
+            chromium = [browser.pid, *descendants(browser.pid)]
+            await page.call("Browser.close")
+
+        # closing the browser closes the tab's console, which stops its demo
+        everything = [*(pid for pid, _p in nodes.values()), *redis_pids, *tabs]
+        await wait_until_async(lambda: browser.poll() is not None, timeout=10,
+                               what="Chromium to exit", pause=pause)
+        await wait_until_async(lambda: all(gone(p) for p in chromium), timeout=10,
+                               what="every Chromium process to exit", pause=pause)
+        await wait_until_async(lambda: all(gone(p) for p in everything), timeout=15,
+                               what="the tab's nodes and Redis to stop", pause=pause)
+        t_closed = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.wait, 15) == 0
+        assert not any(d.exists() for d in demo_dirs), "the tab's console removed its temp dir"
+    print(f"\nweb console timings: browser+server up {t_ready - t0:.2f} s, node table in page "
+          f"{t_table - t_ready:.2f} s, g+k to goose exit {t_killed - t_table:.2f} s, browser "
+          f"closed to demo stopped {t_closed - t_killed:.2f} s, "
+          f"total {time.monotonic() - t0:.2f} s")
