@@ -72,10 +72,10 @@ def wait_stable(c: LocalCluster, seconds: float = 10) -> str:
         sts = [st for st in c.statuses().values() if st is not None]
         if len(sts) < len(c.names):
             return None
-        geese = {st["goose"] for st in sts}
-        roles = [st["role"] for st in sts]
+        geese = {st.goose for st in sts}
+        roles = [st.role for st in sts]
         if len(geese) == 1 and None not in geese and roles.count("goose") == 1 and all(
-            len(st["members"]) == len(sts) for st in sts
+            len(st.members) == len(sts) for st in sts
         ):
             goose: str = geese.pop()
             return goose

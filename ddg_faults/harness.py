@@ -219,7 +219,7 @@ class Harness:
 
         def done() -> bool:
             sts = self.cluster.statuses(self.topology.live)
-            return all(s is not None and s["members"] == want for s in sts.values())
+            return all(s is not None and list(s.members) == want for s in sts.values())
         self.wait_for(done, what=f"every node to see members {','.join(want)}", timeout=15)
 
     def restart(self, node: str) -> Event:

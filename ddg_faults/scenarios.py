@@ -174,7 +174,7 @@ def redis_frozen(h: Harness, cfg: RunConfig) -> None:
 
     def restored() -> bool:
         sts = h.cluster.statuses()
-        return all(s is not None and s["members"] == sorted(h.names) and s["redis"]["connected"]
+        return all(s is not None and list(s.members) == sorted(h.names) and s.redis.connected
                    for s in sts.values())
     h.wait_for(restored, what="every node back on Redis with the full membership", timeout=10)
     h.settle()

@@ -1,20 +1,44 @@
 """A Supervisor with eyes: the tests, the benchmark and the fault harness observe the nodes
-they start through these helpers (GET / and /status over loopback, in parallel)."""
+they start through these helpers: GET / and /status over loopback, all nodes at once, with
+the one node client (ddg.client) on an event loop of its own, and the one status contract."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-import httpx
-
+from ddg.client import NodeClient
 from ddg.errors import ConfigError
+from ddg.status import NodeStatus, Role
 from ddg.supervisor import Supervisor, SupervisorConfig
 
 from .wait import wait_until
 
 T = TypeVar("T")
+
+
+class _LoopThread:
+    """An event loop in a daemon thread, so that synchronous tests can use the async client."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="ddg-observe",
+                                        daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def open(self) -> bool:
+        return not self.loop.is_closed()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
 
 
 class LocalCluster(Supervisor):
@@ -27,8 +51,8 @@ class LocalCluster(Supervisor):
             raise ConfigError("pass a SupervisorConfig or its fields, not both")
         settings.setdefault("die_with_parent", True)
         super().__init__(config if config is not None else SupervisorConfig(**settings))
-        self._http = httpx.Client(timeout=httpx.Timeout(0.5), trust_env=False)
-        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ddg-poll")
+        self._loop = _LoopThread()
+        self._client = NodeClient(timeout=0.5, max_connections=64)
 
     def start(self, n: int) -> list[str]:
         """Add N nodes; returns their names."""
@@ -38,8 +62,9 @@ class LocalCluster(Supervisor):
         try:
             return super().close(timeout)
         finally:
-            self._http.close()
-            self._pool.shutdown(wait=True)
+            if self._loop.open:  # close() may be called twice, as the Supervisor's may
+                self._loop.run(self._client.aclose())
+                self._loop.close()
 
     def __enter__(self) -> LocalCluster:
         self.start_redis()
@@ -47,34 +72,34 @@ class LocalCluster(Supervisor):
 
     # ---- observation -------------------------------------------------------------------------
 
-    def _get(self, name: str, path: str) -> httpx.Response | None:
-        try:
-            return self._http.get(self.address(name) + path)
-        except httpx.HTTPError:
-            return None
+    async def _role(self, name: str) -> Role | None:
+        return await self._client.role(self.address(name))
 
-    def role(self, name: str) -> str | None:
-        resp = self._get(name, "/")
-        return resp.text if resp is not None and resp.status_code == 200 else None
+    async def _status(self, name: str) -> NodeStatus | None:
+        return (await self._client.poll(self.address(name))).status
 
-    def status(self, name: str) -> dict[str, Any] | None:
-        resp = self._get(name, "/status")
-        if resp is None or resp.status_code != 200:
-            return None
-        body: dict[str, Any] = resp.json()
-        return body
+    def role(self, name: str) -> Role | None:
+        return self._loop.run(self._role(name))
 
-    def roles(self, names: Iterable[str] | None = None) -> dict[str, str | None]:
+    def status(self, name: str) -> NodeStatus | None:
+        return self._loop.run(self._status(name))
+
+    def roles(self, names: Iterable[str] | None = None) -> dict[str, Role | None]:
         names = list(self.names if names is None else names)
-        return dict(zip(names, self._pool.map(self.role, names), strict=True))
 
-    def statuses(self, names: Iterable[str] | None = None) -> dict[str, dict[str, Any] | None]:
+        async def all_roles() -> list[Role | None]:
+            return await asyncio.gather(*(self._role(n) for n in names))
+        return dict(zip(names, self._loop.run(all_roles()), strict=True))
+
+    def statuses(self, names: Iterable[str] | None = None) -> dict[str, NodeStatus | None]:
         names = list(self.names if names is None else names)
-        return dict(zip(names, self._pool.map(self.status, names), strict=True))
+
+        async def all_statuses() -> list[NodeStatus | None]:
+            return await asyncio.gather(*(self._status(n) for n in names))
+        return dict(zip(names, self._loop.run(all_statuses()), strict=True))
 
     def geese(self, names: Iterable[str] | None = None) -> list[str]:
-        return sorted(n for n, r in self.roles(names).items() if r == "goose")
-
+        return sorted(n for n, r in self.roles(names).items() if r is Role.GOOSE)
     def wait_for(self, cond: Callable[[], T | None], *, timeout: float, what: str,
                  interval: float = 0.02) -> T:
         """wait_until, and the cluster's state in the error when it times out."""
@@ -96,8 +121,8 @@ class LocalCluster(Supervisor):
         out = []
         for name, st in self.statuses().items():
             brief = "unreachable" if st is None else (
-                f"role={st['role']} term={st['term']} goose={st['goose']} "
-                f"members={st['members']}")
+                f"role={st.role} term={st.term} goose={st.goose} "
+                f"members={','.join(st.members)}")
             out.append(f"--- {name} (pid {self.pid(name)}, running {self.running(name)}): "
                        f"{brief}\n{self.log_tail(name) or '(no log)'}")
         return "\n".join(out)

@@ -35,6 +35,7 @@ from ddg import auth
 from ddg import registry as ddg_registry
 from ddg.embedded import find_redis_server, free_port
 from ddg.launcher import NodeProcess
+from ddg.status import NodeStatus
 from ddg_testkit import LocalCluster, wait_until
 
 pytestmark = pytest.mark.integration
@@ -123,7 +124,7 @@ def nonblank_lines(text: str) -> list[str]:
 
 def everyone_sees(c: LocalCluster, names: list[str]) -> bool:
     want = sorted(names)
-    return all((st := c.status(n)) is not None and st["members"] == want for n in names)
+    return all((st := c.status(n)) is not None and list(st.members) == want for n in names)
 
 
 def converged(c: LocalCluster, names: list[str]) -> bool:
@@ -132,15 +133,13 @@ def converged(c: LocalCluster, names: list[str]) -> bool:
         return False
     statuses = c.statuses(names)
     want = sorted(names)
-    if not all(st is not None and st["members"] == want for st in statuses.values()):
+    if not all(st is not None and list(st.members) == want for st in statuses.values()):
         return False
     return len(geese_in(c.roles(names))) == 1
 
 
-def registry_problem(st: dict[str, Any] | None) -> Any:
-    if not st:
-        return None
-    return (st.get("redis") or {}).get("problem")
+def registry_problem(st: NodeStatus | None) -> str | None:
+    return None if st is None else st.redis.problem
 
 
 def run_ddg(args: list[str], *, timeout: float, env: dict[str, str] | None = None
@@ -316,7 +315,7 @@ def test_fresh_node_without_bootstrap_waits_for_the_cluster(make_cluster: Make) 
         assert all(s["w1"] == "duck" for s in samples), (
             "a node without --bootstrap must not form a cluster of its own: "
             f"{[s['w1'] for s in samples][-5:]}")
-        assert st is not None and st["state"] == "joining", st
+        assert st is not None and st.state == "joining", st
         assert r.hlen(mk) == 0 and not r.exists(ik), (
             f"registry written by a non-bootstrap node: {r.hgetall(mk)}, id {r.get(ik)}")
         # a bootstrapping node creates the cluster; the waiting one then joins it
@@ -376,7 +375,7 @@ def test_forged_timeout_now_never_makes_two_geese(make_cluster: Make, sides: str
             assert httpx.post(addr[n] + "/admin/heal", json={"all": True}).status_code == 200
         goose = c.wait_for(
             lambda: (g := c.geese(names)) and len(g) == 1
-            and all((s := c.status(n)) and s["goose"] == g[0] for n in names) and g[0],
+            and all((s := c.status(n)) and s.goose == g[0] for n in names) and g[0],
             timeout=5, what="everyone follows one goose")
         duck = next(n for n in names if n != goose)
         resp = httpx.post(addr[goose] + "/admin/partition", json={"peers": [duck]})
@@ -386,7 +385,7 @@ def test_forged_timeout_now_never_makes_two_geese(make_cluster: Make, sides: str
             assert resp.status_code == 200, resp.text
         st = c.status(goose)
         assert st is not None
-        forged = {"term": st["term"], "sender": goose, "version": st["membership_version"]}
+        forged = {"term": st.term, "sender": goose, "version": st.membership_version}
         resp = httpx.post(addr[duck] + "/raft/timeout_now", json=forged, timeout=2)
         answers.append(f"{resp.status_code} {resp.text}")
         samples += watch(c, 0.6, names, interval=0.003)
@@ -446,12 +445,12 @@ def test_hmac_replay_nan_and_non_ascii_are_refused(make_cluster: Make) -> None:
     assert st is not None
     path = "/raft/heartbeat"
     problems: list[str] = []
-    if st.get("security") != "hmac":
-        problems.append(f"/status security should be 'hmac', got {st.get('security')!r}")
+    if st.security != "hmac":
+        problems.append(f"/status security should be 'hmac', got {st.security!r}")
 
     def body(seq: int) -> bytes:
-        return json.dumps({"term": st["term"], "sender": goose, "seq": seq,
-                           "version": st["membership_version"]}).encode()
+        return json.dumps({"term": st.term, "sender": goose, "seq": seq,
+                           "version": st.membership_version}).encode()
 
     # replay, and a request signed for another recipient
     try:
@@ -512,11 +511,11 @@ def test_term_far_above_is_refused_and_not_adopted(make_cluster: Make) -> None:
     addr = {n: c.address(n) for n in names}
     st = c.status(goose)
     assert st is not None
-    term, version = st["term"], st["membership_version"]
+    term, version = st.term, st.membership_version
     problems: list[str] = []
-    if st.get("security") != "insecure-loopback":
+    if st.security != "insecure-loopback":
         problems.append(f"/status security should be 'insecure-loopback', got "
-                        f"{st.get('security')!r}")
+                        f"{st.security!r}")
     far = term + 2**20 + 1
     hb = httpx.post(addr[a] + "/raft/heartbeat",
                     json={"term": far, "sender": goose, "seq": 1, "version": version})
@@ -527,7 +526,7 @@ def test_term_far_above_is_refused_and_not_adopted(make_cluster: Make) -> None:
                             f"{resp.status_code} {resp.text}, not 4xx")
     for n in names:
         s = c.status(n)
-        if s is None or s["term"] >= far:
+        if s is None or s.term >= far:
             problems.append(f"{n} adopted the forged term: {s and s['term']}")
     assert not problems, "\n".join(problems)
 
@@ -536,7 +535,7 @@ def test_forged_max_term_does_not_brick_the_cluster(make_cluster: Make) -> None:
     c, names, goose = started_cluster(make_cluster)
     st = c.status(goose)
     assert st is not None
-    forged = {"term": MAX_TERM, "sender": goose, "seq": 1, "version": st["membership_version"]}
+    forged = {"term": MAX_TERM, "sender": goose, "seq": 1, "version": st.membership_version}
     answers = {}
     for n in names:
         if n != goose:
@@ -551,7 +550,7 @@ def test_forged_max_term_does_not_brick_the_cluster(make_cluster: Make) -> None:
     for n in names:
         c.restart(n)
     c.wait_goose(among=names, timeout=8)
-    terms = {n: (s or {}).get("term") for n, s in c.statuses(names).items()}
+    terms = {n: None if s is None else s.term for n, s in c.statuses(names).items()}
     assert all(t is not None and t < 2**20 for t in terms.values()), (answers, terms)
 
 
@@ -659,8 +658,8 @@ def test_bad_registry_data_is_a_problem_not_a_crash(make_cluster: Make) -> None:
             r.publish(ek, json.dumps({"op": "poke"}))
 
         def recovered(c: LocalCluster, want: list[str]) -> bool:
-            return all(st is not None and not registry_problem(st) and st["redis"]["connected"]
-                       and st["members"] == sorted(want) for st in c.statuses(want).values())
+            return all(st is not None and not registry_problem(st) and st.redis.connected
+                       and list(st.members) == sorted(want) for st in c.statuses(want).values())
 
         for v, c in clusters.items():
             c.wait_for(lambda c=c, v=v: recovered(c, names[v]), timeout=6,
@@ -801,7 +800,7 @@ def test_too_many_members_is_a_registry_problem(make_cluster: Make) -> None:
                                 f"(last: {samples[-1]})")
             statuses = c.statuses(names)
             for n, st in statuses.items():
-                if st is None or not registry_problem(st) or st["members"] != sorted(names):
+                if st is None or not registry_problem(st) or list(st.members) != sorted(names):
                     problems.append(f"{n}: expected a registry problem and the old members: "
                                     f"{st and (st.get('redis'), len(st['members']))}")
             assert not problems, "\n".join(problems)
@@ -821,7 +820,7 @@ def test_root_stays_fast_with_unreachable_members(make_cluster: Make, ghosts: in
         with silent_listener() as port:
             version = _add_ghosts(c, r, ghosts, port)
             c.wait_for(
-                lambda: all((st := c.status(n)) and (st["membership_version"] >= version
+                lambda: all((st := c.status(n)) and (st.membership_version >= version
                                                      or registry_problem(st)) for n in names),
                 timeout=5, what="the nodes read the ghosts")
             latencies: list[float] = []

@@ -76,7 +76,7 @@ def test_status_remove_and_startup_errors(make_cluster: Make, tmp_path: Path) ->
     c = make_cluster()
     names = c.start(3)
     goose = c.wait_goose(timeout=8)
-    c.wait_for(lambda: all((s := c.status(n)) and len(s["members"]) == 3 for n in names),
+    c.wait_for(lambda: all((s := c.status(n)) and len(s.members) == 3 for n in names),
                timeout=5, what="3 members")
     url = c.redis_url
     assert url is not None

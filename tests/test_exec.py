@@ -120,15 +120,15 @@ def current_run(c: LocalCluster, path: Path, goose: str) -> Run:
     """The goose's CMD, once it has started for the goose's term."""
     def find() -> Run | None:
         st = c.status(goose)
-        if st is None or st["role"] != "goose":
+        if st is None or st.role != "goose":
             return None
-        return next((r for r in runs(path) if r.node == goose and r.term == st["term"]
+        return next((r for r in runs(path) if r.node == goose and r.term == st.term
                      and r.stop is None and alive(r.pid)), None)
     return c.wait_for(find, timeout=5, what=f"{goose}'s CMD")
 
 
 def follows(c: LocalCluster, name: str, goose: str) -> bool:
-    return (s := c.status(name)) is not None and s["goose"] == goose
+    return (s := c.status(name)) is not None and s.goose == goose
 
 
 def overlaps_ms(done: list[Run], ends: dict[int, int]) -> list[float]:

@@ -83,7 +83,7 @@ def test_a_real_node_logs_json_with_stable_events(make_cluster: Make) -> None:
     c = make_cluster()
     name = c.add(extra_args=["--log-format", "json"]).name
     c.wait_goose(timeout=5)
-    term = c.status(name)["term"]
+    term = c.status(name).term
     assert c.stop(name) == 0
     events = read_json_log(c, name)
     by_name = {e["event"]: e for e in events}

@@ -155,7 +155,7 @@ def test_failover_moves_the_right_counters_on_the_right_nodes(make_cluster: Make
     names = c.start(3)
     old = c.wait_goose(timeout=5)
     ducks = [n for n in names if n != old]
-    c.wait_for(lambda: all((s := c.status(d)) and s["goose"] == old for d in ducks),
+    c.wait_for(lambda: all((s := c.status(d)) and s.goose == old for d in ducks),
                timeout=3, what="both ducks follow the goose")
     before = {n: scrape(c, n) for n in names}
     assert value(before[old], "ddg_is_goose") == 1
@@ -168,7 +168,7 @@ def test_failover_moves_the_right_counters_on_the_right_nodes(make_cluster: Make
     c.wait(old, 5)
     new = c.wait_goose(among=ducks, timeout=5)
     [other] = [d for d in ducks if d != new]
-    term = c.wait_for(lambda: (s := c.status(other)) and s["goose"] == new and s["term"],
+    term = c.wait_for(lambda: (s := c.status(other)) and s.goose == new and s.term,
                       timeout=3, what=f"{other} follows {new}")
 
     def moved() -> tuple[Samples, Samples] | None:

@@ -34,17 +34,17 @@ def test_first_election_and_status_contract(make_cluster: Make) -> None:
     t0 = time.monotonic()
     goose = c.wait_goose(timeout=5)
     assert time.monotonic() - t0 < 5
-    st = c.wait_for(lambda: (s := c.status(goose)) and len(s["members"]) == 3 and s,
+    st = c.wait_for(lambda: (s := c.status(goose)) and len(s.members) == 3 and s,
                     timeout=5, what="goose sees 3 members")
-    assert st["name"] == goose and st["role"] == "goose" and st["goose"] == goose
-    assert st["members"] == sorted(names) and st["quorum"] == 2 and st["term"] >= 1
-    assert st["lease_remaining_ms"] > 0
+    assert st.name == goose and st.role == "goose" and st.goose == goose
+    assert list(st.members) == sorted(names) and st.quorum == 2 and st.term >= 1
+    assert st.lease_remaining_ms > 0
     ducks = [n for n in names if n != goose]
     for d in ducks:
         resp = httpx.get(c.address(d) + "/")
         assert resp.status_code == 200 and resp.text == "duck"
         assert resp.headers["content-type"].startswith("text/plain")
-    c.wait_for(lambda: all((s := c.status(d)) and s["goose"] == goose for d in ducks),
+    c.wait_for(lambda: all((s := c.status(d)) and s.goose == goose for d in ducks),
                timeout=3, what="ducks follow the goose")
     assert httpx.get(c.address(goose) + "/healthz").status_code == 200
     # the contract: every field the node sends is in NodeStatus, and survives a round trip
@@ -54,7 +54,7 @@ def test_first_election_and_status_contract(make_cluster: Make) -> None:
     assert parsed.role is Role.GOOSE and parsed.name == goose and parsed.security is not None
     # term and vote are on disk
     state = json.loads((c.base_dir / "data" / goose / "state.json").read_text())
-    assert state["term"] == st["term"] and state["voted_for"] == goose
+    assert state["term"] == st.term and state["voted_for"] == goose
 
 
 def test_kill_goose_fails_over_and_restarted_goose_rejoins_as_duck(make_cluster: Make) -> None:
@@ -64,19 +64,19 @@ def test_kill_goose_fails_over_and_restarted_goose_rejoins_as_duck(make_cluster:
     c.kill(old)
     c.wait(old, 5)
     new = c.wait_goose(among=names, exclude=[old], timeout=3)
-    term = c.status(new)["term"]
+    term = c.status(new).term
     c.restart(old)
-    c.wait_for(lambda: (s := c.status(old)) and s["goose"] == new,
+    c.wait_for(lambda: (s := c.status(old)) and s.goose == new,
                timeout=5, what="restarted node follows the new goose")
     samples = watch(c, 1.0)
     assert all(s[old] == "duck" and s[new] == "goose" for s in samples), samples
-    assert c.status(new)["term"] == term, "the rejoining node must not force an election"
+    assert c.status(new).term == term, "the rejoining node must not force an election"
 
 
 def test_minority_never_has_a_goose_and_remove_restores_quorum(make_cluster: Make) -> None:
     c = make_cluster()
     names = c.start(5)
-    c.wait_for(lambda: all((s := c.status(n)) and len(s["members"]) == 5 for n in names),
+    c.wait_for(lambda: all((s := c.status(n)) and len(s.members) == 5 for n in names),
                timeout=8, what="all see 5 members")
     goose = c.wait_goose(timeout=5)
     dead = [goose, *[n for n in names if n != goose][:2]]
@@ -100,7 +100,7 @@ def test_sigterm_goose_hands_over_fast_and_stays_member(make_cluster: Make, sign
     c = make_cluster(secret="s3cret-for-tests" if signed else None)
     names = c.start(3)
     old = c.wait_goose(timeout=5)
-    c.wait_for(lambda: all((s := c.status(n)) and s["goose"] == old for n in names),
+    c.wait_for(lambda: all((s := c.status(n)) and s.goose == old for n in names),
                timeout=3, what="everyone follows the goose")
     t0 = time.monotonic()
     c.terminate(old)
@@ -114,7 +114,7 @@ def test_sigterm_goose_hands_over_fast_and_stays_member(make_cluster: Make, sign
         # unsigned, a TimeoutNow could be forged: the new goose waits out the old lease
         # (Tmin after its voters last heard the old goose), still no full election
         assert handover < 0.3, f"hand-over took {handover * 1000:.0f} ms"
-    assert old in c.status(new)["members"]
+    assert old in c.status(new).members
     assert "handing over to" in c.log_tail(old, 30)
 
 
@@ -127,7 +127,7 @@ def test_removed_live_node_exits_zero(make_cluster: Make) -> None:
     assert c.wait(victim, 3) == 0, c.log_tail(victim)
     assert "removed from the cluster" in c.log_tail(victim)
     rest = names[1:]
-    c.wait_for(lambda: all((s := c.status(n)) and s["members"] == rest for n in rest),
+    c.wait_for(lambda: all((s := c.status(n)) and list(s.members) == rest for n in rest),
                timeout=3, what="survivors see the removal")
     c.wait_goose(among=rest, timeout=5)
 
@@ -136,7 +136,7 @@ def test_frozen_redis_does_not_move_the_goose(make_cluster: Make) -> None:
     c = make_cluster()
     names = c.start(3)
     goose = c.wait_goose(timeout=5)
-    term = c.status(goose)["term"]
+    term = c.status(goose).term
     assert c.pause_redis()
     try:
         samples = watch(c, 3.0, names)
@@ -145,8 +145,8 @@ def test_frozen_redis_does_not_move_the_goose(make_cluster: Make) -> None:
     assert all(s[goose] == "goose" for s in samples), "the goose must hold through the freeze"
     assert all(list(s.values()).count("goose") == 1 for s in samples)
     st = c.status(goose)
-    assert st["term"] == term
-    c.wait_for(lambda: c.status(goose)["redis"]["connected"], timeout=5,
+    assert st.term == term
+    c.wait_for(lambda: c.status(goose).redis.connected, timeout=5,
                what="reconnect to Redis")
 
 
@@ -154,14 +154,14 @@ def test_redis_restarted_empty_gets_membership_back(make_cluster: Make) -> None:
     c = make_cluster()
     names = c.start(3)
     goose = c.wait_goose(timeout=5)
-    c.wait_for(lambda: all((s := c.status(n)) and len(s["members"]) == 3 for n in names),
+    c.wait_for(lambda: all((s := c.status(n)) and len(s.members) == 3 for n in names),
                timeout=5, what="3 members")
-    term = c.status(goose)["term"]
+    term = c.status(goose).term
     c.kill_redis()
     c.start_redis()  # same port, no data
     c.wait_for(lambda: _members_in_redis(c) == sorted(names),
                timeout=5, what="membership restored in Redis")
-    assert c.geese() == [goose] and c.status(goose)["term"] == term
+    assert c.geese() == [goose] and c.status(goose).term == term
 
 
 def _members_in_redis(c: LocalCluster) -> list[str]:
@@ -179,12 +179,12 @@ def test_shared_secret(make_cluster: Make) -> None:
     duck = next(n for n in names if n != goose)
     url = c.address(duck)
     before = c.status(duck)
-    forged = {"term": before["term"] + 5, "sender": goose, "seq": 1}
+    forged = {"term": before.term + 5, "sender": goose, "seq": 1}
     for headers in ({}, {"X-DDG-Timestamp": str(time.time()), "X-DDG-Signature": "00" * 32},
                     {"X-DDG-Timestamp": "1", "X-DDG-Signature": "00" * 32}):
         resp = httpx.post(url + "/raft/heartbeat", json=forged, headers=headers)
         assert resp.status_code == 401 and "error" in resp.json()
     after = c.status(duck)
-    assert after["term"] == before["term"] and after["goose"] == goose
+    assert after.term == before.term and after.goose == goose
     # status stays open
     assert httpx.get(url + "/").status_code == 200

@@ -109,7 +109,7 @@ def watching() -> Iterator[Watching]:
 
 
 def follows(c: LocalCluster, names: list[str], goose: str) -> bool:
-    return all((s := c.status(n)) is not None and s["goose"] == goose for n in names)
+    return all((s := c.status(n)) is not None and s.goose == goose for n in names)
 
 
 # ---- against a real cluster ----------------------------------------------------------------
@@ -128,7 +128,7 @@ def test_first_event_is_the_state_and_a_killed_goose_is_replaced_on_the_stream(
         st = c.status(name)
         assert st is not None
         assert first.kind == "state" and first.gap is None and first.node == name
-        assert first.id >= 1 and first.goose == goose and first.term == st["term"]
+        assert first.id >= 1 and first.goose == goose and first.term == st.term
         assert first.role is (Role.GOOSE if name == goose else Role.DUCK)
         assert first.members == tuple(sorted(names))
     term = feeds[goose].events[0].term
