@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
-from textual.widgets import Footer
+from textual.widgets import Input
 from textual.worker import Worker, WorkerState
 
 from ddg.backoff import Backoff
 from ddg.errors import DdgError, NotAMember, RegistryError, RegistryUnavailable
 
 from .config import PollSettings
-from .keys import console_keys, palette_keys
+from .keys import console_keys, footer_keys, palette_keys
 from .model import ClusterModel, Observation, Severity, fmt_ms
-from .screens import ConfirmScreen, HelpScreen
+from .screens import ConfirmScreen, HelpScreen, NodeDetailScreen
 from .source import Clock, ClusterSource, Fleet, SystemClock
-from .widgets import Banner, ClusterHeader, EventLog, HistoryPanel, NodeTable
+from .views import signal_name
+from .widgets import Banner, ClusterHeader, EventLog, HistoryPanel, KeyBar, NodeTable
 
 NOTIFY_SEVERITY: dict[Severity, str] = {
     "info": "information", "good": "information", "warning": "warning", "error": "error",
@@ -35,6 +39,22 @@ NOTIFY_SEVERITY: dict[Severity, str] = {
 # a failure; also the discovery loop's retry delay while Redis is in trouble.
 RESTART_INITIAL = 0.25
 RESTART_MAX = 2.0
+
+# The screen is redrawn from the model at most this often while polls come in (a new event is
+# shown at once), and at least this often for the ages it shows ("answer is 1.2 s old").
+RENDER_GAP = 0.25
+RENDER_MAX_GAP = 1.0
+TICK = 0.1
+# Once the screen is built, its objects (widgets, styles, caches) are moved out of the garbage
+# collector's sight (gc.freeze): a full collection then takes a few ms instead of up to 200 ms
+# at 25 nodes, which a key pressed at that moment would wait for.
+GC_FREEZE_AFTER = 2.0
+
+# The keys the console binds, by key name, and the actions that need demo mode.
+CONSOLE_ACTIONS = {key: action for k in console_keys() for key, action in k.pairs()}
+DEMO_ACTIONS = ("add", "kill", "stop", "start")
+# Actions of the main screen only (on a node's detail screen, k, s, t, r and p act on that node).
+MAIN_SCREEN_ACTIONS = ("add", "detail", "filter", "sort")
 
 
 def restart_backoff() -> Backoff:
@@ -64,6 +84,16 @@ class _Loop:
     gone: Callable[[], str | None] = _needed    # why it need not run any more, if so
 
 
+class FilterInput(Input):
+    """The `/` filter: Enter keeps it, Esc clears it."""
+
+    BINDINGS = [Binding("escape", "cancel", "Clear", show=False)]
+
+    def action_cancel(self) -> None:
+        self.value = ""
+        self.post_message(self.Submitted(self, ""))
+
+
 class ConsoleApp(App[int]):
     """Live view of one DuckDuckGoose cluster, with the keys to break it and watch it heal."""
 
@@ -74,13 +104,17 @@ class ConsoleApp(App[int]):
     def __init__(self, *, source: ClusterSource, fleet: Fleet | None = None,
                  poll: PollSettings | None = None, clock: Clock | None = None,
                  mode: str | None = None, handle_signals: bool = False,
-                 stop_timeout: float = 5.0) -> None:
+                 stop_timeout: float = 5.0, tune_gc: bool | None = None) -> None:
+        """TUNE_GC: freeze the garbage collector's view of the built screen (see
+        GC_FREEZE_AFTER); None: when running in a terminal (not headless, as in tests)."""
         super().__init__()
+        self.tune_gc = tune_gc
         self.source = source
         self.fleet = fleet
         self.poll = poll or PollSettings()
         self.clock: Clock = clock or SystemClock()
-        self.mode = mode or ("demo: processes started here" if fleet else "attached")
+        # In demo mode the header counts the nodes started here itself (they come and go).
+        self.mode = mode or ("demo" if fleet else "attached")
         self.handle_signals = handle_signals
         self.stop_timeout = stop_timeout
         self.model = ClusterModel(cluster=source.cluster, stale_after=self.poll.stale_after)
@@ -97,7 +131,13 @@ class ConsoleApp(App[int]):
         self._closing = False
         self._dirty = True
         self._last_render = -1e9
+        self._rendered_seq = -1
+        self._render_pending = False
+        self._detail: NodeDetailScreen | None = None
         self._membership_seen = asyncio.Event()
+        self._poll_text = (f"poll {self.poll.interval * 1000:.0f} ms, timeout "
+                           f"{self.poll.timeout * 1000:.0f} ms",
+                           f"poll {self.poll.interval * 1000:.0f} ms")
 
     # ---- layout --------------------------------------------------------------------------
 
@@ -108,16 +148,26 @@ class ConsoleApp(App[int]):
         with Horizontal(id="lower"):
             yield EventLog(self.clock.stamp, id="events")
             yield HistoryPanel(self.clock.stamp, id="history")
-        yield Footer()
+        yield FilterInput(placeholder="filter nodes by name (Enter keeps it, Esc clears it)",
+                          id="filter", classes="-hidden")
+        yield KeyBar(footer_keys(), self._key_state, id="keys")
 
     def on_mount(self) -> None:
-        table = self.query_one(NodeTable)
+        self._ui_table = table = self.query_one(NodeTable)
+        self._ui_header = self.query_one(ClusterHeader)
+        self._ui_banner = self.query_one(Banner)
+        self._ui_log = self.query_one(EventLog)
+        self._ui_history = self.query_one(HistoryPanel)
+        self._ui_keys = self.query_one("#keys", KeyBar)
+        self._ui_filter = self.query_one("#filter", FilterInput)
         table.border_title = "nodes"
-        self.query_one(EventLog).border_title = "events"
-        self.query_one(HistoryPanel).border_title = "history"
+        self._ui_log.border_title = "events"
+        self._ui_history.border_title = "history"
         table.focus()
         self._start_discovery()
-        self._ticker = self.set_interval(0.1, self._tick)
+        self._ticker = self.set_interval(TICK, self._tick)
+        if self.tune_gc if self.tune_gc is not None else not self.is_headless:
+            self.set_timer(GC_FREEZE_AFTER, gc.freeze)
         if self.handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -258,7 +308,8 @@ class ConsoleApp(App[int]):
     # ---- rendering -----------------------------------------------------------------------
 
     def _tick(self) -> None:
-        """Every 0.1 s: process exits, and redraw when something changed (at least each 0.5 s).
+        """Every TICK: process exits, and redraw when something changed: at once for a new
+        event, else at most every RENDER_GAP, and at least every RENDER_MAX_GAP.
 
         If it fails, the ticker pauses, says so, and resumes after a backoff."""
         try:
@@ -266,7 +317,11 @@ class ConsoleApp(App[int]):
                 for ex in self.fleet.exits():
                     self._on_exit(ex.name, ex.code, ex.expected, ex.detail)
             now = self.clock.monotonic()
-            if self._dirty or now - self._last_render >= 0.5:
+            self.model.tick(now)
+            # paced by the real clock: the model's may be a test's, standing still
+            since = time.monotonic() - self._last_render
+            if self.model.last_seq != self._rendered_seq or since >= RENDER_MAX_GAP or (
+                    self._dirty and since >= RENDER_GAP):
                 self.render_now()
         except Exception as exc:
             if self._ticker is None:
@@ -280,28 +335,100 @@ class ConsoleApp(App[int]):
         else:
             self._tick_backoff.reset()
 
+    def _mode(self) -> tuple[str, str]:
+        """What the header says about who owns the nodes (long, short)."""
+        if self.fleet is None:
+            return self.mode, "attached"
+        fleet = self.fleet
+        ours = sum(1 for name in self.model.members if fleet.owns(name))
+        return (f"demo: {ours} node{'' if ours == 1 else 's'} started here",
+                f"demo, {ours} ours")
+
     def render_now(self) -> None:
         """Bring every widget up to date with the model."""
         now = self.clock.monotonic()
         self._dirty = False
-        self._last_render = now
+        self._last_render = time.monotonic()
+        self._rendered_seq = self.model.last_seq
         self.renders += 1
         m = self.model
         header = m.header(now)
-        poll = f"poll {self.poll.interval * 1000:.0f} ms, timeout {self.poll.timeout * 1000:.0f} ms"
-        log = self.query_one(EventLog)
-        new = m.events_after(log.last_seq)
+        new = m.events_after(self._ui_log.last_seq)
+        mode, mode_short = self._mode()
         with self.batch_update():
-            self.query_one(ClusterHeader).show(header, mode=self.mode,
-                                               location=self.source.location, poll=poll)
-            self.query_one(Banner).show(header.banner, header.banner_level)
-            self.query_one(NodeTable).sync(m.rows(now))
-            log.add(new)
-            self.query_one(HistoryPanel).show(m.failovers, m.timeline)
+            self._ui_header.show(header, mode=mode, mode_short=mode_short,
+                                 location=self.source.location, poll=self._poll_text[0],
+                                 poll_short=self._poll_text[1])
+            self._ui_banner.show(header.banner, header.banner_level)
+            self._ui_table.sync(m.rows(now))
+            self._ui_log.add(new)
+            self._ui_history.show(m.failovers, m.timeline)
+            self._ui_keys.update_state()
+            if isinstance(self.screen, NodeDetailScreen):
+                self.screen.update_view()
         for e in new:
             if e.kind in ("failover", "split"):
                 self.notify(e.text, severity=NOTIFY_SEVERITY[e.severity],  # type: ignore[arg-type]
                             timeout=6)
+
+    # ---- keys that do not apply --------------------------------------------------------------
+
+    def _key_state(self, action: str) -> bool | None:
+        if action == "command_palette":
+            return True
+        return self.check_action(action, ())
+
+    def _can_sign(self) -> bool:
+        """Whether the console can send admin requests the nodes accept: a cluster that signs
+        its messages needs the secret."""
+        signed = any(o.reply.status is not None and o.reply.status.security == "hmac"
+                     for o in self.model.last_ok.values())
+        return not signed or getattr(self.source, "secret", None) is not None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """True: the key applies; None: not to the selected node, or not now (dimmed in the
+        footer); False: never in this mode (left out of the footer)."""
+        if action in MAIN_SCREEN_ACTIONS and isinstance(self.screen, NodeDetailScreen):
+            return False  # the detail screen has its own keys for these
+        name = self._current_node()
+        if action in DEMO_ACTIONS:
+            if self.fleet is None:
+                return False
+            if action == "add":
+                return True
+            if name is None or not self.fleet.owns(name):
+                return None
+            running = self.fleet.running(name)
+            return True if running != (action == "start") else None
+        if action in ("remove", "detail", "isolate"):
+            if name is None:
+                return None
+            if action == "isolate" and not self._can_sign():
+                return None
+        if action == "heal":
+            return True if self.isolated_here else None
+        if action == "goto_goose":
+            return True if self.model.live_goose() is not None else None
+        return True
+
+    def on_key(self, event: events.Key) -> None:
+        """A key whose action does not apply still says why (the action explains itself)."""
+        if isinstance(self.screen, ModalScreen) or isinstance(self.focused, Input):
+            return
+        action = CONSOLE_ACTIONS.get(event.key)
+        if action is None:
+            return
+        state = self.check_action(action, ())
+        # dimmed (None): it says why; left out (False): only the demo keys, in attach mode
+        if state is None or (state is False and action in DEMO_ACTIONS and self.fleet is None):
+            event.stop()
+            getattr(self, f"action_{action}")()
+
+    def on_node_table_highlighted(self, message: NodeTable.Highlighted) -> None:
+        self._ui_keys.update_state()
+
+    def on_node_table_chosen(self, message: NodeTable.Chosen) -> None:
+        self.action_detail()
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -314,9 +441,29 @@ class ConsoleApp(App[int]):
             self.notify(text, severity=NOTIFY_SEVERITY[severity],  # type: ignore[arg-type]
                         timeout=5 if severity in ("info", "good") else 8, markup=False)
         self._dirty = True
+        self._render_soon()
+
+    def _render_soon(self) -> None:
+        """Redraw as soon as the current message is handled (a key's outcome shows at once,
+        not at the next tick); several requests before then make one redraw."""
+        if not self._render_pending:
+            self._render_pending = True
+            self.call_next(self._render_requested)
+
+    def _render_requested(self) -> None:
+        self._render_pending = False
+        if not self._closing:
+            self.render_now()
+
+    def _current_node(self) -> str | None:
+        """The node the keys act on: the one shown in detail, else the table's cursor's."""
+        if isinstance(self.screen, NodeDetailScreen):
+            return self.screen.node
+        table: NodeTable | None = getattr(self, "_ui_table", None)  # None until mounted
+        return table.selected() if table is not None else None
 
     def selected(self) -> str | None:
-        name = self.query_one(NodeTable).selected()
+        name = self._current_node()
         if name is None:
             self.notify("no node selected", severity="warning")
         return name
@@ -343,13 +490,24 @@ class ConsoleApp(App[int]):
             return
         pid = self.fleet.pid(name) if self.fleet else None
         self.model.note_process(name, pid=pid, state="exited", at=now, code=code, detail=detail)
+        if code is not None and code < 0:
+            # Not this console: someone else signalled it (or the kernel, out of memory).
+            sig = signal_name(-code)
+            self.model.mark_goose_loss(name, f"{name} killed by {sig}", at=now)
+            self.report(f"{name} was killed by {sig}, not by this console (pid {pid})",
+                        "error", node=name)
+            return
         self.model.mark_goose_loss(name, f"{name} exited", at=now)
         hint = f": {detail}" if detail else ""
-        log = getattr(self.fleet, "log_path", None)
-        path = log(name) if callable(log) else None
-        where = f" (log {path})" if isinstance(path, Path) and detail else ""
+        path = self._log_path(name)
+        where = f" (log {path})" if path is not None and detail else ""
         self.report(f"{name} exited by itself (code {code}){hint}{where}",
                     "info" if code == 0 else "error", node=name)
+
+    def _log_path(self, name: str) -> Path | None:
+        log = getattr(self.fleet, "log_path", None)
+        path = log(name) if callable(log) else None
+        return path if isinstance(path, Path) else None
 
     # ---- actions -------------------------------------------------------------------------
 
@@ -357,12 +515,51 @@ class ConsoleApp(App[int]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(attached=self.fleet is None))
 
+    def action_detail(self) -> None:
+        name = self.selected()
+        if name is None:
+            return
+        if isinstance(self.screen, NodeDetailScreen):
+            return
+        if self._detail is None:
+            self._detail = NodeDetailScreen(
+                name, model=self.model, stamp=self.clock.stamp, now=self.clock.monotonic,
+                log_path=self._log_path, order=lambda: self._ui_table.names,
+                check=self._key_state)
+            self.install_screen(self._detail, name="node-detail")
+        self._detail.show(name)
+        self.push_screen("node-detail")
+
+    def action_filter(self) -> None:
+        box = self._ui_filter
+        box.remove_class("-hidden")
+        box.value = self._ui_table.filter_text
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            self._ui_table.set_filter(event.value)
+            self._ui_keys.update_state()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            self._ui_table.set_filter(event.value)
+            if not event.value:
+                event.input.add_class("-hidden")
+            self._ui_table.focus()
+            self._ui_keys.update_state()
+
+    def action_sort(self) -> None:
+        self._ui_table.cycle_sort()
+
     def action_goto_goose(self) -> None:
         goose = self.model.live_goose()
         if goose is None:
             self.notify("no node answers goose right now", severity="warning")
             return
-        self.query_one(NodeTable).select(goose)
+        self._ui_table.select(goose)
+        if isinstance(self.screen, NodeDetailScreen):
+            self.screen.show(goose)
 
     def action_add(self) -> None:
         if self.fleet is None:
@@ -498,6 +695,19 @@ class ConsoleApp(App[int]):
             return
         member = self.model.members.get(name)
         if member is None:
+            return
+        if not self._can_sign():
+            self.report(f"cannot isolate {name}: the cluster signs its messages and this "
+                        "console has no secret (start it with --cluster-secret)", "warning",
+                        node=name)
+            return
+        ok = self.model.last_ok.get(name)
+        st = ok.reply.status if ok is not None else None
+        peers = set(self.model.members) - {name}
+        if name in self.isolated_here or (
+                st is not None and peers and peers <= set(st.isolated_from)):
+            self.report(f"{name} is already isolated from all peers (h heals)", "info",
+                        node=name)
             return
         self._run_job(self._isolate(name, member.address), name=f"isolate {name}",
                       group="admin", node=name)

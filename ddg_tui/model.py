@@ -28,7 +28,9 @@ GOOSE, DUCK, CANDIDATE = Role.GOOSE, Role.DUCK, Role.CANDIDATE
 Severity = Literal["info", "good", "warning", "error"]
 ProcState = Literal["running", "killed", "stopped", "exited", "removed"]
 
-
+# The term changes of several nodes within this long (a failover's ducks catching up) are one
+# event.
+TERM_FOLD_S = 0.5
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -50,6 +52,20 @@ class Event:
     text: str
     severity: Severity = "info"
     node: str | None = None
+    nodes: tuple[str, ...] = ()  # an event about several nodes (folded term changes)
+
+    def about(self, name: str) -> bool:
+        return self.node == name or name in self.nodes
+
+
+@dataclass(kw_only=True, slots=True)
+class _TermFold:
+    """Term changes to TERM not yet logged: name -> (old term, role, goose it follows)."""
+
+    term: int
+    at: float
+    wall: float
+    nodes: dict[str, tuple[int, str, str | None]]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -84,13 +100,15 @@ class ClusterModel:
         self.events: deque[Event] = deque(maxlen=max_events)
         self.tracker = GooseTracker(self._event, self._loss_cause)
         self._seq = 0
+        self._fold: _TermFold | None = None
 
     # ---- events ---------------------------------------------------------------------------
 
     def _event(self, wall: float, kind: str, text: str, severity: Severity = "info",
-               node: str | None = None) -> Event:
+               node: str | None = None, nodes: tuple[str, ...] = ()) -> Event:
         self._seq += 1
-        ev = Event(seq=self._seq, wall=wall, kind=kind, text=text, severity=severity, node=node)
+        ev = Event(seq=self._seq, wall=wall, kind=kind, text=text, severity=severity, node=node,
+                   nodes=nodes)
         self.events.append(ev)
         return ev
 
@@ -101,6 +119,56 @@ class ClusterModel:
              node: str | None = None) -> Event:
         """Log something the console did or saw that is not a poll result."""
         return self._event(wall, kind, text, severity, node)
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def tick(self, at: float) -> list[Event]:
+        """Log the folded term changes that waited long enough (call it now and then)."""
+        if self._fold is not None and at - self._fold.at >= TERM_FOLD_S:
+            return self._flush_terms()
+        return []
+
+    def _term_change(self, name: str, old: int, st: NodeStatus, obs: Observation) -> list[Event]:
+        out: list[Event] = []
+        if self._fold is not None and (self._fold.term != st.term
+                                       or obs.at - self._fold.at >= TERM_FOLD_S):
+            out += self._flush_terms()
+        if self._fold is None:
+            self._fold = _TermFold(term=st.term, at=obs.at, wall=obs.wall, nodes={})
+        self._fold.wall = obs.wall
+        first = self._fold.nodes.get(name)
+        self._fold.nodes[name] = (old if first is None else first[0], str(st.role), st.goose)
+        return out
+
+    def _flush_terms(self) -> list[Event]:
+        fold, self._fold = self._fold, None
+        if fold is None:
+            return []
+        nodes = {n: v for n, v in fold.nodes.items() if v[0] != fold.term}
+        if not nodes:
+            return []
+        olds = "/".join(str(t) for t in sorted({v[0] for v in nodes.values()}))
+        if len(nodes) == 1:
+            [(name, (old, role, goose))] = nodes.items()
+            follows = f", follows {goose}" if goose else ""
+            return [self._event(fold.wall, "term", f"{name}: term {old} → {fold.term} "
+                                f"({role}{follows})", "info", name)]
+        groups: dict[tuple[str, str | None], list[str]] = {}
+        for name in sorted(nodes, key=natural_key):
+            _, role, goose = nodes[name]
+            groups.setdefault((role, goose if role != GOOSE else None), []).append(name)
+        parts = []
+        for (role, goose), names in groups.items():
+            who = ", ".join(names)
+            if role == DUCK and goose:
+                parts.append(f"{who} follow{'s' if len(names) == 1 else ''} {goose}")
+            else:
+                parts.append(f"{who} {role}")
+        return [self._event(fold.wall, "term",
+                            f"term {olds} → {fold.term}: {'; '.join(parts)}", "info",
+                            nodes=tuple(sorted(nodes, key=natural_key)))]
 
     # ---- registry -------------------------------------------------------------------------
 
@@ -168,31 +236,42 @@ class ClusterModel:
         st = obs.reply.status
         proc = self.procs.get(name)
         quiet = proc is not None and proc.state in ("killed", "stopped", "removed")
+        # Started here and not answered since: a failed poll is the start, not an outage.
+        starting = proc is not None and proc.state == "running" and (
+            prev_ok is None or prev_ok.at < proc.since)
         if st is not None:
             self.first_failure.pop(name, None)
-            if prev is not None and not prev.reply.ok:
-                out.append(self._event(obs.wall, "reach",
-                                       f"{name} answers again ({st.role}, term {st.term})",
-                                       "good", name))
             old = prev_ok.reply.status if prev_ok else None
-            if old is None:
+            restarted = old is not None and _new_process(old, st, obs.at - prev_ok.at
+                                                         if prev_ok else 0.0)
+            if old is None or restarted:
                 # A new goose is announced by the goose tracking below.
-                if (prev is None or prev.reply.ok) and st.role != GOOSE:
-                    follows = f", follows {st.goose}" if st.goose and st.role != GOOSE else ""
+                if st.role != GOOSE and (restarted or starting):
+                    out.append(self._event(obs.wall, "role", f"{name} started as {st.role} "
+                                           f"(term {st.term}{_follows(st)})", "good", name))
+                elif st.role != GOOSE and (prev is None or prev.reply.ok):
                     out.append(self._event(obs.wall, "role",
-                                           f"{name} is {st.role} (term {st.term}{follows})",
-                                           "info", name))
+                                           f"{name} is {st.role} (term {st.term}"
+                                           f"{_follows(st)})", "info", name))
+                elif restarted or starting:
+                    out.append(self._event(obs.wall, "role", f"{name} started (term "
+                                           f"{st.term})", "good", name))
+                elif prev is not None and not prev.reply.ok:
+                    out.append(self._event(obs.wall, "reach",
+                                           f"{name} answers again ({st.role}, term {st.term})",
+                                           "good", name))
             else:
+                if prev is not None and not prev.reply.ok:
+                    out.append(self._event(obs.wall, "reach",
+                                           f"{name} answers again ({st.role}, term {st.term})",
+                                           "good", name))
                 if old.role != st.role:
                     if st.role != GOOSE:  # a new goose is announced by the goose tracking
                         out.append(self._event(
                             obs.wall, "role",
                             f"{name}: {old.role} → {st.role} (term {st.term})", "info", name))
                 elif old.term != st.term:
-                    follows = f", follows {st.goose}" if st.goose else ""
-                    out.append(self._event(
-                        obs.wall, "term", f"{name}: term {old.term} → {st.term} "
-                        f"({st.role}{follows})", "info", name))
+                    out += self._term_change(name, old.term, st, obs)
                 if old.isolated_from != st.isolated_from:
                     if st.isolated_from:
                         out.append(self._event(
@@ -214,7 +293,7 @@ class ClusterModel:
             self.last_ok[name] = obs
         else:
             self.first_failure.setdefault(name, obs.at)
-            if (prev is None or prev.reply.ok) and not quiet:
+            if (prev is None or prev.reply.ok) and not quiet and not starting:
                 out.append(self._event(obs.wall, "reach",
                                        f"{name} does not answer: {obs.reply.error}",
                                        "warning", name))
@@ -290,3 +369,13 @@ class ClusterModel:
         return row_view(self, name, now)
 
 
+def _follows(st: NodeStatus) -> str:
+    return f", follows {st.goose}" if st.goose and st.role != GOOSE else ""
+
+
+def _new_process(old: NodeStatus, new: NodeStatus, between: float) -> bool:
+    """NEW comes from another process than OLD (a restart), by its pid or its uptime."""
+    if old.pid is not None and new.pid is not None and old.pid != new.pid:
+        return True
+    return (old.uptime_s is not None and new.uptime_s is not None
+            and new.uptime_s + 1.0 < old.uptime_s + between)

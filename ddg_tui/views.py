@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from rich.cells import cell_len
 
 from ddg.core import quorum_of
 from ddg.status import Role
@@ -14,6 +18,10 @@ if TYPE_CHECKING:
     from .model import ClusterModel, Severity
 
 GOOSE = Role.GOOSE
+# A node started here that has not answered yet shows as starting for this long, then as not
+# answering.
+STARTING_GRACE_S = 20.0
+STARTING_STATES = ("joining", "starting")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -22,7 +30,8 @@ class RowView:
 
     name: str
     address: str
-    role: str  # goose | duck | candidate | unreachable | killed | stopped | exited | pending
+    # goose | duck | candidate | starting | unreachable | killed | stopped | exited | pending
+    role: str
     term: int | None = None
     follows: str | None = None
     heartbeat_age_ms: float | None = None
@@ -57,6 +66,13 @@ class HeaderView:
     security: str | None = None  # the nodes' mode: hmac, insecure-loopback or mixed
 
 
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def header_view(m: ClusterModel, now: float) -> HeaderView:
     current = m.geese()
     split = m.tracker.split
@@ -65,6 +81,12 @@ def header_view(m: ClusterModel, now: float) -> HeaderView:
     terms = [o.reply.status.term for o in m.last_ok.values()
              if o.reply.status is not None]
     leaderless = m.leaderless_ms(now)
+    quorum = quorum_of(len(m.members))
+    # Members not polled yet may still answer: no quorum only once they could not make one.
+    pending = sum(1 for n in m.members if n not in m.latest)
+    no_quorum = (f"no quorum: {answering} of {len(m.members)} member"
+                 f"{'' if len(m.members) == 1 else 's'} answer, {quorum} needed"
+                 if m.members and answering + pending < quorum else None)
     banner: str | None = None
     level: Severity = "error"
     if split:
@@ -76,7 +98,11 @@ def header_view(m: ClusterModel, now: float) -> HeaderView:
         if m.tracker.goose is not None:
             cause = f"; {m.tracker.loss.cause}" if m.tracker.loss is not None else ""
             last = f" (last: {m.tracker.goose}, term {m.tracker.goose_term}{cause})"
-        banner = f"NO GOOSE{since}{last} — election in progress or no quorum"
+        why = no_quorum or "election in progress"
+        banner = f"NO GOOSE{since}{last} — {why}"
+    elif no_quorum is not None:
+        banner = f"{no_quorum[0].upper()}{no_quorum[1:]} — the goose keeps its role only " \
+                 "while its lease lasts"
     election_trouble = banner is not None
     if m.redis_ok is False:
         redis_banner = (f"REDIS UNREACHABLE ({m.redis_error}) — polling the "
@@ -97,7 +123,7 @@ def header_view(m: ClusterModel, now: float) -> HeaderView:
         redis_error=m.redis_error,
         members=len(m.members),
         version=m.version,
-        quorum=quorum_of(len(m.members)),
+        quorum=quorum,
         goose=current[0][0] if current else None,
         term=current[0][1] if current else None,
         max_term=max(terms) if terms else None,
@@ -145,8 +171,13 @@ def row_view(m: ClusterModel, name: str, now: float) -> RowView:
             notes.append(f"membership v{st.membership_version} < v{m.version}")
         if proc is None and st.pid is not None:
             base["pid"] = st.pid
+        role = str(st.role)
+        if st.state in STARTING_STATES:
+            role = "starting"
+            notes.insert(0, f"{st.state}: {st.joining}" if st.joining else st.state)
+            level = "info" if level == "good" else level
         return RowView(
-            **base, role=st.role, term=st.term,
+            **base, role=role, term=st.term,
             follows=None if st.role == GOOSE else st.goose,
             heartbeat_age_ms=st.heartbeat_age_ms,
             lease_remaining_ms=st.lease_remaining_ms,
@@ -168,6 +199,11 @@ def row_view(m: ClusterModel, name: str, now: float) -> RowView:
     if ok is not None:
         silent_since = ok.at
     silent = fmt_ms((now - silent_since) * 1000)
+    if proc is not None and proc.state == "running" and (ok is None or ok.at < proc.since) \
+            and now - proc.since < STARTING_GRACE_S:
+        ago = fmt_ms((now - proc.since) * 1000)
+        return RowView(**base, **known, role="starting",
+                       state=f"starting: started {ago} ago, no answer yet", level="info")
     if proc is not None and proc.state in ("killed", "stopped", "exited"):
         ago = fmt_ms((now - proc.since) * 1000)
         what = {
@@ -176,7 +212,103 @@ def row_view(m: ClusterModel, name: str, now: float) -> RowView:
             "exited": f"process exited{'' if proc.code is None else f' ({proc.code})'} "
                       f"{ago} ago{': ' + proc.detail if proc.detail else ''}",
         }[proc.state]
+        if proc.state == "exited" and proc.code is not None and proc.code < 0:
+            what = f"killed by {signal_name(-proc.code)} {ago} ago, not from this console"
         return RowView(**base, **known, role=proc.state, state=what,
                        level="error" if proc.state == "exited" else "warning")
     return RowView(**base, **known, role="unreachable",
                    state=f"no answer {silent}: {obs.reply.error}", level="error")
+
+
+# ---- fitting a line of parts into a width ------------------------------------------------
+
+Seg = tuple[str, str]  # (text, style)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A piece of a header line, e.g. "quorum 2". DROP 0: always shown; else dropped when the
+    line does not fit, 1 first. SHORT: a shorter form, tried before anything is dropped."""
+
+    segs: tuple[Seg, ...]
+    short: tuple[Seg, ...] | None = None
+    drop: int = 0
+
+    @classmethod
+    def of(cls, text: str, style: str = "", *, short: str | None = None,
+           drop: int = 0) -> Part:
+        return cls(((text, style),), None if short is None else ((short, style),), drop)
+
+
+def segs_width(segs: Sequence[Seg]) -> int:
+    return sum(cell_len(t) for t, _ in segs)
+
+
+def fit_parts(parts: Sequence[Part], width: int, *, lead: str = "",
+              seps: tuple[str, str] = ("  ·  ", " · ")) -> tuple[list[tuple[Seg, ...]], str]:
+    """The parts of a line that fit in WIDTH cells, and the separator to join them. Until
+    they fit: the narrow separator; then, rank by rank (1 first), the short form of the
+    parts of that rank, then without them; last, the short form of the parts never dropped."""
+    ranks = sorted({p.drop for p in parts if p.drop})
+    # (separator, ranks shortened, ranks dropped), from the whole line to the least of it
+    tries: list[tuple[str, set[int], set[int]]] = [(seps[0], set(), set())]
+    shortened: set[int] = set()
+    dropped: set[int] = set()
+    tries.append((seps[1], set(), set()))
+    for rank in ranks:
+        shortened = shortened | {rank}
+        tries.append((seps[1], shortened, set(dropped)))
+        dropped = dropped | {rank}
+        tries.append((seps[1], shortened, dropped))
+    tries.append((seps[1], shortened | {0}, dropped))
+    chosen: list[tuple[Seg, ...]] = []
+    sep = seps[1]
+    for sep, short, gone in tries:
+        chosen = [p.short if p.drop in short and p.short is not None else p.segs
+                  for p in parts if p.drop not in gone]
+        used = cell_len(lead) + sum(segs_width(c) for c in chosen) \
+            + cell_len(sep) * max(0, len(chosen) - 1)
+        if used <= width:
+            break
+    return chosen, sep
+
+
+def header_parts(h: HeaderView, *, mode: str, mode_short: str, location: str,
+                 poll: str, poll_short: str) -> tuple[list[Part], list[Part]]:
+    """The header's two lines, as parts to fit into the terminal's width."""
+    one = [Part.of(" DuckDuckGoose ", "bold black on #ffd200", short=" DDG "),
+           Part.of(f"cluster {h.cluster}", "bold"),
+           Part.of(mode, "dim", short=mode_short, drop=3)]
+    if h.redis_ok is None:
+        redis: Seg = ("● connecting", "#ff8c00")
+    elif h.redis_ok:
+        redis = ("● up", "bold green")
+    else:
+        redis = ("● DOWN", "bold red")
+    one.append(Part((("Redis ", ""), redis)))
+    one.append(Part.of(location, "dim", drop=1))
+    if h.version is not None:
+        one.append(Part.of(f"v{h.version}", "dim", short=f"v{h.version}", drop=2))
+    if h.security == "hmac":
+        one.append(Part.of("signed", "green", drop=4))
+    elif h.security is not None:
+        one.append(Part.of("UNSIGNED" if h.security == "insecure-loopback" else "MIXED",
+                           "#ff8c00", drop=5))
+    short_of_quorum = h.answering < h.quorum
+    two = [Part.of(f"members {h.members}", "bold"),
+           Part.of(f"quorum {h.quorum}"),
+           Part.of(f"answering {h.answering}/{h.members}", "bold red" if short_of_quorum else "",
+                   short=f"up {h.answering}/{h.members}")]
+    if len(h.geese) >= 2:
+        two.append(Part((("goose ", ""), (" / ".join(f"{n} (t{t})" for n, t in h.geese),
+                                          "bold red"))))
+    elif h.goose is not None:
+        two.append(Part((("goose ", ""), (f"★ {h.goose}", "bold black on #ffd200"))))
+        two.append(Part.of(f"term {h.term}", "bold"))
+    else:
+        two.append(Part((("goose ", ""), ("NONE", "bold red"))))
+        if h.max_term is not None:
+            two.append(Part.of(f"highest term seen {h.max_term}", short=f"max term {h.max_term}",
+                               drop=2))
+    two.append(Part.of(poll, "dim", short=poll_short, drop=1))
+    return one, two

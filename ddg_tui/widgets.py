@@ -1,199 +1,313 @@
-"""The console's widgets: header, banner, node table, event log, failover history."""
+"""The console's widgets: header, banner, node table (table.py), event log, failover history and
+the key bar. Each one is given what to show, compares it with what it shows, and repaints only
+if it differs; each one lays itself out for its width, again on every resize."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from rich.cells import cell_len
+from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import DataTable, Label, RichLog, Sparkline, Static
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.widget import Widget
+from textual.widgets import Label, Static
 
-from .model import (
-    CANDIDATE,
-    DUCK,
-    GOOSE,
-    Event,
-    Failover,
-    GooseSpan,
-    HeaderView,
-    RowView,
-    fmt_ms,
-    fmt_uptime,
-    natural_key,
-    summarize_failovers,
-)
+from .fmt import fmt_ms
+from .keys import Key
+from .model import Event, Failover, GooseSpan, HeaderView, summarize_failovers
+from .table import COLUMNS, LEVEL_STYLE, ROLE_CELLS, NodeTable, row_cells
+from .views import Part, fit_parts, header_parts
 
-# (key, label, fixed width or None for auto, right-justified)
-COLUMNS: tuple[tuple[str, str, int | None, bool], ...] = (
-    ("name", "name", None, False),
-    ("address", "address", None, False),
-    ("role", "role", 11, False),
-    ("term", "term", 4, True),
-    ("follows", "follows", None, False),
-    ("hb", "hb age", 6, True),
-    ("lease", "lease", 6, True),
-    ("latency", "poll", 6, True),
-    ("uptime", "uptime", 6, True),
-    ("pid", "pid", 7, True),
-    ("state", "state", None, False),
-)
-
-ROLE_CELLS: dict[str, tuple[str, str]] = {
-    GOOSE: ("★ GOOSE", "bold black on #ffd200"),
-    DUCK: ("duck", "#8fb3d9"),
-    CANDIDATE: ("◌ candidate", "bold magenta"),
-    "unreachable": ("✗ no answer", "bold red"),
-    "killed": ("✗ killed", "bold red"),
-    "stopped": ("■ stopped", "bold #ff8c00"),
-    "exited": ("✗ exited", "bold red"),
-    "pending": ("… pending", "dim"),
-}
-
-LEVEL_STYLE = {"info": "", "good": "green", "warning": "bold #ff8c00", "error": "bold red"}
+__all__ = ["COLUMNS", "LEVEL_STYLE", "ROLE_CELLS", "Banner", "ClusterHeader", "EventLog",
+           "HistoryPanel", "KeyBar", "NodeTable", "TextBox", "row_cells"]
 
 
-def _address(addr: str) -> str:
-    return addr.removeprefix("http://")
+def _text(parts: Sequence[Part], width: int, lead: str = "") -> Text:
+    chosen, sep = fit_parts(parts, width, lead=lead)
+    t = Text(lead, no_wrap=True, overflow="ellipsis")
+    for i, segs in enumerate(chosen):
+        if i:
+            t.append(sep, style="dim")
+        for text, style in segs:
+            t.append(text, style=style)
+    return t
 
 
-def row_cells(row: RowView) -> dict[str, Text]:
-    """Rich cells for one row, keyed like COLUMNS."""
-    label, style = ROLE_CELLS.get(row.role, (row.role, ""))
-    stale = "dim italic" if row.stale else ""
-    lat_style = "" if row.latency_ms is None or row.latency_ms < 100 else "#ff8c00"
-    hb_style = "" if row.heartbeat_age_ms is None or row.heartbeat_age_ms < 300 else "#ff8c00"
-    pid = "—" if row.pid is None else str(row.pid)
-    name_style = "bold #ffd200" if row.role == GOOSE else "bold"
-    return {
-        "name": Text(row.name, style=name_style),
-        "address": Text(_address(row.address), style="dim" if row.stale else ""),
-        "role": Text(label, style=style),
-        "term": Text("—" if row.term is None else str(row.term), style=stale, justify="right"),
-        "follows": Text(row.follows or "—", style=stale),
-        "hb": Text(fmt_ms(row.heartbeat_age_ms), style=hb_style, justify="right"),
-        "lease": Text(fmt_ms(row.lease_remaining_ms), justify="right"),
-        "latency": Text(fmt_ms(row.latency_ms), style=lat_style, justify="right"),
-        "uptime": Text(fmt_uptime(row.uptime_s), justify="right"),
-        "pid": Text(pid, style="" if row.pid_owned else "dim", justify="right"),
-        "state": Text(row.state, style=LEVEL_STYLE.get(row.level, "")),
-    }
+class ClusterHeader(Widget):
+    """Two lines: the cluster and where it is; members, quorum, goose and term. Parts of less
+    weight are shortened, then dropped, to fit the width."""
 
-
-class NodeTable(DataTable[Text]):
-    """One row per registered member, keyed by name, updated in place."""
+    DEFAULT_CSS = """
+    ClusterHeader { height: 2; }
+    """
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
-        self._shown: dict[str, dict[str, Text]] = {}
+        super().__init__(**kwargs)
+        self._shown: tuple[Any, ...] | None = None
 
-    def on_mount(self) -> None:
-        for key, label, width, right in COLUMNS:
-            self.add_column(Text(label, justify="right" if right else "left"), key=key,
-                            width=width)
+    def show(self, h: HeaderView, *, mode: str, mode_short: str, location: str, poll: str,
+             poll_short: str) -> None:
+        data = (h, mode, mode_short, location, poll, poll_short)
+        if data != self._shown:
+            self._shown = data
+            self.refresh()
 
-    def selected(self) -> str | None:
-        if self.row_count == 0 or not self.is_valid_row_index(self.cursor_row):
-            return None
-        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
-        return row_key.value
-
-    def select(self, name: str) -> bool:
-        if name not in self._shown:
-            return False
-        self.move_cursor(row=self.get_row_index(name))
-        return True
-
-    def sync(self, rows: Sequence[RowView]) -> None:
-        """Make the table show ROWS: add, remove and update cells by key. Call in batch_update."""
-        wanted = {r.name for r in rows}
-        selected = self.selected()
-        for name in [n for n in self._shown if n not in wanted]:
-            self.remove_row(name)
-            del self._shown[name]
-        added = False
-        for row in rows:
-            cells = row_cells(row)
-            shown = self._shown.get(row.name)
-            if shown is None:
-                self.add_row(*(cells[k] for k, *_ in COLUMNS), key=row.name)
-                self._shown[row.name] = cells
-                added = True
-                continue
-            for key, _label, width, _right in COLUMNS:
-                if shown[key] != cells[key]:
-                    self.update_cell(row.name, key, cells[key], update_width=width is None)
-                    shown[key] = cells[key]
-        if added:
-            self.sort("name", key=lambda t: natural_key(t.plain))
-            if selected is not None and selected in self._shown:
-                self.select(selected)
-
-
-class ClusterHeader(Static):
-    def show(self, h: HeaderView, *, mode: str, location: str, poll: str) -> None:
-        t = Text()
-        t.append(" DuckDuckGoose ", style="bold black on #ffd200")
-        t.append(f"  cluster {h.cluster}", style="bold")
-        t.append(f"  ·  {mode}", style="dim")
-        t.append("  ·  Redis ")
-        if h.redis_ok is None:
-            t.append("● connecting", style="#ff8c00")
-        elif h.redis_ok:
-            t.append("● up", style="bold green")
-        else:
-            t.append("● DOWN", style="bold red")
-        t.append(f" {location}", style="dim")
-        if h.version is not None:
-            t.append(f" v{h.version}", style="dim")
-        if h.security == "hmac":
-            t.append("  ·  signed", style="green")
-        elif h.security is not None:
-            t.append(f"  ·  {'UNSIGNED' if h.security == 'insecure-loopback' else 'MIXED'}",
-                     style="#ff8c00")
+    def render(self) -> Text:
+        if self._shown is None:
+            return Text("")
+        h, mode, mode_short, location, poll, poll_short = self._shown
+        one, two = header_parts(h, mode=mode, mode_short=mode_short, location=location,
+                                poll=poll, poll_short=poll_short)
+        width = self.content_region.width
+        t = _text(one, width)
         t.append("\n")
-        t.append(f" members {h.members}", style="bold")
-        t.append(f"  ·  quorum {h.quorum}  ·  answering {h.answering}/{h.members}  ·  goose ")
-        if len(h.geese) >= 2:
-            t.append(" / ".join(f"{n} (t{term})" for n, term in h.geese), style="bold red")
-        elif h.goose is not None:
-            t.append(f"★ {h.goose}", style="bold black on #ffd200")
-            t.append(f"  ·  term {h.term}", style="bold")
-        else:
-            t.append("NONE", style="bold red")
-            if h.max_term is not None:
-                t.append(f"  ·  highest term seen {h.max_term}")
-        t.append(f"  ·  {poll}", style="dim")
-        self.update(t)
+        t.append_text(_text(two, width, lead=" "))
+        return t
 
 
-class Banner(Static):
+class Banner(Widget):
+    """The loud line under the header: no goose, two geese, no quorum, Redis trouble. Its
+    height follows its text's wrapped lines; a change of its text alone repaints it only."""
+
+    DEFAULT_CSS = """
+    Banner { height: 1; }
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._shown: tuple[str | None, str] = (None, "")
+
     def show(self, text: str | None, level: str = "error") -> None:
+        if (text, level) == self._shown:
+            return
+        self._shown = (text, level)
         self.set_class(text is None, "-hidden")
         self.set_class(level == "warning", "-warning")
-        if text is not None:
-            self.update(Text(text, style="bold"))
+        self._fit()
+        self.refresh()
+
+    @property
+    def text(self) -> str | None:
+        return self._shown[0]
+
+    def _lines(self) -> int:
+        text = self._shown[0]
+        width = self.content_region.width
+        if text is None or width <= 0:
+            return 1
+        return max(1, len(Text(text).wrap(self.app.console, width)))
+
+    def _fit(self) -> None:
+        lines = self._lines()
+        if self.styles.height is None or self.styles.height.value != lines:
+            self.styles.height = lines
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit()
+
+    def render(self) -> Text:
+        return Text(self._shown[0] or "", style="bold")
 
 
-class EventLog(RichLog):
-    """Timestamped events, newest at the bottom."""
+class TextBox(Widget):
+    """Text that is replaced often: repainted when it changes, laid out again only when its
+    number of lines does (Static.update lays out the whole screen each time)."""
 
-    def __init__(self, stamp: Callable[[float], str], **kwargs: Any) -> None:
-        super().__init__(wrap=True, markup=False, max_lines=2000, auto_scroll=True, **kwargs)
+    DEFAULT_CSS = """
+    TextBox { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.text = Text()
+
+    def show(self, text: Text) -> None:
+        if text == self.text:
+            return
+        self.text = text
+        lines = len(text.plain.splitlines()) or 1
+        if self.styles.height is None or self.styles.height.value != lines:
+            self.styles.height = lines
+        self.refresh()
+
+    def render(self) -> Text:
+        return self.text
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    seq: int
+    text: Text
+
+
+class EventLog(ScrollView, can_focus=True):
+    """Timestamped events, newest at the bottom, wrapped to the width (again after a resize).
+
+    NODE: only the events about that node. Holds the last MAX_LINES events."""
+
+    # The scrollbar is always there, so that a new line never changes the layout: the log
+    # only tells its scrollbar (a layout of the whole screen for each event costs 10-40 ms).
+    DEFAULT_CSS = """
+    EventLog { overflow-x: hidden; overflow-y: scroll; }
+    """
+
+    def __init__(self, stamp: Callable[[float], str], *, node: str | None = None,
+                 max_events: int = 500, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._stamp = stamp
+        self.node = node
         self.last_seq = 0
+        self._entries: deque[_Entry] = deque(maxlen=max_events)
+        self._lines: list[Strip] = []
+        self._wrapped_at = -1
+        self._follow = True  # stay at the newest line (until scrolled up, and again at the end)
 
-    def add(self, events: Sequence[Event]) -> None:
+    def add(self, events: Iterable[Event]) -> None:
+        new = []
         for e in events:
             if e.seq <= self.last_seq:
                 continue
             self.last_seq = e.seq
-            line = Text()
+            if self.node is not None and not e.about(self.node):
+                continue
+            line = Text(no_wrap=False)
             line.append(self._stamp(e.wall), style="dim")
             line.append("  ")
             line.append(e.text, style=LEVEL_STYLE.get(e.severity, ""))
-            self.write(line)
+            new.append(_Entry(e.seq, line))
+        if not new:
+            return
+        dropped = len(self._entries) + len(new) - (self._entries.maxlen or 0)
+        self._entries.extend(new)
+        width = self.scrollable_content_region.width
+        if dropped > 0 or self._wrapped_at != width:
+            self._rewrap()
+        else:
+            for entry in new:
+                self._lines.extend(self._wrap(entry.text, width))
+            self._set_height(width)
+        self.refresh()
+
+    def reset(self, *, node: str | None) -> None:
+        """Show nothing, then the events about NODE (None: every event) from the next add."""
+        self.node = node
+        self.last_seq = 0
+        self._entries.clear()
+        self._lines = []
+        self._set_height(self.scrollable_content_region.width)
+        self.scroll_to(y=0, animate=False, immediate=True)
+        self.refresh()
+
+    @property
+    def lines(self) -> list[str]:
+        """The wrapped lines, as text (for tests)."""
+        return [s.text for s in self._lines]
+
+    def _wrap(self, text: Text, width: int) -> list[Strip]:
+        if width <= 0:
+            return []
+        console = self.app.console
+        lines = text.wrap(console, width, overflow="fold")
+        return [Strip(line.render(console), line.cell_len) for line in lines]
+
+    def _rewrap(self) -> None:
+        width = self.scrollable_content_region.width
+        self._wrapped_at = width
+        self._lines = [s for e in self._entries for s in self._wrap(e.text, width)]
+        self._set_height(width)
+
+    def _set_height(self, width: int) -> None:
+        size = Size(width, len(self._lines))
+        if size != self.virtual_size:
+            if size.width != self.virtual_size.width or not self.is_mounted:
+                self.virtual_size = size
+            else:
+                # Only the scrollbar (always shown) needs to know: no layout.
+                self.set_reactive(ScrollView.virtual_size, size)
+                self._scroll_update(size)
+        self._stick_to_end()
+
+    def _stick_to_end(self) -> None:
+        if self._follow and round(self.scroll_offset.y) != self.max_scroll_y:
+            self.scroll_to(y=self.max_scroll_y, animate=False)
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self.scrollable_content_region.width != self._wrapped_at:
+            self._rewrap()
+            self.refresh()
+        else:
+            self._stick_to_end()
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        self._follow = round(new_value) >= self.max_scroll_y
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._wrapped_at = -1
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        if self._wrapped_at != width:
+            self._rewrap()
+        i = round(self.scroll_offset.y) + y
+        if i >= len(self._lines):
+            return Strip.blank(width, self.rich_style)
+        return self._lines[i].apply_style(self.rich_style).adjust_cell_length(width,
+                                                                             self.rich_style)
+
+
+BARS = " ▁▂▃▄▅▆▇█"
+# The sparkline's scale reaches at least this far, so that one failover is a bar of its
+# height, not a full block.
+SPARK_FLOOR_MS = 500.0
+
+
+def spark_rows(values: Sequence[float], width: int, height: int,
+               floor: float = SPARK_FLOOR_MS) -> tuple[list[str], float]:
+    """The last WIDTH values as bars HEIGHT rows tall (top row first), on a scale from 0 to
+    the largest value (at least FLOOR); returns the rows and the scale's top."""
+    shown = list(values)[-width:] if width > 0 else []
+    top = max([floor, *shown])
+    eighths = [round(v / top * height * 8) for v in shown]
+    rows = []
+    for row in range(height - 1, -1, -1):
+        rows.append("".join(BARS[max(0, min(8, e - row * 8))] for e in eighths))
+    return rows, top
+
+
+class Sparkline(Widget):
+    """Failover durations as bars, scaled from 0 (not from the smallest value)."""
+
+    DEFAULT_CSS = """
+    Sparkline { height: 3; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.values: tuple[float, ...] = ()
+
+    def show(self, values: Sequence[float]) -> None:
+        values = tuple(values)
+        if values != self.values:
+            self.values = values
+            self.refresh()
+
+    def render(self) -> Text:
+        width, height = self.content_region.width, self.content_region.height
+        if not self.values:
+            return Text("▁" * width, style="dim")
+        rows, _top = spark_rows(self.values, width, height)
+        return Text("\n".join(rows), style="#ffd200", no_wrap=True)
 
 
 class HistoryPanel(Vertical):
@@ -206,7 +320,7 @@ class HistoryPanel(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label("Failover times", classes="title")
-        yield Sparkline([], id="spark")
+        yield Sparkline(id="spark")
         yield Static("no failover yet", id="fo-summary")
         yield Label("Goose timeline", classes="title")
         yield Static("—", id="timeline")
@@ -216,9 +330,11 @@ class HistoryPanel(Vertical):
         if key == self._shown:
             return
         self._shown = key
-        timed = [f.duration_ms for f in failovers[-40:] if f.duration_ms is not None]
-        self.query_one("#spark", Sparkline).data = timed
+        timed = [f.duration_ms for f in failovers[-60:] if f.duration_ms is not None]
+        self.query_one("#spark", Sparkline).show(timed)
         summary = Text(summarize_failovers(failovers).replace(" · ", "\n", 1))
+        if timed:
+            summary.append(f" · scale 0 to {fmt_ms(max([SPARK_FLOOR_MS, *timed]))}", style="dim")
         if failovers:
             last = failovers[-1]
             took = ("not timed" if last.duration_ms is None else
@@ -233,3 +349,103 @@ class HistoryPanel(Vertical):
             lines.append(f"  ★ {span.name}", style="bold #ffd200")
             lines.append(f"  term {span.term}")
         self.query_one("#timeline", Static).update(lines if timeline else Text("—"))
+
+
+# ---- the key bar -------------------------------------------------------------------------
+
+
+FOOTER_DISPLAY = {"enter": "↵"}
+
+
+def key_display(k: Key) -> str:
+    if k.key in FOOTER_DISPLAY:
+        return FOOTER_DISPLAY[k.key]
+    if k.display:
+        return k.display
+    if k.key.startswith("ctrl+"):
+        return "^" + k.key.removeprefix("ctrl+")
+    return k.key
+
+
+def fit_keys(keys: Sequence[tuple[Key, bool]], width: int) -> tuple[list[tuple[Key, bool]], bool]:
+    """The keys (with whether each is enabled) that fit in WIDTH cells, in order: long labels
+    if they all fit, else short ones, dropping keys until they fit: the disabled ones first,
+    then by rank. Returns them and whether the labels are the short ones."""
+    def used(ks: Sequence[tuple[Key, bool]], short: bool) -> int:
+        return sum(cell_len(key_display(k)) + 1 + cell_len(k.footer_short if short
+                                                           else k.footer_label)
+                   for k, _ in ks) + 2 * max(0, len(ks) - 1) + 1
+
+    def rank(k: Key, enabled: bool) -> int:
+        return k.keep if enabled else k.keep - 100
+
+    shown = list(keys)
+    if used(shown, False) <= width:
+        return shown, False
+    for level in sorted({rank(k, e) for k, e in keys}):
+        if used(shown, True) <= width:
+            break
+        shown = [(k, e) for k, e in shown if rank(k, e) > level]
+    return shown, True
+
+
+class KeyBar(Widget):
+    """The footer: the keys that apply here, fitted to the width. A key whose action cannot run
+    now (check_action None) is dimmed, one that never applies here (False) is left out."""
+
+    COMPONENT_CLASSES = {"keybar--key", "keybar--off"}
+    DEFAULT_CSS = """
+    KeyBar {
+        dock: bottom;
+        height: 1;
+        background: $footer-background;
+        color: $footer-foreground;
+        & > .keybar--key { color: $footer-key-foreground; text-style: bold; }
+        & > .keybar--off { color: $footer-foreground 50%; }
+    }
+    """
+
+    def __init__(self, keys: Sequence[Key], check: Callable[[str], bool | None],
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keys = tuple(keys)
+        self._check = check
+        self._spans: list[tuple[int, int, str]] = []
+        self._state: tuple[bool | None, ...] = ()
+
+    def states(self) -> tuple[bool | None, ...]:
+        return tuple(self._check(k.action.split(",")[0]) for k in self.keys)
+
+    def update_state(self) -> None:
+        """Check the keys again; repaint if one changed."""
+        state = self.states()
+        if state != self._state:
+            self._state = state
+            self.refresh()
+
+    def render(self) -> Text:
+        if len(self._state) != len(self.keys):
+            self._state = self.states()
+        offered = [(k, s is True) for k, s in zip(self.keys, self._state, strict=True)
+                   if s is not False]
+        shown, short = fit_keys(offered, self.content_region.width)
+        key_style = self.get_component_rich_style("keybar--key", partial=True)
+        off_style = self.get_component_rich_style("keybar--off", partial=True)
+        t = Text(" ", no_wrap=True, overflow="crop")
+        self._spans = []
+        for i, (k, enabled) in enumerate(shown):
+            if i:
+                t.append("  ")
+            start = len(t)
+            t.append(key_display(k), style=key_style if enabled else off_style)
+            t.append(" " + (k.footer_short if short else k.footer_label),
+                     style=Style() if enabled else off_style)
+            self._spans.append((start, len(t), k.key.split(",")[0]))
+        return t
+
+    def on_click(self, event: events.Click) -> None:
+        for start, end, key in self._spans:
+            if start <= event.x < end:
+                self.app.simulate_key(key)
+                return
+

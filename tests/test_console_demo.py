@@ -36,3 +36,15 @@ def test_demo_on_a_given_redis_deregisters_its_nodes_and_leaves_redis_running() 
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
         client.close()
+
+
+def test_closing_a_demo_counts_the_nodes_it_really_stopped() -> None:
+    demo = Demo(DemoConfig(nodes=3, cluster="counts"))
+    try:
+        demo.launch()
+        demo.kill("n2")
+        wait_until(lambda: not demo.running("n2"), timeout=5, what="n2 to die")
+    finally:
+        stopped = demo.close()
+    assert stopped == ["n1", "n3"]  # n2 was dead already: the quit message says 2
+    assert demo.close() == []

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 from textual.app import App
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 try:
     from ddg_testkit.fake_source import FakeFleet, healthy_cluster
@@ -51,7 +51,7 @@ def test_readme_key_table_matches_keys_py() -> None:
 
 def test_every_key_has_its_action() -> None:
     bound = {(b.key, b.action) for b in ConsoleApp.BINDINGS}  # type: ignore[union-attr]
-    table_bindings = {(b.key, b.action) for b in DataTable.BINDINGS}  # type: ignore[union-attr]
+    table_bindings = {(b.key, b.action) for b in NodeTable.BINDINGS}  # type: ignore[union-attr]
     for k in KEYS:
         for key, action in k.pairs():
             if k.bound_by == "table":

@@ -217,6 +217,7 @@ def test_role_term_isolation_and_redis_changes_are_events() -> None:
     m.apply_observation(up("n3", "duck", 2, at=2.2, goose="n1", isolated_from=("n1", "n2")))
     m.apply_observation(up("n3", "duck", 2, at=2.3, goose="n1", redis=RedisInfo(connected=False,
                            error="timeout"), isolated_from=("n1", "n2")))
+    m.tick(2.7)  # a term change waits a moment for others to fold into it
     t = texts(m)
     assert "n2: duck → candidate (term 2)" in t
     assert "n3: term 1 → 2 (duck, follows n1)" in t
@@ -311,3 +312,85 @@ def test_a_registry_problem_alone_is_a_warning_and_with_no_goose_an_error() -> N
     h = m.header(3.5)
     assert h.banner is not None and h.banner.startswith("NO GOOSE")
     assert h.banner_level == "error"
+
+
+# ---- events that say what happened ------------------------------------------------------
+
+
+def test_a_failovers_term_changes_fold_into_one_event() -> None:
+    names = ("n1", "n2", "n3", "n4", "n5")
+    m = ClusterModel(cluster="c")
+    m.apply_membership(membership(*names), at=0.0, wall=1000.0)
+    for n in names:
+        m.apply_observation(up(n, "goose" if n == "n1" else "duck", 1, at=1.0, goose="n1"))
+    seq = m.last_seq
+    m.apply_observation(down("n1", at=2.0))
+    m.apply_observation(up("n2", "goose", 2, at=2.2))
+    m.apply_observation(up("n3", "duck", 2, at=2.25, goose="n2"))
+    m.apply_observation(up("n3", "duck", 2, at=2.3, goose="n2"))
+    m.apply_observation(up("n5", "candidate", 2, at=2.3))  # a role change: its own event
+    assert not any("term 1 → 2" in t for t in texts(m, seq))  # still folding
+    assert m.tick(2.4) == []
+    m.apply_observation(up("n4", "duck", 2, at=2.45, goose="n2"))
+    [fold] = m.tick(2.8)
+    assert fold.text == "term 1 → 2: n3, n4 follow n2"
+    assert fold.about("n3") and fold.about("n4") and not fold.about("n2")
+    assert sum("term 1 → 2" in t for t in texts(m, seq)) == 1
+    assert "n5: duck → candidate (term 2)" in texts(m, seq)
+
+
+def test_a_term_change_of_one_node_keeps_its_wording() -> None:
+    m = healthy()
+    m.apply_observation(up("n3", "duck", 2, at=2.0, goose="n1"))
+    m.apply_observation(up("n2", "duck", 3, at=2.1, goose="n1"))  # another term: n3's goes out
+    assert texts(m)[-1] == "n3: term 1 → 2 (duck, follows n1)"
+    m.tick(3.0)
+    assert texts(m)[-1] == "n2: term 1 → 3 (duck, follows n1)"
+
+
+def test_a_restarted_node_started_as_duck_not_goose_to_duck() -> None:
+    m = healthy(goose="n1")
+    m.apply_observation(up("n1", "goose", 1, at=2.0, pid=100, uptime_s=50.0))
+    m.apply_observation(down("n1", at=3.0))
+    m.apply_observation(up("n2", "goose", 2, at=3.3))
+    seq = m.last_seq
+    m.apply_observation(up("n1", "duck", 2, at=4.0, goose="n2", pid=200, uptime_s=0.4))
+    assert texts(m, seq) == ["n1 started as duck (term 2, follows n2)"]
+
+
+def test_a_node_started_here_is_starting_not_unreachable() -> None:
+    m = healthy()
+    m.apply_membership(membership(*NAMES, "n4", version=4), at=5.0, wall=1005.0)
+    m.note_process("n4", pid=44, state="running", at=5.0)
+    seq = m.last_seq
+    m.apply_observation(down("n4", at=5.2))
+    row = m.row("n4", 6.0)
+    assert row.role == "starting" and row.level == "info"
+    assert row.state.startswith("starting: started 1.0 s ago")
+    assert not any("does not answer" in t for t in texts(m, seq))
+    m.apply_observation(up("n4", "duck", 1, at=6.5, goose="n1", state="joining",
+                           joining="waiting for the registry"))
+    assert m.row("n4", 6.5).role == "starting"
+    assert "joining: waiting for the registry" in m.row("n4", 6.5).state
+    assert texts(m, seq) == ["n4 started as duck (term 1, follows n1)"]
+    m.apply_observation(up("n4", "duck", 1, at=7.0, goose="n1", state="follower"))
+    assert m.row("n4", 7.0).role == "duck"
+
+
+def test_no_quorum_banner_says_what_it_knows() -> None:
+    m = ClusterModel(cluster="c")
+    m.apply_membership(membership("n1", "n2"), at=0.0, wall=1000.0)
+    m.apply_observation(up("n1", "duck", 3, at=1.0))
+    assert m.header(1.0).banner is None or "no quorum" not in (m.header(1.0).banner or "")
+    m.apply_observation(down("n2", at=1.1))
+    h = m.header(1.5)
+    assert h.banner is not None
+    assert h.banner.startswith("NO GOOSE") and "no quorum: 1 of 2 members answer, 2 needed" \
+        in h.banner
+    m3 = healthy()
+    m3.apply_observation(down("n2", at=2.0))
+    m3.apply_observation(down("n3", at=2.0))
+    h3 = m3.header(2.1)
+    assert h3.goose == "n1"
+    assert h3.banner is not None and h3.banner.startswith(
+        "No quorum: 1 of 3 members answer, 2 needed")

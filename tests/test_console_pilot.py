@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -46,8 +47,7 @@ def role_cell(app: ConsoleApp, name: str) -> str:
 
 
 def table_names(app: ConsoleApp) -> set[str]:
-    t = app.query_one(NodeTable)
-    return {t.coordinate_to_cell_key((i, 0)).row_key.value for i in range(t.row_count)}
+    return set(app.query_one(NodeTable).names)
 
 
 @pytest.fixture
@@ -101,6 +101,27 @@ async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
         assert any(f"{old} killed → {fo.new} goose after" in e.text for e in app.model.events)
         # The row of the killed node stays: it is still a member.
         assert old in table_names(app)
+
+        # t: the killed node starts again, and says so in one event, not as `goose → duck`.
+        app.query_one(NodeTable).select(old)
+        await pilot.press("t")
+        await until(pilot, lambda: any(e.text.startswith(f"{old} started as ")
+                                       for e in app.model.events), 10, f"{old} to start")
+        assert not any(f"{old}: goose → duck" in e.text for e in app.model.events)
+        new_pid = demo.pid(old)
+        assert new_pid is not None
+        pids.append(new_pid)
+
+        # A SIGKILL from outside the console is not an exit "by itself".
+        outsider = next(n for n in sorted(table_names(app))
+                        if n not in (old, app.model.live_goose()))
+        outside_pid = demo.pid(outsider)
+        assert outside_pid is not None
+        os.kill(outside_pid, signal.SIGKILL)
+        await until(pilot, lambda: any(
+            e.text == f"{outsider} was killed by SIGKILL, not by this console "
+                      f"(pid {outside_pid})" for e in app.model.events), 5, "the outside kill")
+        assert not any(f"{outsider} exited by itself" in e.text for e in app.model.events)
 
         # r then y: remove a live duck; its row goes and the registry shrinks.
         victim = next(n for n in sorted(table_names(app))
