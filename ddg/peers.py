@@ -4,7 +4,8 @@ Sends never wait on each other: each is its own task. What it bounds: heartbeats
 per peer (more would only queue behind a dead link), peer requests in flight overall (a
 membership full of black-holed addresses must not take the event loop, and so `GET /`, with
 it), and how often a peer that keeps failing is tried (a backoff up to PEER_BACKOFF_MAX; any
-message from it ends the backoff). Hand-overs are never dropped.
+message from it ends the backoff; heartbeats only, votes always go). Hand-overs are never
+dropped.
 """
 
 from __future__ import annotations
@@ -97,11 +98,14 @@ class PeerTransport:
         if not isinstance(send.msg, TimeoutNow):
             if self._outgoing >= MAX_OUTGOING:
                 return
-            if time.monotonic() < self._retry_at.get(send.to, -math.inf):
-                return  # it keeps failing: try it again after its backoff
-            if (isinstance(send.msg, Heartbeat)
-                    and self._in_flight.get(send.to, 0) >= MAX_HEARTBEATS_IN_FLIGHT):
-                return
+            if isinstance(send.msg, Heartbeat):
+                # Only heartbeats back off: they come 20 times a second. A vote request is
+                # rare and may be the one that makes a quorum (a peer restarted a moment ago
+                # would otherwise miss elections for up to PEER_BACKOFF_MAX: split votes).
+                if time.monotonic() < self._retry_at.get(send.to, -math.inf):
+                    return  # it keeps failing: try it again after its backoff
+                if self._in_flight.get(send.to, 0) >= MAX_HEARTBEATS_IN_FLIGHT:
+                    return
         task = asyncio.create_task(self.deliver(send))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
