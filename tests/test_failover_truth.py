@@ -4,14 +4,17 @@ new goose's own log (the instant it started answering goose) within 20 ms."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 from textual.pilot import Pilot
 
 from ddg_testkit import wait_until_async
@@ -123,3 +126,33 @@ async def test_stop_kill_and_freeze_the_goose_no_false_alarm_and_exact_figures(
     within = sum(abs(d) <= TOLERANCE_MS for _, _, d in checked)
     print(f"{len(checked)} failovers; console vs node log: worst {worst:.1f} ms, "
           f"{within} within {TOLERANCE_MS:.0f} ms")
+
+
+async def test_a_real_split_brain_raises_the_alarm(make_cluster: Any) -> None:
+    """Negative control: two one-node clusters (each its own goose) listed as members of a
+    third registry that the console watches. Their lease-proven goose intervals overlap, so
+    the alarm must fire."""
+    p = make_cluster(cluster="p")
+    p.add("p1")
+    q = make_cluster(cluster="q", redis_url=p.redis_url)
+    q.add("q1", bootstrap=True)
+    p.wait_goose(timeout=10)
+    q.wait_goose(timeout=10)
+    assert p.redis_url is not None
+    r = redis.Redis.from_url(p.redis_url)
+    try:
+        r.hset("ddg:view:members", mapping={
+            "p1": json.dumps({"address": p.address("p1")}),
+            "q1": json.dumps({"address": q.address("q1")})})
+        r.set("ddg:view:version", 2)
+        r.set("ddg:view:id", "b" * 32)
+    finally:
+        r.close()
+    source = LiveSource(redis_url=p.redis_url, cluster="view", timeout=0.4)
+    app = ConsoleApp(source=source, fleet=None)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until_async(lambda: any("TWO GEESE" in e.text for e in app.model.events),
+                               timeout=10, what="the TWO GEESE alarm", pause=pilot.pause)
+        banner = app.model.header(time.monotonic()).banner
+        assert banner is not None and banner.startswith("TWO GEESE")
+        await pilot.press("q")
