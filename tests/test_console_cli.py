@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ddg_testkit import wait_until
+from ddg_testkit.procs import gone
 from ddg_tui.cli import parse_config
 from ddg_tui.config import ConsoleConfig
 
@@ -82,12 +83,6 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 @pytest.mark.integration

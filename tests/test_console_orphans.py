@@ -23,6 +23,7 @@ import redis
 from ddg.embedded import EmbeddedRedis, free_port
 from ddg.supervisor import OWNER_FILE, remove_stale_dirs
 from ddg_testkit import LocalCluster, wait_until, wait_until_async
+from ddg_testkit.procs import gone, proc_stat
 from ddg_tui.demo import TEMP_PREFIX, Demo, DemoConfig
 
 pytestmark = pytest.mark.integration
@@ -32,26 +33,15 @@ ENV = {k: v for k, v in os.environ.items()
        if k not in ("DDG_REDIS_URL", "DDG_CLUSTER", "DDG_CLUSTER_SECRET", "DDG_REDIS_PASSWORD")}
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()
 
 
-def gone(pid: int) -> bool:
-    """No such process, or only its zombie: an orphan is reparented to a process that may
-    never reap it, but a zombie runs nothing and holds no port."""
-    fields = _stat(pid)
-    return fields is None or fields[0] == "Z"
 
 
 def children(pid: int) -> dict[int, list[str]]:
     """PID's live children, with their command lines."""
     out = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (f := _stat(int(entry.name))) and f[0] != "Z" \
+        if entry.name.isdigit() and (f := proc_stat(int(entry.name))) and f[0] != "Z" \
                 and int(f[1]) == pid:
             with contextlib.suppress(OSError):
                 out[int(entry.name)] = (

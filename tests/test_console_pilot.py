@@ -13,6 +13,7 @@ from textual.pilot import Pilot
 from ddg.registry import Registry
 from ddg_testkit import wait_until_async
 from ddg_testkit.fake_source import FakeSource, healthy_cluster
+from ddg_testkit.procs import alive
 from ddg_tui.app import ConsoleApp
 from ddg_tui.demo import Demo, DemoConfig
 from ddg_tui.poller import LiveSource
@@ -22,19 +23,6 @@ from ddg_tui.widgets import NodeTable
 pytestmark = pytest.mark.integration
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); /proc tells them apart.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 async def until(pilot: Pilot[int], cond: Callable[[], object], within: float,

@@ -37,6 +37,7 @@ import pytest
 
 from ddg.embedded import free_port
 from ddg_testkit import wait_until_async
+from ddg_testkit.procs import gone, proc_stat
 from ddg_tui.keys import KEYS
 
 T = TypeVar("T")
@@ -68,25 +69,15 @@ def key_for(action: str) -> str:
 # ---- processes ------------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()
 
 
-def gone(pid: int) -> bool:
-    """No such process, or only its zombie (a reparented child nobody reaps here)."""
-    fields = _stat(pid)
-    return fields is None or fields[0] == "Z"
 
 
 def descendants(root: int) -> dict[int, list[str]]:
     """Every live process under ROOT, with its command line."""
     parent: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and fields[0] != "Z":
+        if entry.name.isdigit() and (fields := proc_stat(int(entry.name))) and fields[0] != "Z":
             parent[int(entry.name)] = int(fields[1])
     out: dict[int, list[str]] = {}
     for pid in parent:

@@ -36,6 +36,7 @@ from ddg.errors import ConfigError
 from ddg.job import HookConfig, Hooks, Job, JobConfig
 from ddg.status import Role
 from ddg_testkit import LocalCluster, wait_until, wait_until_async
+from ddg_testkit.procs import alive, gone
 
 Make = Callable[..., LocalCluster]
 GRACE_MS = 100
@@ -82,17 +83,8 @@ def runs(path: Path) -> list[Run]:
     return sorted(out.values(), key=lambda r: r.start)
 
 
-def alive(pid: int) -> bool:
-    """Running, not a zombie (a reaper-less container's PID 1 may leave zombies about)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def dead(pid: int) -> bool:
-    return not alive(pid)
 
 
 def processes_with(marker: str) -> list[int]:
@@ -160,7 +152,7 @@ def test_the_job_follows_the_goose_through_kills(make_cluster: Make, tmp_path: P
         if i % 2 == 0:  # SIGKILL: the CMD dies with its node
             killed = time.monotonic_ns()
             c.kill(goose)
-            wait_until(partial(dead, run.pid), timeout=2,
+            wait_until(partial(gone, run.pid), timeout=2,
                        what=f"CMD {run.pid} to die with its node", interval=0.002)
             ends[run.pid] = time.monotonic_ns()  # seen gone: an upper bound of its end
             gone_after_ms.append((ends[run.pid] - killed) / 1e6)

@@ -17,14 +17,7 @@ from ddg.errors import ConfigError, DdgError
 from ddg.launcher import NodeSpec
 from ddg.supervisor import NodeExit, Supervisor, SupervisorConfig
 from ddg_testkit import wait_until
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+from ddg_testkit.procs import gone
 
 
 def serving(sup: Supervisor, names: Iterable[str]) -> bool:

@@ -1,0 +1,26 @@
+"""Whether a process the tests started is still there, one way for every test.
+
+A zombie counts as gone: it runs nothing and holds no port, and in a container whose PID 1
+does not reap, an orphan's zombie may linger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (state first), or None if there is no such pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def gone(pid: int) -> bool:
+    fields = proc_stat(pid)
+    return fields is None or fields[0] in ("Z", "X")
+
+
+def alive(pid: int) -> bool:
+    return not gone(pid)
