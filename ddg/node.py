@@ -310,11 +310,13 @@ class Node:
         core = self.core
         if core is None:
             return
+        # On the goose this runs for every acknowledgement: read only what a View holds (no
+        # snapshot with its copy of the counters).
         now = time.monotonic()
-        snap = core.snapshot(now)
         change = self.changes.observe(
-            View(role=snap.role, state=snap.state.value, term=snap.term, goose=snap.goose,
-                 members=tuple(sorted(core.members)), version=core.version),
+            View(role=core.reported_role(now), state=core.state.value, term=core.term,
+                 goose=core.known_goose(now), members=tuple(sorted(core.members)),
+                 version=core.version),
             at=now, wall=time.time())
         if change is not None and change.previous is not None \
                 and change.previous.role != change.view.role:
