@@ -275,16 +275,19 @@ asyncio.run(main())
 """
 
 
-# The header timeout is long enough for all 300 connections to be open at once even on a busy
-# machine, or the early ones would time out and make room before the last arrive.
-@pytest.mark.parametrize("overrides", [{"header_timeout": 1.0},
-                                       {"header_timeout": 1.0, "fd_reserve": 0}],
+# No header timeout fires during the test: how fast the 300 connections open depends on the
+# machine (a full accept queue costs a 1 s SYN retransmission), and an early timeout would make
+# room before the last arrive. The cap makes room by eviction; out of fds, the clients hang up.
+@pytest.mark.parametrize("overrides", [{"header_timeout": 60.0, "keepalive_timeout": 60.0},
+                                       {"header_timeout": 60.0, "keepalive_timeout": 60.0,
+                                        "fd_reserve": 0}],
                          ids=["cap", "out-of-fds"])
 async def test_a_server_limited_to_256_fds_survives_300_idle_connections(
     overrides: dict[str, float],
 ) -> None:
     """Under `ulimit -n 256`: with the default reserve the cap keeps it under the limit; with
-    no reserve it runs out of fds, sheds connections with its spare fd and logs one line."""
+    no reserve it runs out of fds, sheds connections with its spare fd, logs one line, and
+    serves again once clients hang up."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CHILD, "256", json.dumps(overrides), cwd=REPO,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -299,7 +302,8 @@ async def test_a_server_limited_to_256_fds_survives_300_idle_connections(
         for _ in range(300):
             conns.append(await connect(hello["port"]))
         opening = time.monotonic() - started
-        assert opening < overrides["header_timeout"], "too slow to test: connections timed out"
+        if "fd_reserve" in overrides:  # idle clients from the accept queue would take any
+            close_all(conns)            # fd the first few free: all hang up
         took = await get_eventually(hello["port"], within=3.0)
         proc.stdin.write(b"stop\n")
         async with asyncio.timeout(5):
