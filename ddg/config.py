@@ -85,13 +85,21 @@ def default_data_dir(cluster: str, name: str) -> Path:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Timing:
-    """Election timing in milliseconds. The lease is derived: min timeout x drift margin."""
+    """Election timing in milliseconds (docs/design.md, "Protocol").
+
+    The lease is how long after sending a round that a quorum acknowledged the goose may answer
+    `goose`; a node that heard a goose waits lease / drift margin before it may take over
+    (the drift margin absorbs clock-rate differences). The goose steps down (check-quorum) only
+    after election_min x drift margin without an acknowledged round, so a slow round makes it
+    stop answering `goose` for a moment, never starts an election.
+    """
 
     heartbeat_ms: int = 50
     election_timeout_min_ms: int = 150
     election_timeout_max_ms: int = 300
-    # A goose trusts its lease for only this fraction of the minimum election timeout, to
-    # absorb clock-rate drift between nodes and scheduling delay (docs/design.md).
+    # Default: a heartbeat plus a fifth of the minimum election timeout (80 ms by default),
+    # at most election_min x drift_margin (the step-down time).
+    lease_ms: int | None = None
     drift_margin: float = 0.8
 
     def __post_init__(self) -> None:
@@ -109,6 +117,13 @@ class Timing:
             )
         if not 0.1 <= self.drift_margin < 1.0:
             raise ConfigError(f"drift margin must be in [0.1, 1.0), got {self.drift_margin}")
+        longest = self.election_timeout_min_ms * self.drift_margin
+        if self.lease_ms is not None and not self.heartbeat_ms < self.lease_ms <= longest:
+            raise ConfigError(
+                f"lease must be longer than the heartbeat ({self.heartbeat_ms} ms) and at most "
+                f"the minimum election timeout x {self.drift_margin} ({longest:g} ms), got "
+                f"{self.lease_ms}"
+            )
 
     @property
     def heartbeat(self) -> float:
@@ -124,7 +139,33 @@ class Timing:
 
     @property
     def lease(self) -> float:
+        if self.lease_ms is not None:
+            return self.lease_ms / 1000
+        return min(self.quorum_timeout, self.heartbeat + self.election_min / 5)
+
+    @property
+    def lease_wait(self) -> float:
+        """How long after hearing a goose its lease may still run, on another node's clock."""
+        return self.lease / self.drift_margin
+
+    @property
+    def quorum_timeout(self) -> float:
+        """A goose with no round acknowledged this long after sending it steps down."""
         return self.election_min * self.drift_margin
+
+    @property
+    def hint_step(self) -> float:
+        """Ducks that see their goose's connection drop campaign this far apart, in turn."""
+        return self.heartbeat / 5
+
+
+# Named timings for --timing. "fast" is for a LAN whose round trips stay well under 10 ms:
+# crash failover in tens of ms, for about three times the heartbeat traffic (README figures).
+TIMINGS: dict[str, Timing] = {
+    "default": Timing(),
+    "fast": Timing(heartbeat_ms=15, election_timeout_min_ms=60, election_timeout_max_ms=120,
+                   lease_ms=30),
+}
 
 
 def parse_timeout_range(text: str) -> tuple[int, int]:

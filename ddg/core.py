@@ -154,6 +154,9 @@ class Election:
         # has stopped answering `goose`. Without that, a hand-over is only a hint (see below).
         self.trust_transfers = trust_transfers
         self._trusted_campaign = False
+        # The shell saw the connection to the goose drop without a goodbye: likely a crash.
+        # Holds the last_heard of that moment; a later heartbeat (or vote) makes it stale.
+        self.lost_heard: float | None = None
         # A new goose answers `goose` only from here on: until then a lease that one of its
         # voters was still honouring when it voted may not have ended (docs/design.md).
         self.goose_not_before = -math.inf
@@ -226,6 +229,8 @@ class Election:
         """Leader stickiness: refuse rivals while a goose (maybe this node) is believed alive."""
         if self.state is State.GOOSE:
             return now < self.step_down_at
+        if self.lost_heard is not None and self.lost_heard == self.last_heard:
+            return False  # nothing heard since the goose's connection dropped
         return now - self.last_heard < self.timing.election_min
 
     # ---- inputs --------------------------------------------------------------------------
@@ -235,7 +240,7 @@ class Election:
         if self.state is State.GOOSE:
             if now >= self.step_down_at:
                 self._step_down(now, StepDown.LOST_QUORUM,
-                                "lost its quorum: no heartbeat round acked within the lease")
+                                "lost its quorum: no heartbeat round acked within the quorum timeout")
             elif now >= self.next_heartbeat:
                 self._broadcast_heartbeat(now)
         elif self.state is not State.REMOVED and now >= self.election_deadline:
@@ -287,6 +292,25 @@ class Election:
             self._campaign(now, transfer=False)
         elif self.state is State.CANDIDATE and self._has_quorum(self.votes):
             self._become_goose(now)
+        return self._flush()
+
+    def goose_lost(self, goose: str, now: float) -> Output:
+        """The connection this duck holds to GOOSE ended without a goodbye: its process has
+        likely died (the kernel closed its sockets). Only a hint: a reset from a firewall looks
+        the same. So it skips stickiness for this node's vote and starts a campaign within
+        a moment, and nothing else; the new goose still waits out the old lease.
+
+        Ducks take turns by name, one hint_step apart, so that they do not split the vote:
+        the first campaigns at once, and the others grant its pre-vote (which puts off their
+        own turn) or, if it is down too, take over a step later."""
+        if self.state is State.DUCK and goose == self.leader and goose != self.name:
+            self.lost_heard = self.last_heard
+            turn = sorted(self.members - {goose}).index(self.name)
+            step = self.timing.hint_step
+            self.election_deadline = min(self.election_deadline,
+                                         now + step * turn + self.rng.uniform(0, step / 4))
+            self._event("goose_lost", f"lost the connection to {goose}; campaigning soon "
+                        "unless it is heard from", goose=goose)
         return self._flush()
 
     def transfer_leadership(self, now: float) -> Output:
@@ -354,10 +378,10 @@ class Election:
             self.votes.add(msg.sender)
             if not self._trusted_campaign:
                 # The voter heard a goose heard_us ago; that goose's lease can run at most
-                # Tmin past it (with the drift margin to spare): wait that out.
+                # lease_wait past it (with the drift margin to spare): wait that out.
                 self.goose_not_before = max(
                     self.goose_not_before,
-                    now + self.timing.election_min - msg.heard_us / 1e6,
+                    now + self.timing.lease_wait - msg.heard_us / 1e6,
                 )
             if self._has_quorum(self.votes):
                 self._become_goose(now)
@@ -386,10 +410,9 @@ class Election:
             return
         acks.add(msg.sender)
         if self._has_quorum(acks):
-            lease_until = self.sent_at[msg.seq] + self.timing.lease
-            if lease_until > self.lease_until:
-                self.lease_until = lease_until
-                self.step_down_at = max(self.step_down_at, lease_until)
+            sent = self.sent_at[msg.seq]
+            self.lease_until = max(self.lease_until, sent + self.timing.lease)
+            self.step_down_at = max(self.step_down_at, sent + self.timing.quorum_timeout)
             for old in [s for s in self.acks if s <= msg.seq]:  # newer rounds still count
                 del self.acks[old], self.sent_at[old]
 
@@ -427,7 +450,7 @@ class Election:
         self._trusted_campaign = trusted
         # This node may itself have heard a goose lately (an untrusted hand-over skips the
         # timer): its own "vote" carries the same wait as any voter's.
-        self.goose_not_before = -math.inf if trusted else self.last_heard + self.timing.election_min
+        self.goose_not_before = -math.inf if trusted else self.last_heard + self.timing.lease_wait
         self.term += 1
         self.voted_for = self.name
         self.state = State.CANDIDATE
@@ -448,7 +471,7 @@ class Election:
         self.counters.elections_won += 1
         # The votes were a quorum's acknowledgement of a round sent at campaign_at.
         self.lease_until = self.campaign_at + self.timing.lease
-        self.step_down_at = max(self.lease_until, now + self.timing.lease)
+        self.step_down_at = max(self.campaign_at, now) + self.timing.quorum_timeout
         self.acks.clear()
         self.sent_at.clear()
         self.acked_seq.clear()
@@ -492,12 +515,13 @@ class Election:
         self.acks[self.seq] = {self.name}
         self.counters.heartbeats_sent += 1
         self.next_heartbeat = now + self.timing.heartbeat
-        # Rounds older than a lease can never extend it; forget them.
-        for old in [s for s, t in self.sent_at.items() if t + self.timing.lease <= now]:
+        # Rounds this old can extend neither the lease nor the step-down; forget them.
+        keep = max(self.timing.lease, self.timing.quorum_timeout)
+        for old in [s for s, t in self.sent_at.items() if t + keep <= now]:
             del self.sent_at[old], self.acks[old]
         if self._has_quorum(self.acks[self.seq]):  # a cluster of one
             self.lease_until = now + self.timing.lease
-            self.step_down_at = self.lease_until
+            self.step_down_at = now + self.timing.quorum_timeout
         self._broadcast(Heartbeat(term=self.term, sender=self.name, seq=self.seq))
 
     # ---- helpers -------------------------------------------------------------------------

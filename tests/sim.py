@@ -126,8 +126,12 @@ class Sim:
         names: list[str] | None = None,
         rates: dict[str, float] | None = None,
         trust_transfers: bool = False,
+        crash_hints: bool = True,
     ) -> None:
         self.rng = random.Random(seed)
+        # A crashed process's kernel closes its connections: its ducks learn of it at once
+        # (node.py's hold stream), unless the link to them is cut.
+        self.crash_hints = crash_hints
         self.trust_transfers = trust_transfers
         self.timing = timing or Timing()
         self.election_cls = election_cls
@@ -334,11 +338,33 @@ class Sim:
         node = self.nodes[a]
         if node.core is None:
             return
+        paused = node.paused
         node.core = None
         node.paused = False
         node.inbox.clear()
         node.tick_gen += 1
         self.stats["crashes"] += 1
+        self._check()  # its goose window (if any) ends now, not at the next event
+        if not self.crash_hints or paused:  # a frozen process's sockets close too, but its
+            return                          # ducks have long since timed out: keep it simple
+        for other in self.nodes.values():
+            if other.core is not None and other.core.leader == a and not self.cuts[(a, other.name)]:
+                self._push(self.t + self.rng.uniform(0.0002, 0.002), "call",
+                           (self.hint, (other.name, a)))
+
+    def hint(self, a: str, goose: str | None = None) -> None:
+        """Node a's connection to GOOSE (default: the goose it follows) drops without a
+        goodbye. After a crash that is the truth; otherwise (a firewall's reset) a false hint."""
+        node = self.nodes[a]
+        core = node.core
+        if core is None or node.paused:
+            return
+        goose = goose or core.leader
+        if goose is None or goose == a:
+            return
+        self.stats["hints"] += 1
+        self._apply(node, core.goose_lost(goose, node.local(self.t)), None)
+        self._schedule_tick(node)
 
     def restart(self, a: str) -> None:
         node = self.nodes[a]
@@ -493,7 +519,8 @@ class Sim:
 
 # ---- random fault plans --------------------------------------------------------------------
 
-FAULT_KINDS = ("cut", "isolate", "partition", "crash", "pause", "transfer", "degrade", "forge")
+FAULT_KINDS = ("cut", "isolate", "partition", "crash", "pause", "transfer", "degrade", "forge",
+               "hint")
 
 
 class Fault(NamedTuple):
@@ -541,6 +568,8 @@ def apply_plan(sim: Sim, plan: list[Fault]) -> None:
                 sim.at(f.at, sim.transfer)
             case "forge":
                 sim.at(f.at, sim.forge_timeout_now, a)
+            case "hint":  # a false one, unless its goose has just crashed
+                sim.at(f.at, sim.hint, a)
             case "degrade":
                 sim.at(f.at, sim.degrade)
                 sim.at(end, sim.undegrade)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from ddg.config import (
+    TIMINGS,
     NodeConfig,
     Timing,
     check_name,
@@ -21,8 +22,18 @@ from ddg.errors import ConfigError
 def test_default_timing() -> None:
     t = Timing()
     assert (t.heartbeat, t.election_min, t.election_max) == (0.05, 0.15, 0.3)
-    assert t.lease == pytest.approx(0.12)
-    assert t.lease < t.election_min  # the safety margin the lease relies on
+    assert t.lease == pytest.approx(0.08)  # a heartbeat and a fifth of election_min
+    assert t.quorum_timeout == pytest.approx(0.12)
+    assert t.lease_wait == pytest.approx(0.1)
+    # the margins the lease relies on: covered by stickiness and by the wait after hearing it
+    assert t.lease <= t.quorum_timeout < t.election_min
+    assert t.lease_wait <= t.election_min
+
+
+def test_fast_timing_preset_is_valid_and_faster() -> None:
+    fast, default = TIMINGS["fast"], TIMINGS["default"]
+    assert fast.lease_wait < default.lease_wait / 2 and fast.heartbeat < fast.lease
+    assert default == Timing()
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -36,6 +47,8 @@ def test_default_timing() -> None:
     ({"drift_margin": 1.5}, "drift margin"),
     ({"drift_margin": 0.05}, "drift margin"),
     ({"drift_margin": -0.8}, "drift margin"),
+    ({"lease_ms": 50}, "lease must be longer than the heartbeat"),
+    ({"lease_ms": 121}, "at most the minimum election timeout x 0.8"),
 ])
 def test_bad_timing_is_refused(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -14,7 +14,9 @@ from ddg.core import Election, HardState, Output, State, StepDown, quorum_of
 from ddg.messages import Heartbeat, HeartbeatAck, Message, TimeoutNow, VoteRequest, VoteResponse
 
 T = Timing()
-LEASE = T.lease  # 0.12 s
+LEASE = T.lease  # 0.08 s: answers `goose` this long after a round a quorum acked
+QT = T.quorum_timeout  # 0.12 s: steps down this long after it
+WAIT = T.lease_wait  # 0.1 s: a lease heard of may run this long on another clock
 EM = T.election_min  # 0.15 s
 
 
@@ -265,18 +267,21 @@ def test_stale_goose_is_told_its_term_is_over() -> None:
 
 # ---- the lease ---------------------------------------------------------------------------
 
-def test_lease_expiry_steps_a_goose_down() -> None:
+def test_lease_expiry_stops_goose_answers_and_the_quorum_timeout_steps_down() -> None:
     c = Cluster(3)
     goose = c.elect("n1", 1.0)
     assert goose.lease_until == pytest.approx(1.0 + LEASE)
     c.blocked = lambda a, b: "n1" in (a, b)  # the goose is cut off
     now = 1.0
+    deadlines = []
     while goose.state is State.GOOSE:
-        assert now <= 1.0 + LEASE + 1e-9
+        assert now <= 1.0 + QT + 1e-9
         assert goose.is_goose(now) == (now < 1.0 + LEASE)
         now = goose.next_deadline()
+        deadlines.append(now)
         c.tick("n1", now)
-    assert now == pytest.approx(1.0 + LEASE)
+    assert 1.0 + LEASE in deadlines  # the shell is woken when the answer changes
+    assert now == pytest.approx(1.0 + QT)
     assert goose.state is State.DUCK and not goose.is_goose(now)
     assert goose.counters.step_downs == 1 and goose.term == 1
     assert goose.counters.step_downs_by == {StepDown.LOST_QUORUM: 1}

@@ -27,7 +27,7 @@ from sim import (
     random_plan,
 )
 
-from ddg.config import Timing
+from ddg.config import TIMINGS, Timing
 from ddg.core import Election, HardState, State
 
 LIVENESS_BOUND = 2.0  # simulated seconds from the end of faults to a reported goose
@@ -162,7 +162,7 @@ def test_many_seeds() -> None:
         assert all(w.end > w.start for w in ws)
         assert len({w.term for w in ws}) == len({(w.term, w.node) for w in ws})
     # The schedules exercised every fault, and leadership changed hands a lot.
-    for kind in ("crashes", "pauses", "transfers", "lost"):
+    for kind in ("crashes", "pauses", "transfers", "lost", "hints"):
         assert totals[kind] > 20, (kind, totals)
     assert sum(terms) > 400
     assert max(recoveries) <= LIVENESS_BOUND
@@ -275,10 +275,11 @@ def test_checker_catches_a_vote_that_is_not_persisted() -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_clock_drift_beyond_the_margin_breaks_the_lease(seed: int) -> None:
-    """The design assumption, shown: the lease is election_min x 0.8 on the goose's clock, the
-    stickiness election_min on each duck's. A goose clock 30% slow against ducks 30% fast
-    overlaps; the same schedule at the +-1% the design assumes keeps a margin."""
-    timing = Timing(election_timeout_min_ms=150, election_timeout_max_ms=160)
+    """The design assumption, shown: with the longest lease allowed, election_min x 0.8 on the
+    goose's clock, against the stickiness, election_min on each duck's, a goose clock 30% slow
+    against ducks 30% fast overlaps; the same schedule at the +-1% the design assumes keeps a
+    margin."""
+    timing = Timing(election_timeout_min_ms=150, election_timeout_max_ms=160, lease_ms=120)
 
     def run(slow: float, fast: float) -> Sim:
         sim = Sim(3, seed=seed, timing=timing, rates={"n1": slow, "n2": fast, "n3": fast})
@@ -313,3 +314,112 @@ def test_history_and_windows_are_recorded() -> None:
     roles = [(r.node, r.role) for r in sim.history]
     assert ("n1", "goose") in roles and ("n1", "candidate") in roles
     assert n1.rate != 1.0  # clocks drift in the sim
+
+
+# ---- crash hints: a dropped connection to the goose ------------------------------------------
+
+class NoWait(Election):
+    """A core whose new goose answers at once, without waiting out its voters' last lease."""
+
+    def is_goose(self, now: float) -> bool:
+        return self.state is State.GOOSE and now < self.lease_until
+
+
+def crash_failovers(*, hints: bool, seeds: range, timing: Timing | None = None) -> list[float]:
+    times = []
+    for seed in seeds:
+        sim = Sim(5, seed=seed, net=Net(lat_min=0.0002, lat_max=0.002), timing=timing,
+                  crash_hints=hints)
+        sim.run_until(1.0)
+        [goose] = sim.gooses()
+        sim.run_for(sim.rng.uniform(0, sim.timing.heartbeat))  # a kill at any phase of a round
+        sim.crash(goose)
+        t0 = sim.t
+        sim.run_for(2.0)
+        times.append(sim.elected_since(t0) - t0)  # type: ignore[operator]
+    return times
+
+
+def test_a_crash_hint_cuts_failover_to_the_old_lease_remainder() -> None:
+    """With the hint, the new goose answers when the dead one's lease has surely run out
+    (lease_wait after the last heartbeat its voters heard), not an election timeout later."""
+    t = Timing()
+    fast = crash_failovers(hints=True, seeds=range(60))
+    slow = crash_failovers(hints=False, seeds=range(60))
+    summary = (f"crash failover with hints: median {statistics.median(fast) * 1000:.0f} ms, "
+               f"max {max(fast) * 1000:.0f} ms; without: median "
+               f"{statistics.median(slow) * 1000:.0f} ms, max {max(slow) * 1000:.0f} ms")
+    print(summary)
+    # at least lease_wait less a heartbeat (the kill's phase), at most lease_wait and some RTTs
+    assert min(fast) >= t.lease_wait - t.heartbeat - 0.003, summary
+    assert max(fast) <= t.lease_wait + 0.01, summary
+    assert statistics.median(fast) < statistics.median(slow) - 0.08, summary
+    assert min(slow) >= t.election_min - t.heartbeat, summary  # a timeout after the last beat
+
+
+def test_the_fast_timing_preset_fails_over_in_tens_of_ms() -> None:
+    fast = sorted(crash_failovers(hints=True, seeds=range(40), timing=TIMINGS["fast"]))
+    assert statistics.median(fast) < 0.05 and fast[int(0.9 * len(fast))] < 0.06, fast
+
+
+def false_hint_setup(sim: Sim) -> None:
+    """n1 is goose of 3; right after n2 and n3 acked a round (1 ms or so), n1 is cut off and
+    both lose their connection to it: they elect n3 while n1 still holds its lease."""
+    elect_n1(sim)
+    heard = {nm: sim.core(nm).last_heard for nm in ("n2", "n3")}
+    while any(sim.core(nm).last_heard == heard[nm] for nm in heard):
+        sim.run_for(0.0002)
+    sim.run_for(0.001)
+    sim.isolate("n1")
+    sim.hint("n2")
+    sim.hint("n3")
+    sim.kick("n3")
+
+
+@pytest.mark.parametrize("rate", [0.8, 1.0, 1.2])
+def test_a_false_hint_after_an_ack_waits_out_the_live_goose_lease(rate: float) -> None:
+    """A vote granted 1 ms after an ack, by a voter whose clock runs at RATE: the new goose
+    is elected at once but answers `goose` only after the old lease (checker: no overlap)."""
+    sim = Sim(3, seed=1, net=Net(lat_min=0.0002, lat_max=0.001), rates={"n2": rate})
+    false_hint_setup(sim)
+    t0 = sim.t
+    sim.run_for(1.0)
+    old, new = sim.all_windows()[-2:]
+    assert (old.node, new.node) == ("n1", "n3")
+    assert sim.core("n3").counters.elections_won == 1
+    # elected within a few ms, but answering only once n1's lease is over
+    assert new.start - old.end > 0
+    assert new.start - t0 < Timing().lease_wait + 0.005
+    # Negative control: without the wait, the same schedule has two geese.
+    sim = Sim(3, seed=1, net=Net(lat_min=0.0002, lat_max=0.001), rates={"n2": rate},
+              election_cls=NoWait)
+    with pytest.raises(InvariantViolation, match="two nodes report goose at once"):
+        false_hint_setup(sim)
+        sim.run_for(1.0)
+
+
+def test_a_hint_alone_does_not_win_over_ducks_that_still_hear_the_goose() -> None:
+    """A false hint at one duck of five: the others are sticky, so nothing changes."""
+    sim = Sim(5, seed=2, net=Net(lat_min=0.0002, lat_max=0.001))
+    elect_n1(sim)
+    sim.cut("n1", "n5")  # n5 no longer hears n1 ...
+    sim.hint("n5")  # ... and its connection to n1 was reset
+    sim.run_for(1.0)
+    assert sim.gooses() == ["n1"] and sim.core("n1").term == 1
+    assert sim.core("n5").counters.pre_votes_started >= 1
+    assert sim.core("n5").counters.elections_started == 0
+
+
+def test_false_hints_and_faults_never_make_two_geese() -> None:
+    """Random plans heavy with false hints, crashes and partitions (the checker raises)."""
+    hints = 0
+    for seed in range(40):
+        rng = random.Random(seed)
+        sim = Sim(5, seed=seed)
+        plan = random_plan(rng, 5, 3.0, 40)
+        plan += [Fault(rng.uniform(0, 3.0), "hint", rng.randrange(5), 0, 0.0)
+                 for _ in range(40)]
+        apply_plan(sim, sorted(plan))
+        sim.run_until(4.0)
+        hints += sim.stats["hints"]
+    assert hints > 200  # delivered to a duck that had a goose to lose
