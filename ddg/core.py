@@ -239,8 +239,8 @@ class Election:
         self._ticked = now
         if self.state is State.GOOSE:
             if now >= self.step_down_at:
-                self._step_down(now, StepDown.LOST_QUORUM,
-                                "lost its quorum: no heartbeat round acked within the quorum timeout")
+                self._step_down(now, StepDown.LOST_QUORUM, "lost its quorum: no heartbeat "
+                                "round acked within the quorum timeout")
             elif now >= self.next_heartbeat:
                 self._broadcast_heartbeat(now)
         elif self.state is not State.REMOVED and now >= self.election_deadline:

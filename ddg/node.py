@@ -29,6 +29,7 @@ from .changes import Changes, View
 from .config import NodeConfig
 from .core import Election, HardState, Output, State, quorum_of
 from .errors import DdgError, MessageError, StorageError
+from .hold import Holder, HoldServer
 from .job import Jobs
 from .membership import MembershipSync
 from .messages import REQUESTS, Message, decode, encode
@@ -104,6 +105,10 @@ class Node:
             config=config, rng=self.rng, address_of=self._address_of,
             version=lambda: self.sync.membership.version, blocked=self.partitions.blocked,
             on_reply=self._on_reply, warn=self.warn, metrics=self.metrics)
+        self.holds = HoldServer()
+        self.holder = Holder(config=config, session=lambda: self.peers.session,
+                             address_of=self._address_of, blocked=self.partitions.blocked,
+                             on_lost=self._goose_lost)
         self.verifier = (None if config.secret is None
                          else auth.Verifier(config.secret, recipient=config.name))
         self.core: Election | None = None
@@ -141,20 +146,25 @@ class Node:
         app.router.add_get("/watch", self.watchers.handle)
         for kind in REQUESTS:
             app.router.add_post(f"/raft/{kind}", self.handle_raft)
+        app.router.add_get("/raft/hold/{name}", self.handle_hold)
         app.router.add_post("/admin/partition", self.handle_partition)
         app.router.add_post("/admin/heal", self.handle_heal)
         app.cleanup_ctx.append(self._background)
         app.cleanup_ctx.append(self.jobs.context)  # stops --exec's command before exiting
         app.on_shutdown.append(self.watchers.shutdown)  # ends /watch streams: no delay
+        app.on_shutdown.append(self.holds.shutdown)  # `bye`: a stop is not taken for a crash
         return app
 
     async def _background(self, app: web.Application) -> AsyncIterator[None]:
         await self.peers.start()
         ticker = asyncio.create_task(self._run_ticker(), name="ticker")
-        ticker.add_done_callback(self._loop_ended)
+        holder = asyncio.create_task(self.holder.run(), name="hold")
+        for task in (ticker, holder):
+            task.add_done_callback(self._loop_ended)
         yield
-        ticker.cancel()
-        await asyncio.gather(ticker, return_exceptions=True)
+        for task in (ticker, holder):
+            task.cancel()
+        await asyncio.gather(ticker, holder, return_exceptions=True)
         await self.sync.close()
         await self.peers.close()
 
@@ -318,6 +328,11 @@ class Node:
                  goose=core.known_goose(now), members=tuple(sorted(core.members)),
                  version=core.version),
             at=now, wall=time.time())
+        if core.state is State.GOOSE:
+            self.holds.became_goose()
+        else:
+            self.holds.stopped_being_goose()
+        self.holder.follow(core.leader if core.state is State.DUCK else None)
         if change is not None and change.previous is not None \
                 and change.previous.role != change.view.role:
             # the instant the answer on GET / changed: what failover times are measured to
@@ -332,6 +347,10 @@ class Node:
             self.warn.warning(f"refused:{reply.sender}", "not believing %s's reply: %s",
                               reply.sender, out.refused)
         await self._apply(out)
+
+    async def _goose_lost(self, goose: str) -> None:
+        if self.core is not None:
+            await self._apply(self.core.goose_lost(goose, time.monotonic()))
 
     async def _membership_changed(self, membership: Membership) -> None:
         if self.core is not None:
@@ -395,7 +414,8 @@ class Node:
             heartbeat_age_ms=ms(snap.heard_ago), lease_remaining_ms=ms(snap.lease_remaining),
             elections_started=c.elections_started, pre_votes_started=c.pre_votes_started,
             elections_won=c.elections_won, step_downs=c.step_downs,
-            heartbeats_sent=c.heartbeats_sent, heartbeats_received=c.heartbeats_received)
+            heartbeats_sent=c.heartbeats_sent, heartbeats_received=c.heartbeats_received,
+            hint_streams=self.holds.open)
 
     async def _signed_body(self, request: web.Request) -> bytes:
         body = await read_body(request, limit=MAX_BODY, timeout=BODY_TIMEOUT)
@@ -437,6 +457,20 @@ class Node:
             return web.json_response({"term": core.term, "sender": self.config.name,
                                       "version": self.membership.version})
         return web.json_response(encode(out.reply, version=self.membership.version))
+
+    async def handle_hold(self, request: web.Request) -> web.StreamResponse:
+        """A duck's crash-hint stream (ddg/hold.py): open while this node is the goose."""
+        await self._signed_body(request)
+        name = request.match_info["name"]
+        core = self.core
+        if core is None:
+            return json_error(503, "node is starting")
+        if name not in self.membership.members or name == self.config.name:
+            return json_error(403, f"{name!r} is not a member of cluster "
+                                   f"{self.config.cluster!r}")
+        if self.partitions.blocked(name):
+            return json_error(503, "partitioned by fault injection")
+        return await self.holds.handle(request, is_goose=core.state is State.GOOSE)
 
     async def _admin_body(self, request: web.Request) -> tuple[bool, set[str]]:
         if not self.config.allow_fault_injection:

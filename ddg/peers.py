@@ -83,6 +83,11 @@ class PeerTransport:
     async def start(self) -> None:
         self._session = ClientSession(connector=TCPConnector(limit=MAX_OUTGOING + 8))
 
+    @property
+    def session(self) -> ClientSession | None:
+        """The one client session for peers (the crash-hint streams use it too)."""
+        return self._session
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()

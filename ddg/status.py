@@ -81,6 +81,7 @@ class NodeStatus:
     step_downs: int = 0
     heartbeats_sent: int = 0
     heartbeats_received: int = 0
+    hint_streams: int = 0  # the goose: ducks holding a crash-hint stream to it (ddg/hold.py)
     redis: RedisInfo = field(default_factory=RedisInfo)
     storage: StorageInfo = field(default_factory=StorageInfo)
     http: dict[str, int] | None = None  # connection counters of the node's listener
@@ -106,6 +107,7 @@ class NodeStatus:
             "pre_votes_started": self.pre_votes_started, "elections_won": self.elections_won,
             "step_downs": self.step_downs, "heartbeats_sent": self.heartbeats_sent,
             "heartbeats_received": self.heartbeats_received,
+            "hint_streams": self.hint_streams,
             "redis": {"connected": self.redis.connected, "error": self.redis.error,
                       "problem": self.redis.problem, "url": self.redis.url},
             "storage": {"fsync_last_ms": self.storage.fsync_last_ms,
@@ -155,6 +157,7 @@ class NodeStatus:
             elections_won=r.integer("elections_won", 0), step_downs=r.integer("step_downs", 0),
             heartbeats_sent=r.integer("heartbeats_sent", 0),
             heartbeats_received=r.integer("heartbeats_received", 0),
+            hint_streams=r.integer("hint_streams", 0),
             redis=RedisInfo(connected=redis.flag("connected", True),
                             error=redis.opt_text("error"), problem=redis.opt_text("problem"),
                             url=redis.opt_text("url")),

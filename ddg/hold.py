@@ -1,0 +1,165 @@
+"""Crash hints: each duck holds one idle HTTP stream open to its goose.
+
+When the goose's process dies (SIGKILL, OOM, a segfault) its kernel closes the stream at once,
+and the duck reads an end without the goose's goodbye within a millisecond or so: the hint that
+lets it campaign without sitting out an election timeout (Election.goose_lost). A goose that
+stops being one, or stops gracefully, writes `bye` first. A frozen goose, a lost host or a
+dropped link close nothing, and are left to the election timeout as before. A hint can be false
+(a firewall's reset looks the same), which costs at most an election, never safety: the new
+goose still waits out the old lease (docs/design.md).
+
+The stream carries nothing but `hold` at the start and `bye` at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from enum import Enum
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+
+from . import auth
+from .backoff import Backoff
+from .config import NodeConfig
+
+HELLO = b"hold\n"
+BYE = b"bye\n"
+PATH = "/raft/hold/"  # + the duck's name (signed with the rest of the path)
+log = logging.getLogger("ddg.hold")
+
+
+class Ended(Enum):
+    BYE = "bye"  # the goose said goodbye: no hint
+    LOST = "lost"  # the open stream ended without one: the hint
+    FAILED = "failed"  # never opened (refused, timed out, not the goose): no hint
+
+
+class HoldServer:
+    """The goose's side: streams stay open while this node is goose, then end with `bye`."""
+
+    def __init__(self) -> None:
+        self._tenure = asyncio.Event()  # set: this node is not (or no longer) the goose
+        self._tenure.set()
+        self._open = 0
+        self._closing = False
+
+    def became_goose(self) -> None:
+        if not self._closing and self._tenure.is_set():
+            self._tenure = asyncio.Event()
+
+    def stopped_being_goose(self) -> None:
+        self._tenure.set()
+
+    @property
+    def open(self) -> int:
+        return self._open
+
+    async def shutdown(self, app: object = None) -> None:
+        """Say goodbye on every stream, so a graceful stop is not taken for a crash."""
+        self._closing = True
+        self._tenure.set()
+
+    async def handle(self, request: web.Request, *, is_goose: bool) -> web.StreamResponse:
+        """Stream until this node's tenure as goose ends (the caller checked the sender)."""
+        tenure = self._tenure
+        if not is_goose or tenure.is_set():
+            return web.json_response({"error": "not the goose"}, status=409)
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain",
+                                           "Cache-Control": "no-store"})
+        self._open += 1
+        try:
+            await resp.prepare(request)
+            await resp.write(HELLO)
+            await tenure.wait()
+            await resp.write(BYE)
+            await resp.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the duck went away, or the server is closing: nothing to say goodbye to
+        finally:
+            self._open -= 1
+        return resp
+
+
+async def hold_once(session: ClientSession, config: NodeConfig, goose: str, address: str
+                    ) -> Ended:
+    """Open a stream to GOOSE at ADDRESS and wait for it to end; how it ended."""
+    path = PATH + config.name
+    headers = {}
+    if config.secret is not None:
+        headers = auth.sign_headers(config.secret, "GET", path, b"", recipient=goose)
+    connect = config.timing.election_min
+    timeout = ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=None)
+    opened = False
+    try:
+        async with session.get(address + path, headers=headers, timeout=timeout) as resp:
+            if resp.status != 200:
+                return Ended.FAILED
+            async with asyncio.timeout(connect):
+                if await resp.content.readline() != HELLO:
+                    return Ended.FAILED
+            opened = True
+            line = await resp.content.readline()
+            return Ended.BYE if line == BYE else Ended.LOST
+    except (ClientError, ConnectionError, TimeoutError) as exc:
+        log.debug("hold on %s: %s", goose, str(exc) or type(exc).__name__)
+        return Ended.LOST if opened else Ended.FAILED
+
+
+class Holder:
+    """The duck's side: keeps a stream open to whichever goose it follows."""
+
+    def __init__(self, *, config: NodeConfig, session: Callable[[], ClientSession | None],
+                 address_of: Callable[[str], str | None], blocked: Callable[[str], bool],
+                 on_lost: Callable[[str], Awaitable[None]]) -> None:
+        self.config = config
+        self._session = session
+        self._address_of = address_of
+        self._blocked = blocked
+        self._on_lost = on_lost
+        self._target: str | None = None
+        self._changed = asyncio.Event()
+
+    def follow(self, goose: str | None) -> None:
+        """The goose this node follows now (None: it follows none)."""
+        if goose != self._target:
+            self._target = goose
+            self._changed.set()
+
+    async def run(self) -> None:
+        backoff = Backoff(initial=self.config.timing.heartbeat, maximum=1.0)
+        while True:
+            self._changed.clear()
+            goose = self._target
+            address = None if goose is None else self._address_of(goose)
+            session = self._session()
+            ended = Ended.FAILED
+            if (goose is not None and address is not None and session is not None
+                    and not self._blocked(goose)):
+                ended = await self._hold(session, goose, address)
+            if ended is Ended.LOST and goose is not None and goose == self._target:
+                await self._on_lost(goose)  # the core logs it
+            if ended is not Ended.FAILED:
+                backoff.reset()
+            if self._changed.is_set():
+                continue
+            with contextlib.suppress(TimeoutError):
+                # wait for another goose, or try this one again (it may have been a false hint)
+                async with asyncio.timeout(backoff.next() if goose is not None else None):
+                    await self._changed.wait()
+
+    async def _hold(self, session: ClientSession, goose: str, address: str) -> Ended:
+        """Hold until the stream ends or the goose we follow changes (then: FAILED)."""
+        task = asyncio.ensure_future(hold_once(session, self.config, goose, address))
+        changed = asyncio.ensure_future(self._changed.wait())
+        try:
+            await asyncio.wait({task, changed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return Ended.FAILED
+        return task.result()
