@@ -88,6 +88,8 @@ BAD: list[tuple[str, str, bytes | None, Any, int]] = [
     ("too large", "/raft/vote", b"{" + b" " * (65 * 1024) + b"}", None, 413),
     ("no such path", "/raft/nothing", None, {}, 404),
     ("admin disabled", "/admin/partition", None, {"all": True}, 403),
+    ("listener fault disabled", "/admin/fault/close-listener", None, {}, 403),
+    ("listener reopen disabled", "/admin/fault/open-listener", None, {}, 403),
 ]
 
 
