@@ -143,7 +143,8 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-secret-file", metavar="FILE",
                    help="read the cluster secret from FILE")
     p.add_argument("--allow-fault-injection", action="store_true",
-                   help="enable POST /admin/partition and /admin/heal (for tests and demos)")
+                   help="enable POST /admin/partition, /admin/heal and /admin/fault/* "
+                        "(for tests and demos)")
     p.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO, WARNING or ERROR (default %(default)s)")
     p.add_argument("--log-format", choices=("text", "json"),

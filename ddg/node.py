@@ -34,7 +34,7 @@ from .job import Jobs
 from .membership import MembershipSync
 from .messages import REQUESTS, Message, decode, encode
 from .metrics import NodeMetrics
-from .partitions import Partitions
+from .partitions import Partitions, parse_listener_fault
 from .peers import PeerTransport
 from .ratelimit import LogThrottle
 from .registry import Membership, Registry
@@ -149,6 +149,8 @@ class Node:
         app.router.add_get("/raft/hold/{name}", self.handle_hold)
         app.router.add_post("/admin/partition", self.handle_partition)
         app.router.add_post("/admin/heal", self.handle_heal)
+        app.router.add_post("/admin/fault/close-listener", self.handle_close_listener)
+        app.router.add_post("/admin/fault/open-listener", self.handle_open_listener)
         app.cleanup_ctx.append(self._background)
         app.cleanup_ctx.append(self.jobs.context)  # stops --exec's command before exiting
         app.on_shutdown.append(self.watchers.shutdown)  # ends /watch streams: no delay
@@ -472,11 +474,14 @@ class Node:
             return json_error(503, "partitioned by fault injection")
         return await self.holds.handle(request, is_goose=core.state is State.GOOSE)
 
-    async def _admin_body(self, request: web.Request) -> tuple[bool, set[str]]:
+    async def _admin_json(self, request: web.Request) -> Any:
         if not self.config.allow_fault_injection:
             raise MessageError("fault injection is disabled; start the node with "
                                "--allow-fault-injection", status=403)
-        return Partitions.parse(parse_json(await self._signed_body(request)))
+        return parse_json(await self._signed_body(request))
+
+    async def _admin_body(self, request: web.Request) -> tuple[bool, set[str]]:
+        return Partitions.parse(await self._admin_json(request))
 
     def _isolated(self) -> list[str]:
         return self.partitions.isolated_from(self.membership.names, self.config.name)
@@ -495,6 +500,30 @@ class Node:
         log.warning("fault injection: healed; isolated from %s",
                     ",".join(self._isolated()) or "nobody", extra={"event": "healed"})
         return web.json_response({"isolated_from": self._isolated()})
+
+    def _served(self) -> GuardedServer:
+        if self.http is None:
+            raise MessageError("not served by a GuardedServer", status=503)
+        return self.http
+
+    async def handle_close_listener(self, request: web.Request) -> web.Response:
+        """Stop accepting connections; the node and its open connections go on."""
+        reopen_after = parse_listener_fault(await self._admin_json(request))
+        self._served().close_listeners(reopen_after)
+        log.warning("fault injection: listening sockets closed%s",
+                    "" if reopen_after is None else f" for {reopen_after:g} s",
+                    extra={"event": "listener_closed"})
+        return web.json_response({"listening": False, "reopen_after_s": reopen_after})
+
+    async def handle_open_listener(self, request: web.Request) -> web.Response:
+        """Listen again (reachable over a connection that was open before the close)."""
+        await self._admin_json(request)
+        try:
+            self._served().reopen_listeners()
+        except OSError as exc:
+            raise MessageError(f"cannot listen again: {exc.strerror or exc}", status=500) from None
+        log.warning("fault injection: listening again", extra={"event": "listener_opened"})
+        return web.json_response({"listening": True})
 
 
 async def run_node(config: NodeConfig) -> int:

@@ -1,9 +1,11 @@
 """Fault injection inside the node (`--allow-fault-injection`): drop every peer message to and
 from named peers, as a partition would. Tests and the console's `p`/`h` keys use it; real
-packet drops are the fault harness's job (ddg_faults)."""
+packet drops are the fault harness's job (ddg_faults). Also the body of the listener fault
+(`/admin/fault/close-listener`; ddg.server closes the listening sockets)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .errors import MessageError
@@ -51,3 +53,21 @@ class Partitions:
         else:
             self.peers.clear()
             self.everyone = False
+
+
+LONGEST_LISTENER_FAULT = 600.0  # seconds
+
+
+def parse_listener_fault(data: Any) -> float | None:
+    """The body of /admin/fault/close-listener: {} (closed until reopened or restarted) or
+    {"reopen_after_s": S}, 0 < S <= LONGEST_LISTENER_FAULT; returns S or None."""
+    if not isinstance(data, dict) or set(data) - {"reopen_after_s"}:
+        raise MessageError("body must be {} or {\"reopen_after_s\": seconds}")
+    seconds = data.get("reopen_after_s")
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not (
+            math.isfinite(seconds) and 0 < seconds <= LONGEST_LISTENER_FAULT):
+        raise MessageError("'reopen_after_s' must be a number of seconds > 0 and "
+                           f"<= {LONGEST_LISTENER_FAULT:g}")
+    return float(seconds)

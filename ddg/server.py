@@ -14,6 +14,10 @@ per failure, and the node stops answering even /status. This module accepts conn
 * shed connections with a spare fd, and log accept() failures at most once per interval,
   if the fd limit is hit anyway.
 
+For fault injection (`--allow-fault-injection`), ``close_listeners`` closes the listening
+sockets while everything else runs on (a new connection is refused; accepted ones go on), and
+``reopen_listeners`` listens again on the same addresses.
+
 ``read_body`` gives handlers the missing body deadline and size cap. Every connection is an
 aiohttp RequestHandler made by the runner's public protocol factory (``runner.server()``),
 wrapped in a small protocol; no private aiohttp attribute is touched.
@@ -47,6 +51,7 @@ DEFAULT_FD_RESERVE: Final = 192
 # Used as the fd budget when RLIMIT_NOFILE is unlimited or unknown, so the cap stays finite.
 UNLIMITED_FD_BUDGET: Final = 65536
 ACCEPT_RETRY_DELAY: Final = 0.1  # pause after accept() fails; asyncio waits 1 s
+REOPEN_RETRY_DELAY: Final = 1.0  # a scheduled reopen that could not bind tries again after this
 RESOLVE_TIMEOUT: Final = 10.0  # getaddrinfo of the listen host
 _REFUSAL_BODY: Final = b'{"error": "too many connections; retry later"}'
 REFUSAL: Final = (
@@ -456,6 +461,9 @@ class GuardedServer:
         self.loop = asyncio.get_running_loop()
         self._sockets: list[socket.socket] = []
         self._addresses: list[tuple[str, int]] = []
+        # (family, type, proto, bound address) of each listener, to listen there again
+        self._binds: list[tuple[int, int, int, Any]] = []
+        self._reopen: asyncio.TimerHandle | None = None
         self._paused: dict[socket.socket, asyncio.TimerHandle] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._spare = _open_spare()
@@ -493,17 +501,86 @@ class GuardedServer:
             except OSError:  # e.g. IPv6 disabled; asyncio skips such families too
                 continue
             self._sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)  # OSError as it is: the caller names the address
-            sock.listen(self.limits.backlog)
-            sock.setblocking(False)
+            self._bind(sock, address)  # OSError as it is: the caller names the address
+            self._binds.append((family, kind, proto, sock.getsockname()))
         if not self._sockets:
             raise OSError(errno.EADDRNOTAVAIL, f"no address to listen on for {host}:{port}")
         for sock in self._sockets:
             self._addresses.append(sock.getsockname()[:2])
             self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _bind(self, sock: socket.socket, address: Any) -> None:
+        # SO_REUSEADDR: a node restarted at once binds its port again although connections of
+        # its previous process still linger there (TIME_WAIT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(self.limits.backlog)
+        sock.setblocking(False)
+
+    def _drop_listeners(self) -> None:
+        for handle in self._paused.values():
+            handle.cancel()
+        self._paused.clear()
+        for sock in self._sockets:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self._sockets.clear()
+
+    # ---- fault injection: listeners closed while the node runs on ---------------------------
+
+    @property
+    def listening(self) -> bool:
+        return bool(self._sockets)
+
+    def close_listeners(self, reopen_after: float | None = None) -> None:
+        """Close every listening socket; the node, its outgoing connections and the connections
+        already accepted go on, a new connection is refused. After REOPEN_AFTER seconds (if
+        given) it listens again; otherwise only reopen_listeners() or a restart does that."""
+        if reopen_after is not None and not (math.isfinite(reopen_after) and reopen_after > 0):
+            raise ValueError(f"reopen_after must be a finite number of seconds > 0, "
+                             f"got {reopen_after!r}")
+        if self._closed:
+            return
+        self._cancel_reopen()
+        self._drop_listeners()
+        if reopen_after is not None:
+            self._reopen = self.loop.call_later(reopen_after, self._scheduled_reopen)
+
+    def reopen_listeners(self) -> None:
+        """Listen again on the addresses of close_listeners() (at once: SO_REUSEADDR). A no-op
+        when listening. Raises OSError if an address has been taken meanwhile."""
+        self._cancel_reopen()
+        if self._closed or self._sockets:
+            return
+        try:
+            for family, kind, proto, address in self._binds:
+                sock = socket.socket(family, kind, proto)
+                self._sockets.append(sock)
+                self._bind(sock, address)
+        except OSError:
+            self._drop_listeners()
+            raise
+        for sock in self._sockets:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _scheduled_reopen(self) -> None:
+        self._reopen = None
+        try:
+            self.reopen_listeners()
+        except OSError as exc:
+            log.warning("cannot listen again on %s: %s; retrying in %g s", self._addresses,
+                        exc.strerror or exc, REOPEN_RETRY_DELAY)
+            self._reopen = self.loop.call_later(REOPEN_RETRY_DELAY, self._scheduled_reopen)
+        else:
+            log.warning("fault injection: listening again on %s", self._addresses)
+
+    def _cancel_reopen(self) -> None:
+        if self._reopen is not None:
+            self._reopen.cancel()
+            self._reopen = None
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(self.limits.backlog):
@@ -620,13 +697,8 @@ class GuardedServer:
         if self._closed:
             return
         self._closed = True
-        for handle in self._paused.values():
-            handle.cancel()
-        self._paused.clear()
-        for sock in self._sockets:
-            with contextlib.suppress(ValueError, OSError):
-                self.loop.remove_reader(sock.fileno())
-            sock.close()
+        self._cancel_reopen()
+        self._drop_listeners()
         for task in list(self._pending):
             task.cancel()
         await asyncio.gather(*self._pending, return_exceptions=True)

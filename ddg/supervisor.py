@@ -387,6 +387,16 @@ class Supervisor:
             node.expected = node.reported = False
             return proc.spec
 
+    def kill_restart(self, name: str, timeout: float = 10.0) -> NodeSpec:
+        """SIGKILL NAME, reap it and start it again at once: same name, port, data dir and
+        arguments (a crash followed by the fastest possible restart). The kill is expected.
+        Raises DdgError if the killed process is not gone within TIMEOUT s."""
+        proc = self._expect(name)
+        proc.kill()
+        if proc.wait(timeout) is None:  # a few ms: Popen.wait polls from 0.5 ms up
+            raise DdgError(f"{name} (pid {proc.pid}) outlived SIGKILL for {timeout:g} s")
+        return self.restart(name)
+
     def signal(self, name: str, sig: int) -> bool:
         """Send SIG to NAME; False if it is not running. An exit this causes is unexpected:
         use stop(), terminate() or kill() for exits the supervisor means."""

@@ -148,6 +148,9 @@ def summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "elections_per_fault_mean": statistics.mean(per_fault) if per_fault else None,
         "elections_per_fault_max": max(per_fault, default=None),
         "unsettled_heals": sum(f.unsettled for f in figs),
+        # fast kill-restarts: SIGKILL -> new process spawned, and -> new process answering
+        "kill_restart": dist([a for o in outcomes for a, _ in o.respawns]),
+        "kill_restart_answering": dist([b for o in outcomes for _, b in o.respawns]),
         "ok": all(o.ok for o in outcomes),
     }
 
@@ -196,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if s["elections_per_fault_mean"] is not None:
         print(f"elections per fault: mean {s['elections_per_fault_mean']:.2f}, "
               f"max {s['elections_per_fault_max']}")
+    if s["kill_restart"]["n"]:
+        print(f"kill-restart gap (SIGKILL -> new process spawned): {fmt(s['kill_restart'])}; "
+              f"until it answers: {fmt(s['kill_restart_answering'])}")
     print("RESULT:", "ok" if s["ok"] else "FAILED")
     if ns.json is not None:
         ns.json.write_text(json.dumps(s, indent=2))

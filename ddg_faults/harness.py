@@ -1,8 +1,14 @@
 """One scenario's world: a LocalCluster in the private namespace, its firewall, the observer
-and the log of every fault injected (with the topology it leaves), for the checker."""
+and the log of every fault injected (with the topology it leaves), for the checker.
+
+Two faults leave the topology as it was, on purpose: a closed listener (the node's own fault
+hook, /admin/fault/close-listener: new connections to it are refused, its own connections and
+those already open go on, so every link can still carry messages) and the way a link is cut
+(drop, reset or icmp: the checker only needs to know that it is cut)."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -14,7 +20,7 @@ import redis
 from ddg_testkit import LocalCluster, wait_until
 
 from .checker import CheckConfig, Event, Observation, Report, Topology, check
-from .netns import Firewall, PortPool, reserve_fixed_ports
+from .netns import CutMode, Firewall, PortPool, reserve_fixed_ports
 from .observer import Observer
 
 T = TypeVar("T")
@@ -46,6 +52,8 @@ class Outcome:
     failures: list[str]
     crashes: list[str]
     seconds: float
+    # fast kill-restarts: (SIGKILL -> new process spawned, SIGKILL -> new process answering)
+    respawns: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -64,6 +72,10 @@ class Harness:
         self.crashes: list[str] = []
         self.notes: list[str] = []
         self.isolated: set[str] = set()  # cut off from everyone by isolate()
+        self.cut_modes: dict[tuple[str, str], CutMode] = {}  # how each cut pair is cut
+        # close_listener(): node -> when its listener is due to reopen (monotonic)
+        self.closed_listeners: dict[str, float] = {}
+        self.respawns: list[tuple[float, float]] = []
         self.initial = Topology(nodes=frozenset(self.names), live=frozenset())
         self.topology = self.initial
         self.firewall: Firewall | None = None
@@ -82,7 +94,7 @@ class Harness:
         pool = PortPool()
         redis_port = pool.take()
         self._cluster = LocalCluster(base_dir=self.config.base_dir, log_level="INFO",
-                                     redis_port=redis_port)
+                                     redis_port=redis_port, allow_fault_injection=True)
         self._cluster.start_redis()
         self.firewall = Firewall(redis_port=redis_port)
         ports = self.ports = {n: pool.take() for n in self.names}
@@ -127,30 +139,40 @@ class Harness:
         return ev
 
     def _net(self, kind: str, detail: str, targets: Sequence[str], topology: Topology,
-             *, fault: bool = True) -> Event:
+             *, fault: bool = True, mode: CutMode = "drop",
+             new: Iterable[tuple[str, str]] = ()) -> Event:
+        """Apply TOPOLOGY's cuts; the pairs NEW are cut the MODE way (the kind says which when
+        it is not drop), the others stay as they were cut."""
         start = time.monotonic()
-        self.fw().apply(cut=topology.cut, redis_cut=topology.redis_cut)
+        modes = {p: m for p, m in self.cut_modes.items() if p in topology.cut}
+        modes.update((p, mode) for p in new)
+        self.fw().apply(cut=topology.cut, redis_cut=topology.redis_cut, modes=modes)
+        self.cut_modes = modes
+        if mode != "drop":
+            kind = f"{kind}-{mode}"
         return self._record(kind, detail, targets, fault, start, topology)
 
     # ---- network faults ----------------------------------------------------------------------
 
     def cut(self, pairs: Iterable[tuple[str, str]], *, both_ways: bool = True,
-            kind: str = "cut") -> Event:
+            kind: str = "cut", mode: CutMode = "drop") -> Event:
         pairs = list(pairs)
         new = set(pairs) | ({(b, a) for a, b in pairs} if both_ways else set())
         arrow = "<>" if both_ways else ">"
         detail = ",".join(f"{a}{arrow}{b}" for a, b in pairs)
         return self._net(kind, detail, sorted({x for p in pairs for x in p}),
-                         replace(self.topology, cut=self.topology.cut | frozenset(new)))
+                         replace(self.topology, cut=self.topology.cut | frozenset(new)),
+                         mode=mode, new=new)
 
-    def isolate(self, *nodes: str) -> Event:
+    def isolate(self, *nodes: str, mode: CutMode = "drop") -> Event:
         self.isolated |= set(nodes)
         pairs = {(a, b) for a in nodes for b in self.names if b != a}
         new = pairs | {(b, a) for a, b in pairs}
         return self._net("isolate", ",".join(nodes), nodes,
-                         replace(self.topology, cut=self.topology.cut | frozenset(new)))
+                         replace(self.topology, cut=self.topology.cut | frozenset(new)),
+                         mode=mode, new=new)
 
-    def partition(self, groups: Sequence[Iterable[str]]) -> Event:
+    def partition(self, groups: Sequence[Iterable[str]], *, mode: CutMode = "drop") -> Event:
         sets = [set(g) for g in groups]
         rest = set(self.names) - set().union(*sets)
         if rest:
@@ -159,7 +181,8 @@ class Harness:
                for a in g for b in h}
         detail = " | ".join(",".join(sorted(g)) for g in sets)
         return self._net("partition", detail, self.names,
-                         replace(self.topology, cut=self.topology.cut | frozenset(cut)))
+                         replace(self.topology, cut=self.topology.cut | frozenset(cut)),
+                         mode=mode, new=cut)
 
     def cut_redis(self, *nodes: str) -> Event:
         return self._net("cut-redis", ",".join(nodes), nodes,
@@ -183,6 +206,7 @@ class Harness:
 
     def kill(self, node: str) -> Event:
         start = time.monotonic()
+        self.closed_listeners.pop(node, None)
         self.cluster.kill(node)
         self.cluster.wait(node, 10)
         return self._record("kill", node, (node,), True, start,
@@ -191,6 +215,7 @@ class Harness:
     def terminate(self, node: str) -> Event:
         """SIGTERM: a goose hands over first. Waits for the exit."""
         start = time.monotonic()
+        self.closed_listeners.pop(node, None)
         self.cluster.terminate(node)
         code = self.cluster.wait(node, 10)
         if code is None:
@@ -230,6 +255,50 @@ class Harness:
                       what=f"{node} to answer after its restart", timeout=20)
         return self._record("restart", node, (node,), False, start,
                             replace(self.topology, live=self.topology.live | {node}))
+
+    def kill_restart(self, node: str) -> Event:
+        """SIGKILL NODE and start it again at once (same name, port, data dir), as fast as the
+        supervisor can: a "kill" fault, then a "restart" from the spawn until it answers."""
+        start = time.monotonic()
+        self.closed_listeners.pop(node, None)
+        self.cluster.kill_restart(node)
+        spawned = time.monotonic()
+        self._record("kill-restart", f"{node}: SIGKILL, restarted at once", (node,), True, start,
+                     replace(self.topology, live=self.topology.live - {node}))
+        self.wait_for(lambda: node in self.obs().since(spawned),
+                      what=f"{node} to answer after its restart", timeout=20)
+        first = self.obs().since(spawned)[node]
+        self.respawns.append((spawned - start, first.received - start))
+        return self._record("restart", node, (node,), False, spawned,
+                            replace(self.topology, live=self.topology.live | {node}))
+
+    def close_listener(self, node: str, seconds: float) -> Event:
+        """NODE closes its listening socket for SECONDS (its own fault hook), running on:
+        new connections to it are refused, its own and those already open go on."""
+        start = time.monotonic()
+        result = self.cluster.admin(node, "/admin/fault/close-listener",
+                                    {"reopen_after_s": seconds})
+        if not result.ok:
+            raise ScenarioFailed(f"{node} refused to close its listener: {result.message}")
+        self.closed_listeners[node] = time.monotonic() + seconds
+        return self._record("close-listener", f"{node} for {seconds:g} s", (node,), True, start,
+                            self.topology)
+
+    def _accepts(self, node: str) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.ports[node]), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def listener_reopened(self, node: str) -> Event:
+        """Wait until NODE accepts new connections again (its reopen timer ran)."""
+        start = time.monotonic()
+        due = self.closed_listeners.get(node, start)
+        self.wait_for(lambda: self._accepts(node), what=f"{node} to listen again",
+                      timeout=max(0.0, due - start) + self.config.wait_timeout)
+        self.closed_listeners.pop(node, None)
+        return self._record("reopen-listener", node, (node,), False, start, self.topology)
 
     def pause(self, node: str) -> Event:
         start = time.monotonic()
@@ -302,6 +371,8 @@ class Harness:
     def heal_all(self) -> None:
         """Undo every fault in force: links, pauses, dead nodes, Redis. Then wait to settle."""
         top = self.topology
+        for node in sorted(self.closed_listeners):
+            self.listener_reopened(node)
         if top.cut or top.redis_cut:
             self.heal_network()
         for node in sorted(top.nodes - top.live):
@@ -426,4 +497,5 @@ class Harness:
         report = check(history, self.events, self.initial, self.config.check)
         crashes = self.crashes + self.log_problems()
         return Outcome(scenario=scenario, report=report, failures=list(self.failures),
-                       crashes=crashes, seconds=time.monotonic() - started)
+                       crashes=crashes, seconds=time.monotonic() - started,
+                       respawns=list(self.respawns))

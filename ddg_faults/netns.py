@@ -13,6 +13,12 @@ Packets from A to B are then exactly:
 Dropping those two cuts A -> B one way; cutting both ways adds the mirror rules. A node is cut
 from Redis by dropping its packets to Redis's port and Redis's packets on connections it opened.
 The observer runs as gid 0, which no rule names, so it always sees every node.
+
+How a cut link fails is its mode (CutMode): `drop` loses the packets silently (a dead host or
+a dead network); `reset` rejects them with a TCP reset and `icmp` with iptables' default ICMP
+port-unreachable, so the sender's connect() is refused and its open connections are reset at
+once: a live peer that looks like a crashed one to anyone watching connections. REJECT is
+valid in the filter table's OUTPUT chain, where every rule here lives.
 """
 
 from __future__ import annotations
@@ -24,12 +30,22 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 ENV_MARKER = "DDG_FAULTS_NETNS"
 GID_BASE = 42000
 TOOLS = ("unshare", "iptables", "iptables-restore")
+
+CutMode = Literal["drop", "reset", "icmp"]
+CUT_MODES: tuple[CutMode, ...] = get_args(CutMode)
+# The iptables target of each mode. tcp-reset needs `-p tcp` in the rule, which all of them have.
+_TARGETS: dict[CutMode, str] = {
+    "drop": "DROP",
+    "reset": "REJECT --reject-with tcp-reset",
+    "icmp": "REJECT",  # --reject-with icmp-port-unreachable, the default
+}
 
 
 def missing_prerequisites() -> str | None:
@@ -173,15 +189,20 @@ class Firewall:
         self._installed = True
         self.apply(cut=(), redis_cut=())
 
-    def rules(self, cut: Iterable[tuple[str, str]], redis_cut: Iterable[str]) -> str:
+    def rules(self, cut: Iterable[tuple[str, str]], redis_cut: Iterable[str],
+              modes: Mapping[tuple[str, str], CutMode] | None = None) -> str:
+        """The filter table for CUT (directed pairs), each cut the way MODES says (default
+        drop), and REDIS_CUT (nodes cut from Redis, always by dropping)."""
+        modes = modes or {}
         lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]",
                  ":OUTPUT ACCEPT [0:0]"]
         for a, b in sorted(set(cut)):
             src, dst = self.nodes[a], self.nodes[b]
+            target = _TARGETS[modes.get((a, b), "drop")]
             lines.append(f"-A OUTPUT -p tcp -m owner --gid-owner {src.gid} -m tcp "
-                         f"--dport {dst.port} -j DROP")
-            lines.append(f"-A OUTPUT -m owner --gid-owner {src.gid} -m connmark "
-                         f"--mark {dst.gid} -j DROP")
+                         f"--dport {dst.port} -j {target}")
+            lines.append(f"-A OUTPUT -p tcp -m owner --gid-owner {src.gid} -m connmark "
+                         f"--mark {dst.gid} -j {target}")
         for a in sorted(set(redis_cut)):
             ep = self.nodes[a]
             lines.append(f"-A OUTPUT -p tcp -m owner --gid-owner {ep.gid} -m tcp "
@@ -191,7 +212,8 @@ class Firewall:
         lines.append("COMMIT")
         return "\n".join(lines) + "\n"
 
-    def apply(self, *, cut: Iterable[tuple[str, str]], redis_cut: Iterable[str]) -> None:
+    def apply(self, *, cut: Iterable[tuple[str, str]], redis_cut: Iterable[str],
+              modes: Mapping[tuple[str, str], CutMode] | None = None) -> None:
         if not self._installed:
             raise RuntimeError("install() first")
-        _restore(self.rules(cut, redis_cut))
+        _restore(self.rules(cut, redis_cut, modes))

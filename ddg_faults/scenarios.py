@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .harness import Harness
+from .netns import CutMode
 
 GOOSE = "@goose"  # a chaos target resolved to the goose of the moment
 
@@ -98,14 +99,18 @@ def goose_plus_one(h: Harness, cfg: RunConfig) -> None:
 
 def one_way(h: Harness, cfg: RunConfig) -> None:
     """Links cut one way only: the goose's outgoing packets, then one duck's toward the goose."""
+    _one_way(h, "drop")
+
+
+def _one_way(h: Harness, mode: CutMode) -> None:
     g = h.settle()
-    h.cut([(g, n) for n in others(h, g)], both_ways=False)
+    h.cut([(g, n) for n in others(h, g)], both_ways=False, mode=mode)
     h.goose(others(h, g))
     h.hold(0.3)
     h.heal_network()
     g = h.settle()
     duck = others(h, g)[0]
-    h.cut([(duck, g)], both_ways=False)  # TCP needs both ways: the duck is cut from the goose
+    h.cut([(duck, g)], both_ways=False, mode=mode)  # TCP needs both ways: duck cut from goose
     h.expect_goose_unchanged(g, 0.8)  # pre-vote: the cut-off duck must not depose the goose
     h.heal_network()
     h.settle()
@@ -232,6 +237,81 @@ def redis_rollback_join(h: Harness, cfg: RunConfig) -> None:
     h.settle()
 
 
+# ---- false hints of a crash: REJECT cuts, an instant restart, a closed listener -----------
+# A REJECT cut refuses connections and resets open ones at once, as a crashed peer's kernel
+# would; a goose that closed its listener refuses new connections while it runs on. Each looks
+# like a dead goose to anyone watching connections, and none may give the cluster two geese.
+
+
+def isolate_goose_reject(h: Harness, cfg: RunConfig) -> None:
+    """The goose isolated by REJECT: TCP resets, then ICMP port-unreachable."""
+    for mode in ("reset", "icmp"):
+        g = h.settle()
+        h.isolate(g, mode=mode)
+        h.goose(others(h, g))
+        h.hold(0.4)
+        h.heal_network()
+    h.settle()
+
+
+def one_way_reject(h: Harness, cfg: RunConfig) -> None:
+    """one-way with TCP resets, then with ICMP: the goose's packets rejected (the rest elect),
+    then one duck's toward the goose (the goose must stay goose: pre-vote)."""
+    _one_way(h, "reset")
+    _one_way(h, "icmp")
+
+
+def goose_plus_one_reject(h: Harness, cfg: RunConfig) -> None:
+    """The goose and one duck REJECT-partitioned from the rest (reset, then icmp)."""
+    for mode in ("reset", "icmp"):
+        g = h.settle()
+        duck = others(h, g)[0]
+        h.partition([[g, duck]], mode=mode)
+        h.goose(others(h, g, duck))
+        h.expect_no_goose([g, duck], 0.6)
+        h.heal_network()
+    h.settle()
+
+
+def _spread(xs: list[float]) -> str:
+    ms = sorted(x * 1000 for x in xs)
+    return f"median {ms[len(ms) // 2]:.1f} ms, max {ms[-1]:.1f} ms" if ms else "n=0"
+
+
+def fast_kill_restart(h: Harness, cfg: RunConfig) -> None:
+    """SIGKILL the goose and start it again at once on its port, data dir and name, 4 times;
+    then twice two geese in a row: the goose, and the next one as soon as it is elected."""
+    for _ in range(4):
+        g = h.settle()
+        h.kill_restart(g)
+    for _ in range(2):
+        g = h.settle()
+        h.kill_restart(g)
+        nxt = h.goose(exclude=[g])
+        h.kill_restart(nxt)
+    h.settle()
+    if h.respawns:
+        h.notes.append(f"{len(h.respawns)} kill-restarts: SIGKILL -> new process spawned "
+                       f"{_spread([a for a, _ in h.respawns])}; -> answering "
+                       f"{_spread([b for _, b in h.respawns])}")
+
+
+def listener_closed(h: Harness, cfg: RunConfig) -> None:
+    """The goose closes its listening socket for 2 s and runs on (its heartbeats and open
+    connections go on); then closes it for good and is killed and restarted at once."""
+    g = h.settle()
+    h.close_listener(g, 2.0)
+    h.hold(2.0)
+    h.listener_reopened(g)
+    if h.settle() != g:
+        h.notes.append(f"{g} lost the goose role while its listener was closed")
+    g = h.settle()
+    h.close_listener(g, 600.0)
+    h.hold(1.0)
+    h.kill_restart(g)
+    h.settle()
+
+
 def split_brain(h: Harness, cfg: RunConfig) -> None:
     """Self-test: two one-node clusters watched as one. The checker must report violations."""
     h.hold(1.0)
@@ -255,7 +335,19 @@ KINDS = (
     ("isolate", 3), ("partition", 3), ("goose-plus-one", 2), ("one-way", 2), ("cut-redis", 1),
     ("pause", 2), ("kill", 2), ("terminate", 1), ("freeze-redis", 1), ("kill-redis", 1),
     ("partition+freeze-redis", 1),
+    # false hints of a crash
+    ("isolate-reset", 2), ("isolate-icmp", 1), ("partition-reset", 1),
+    ("goose-plus-one-reset", 1), ("goose-plus-one-icmp", 1), ("one-way-reset", 1),
+    ("one-way-icmp", 1), ("kill-restart", 2), ("close-listener", 2),
 )
+
+
+def split_mode(kind: str) -> tuple[str, CutMode]:
+    """'isolate-reset' -> ('isolate', 'reset'); a kind without a mode suffix drops."""
+    for mode in ("reset", "icmp"):
+        if kind.endswith(f"-{mode}"):
+            return kind.removesuffix(f"-{mode}"), mode
+    return kind, "drop"
 
 
 def chaos_plan(seed: int, names: list[str]) -> Iterator[Step]:
@@ -265,16 +357,17 @@ def chaos_plan(seed: int, names: list[str]) -> Iterator[Step]:
     weights = [w for _, w in KINDS]
     while True:
         kind = rng.choices(kinds, weights)[0]
+        base, _ = split_mode(kind)
         node = GOOSE if rng.random() < 0.5 else rng.choice(names)
-        if kind in ("partition", "partition+freeze-redis"):
+        if base in ("partition", "partition+freeze-redis"):
             shuffled = rng.sample(names, len(names))
             cuts = sorted(rng.sample(range(1, len(names)), rng.randint(1, 2)))
             groups = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(names)],
                                                     strict=True)]
             targets = tuple("+".join(sorted(g)) for g in groups)
-        elif kind == "goose-plus-one":
+        elif base == "goose-plus-one":
             targets = (GOOSE, rng.choice(names))
-        elif kind == "one-way":
+        elif base == "one-way":
             a, b = rng.sample(names, 2)
             targets = (GOOSE if rng.random() < 0.5 else a, b)
         elif kind in ("freeze-redis", "kill-redis"):
@@ -289,26 +382,26 @@ def run_step(h: Harness, step: Step, goose: str) -> None:
     def res(t: str) -> str:
         return goose if t == GOOSE else t
 
-    kind = step.kind
+    kind, mode = split_mode(step.kind)
     if kind == "isolate":
-        h.isolate(res(step.targets[0]))
+        h.isolate(res(step.targets[0]), mode=mode)
     elif kind in ("partition", "partition+freeze-redis"):
-        h.partition([g.split("+") for g in step.targets])
+        h.partition([g.split("+") for g in step.targets], mode=mode)
         if kind.endswith("freeze-redis"):
             h.freeze_redis()
     elif kind == "goose-plus-one":
         pair = {goose, res(step.targets[1])}
         if len(pair) == 1:
             pair.add(others(h, goose)[0])
-        h.partition([sorted(pair)])
+        h.partition([sorted(pair)], mode=mode)
     elif kind == "one-way":
         a, b = res(step.targets[0]), res(step.targets[1])
         if a == b:
             b = others(h, a)[0]
         if a == goose:
-            h.cut([(a, n) for n in others(h, a)], both_ways=False)
+            h.cut([(a, n) for n in others(h, a)], both_ways=False, mode=mode)
         else:
-            h.cut([(a, b)], both_ways=False)
+            h.cut([(a, b)], both_ways=False, mode=mode)
     elif kind == "cut-redis":
         h.cut_redis(res(step.targets[0]))
     elif kind == "pause":
@@ -317,6 +410,10 @@ def run_step(h: Harness, step: Step, goose: str) -> None:
         h.kill(res(step.targets[0]))
     elif kind == "terminate":
         h.terminate(res(step.targets[0]))
+    elif kind == "kill-restart":
+        h.kill_restart(res(step.targets[0]))
+    elif kind == "close-listener":
+        h.close_listener(res(step.targets[0]), step.hold)
     elif kind == "freeze-redis":
         h.freeze_redis()
     elif kind == "kill-redis":
@@ -362,6 +459,16 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              about="Redis SIGSTOPped, then killed and restarted empty"),
     Scenario(name="goose-cut-from-redis", nodes=5, run=goose_cut_from_redis,
              about="the goose loses Redis only"),
+    Scenario(name="isolate-goose-reject", nodes=5, run=isolate_goose_reject,
+             about="isolate the goose by REJECT (TCP reset, then ICMP), heal"),
+    Scenario(name="one-way-reject", nodes=5, run=one_way_reject,
+             about="one-way cuts by REJECT (TCP reset, then ICMP)"),
+    Scenario(name="goose-plus-one-reject", nodes=5, run=goose_plus_one_reject,
+             about="goose + one duck REJECT-partitioned from three (reset, then ICMP)"),
+    Scenario(name="fast-kill-restart", nodes=5, run=fast_kill_restart,
+             about="SIGKILL the goose, restart at once on the same port, repeatedly"),
+    Scenario(name="listener-closed", nodes=5, run=listener_closed,
+             about="the goose closes its listening socket and runs on"),
     Scenario(name="chaos", nodes=5, run=chaos,
              about="random faults from --seed for --seconds (or --steps)"),
     Scenario(name="redis-empty-join", nodes=5, late=2, run=redis_empty_join,

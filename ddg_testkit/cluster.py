@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-from ddg.client import NodeClient
+from ddg.client import AdminResult, NodeClient
 from ddg.errors import ConfigError
 from ddg.status import NodeStatus, Role
 from ddg.supervisor import Supervisor, SupervisorConfig
@@ -97,6 +97,10 @@ class LocalCluster(Supervisor):
         async def all_statuses() -> list[NodeStatus | None]:
             return await asyncio.gather(*(self._status(n) for n in names))
         return dict(zip(names, self._loop.run(all_statuses()), strict=True))
+
+    def admin(self, name: str, path: str, payload: dict[str, Any]) -> AdminResult:
+        """POST an admin request (e.g. /admin/partition) to NAME; needs allow_fault_injection."""
+        return self._loop.run(self._client.admin(name, self.address(name), path, payload))
 
     def geese(self, names: Iterable[str] | None = None) -> list[str]:
         return sorted(n for n, r in self.roles(names).items() if r is Role.GOOSE)

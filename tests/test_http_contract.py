@@ -12,8 +12,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from ddg.config import NodeConfig, Timing
 from ddg.core import Election
+from ddg.errors import MessageError
 from ddg.messages import Heartbeat
 from ddg.node import Node
+from ddg.partitions import parse_listener_fault
 from ddg.registry import Member, Membership
 from ddg.storage import DataDir
 
@@ -88,6 +90,8 @@ BAD: list[tuple[str, str, bytes | None, Any, int]] = [
     ("too large", "/raft/vote", b"{" + b" " * (65 * 1024) + b"}", None, 413),
     ("no such path", "/raft/nothing", None, {}, 404),
     ("admin disabled", "/admin/partition", None, {"all": True}, 403),
+    ("listener fault disabled", "/admin/fault/close-listener", None, {}, 403),
+    ("listener reopen disabled", "/admin/fault/open-listener", None, {}, 403),
 ]
 
 
@@ -144,3 +148,13 @@ async def test_stale_timeout_now_is_acknowledged_and_ignored(
     data = await resp.json()
     assert data["sender"] == "n3" and data["term"] == 4
     assert _snapshot(n) == before
+
+
+def test_the_listener_fault_body_is_checked() -> None:
+    assert parse_listener_fault({}) is None
+    assert parse_listener_fault({"reopen_after_s": 2}) == 2.0
+    for bad in ([], {"reopen_after_s": 0}, {"reopen_after_s": -1}, {"reopen_after_s": True},
+                {"reopen_after_s": "2"}, {"reopen_after_s": 601}, {"seconds": 2},
+                {"reopen_after_s": float("nan")}):
+        with pytest.raises(MessageError):
+            parse_listener_fault(bad)

@@ -427,6 +427,33 @@ def post(length: int, body: bytes = b"") -> bytes:
     return b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (length, body)
 
 
+async def test_closed_listeners_refuse_new_connections_while_open_ones_go_on(
+        start: Any) -> None:
+    """The listener fault: new connections are refused, accepted ones keep being served; it
+    listens again on the same port on request or after the given time."""
+    server = await start()
+    port = server.port
+    kept = await connect(port)
+    assert (await exchange(kept, GET))[0] == 200
+    server.close_listeners()
+    assert not server.listening
+    with pytest.raises(ConnectionRefusedError):
+        await connect(port)
+    assert (await exchange(kept, GET))[0] == 200, "an accepted connection goes on"
+    server.reopen_listeners()
+    assert server.listening and server.port == port
+    fresh = await connect(port)
+    assert (await exchange(fresh, GET))[0] == 200
+    server.close_listeners(reopen_after=0.2)
+    with pytest.raises(ConnectionRefusedError):
+        await connect(port)
+    assert await get_eventually(port, within=3) >= 0.1
+    assert server.listening
+    with pytest.raises(ValueError):
+        server.close_listeners(reopen_after=0)
+    close_all([kept, fresh])
+
+
 async def test_bodies_are_read_and_the_connection_kept_alive(start: Any) -> None:
     server = await start()
     conn = await connect(server.port)

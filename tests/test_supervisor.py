@@ -105,6 +105,28 @@ def test_exits_the_supervisor_caused_are_expected_and_others_are_not(sup: Superv
 
 
 @pytest.mark.integration
+def test_kill_restart_binds_the_same_port_at_once(sup: Supervisor) -> None:
+    """SIGKILL and an immediate restart: the port is free at once (SO_REUSEADDR) although
+    connections of the killed process still linger on it, and the kill is an expected exit."""
+    name = sup.add().name
+    wait_until(lambda: serving(sup, [name]), timeout=20, what=f"{name} serving")
+    old = sup.pid(name)
+    with httpx.Client(trust_env=False, timeout=2) as client:
+        for _ in range(3):  # kept-alive connections the killed process leaves behind
+            client.get(sup.address(name) + "/status")
+        port = sup.spec(name).port
+        t0 = time.monotonic()
+        assert sup.kill_restart(name).port == port
+        took = time.monotonic() - t0
+    new = sup.pid(name)
+    assert new is not None and new != old and sup.running(name)
+    assert took < 5, f"kill + reap + spawn took {took:.2f} s"
+    wait_until(lambda: serving(sup, [name]), timeout=20, what=f"{name} serving again")
+    assert [(ex.name, ex.pid, ex.expected) for ex in sup.reap()] == [(name, old, True)]
+    assert "cannot listen" not in sup.log_tail(name, 50)
+
+
+@pytest.mark.integration
 def test_close_stops_five_nodes_at_once_and_leaves_nothing(sup: Supervisor) -> None:
     names = [sup.add().name for _ in range(5)]
     wait_until(lambda: serving(sup, names), timeout=30, what="5 nodes serving")
