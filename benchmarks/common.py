@@ -32,6 +32,8 @@ FREEZE_MARGIN = 0.1
 # JITTER) after the cluster was seen stable.
 SETTLE_DELAY = 0.2
 SETTLE_JITTER = 0.05
+# How long a hit member may take to exit before it is SIGKILLed (and the row says so).
+EXIT_WAIT = 10.0
 
 MODES = ("crash", "freeze", "graceful")
 MODE_SIGNAL = {"crash": "SIGKILL", "freeze": "SIGSTOP", "graceful": "SIGTERM"}
@@ -182,8 +184,10 @@ class System(Protocol):
         """crash: SIGKILL; freeze: SIGSTOP; graceful: SIGTERM (the leader may hand over)."""
         ...
 
-    async def recover(self, name: str, mode: str) -> None:
-        """After hit(): SIGCONT a frozen member; start a stopped one again."""
+    async def recover(self, name: str, mode: str) -> str | None:
+        """After hit(): SIGCONT a frozen member; start a stopped one again. A member that does
+        not exit within EXIT_WAIT of its signal is SIGKILLed and started again: returns what
+        went wrong then (for the row's note), else None."""
         ...
 
     def pids(self) -> dict[str, int]: ...
@@ -198,6 +202,7 @@ async def measure_failovers(system: System, mode: str, kills: int, *, rng: rando
               what=f"{MODE_SIGNAL[mode]} leader -> another member answers leader",
               poll=PollCost())
     assert row.poll is not None
+    problems = 0
     for i in range(kills):
         leader = await system.wait_stable(30)
         await asyncio.sleep(SETTLE_DELAY + rng.uniform(0, SETTLE_JITTER))
@@ -216,7 +221,13 @@ async def measure_failovers(system: System, mode: str, kills: int, *, rng: rando
         row.times_ms.append(1000 * (hit[1] - t_hit))
         log(f"  {system.label} n={row.nodes} {mode} {i + 1:3d}: {leader} -> {hit[0]} "
             f"after {row.times_ms[-1]:.0f} ms")
-        await system.recover(leader, mode)
+        problem = await system.recover(leader, mode)
+        if problem is not None:
+            problems += 1
+            log(f"  {system.label} n={row.nodes} {mode} {i + 1:3d}: {problem}")
+    if problems:
+        row.note = (f"{problems} of {kills} hit leaders did not exit within {EXIT_WAIT:.0f} s "
+                    "(SIGKILLed)")
     await system.wait_stable(30)
     return row
 

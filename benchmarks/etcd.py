@@ -223,17 +223,22 @@ class EtcdCluster:
         proc.send_signal({"crash": signal.SIGKILL, "freeze": signal.SIGSTOP,
                           "graceful": signal.SIGTERM}[mode])
 
-    async def recover(self, name: str, mode: str) -> None:
+    async def recover(self, name: str, mode: str) -> str | None:
         m = self._members[name]
         assert m.proc is not None
         if mode == "freeze":
             m.proc.send_signal(signal.SIGCONT)
-            return
+            return None
+        problem = None
         try:
-            await asyncio.to_thread(m.proc.wait, 10)
+            await asyncio.to_thread(m.proc.wait, common.EXIT_WAIT)
         except subprocess.TimeoutExpired:
-            raise RuntimeError(f"etcd {name} did not exit within 10 s of its {mode}") from None
+            problem = (f"{name} still ran {common.EXIT_WAIT:.0f} s after its "
+                       f"{common.MODE_SIGNAL[mode]}: SIGKILLed (log: {self.dir}/{name}.log)")
+            m.proc.kill()
+            await asyncio.to_thread(m.proc.wait, 5)
         self._start(m)  # same data dir: it rejoins as the member it was
+        return problem
 
     def pids(self) -> dict[str, int]:
         return {n: m.proc.pid for n, m in self._members.items()

@@ -109,14 +109,19 @@ class DdgSystem:
         else:
             self.c.terminate(name)
 
-    async def recover(self, name: str, mode: str) -> None:
+    async def recover(self, name: str, mode: str) -> str | None:
         if mode == "freeze":
             self.c.resume(name)
-            return
-        code = await asyncio.to_thread(self.c.wait, name, 10)
-        if code is None:
-            raise RuntimeError(f"{name} did not exit within 10 s of its {mode}")
+            return None
+        problem = None
+        if await asyncio.to_thread(self.c.wait, name, common.EXIT_WAIT) is None:
+            problem = (f"{name} still ran {common.EXIT_WAIT:.0f} s after its "
+                       f"{common.MODE_SIGNAL[mode]}: SIGKILLed; its log ends:\n"
+                       f"{self.c.log_tail(name) or '(empty)'}")
+            self.c.kill(name)
+            await asyncio.to_thread(self.c.wait, name, 5)
         self.c.restart(name)
+        return problem
 
     def pids(self) -> dict[str, int]:
         return self.c.pids
