@@ -1,161 +1,240 @@
-"""Failover benchmark: 5 real nodes, SIGKILL the goose N times, time kill -> new goose.
+"""Failover benchmark: real ddg-node clusters (and, on request, etcd beside them), the leader
+hit N times per mode, the time from the signal to another member answering that it leads.
 
-The time is what an outside poller sees: from the SIGKILL to the first other node answering
-`goose` on GET /. Also prints cold-start time to a first goose, and each node's CPU share and
-resident memory in steady state. Not a test: it prints figures.
+Modes (each timed separately, --kills N times, the member brought back after each):
+  crash     SIGKILL the goose; the time until another node answers `goose` on GET /
+  freeze    SIGSTOP the goose (for longer than the election timeout's maximum); the time until
+            another node answers `goose`; then SIGCONT and wait for one stable goose
+  graceful  SIGTERM the goose (it hands over before it exits); the time until another answers
 
-    .venv/bin/python -m benchmarks.failover [--kills 40] [--nodes 5] [--seed 1]
+The times are what an outside poller sees (every --poll-ms plus the request's own time; the
+table says what that costs and adds). At each size (--nodes 5,9,25) it also prints the cold
+start (spawn -> first goose) and the steady state: each node's CPU share and RSS.
+
+    .venv/bin/python -m benchmarks.failover [--nodes 5,9,25] [--mode crash,freeze,graceful]
+        [--kills 40] [--node-arg=--heartbeat-ms=20 ...] [--peer etcd,elect] [--json FILE]
 
 from the repository root: it uses the test kit (ddg_testkit), which is not installed.
+--peer needs etcd and etcdctl (benchmarks/setup.sh installs Debian's); see benchmarks/etcd.py
+and benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import math
-import os
-import platform
 import random
-import statistics
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-import httpx
-
+from ddg.client import NodeClient
+from ddg.status import NodeStatus, Role
 from ddg_testkit import LocalCluster
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-# Each node is polled this often. Coarser polling can only make a failover look slower (up to
-# this much later); polling every few ms loads 2 cores enough to slow the election itself.
-POLL_INTERVAL = 0.010
+from . import common
+from .common import MODES, Probe, Resources, Row
 
 
-def pct(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))
-    return ordered[k]
+class DdgSystem:
+    """A LocalCluster as the failover loop sees it (common.System). Only its public face is
+    used: GET / for who leads, /status for a settled cluster, signals for the hits."""
 
+    label = "ddg"
 
-def summary(label: str, ms: Sequence[float]) -> str:
-    return (f"{label}: n={len(ms)} median={statistics.median(ms):.0f} ms "
-            f"p95={pct(ms, 95):.0f} ms p99={pct(ms, 99):.0f} ms max={max(ms):.0f} ms "
-            f"min={min(ms):.0f} ms mean={statistics.fmean(ms):.0f} ms")
+    def __init__(self, cluster: LocalCluster, client: NodeClient) -> None:
+        self.c = cluster
+        self.client = client
+        self._timing: tuple[int, tuple[int, int]] | None = None
 
+    @property
+    def members(self) -> list[str]:
+        return self.c.names
 
-async def first_goose(client: httpx.AsyncClient, urls: dict[str, str], deadline: float
-                      ) -> tuple[str, float] | None:
-    """Poll every URL back to back; return (name, monotonic time) of the first `goose`."""
-    found: list[tuple[str, float]] = []
-    done = asyncio.Event()
+    @property
+    def election_max(self) -> float:
+        assert self._timing is not None, "wait_stable() first"
+        return self._timing[1][1] / 1000
 
-    async def poll(name: str, url: str) -> None:
-        while not done.is_set() and time.monotonic() < deadline:
-            try:
-                resp = await client.get(url)
-                if resp.text == "goose":
-                    found.append((name, time.monotonic()))
-                    done.set()
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(POLL_INTERVAL)
+    @property
+    def timing(self) -> str:
+        if self._timing is None:
+            return ""
+        hb, (lo, hi) = self._timing
+        return f"heartbeat {hb} ms, election timeout {lo}-{hi} ms"
 
-    await asyncio.gather(*(poll(n, u) for n, u in urls.items()))
-    return min(found, key=lambda f: f[1]) if found else None
+    def probe(self, name: str) -> Probe:
+        address = self.c.address(name)
 
+        async def leads() -> bool:
+            return await self.client.role(address) is Role.GOOSE
+        return leads
 
-def wait_stable(c: LocalCluster, seconds: float = 10) -> str:
-    """All nodes up, one goose, everyone following it; returns the goose."""
-    def stable() -> str | None:
-        sts = [st for st in c.statuses().values() if st is not None]
-        if len(sts) < len(c.names):
+    async def _statuses(self) -> list[NodeStatus | None]:
+        replies = await asyncio.gather(*(self.client.poll(self.c.address(n))
+                                         for n in self.members))
+        return [r.status for r in replies]
+
+    async def wait_stable(self, within: float) -> str:
+        deadline = time.monotonic() + within
+        while True:
+            goose = self._stable(await self._statuses())
+            if goose is not None:
+                return goose
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"ddg: no stable goose after {within} s\n"
+                                   f"{await asyncio.to_thread(self.c.describe)}")
+            await asyncio.sleep(0.02)
+
+    def _stable(self, statuses: Sequence[NodeStatus | None]) -> str | None:
+        """All nodes answer, one goose, everyone following it with full membership."""
+        sts = [st for st in statuses if st is not None]
+        if len(sts) < len(self.members):
             return None
         geese = {st.goose for st in sts}
         roles = [st.role for st in sts]
-        if len(geese) == 1 and None not in geese and roles.count("goose") == 1 and all(
-            len(st.members) == len(sts) for st in sts
-        ):
-            goose: str = geese.pop()
-            return goose
-        return None
+        if len(geese) != 1 or None in geese or roles.count(Role.GOOSE) != 1 or not all(
+                len(st.members) == len(sts) for st in sts):
+            return None
+        leader = next(st for st in sts if st.role is Role.GOOSE)
+        self._timing = (leader.timing.heartbeat_ms, leader.timing.election_timeout_ms)
+        return leader.name
 
-    return c.wait_for(stable, timeout=seconds, what="the cluster to settle")
+    def hit(self, name: str, mode: str) -> None:
+        if mode == "crash":
+            self.c.kill(name)
+        elif mode == "freeze":
+            self.c.pause(name)
+        else:
+            self.c.terminate(name)
+
+    async def recover(self, name: str, mode: str) -> str | None:
+        if mode == "freeze":
+            self.c.resume(name)
+            return None
+        problem = None
+        if await asyncio.to_thread(self.c.wait, name, common.EXIT_WAIT) is None:
+            problem = (f"{name} still ran {common.EXIT_WAIT:.0f} s after its "
+                       f"{common.MODE_SIGNAL[mode]}: SIGKILLed; its log ends:\n"
+                       f"{self.c.log_tail(name) or '(empty)'}")
+            self.c.kill(name)
+            await asyncio.to_thread(self.c.wait, name, 5)
+        self.c.restart(name)
+        return problem
+
+    def pids(self) -> dict[str, int]:
+        return self.c.pids
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+async def cold_start(system: DdgSystem, n: int, node_args: Sequence[str],
+                     interval: float) -> float:
+    """Spawn N nodes; ms from the first spawn to the first `goose` answer."""
+    t0 = time.monotonic()
+    for _ in range(n):
+        system.c.add(extra_args=node_args)
+    probes = {name: system.probe(name) for name in system.members}
+    hit, _ = await common.first_leader(probes, t0 + 30, interval)
+    if hit is None:
+        raise RuntimeError(f"no goose 30 s after spawning {n} nodes")
+    return 1000 * (hit[1] - t0)
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+async def run_ddg(size: int, args: argparse.Namespace, rng: random.Random
+                  ) -> tuple[list[Row], Resources]:
+    client = NodeClient(timeout=0.5, max_connections=max(64, 2 * size))
+    try:
+        with LocalCluster(log_level="WARNING") as c:
+            system = DdgSystem(c, client)
+            cold = await cold_start(system, size, args.node_arg, args.poll)
+            print(f"ddg n={size}: first goose {cold:.0f} ms after spawning {size} processes",
+                  flush=True)
+            res = await common.steady_state(system, args.steady_seconds)
+            res.cold_start_ms, res.timing = cold, system.timing
+            rows = [await common.measure_failovers(system, mode, args.kills, rng=rng,
+                                                   interval=args.poll)
+                    for mode in args.mode]
+            return rows, res
+    finally:
+        await client.aclose()
+
+
+def csv_of(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(choices)}")
+        return items
+    return parse
+
+
+def sizes(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("sizes look like 5,9,25") from None
+    if not out or min(out) < 3:
+        raise argparse.ArgumentTypeError("every size must be at least 3")
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.failover", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kills", type=int, default=40, help="leader hits per mode (default 40)")
+    p.add_argument("--nodes", type=sizes, default=[5], help="cluster sizes, e.g. 5,9,25")
+    p.add_argument("--mode", type=csv_of(MODES), default=list(MODES),
+                   help="crash,freeze,graceful (default all)")
+    p.add_argument("--node-arg", action="append", default=[], metavar="ARG",
+                   help="passed to every ddg-node, e.g. --node-arg=--heartbeat-ms=20 "
+                        "(repeatable)")
+    p.add_argument("--peer", type=csv_of(("etcd", "elect")), default=[],
+                   help="also measure etcd (same modes, 5 members) and/or `etcdctl elect`")
+    p.add_argument("--elect-crash-kills", type=int, default=2,
+                   help="SIGKILLs of the etcdctl elect winner; each waits out its session "
+                        "TTL, 60 s (default 2)")
+    p.add_argument("--ddg", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure ddg (--no-ddg: the peers only)")
+    p.add_argument("--poll-ms", dest="poll", type=lambda s: float(s) / 1000,
+                   default=common.POLL_INTERVAL, help="poll interval (default 10)")
+    p.add_argument("--seed", type=int, default=1, help="seed for the kill timing")
+    p.add_argument("--steady-seconds", type=float, default=5.0,
+                   help="window for the CPU and memory figures (default 5)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    return p
 
 
 async def main(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}, {platform.platform()}")
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-    async with httpx.AsyncClient(timeout=0.5, limits=limits, trust_env=False) as client:
-        with LocalCluster(log_level="WARNING") as c:
-            # cold start: spawn all processes, time to the first goose answer
-            t0 = time.monotonic()
-            names = c.start(args.nodes)
-            urls = {n: c.address(n) + "/" for n in names}
-            hit = await first_goose(client, urls, t0 + 30)
-            assert hit is not None, "no goose after a cold start"
-            print(f"cold start: first goose ({hit[0]}) {1000 * (hit[1] - t0):.0f} ms after "
-                  f"spawning {args.nodes} processes")
-            wait_stable(c)
-
-            # steady state resources
-            pids = {n: c.pid(n) for n in names}
-            before = {n: cpu_seconds(p) for n, p in pids.items() if p}
-            t1 = time.monotonic()
-            await asyncio.sleep(args.steady_seconds)
-            span = time.monotonic() - t1
-            goose = wait_stable(c)
-            for n, p in pids.items():
-                if p:
-                    share = 100 * (cpu_seconds(p) - before[n]) / span
-                    print(f"steady state {n}{' (goose)' if n == goose else ''}: "
-                          f"CPU {share:.1f}% of one core, RSS {rss_mib(p):.1f} MiB")
-
-            failovers: list[float] = []
-            for i in range(args.kills):
-                goose = wait_stable(c)
-                # kill at a random moment in the heartbeat cycle
-                await asyncio.sleep(rng.uniform(0, 0.05) + 0.2)
-                others = {n: u for n, u in urls.items() if n != goose}
-                t_kill = time.monotonic()
-                c.kill(goose)
-                hit = await first_goose(client, others, t_kill + 10)
-                if hit is None:
-                    raise SystemExit(f"kill {i + 1}: no new goose within 10 s\n{c.describe()}")
-                failovers.append(1000 * (hit[1] - t_kill))
-                print(f"kill {i + 1:3d}: {goose} -> {hit[0]} after {failovers[-1]:.0f} ms",
-                      flush=True)
-                c.wait(goose, 5)
-                c.restart(goose)
-            print(summary("failover (SIGKILL goose -> another node answers goose)", failovers))
+    if args.peer:
+        from . import etcd  # only with --peer: it needs the etcd binaries
+        etcd.binaries()  # before the long ddg runs, not after
+    rows: list[Row] = []
+    res: list[Resources] = []
+    if args.ddg:
+        for size in args.nodes:
+            ddg_rows, ddg_res = await run_ddg(size, args, rng)
+            rows += ddg_rows
+            res.append(ddg_res)
+    extra: dict[str, object] = {"node_args": args.node_arg, "kills_per_mode": args.kills}
+    if args.peer:
+        peer_rows, peer_res, info = await etcd.run_peers(args, rng)
+        rows += peer_rows
+        res += peer_res
+        extra.update(info)
+    text, data = common.report(rows, res, interval=args.poll, extra=extra)
+    print("\n" + text)
+    if args.json:
+        common.write_json(args.json, data)
+        print(f"\nfigures written to {args.json}")
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kills", type=int, default=40, help="goose kills (default %(default)s)")
-    p.add_argument("--nodes", type=int, default=5, help="cluster size (default %(default)s)")
-    p.add_argument("--seed", type=int, default=1, help="seed for kill timing")
-    p.add_argument("--steady-seconds", type=float, default=5.0,
-                   help="window for the CPU and memory figures")
-    ns = p.parse_args()
-    if ns.kills < 1 or ns.nodes < 3:
-        p.error("need --kills >= 1 and --nodes >= 3")
-    asyncio.run(main(ns))
+    ns = parser().parse_args()
+    if ns.kills < 1:
+        parser().error("need --kills >= 1")
+    try:
+        asyncio.run(main(ns))
+    except KeyboardInterrupt:
+        sys.exit(130)  # every cluster's context manager has stopped its processes by now
