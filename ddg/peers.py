@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -35,6 +36,7 @@ from .errors import MessageError
 from .messages import KIND_OF, REPLIES, Heartbeat, Message, TimeoutNow, decode, encode
 from .metrics import NodeMetrics
 from .ratelimit import LogThrottle
+from .tls import CLIENT_CERT_REQUIRED, client_context
 
 MAX_HEARTBEATS_IN_FLIGHT = 2  # per peer
 MAX_OUTGOING = 64
@@ -51,7 +53,7 @@ def failure_reason(failure: BaseException | int) -> str:
         return "http_4xx" if 400 <= failure < 500 else "http_5xx" if failure >= 500 else "other"
     if isinstance(failure, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
         return "timeout"
-    if isinstance(failure, ClientSSLError):
+    if isinstance(failure, ClientSSLError | ssl.SSLError):
         return "tls"
     if isinstance(failure, ClientConnectorError) and isinstance(failure.os_error,
                                                                ConnectionRefusedError):
@@ -81,7 +83,9 @@ class PeerTransport:
         self._retry_at: dict[str, float] = {}
 
     async def start(self) -> None:
-        self._session = ClientSession(connector=TCPConnector(limit=MAX_OUTGOING + 8))
+        # Peers at https:// addresses are verified against --tls-ca, and shown our certificate.
+        self._session = ClientSession(connector=TCPConnector(
+            limit=MAX_OUTGOING + 8, ssl=client_context(self.config.tls)))
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -139,6 +143,10 @@ class PeerTransport:
                         self._warn.warning(f"401:{send.to}", "%s refused our signature: %s (is "
                                            "the cluster secret the same on every node?)",
                                            send.to, reason)
+                    elif resp.status == 403 and CLIENT_CERT_REQUIRED in reason:
+                        self._warn.warning(f"403:{send.to}", "%s refused our %s: %s (start "
+                                           "this node with --tls-cert and --tls-key signed by "
+                                           "the cluster's CA)", send.to, kind, reason)
                     self._failed(send.to, failure_reason(resp.status))
                     return
                 data = await resp.json(content_type=None)
@@ -151,7 +159,11 @@ class PeerTransport:
             reply, version = decode(reply_cls, data)
         except (ClientError, TimeoutError, MessageError, ValueError, RecursionError) as exc:
             log.debug("%s %s failed: %s", send.to, kind, str(exc) or type(exc).__name__)
-            self._failed(send.to, failure_reason(exc))
+            reason = failure_reason(exc)
+            if reason == "tls":  # a wrong CA or certificate fails every heartbeat: say it once
+                self._warn.warning(f"tls:{send.to}", "TLS with %s at %s failed: %s", send.to,
+                                   address, str(exc) or type(exc).__name__)
+            self._failed(send.to, reason)
             return
         finally:
             self._in_flight[send.to] -= 1

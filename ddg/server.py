@@ -12,7 +12,10 @@ per failure, and the node stops answering even /status. This module accepts conn
 * close a connection that does not deliver a complete request head in time (a slow-header
   client), an idle keep-alive connection, and one whose client stops reading its responses;
 * shed connections with a spare fd, and log accept() failures at most once per interval,
-  if the fd limit is hit anyway.
+  if the fd limit is hit anyway;
+* serve TLS (serve(ssl=...)): the handshake must complete within header_timeout, then the
+  request head gets its own header_timeout as on a plain connection, so a client that starts a
+  handshake and never finishes it holds its slot for header_timeout at most.
 
 ``read_body`` gives handlers the missing body deadline and size cap. Every connection is an
 aiohttp RequestHandler made by the runner's public protocol factory (``runner.server()``),
@@ -28,6 +31,7 @@ import logging
 import math
 import os
 import socket
+import ssl as _ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -445,10 +449,12 @@ class GuardedServer:
     """A running aiohttp app behind capped, timed-out listening sockets. Make one with serve()."""
 
     def __init__(self, runner: web.AppRunner, limits: ServerLimits, cap: int,
-                 accept_filter: AcceptErrorFilter, *, owns_filter: bool) -> None:
+                 accept_filter: AcceptErrorFilter, *, owns_filter: bool,
+                 ssl: _ssl.SSLContext | None = None) -> None:
         assert runner.server is not None, "runner.setup() first"
         self.runner = runner
         self.limits = limits
+        self.ssl = ssl
         self.stats = ServerStats(cap=cap)
         self.accept_filter = accept_filter
         self._owns_filter = owns_filter
@@ -606,7 +612,15 @@ class GuardedServer:
             return _Connection(self, self._factory(), release)
 
         try:
-            await self.loop.connect_accepted_socket(protocol, sock=conn)
+            if self.ssl is None:
+                await self.loop.connect_accepted_socket(protocol, sock=conn)
+            else:
+                # Our protocol sees the connection only once the handshake is done (its timers
+                # start then): until then the slot is bounded by the handshake timeout, and a
+                # failed or timed-out handshake raises here and frees it.
+                await self.loop.connect_accepted_socket(
+                    protocol, sock=conn, ssl=self.ssl,
+                    ssl_handshake_timeout=self.limits.header_timeout)
         except BaseException as exc:
             conn.close()
             release()
@@ -642,8 +656,10 @@ class GuardedServer:
 
 async def serve(app: web.Application, host: str | None, port: int, *,
                 limits: ServerLimits | None = None,
-                access_log: logging.Logger | None = None) -> GuardedServer:
-    """Start APP on HOST:PORT (None or "" for every interface; port 0 for any free port).
+                access_log: logging.Logger | None = None,
+                ssl: _ssl.SSLContext | None = None) -> GuardedServer:
+    """Start APP on HOST:PORT (None or "" for every interface; port 0 for any free port),
+    speaking TLS with the SSL context if one is given.
 
     Replaces web.AppRunner + web.TCPSite: runs the app's startup hooks, then listens. The app
     must not be started yet, since a middleware is added to it. Installs an AcceptErrorFilter
@@ -665,7 +681,8 @@ async def serve(app: web.Application, host: str | None, port: int, *,
     loop = asyncio.get_running_loop()
     owns_filter = not isinstance(loop.get_exception_handler(), AcceptErrorFilter)
     accept_filter = install_accept_error_filter(loop, interval=limits.accept_log_interval)
-    server = GuardedServer(runner, limits, cap, accept_filter, owns_filter=owns_filter)
+    server = GuardedServer(runner, limits, cap, accept_filter, owns_filter=owns_filter,
+                           ssl=ssl)
     try:
         await server._listen(host, port)
     except BaseException:
