@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import shutil
 import ssl
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -171,6 +173,29 @@ async def test_a_handshake_that_never_completes_frees_its_slot(pki: Pki) -> None
         writer.close()
         # the slot is free again: a real client gets through
         async with httpx.AsyncClient(verify=client_context(pki.tls("n2")), timeout=5) as http:
+            assert (await http.get(f"https://{HOST}:{server.port}/")).text == "verified"
+    finally:
+        await server.close()
+
+
+# ---- the openssl recipe in docs/operations.md ----------------------------------------------
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
+async def test_the_documented_openssl_recipe_makes_working_certificates(tmp_path: Path) -> None:
+    text = DOCS.read_text()
+    block = text.split("<!-- tls-certs -->\n```sh\n", 1)[1].split("\n```", 1)[0]
+    made = await asyncio.to_thread(subprocess.run, ["bash", "-e", "-c", block], cwd=tmp_path,
+                                   capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    tls = TlsConfig(cert=tmp_path / "node1.crt", key=tmp_path / "node1.key",
+                    ca=tmp_path / "ca.crt", client_auth=True)
+    server = await serve(await _peer_app(), HOST, 0, ssl=tls.server_context())
+    try:
+        async with httpx.AsyncClient(verify=client_context(tls), timeout=5) as http:
             assert (await http.get(f"https://{HOST}:{server.port}/")).text == "verified"
     finally:
         await server.close()
