@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import random
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -53,7 +52,7 @@ def failure_reason(failure: BaseException | int) -> str:
         return "http_4xx" if 400 <= failure < 500 else "http_5xx" if failure >= 500 else "other"
     if isinstance(failure, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
         return "timeout"
-    if isinstance(failure, ClientSSLError | ssl.SSLError):
+    if isinstance(failure, ClientSSLError):
         return "tls"
     if isinstance(failure, ClientConnectorError) and isinstance(failure.os_error,
                                                                ConnectionRefusedError):

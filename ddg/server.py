@@ -40,7 +40,7 @@ from typing import Any, Final, cast
 from aiohttp import web
 
 from .errors import ConfigError
-from .ratelimit import Throttle
+from .ratelimit import LogThrottle, Throttle
 
 log = logging.getLogger("ddg.server")
 
@@ -52,6 +52,9 @@ DEFAULT_FD_RESERVE: Final = 192
 UNLIMITED_FD_BUDGET: Final = 65536
 ACCEPT_RETRY_DELAY: Final = 0.1  # pause after accept() fails; asyncio waits 1 s
 RESOLVE_TIMEOUT: Final = 10.0  # getaddrinfo of the listen host
+# A client whose certificate this node refuses (another CA) retries at every heartbeat; it only
+# sees the connection drop, so the reason is logged here, once per client address per minute.
+TLS_FAILURE_LOG_INTERVAL: Final = 60.0
 _REFUSAL_BODY: Final = b'{"error": "too many connections; retry later"}'
 REFUSAL: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -466,6 +469,7 @@ class GuardedServer:
         self._pending: set[asyncio.Task[None]] = set()
         self._spare = _open_spare()
         self._refusals = Throttle(limits.accept_log_interval, time.monotonic)
+        self._tls_failures = LogThrottle(log, TLS_FAILURE_LOG_INTERVAL)
         self._closed = False
         # Open connections, oldest progress first (connect, or the last completed request).
         self._by_progress: dict[_Connection, None] = {}
@@ -612,6 +616,10 @@ class GuardedServer:
             return _Connection(self, self._factory(), release)
 
         try:
+            peer = conn.getpeername()[0]
+        except OSError:
+            peer = "?"
+        try:
             if self.ssl is None:
                 await self.loop.connect_accepted_socket(protocol, sock=conn)
             else:
@@ -626,7 +634,13 @@ class GuardedServer:
             release()
             if not isinstance(exc, Exception):
                 raise
-            log.debug("dropped a new connection: %s", exc)
+            if isinstance(exc, _ssl.SSLError):
+                why = exc.reason or str(exc)
+                if isinstance(exc, _ssl.SSLCertVerificationError):
+                    why += f" ({exc.verify_message})"
+                self._tls_failures.warning(peer, "TLS handshake with %s failed: %s", peer, why)
+            else:
+                log.debug("dropped a new connection: %s", exc)
 
     async def close(self) -> None:
         """Stop listening, close every connection (requests in flight get shutdown_timeout),

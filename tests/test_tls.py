@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import shutil
 import ssl
 import subprocess
@@ -199,3 +200,24 @@ async def test_the_documented_openssl_recipe_makes_working_certificates(tmp_path
             assert (await http.get(f"https://{HOST}:{server.port}/")).text == "verified"
     finally:
         await server.close()
+
+
+async def test_a_refused_client_certificate_is_logged_once_per_client(
+        pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The client only sees the connection drop (TLS 1.3): the node says why, once."""
+    server = await serve(await _peer_app(), HOST, 0, ssl=pki.tls("n1").server_context())
+    cert, key = Pki(tmp_path / "other", "other-ca").issue("stranger")
+    stranger = client_context(TlsConfig(cert=cert, key=key, ca=pki.ca_file))
+    try:
+        with caplog.at_level(logging.WARNING, logger="ddg.server"):
+            for _ in range(3):
+                async with httpx.AsyncClient(verify=stranger, timeout=5) as http:
+                    with pytest.raises(httpx.TransportError):
+                        await http.get(f"https://{HOST}:{server.port}/")
+            await wait_until_async(lambda: caplog.records, timeout=3, what="a warning")
+    finally:
+        await server.close()
+    lines = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines == [f"TLS handshake with {HOST} failed: CERTIFICATE_VERIFY_FAILED (unable to "
+                     "get local issuer certificate)"], lines
