@@ -273,7 +273,6 @@ class NodeClient:
                  max_connections: int = 200, tls: TlsConfig | None = None) -> None:
         self.timeout = timeout
         self.secret = secret
-        self.tls = tls
         self._ssl = client_context(tls)
         self._limits = httpx.Limits(max_connections=max_connections,
                                     max_keepalive_connections=min(64, max_connections))
