@@ -29,15 +29,16 @@ from .errors import ConfigError, DdgError, RegistryError, RegistryUnavailable
 from .job import add_job_arguments, job_configs
 from .logs import JsonFormatter
 from .registry import Registry
+from .tls import TlsConfig, add_tls_arguments, tls_from_args
 from .watchcli import cmd_watch
 
 RUN_EPILOG = """\
 other commands:
   ddg-node remove NAME [--redis-url URL] [--cluster NAME]
                      remove a member from the cluster for good (alive or dead)
-  ddg-node status [--redis-url URL] [--cluster NAME] [--json]
+  ddg-node status [--redis-url URL] [--cluster NAME] [--json] [--tls-ca FILE]
                      one row per member: address, role, term, goose it follows
-  ddg-node watch [URL] [--json]
+  ddg-node watch [URL] [--json] [--tls-ca FILE]
                      a node's changes as they happen (GET /watch), one line each
 
 run something only on the goose:
@@ -54,12 +55,14 @@ starting a cluster:
 security:
   A node that binds anything but loopback needs a cluster secret (the same on every node):
   DDG_CLUSTER_SECRET or --cluster-secret-file. Keep passwords out of the command line (and
-  so out of `ps`): DDG_REDIS_PASSWORD or --redis-password-file.
+  so out of `ps`): DDG_REDIS_PASSWORD or --redis-password-file. Mutual TLS (--tls-cert,
+  --tls-key, --tls-ca, --tls-client-auth) also satisfies that rule; with --tls-cert the node
+  serves HTTPS and advertises https://.
 
 environment (used when the flag is not given):
   DDG_HTTP_PORT, DDG_HOST, DDG_ADVERTISE_URL, DDG_NODE_NAME, DDG_REDIS_URL,
   DDG_REDIS_PASSWORD, DDG_CLUSTER, DDG_DATA_DIR, DDG_CLUSTER_SECRET, DDG_BOOTSTRAP,
-  DDG_LOG_FORMAT
+  DDG_LOG_FORMAT, DDG_TLS_CERT, DDG_TLS_KEY, DDG_TLS_CA, DDG_TLS_CLIENT_AUTH
 
 endpoints: GET / (goose|duck), GET /status (JSON), GET /healthz, GET /metrics (Prometheus),
 GET /watch (Server-Sent Events); peers POST /raft/vote, /raft/heartbeat, /raft/timeout_now.
@@ -151,6 +154,7 @@ def run_parser() -> argparse.ArgumentParser:
                    default=_env("DDG_LOG_FORMAT", "text"),
                    help="text, or json: one object per line with ts, level, node, cluster, "
                         "event, term, msg (env DDG_LOG_FORMAT; default %(default)s)")
+    add_tls_arguments(p, node=True)
     add_job_arguments(p)
     return p
 
@@ -182,7 +186,7 @@ def config_from_args(ns: argparse.Namespace) -> NodeConfig:
         data_dir=data_dir, timing=timing, secret=secret.encode() if secret else None,
         redis_password=redis_password(ns), advertise_url=ns.advertise_url,
         bootstrap=ns.bootstrap, allow_fault_injection=ns.allow_fault_injection,
-        log_level=ns.log_level.upper(), log_format=ns.log_format,
+        log_level=ns.log_level.upper(), log_format=ns.log_format, tls=tls_from_args(ns),
     )
 
 
@@ -262,8 +266,9 @@ def _redis(url: str, fn: Any) -> Any:
         raise CliError(f"registry problem: {exc}") from None
 
 
-async def fetch_statuses(addresses: dict[str, str], request_timeout: float) -> dict[str, Reply]:
-    client = NodeClient(timeout=request_timeout)
+async def fetch_statuses(addresses: dict[str, str], request_timeout: float,
+                         tls: TlsConfig | None = None) -> dict[str, Reply]:
+    client = NodeClient(timeout=request_timeout, tls=tls)
     try:
         replies = await asyncio.gather(*(client.poll(a) for a in addresses.values()))
     finally:
@@ -276,8 +281,10 @@ def cmd_status(argv: Sequence[str]) -> int:
     _common(p)
     p.add_argument("--timeout", type=float, default=1.0, help="per-node timeout in s")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_tls_arguments(p, node=False)
     ns = p.parse_args(argv)
     check_redis_url(ns.redis_url)
+    tls = tls_from_args(ns)
 
     password = redis_password(ns)
 
@@ -289,7 +296,7 @@ def cmd_status(argv: Sequence[str]) -> int:
         finally:
             await registry.close()
         addresses = {n: m.address for n, m in sorted(membership.members.items())}
-        return membership, await fetch_statuses(addresses, ns.timeout)
+        return membership, await fetch_statuses(addresses, ns.timeout, tls)
 
     membership, replies = _redis(ns.redis_url, go)
     if ns.json:

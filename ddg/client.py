@@ -28,6 +28,7 @@ from .auth import sign_headers
 from .backoff import Backoff
 from .errors import DdgError
 from .status import NodeStatus, Role, StatusFormatError
+from .tls import CLIENT_CERT_REQUIRED, TlsConfig, client_context
 from .watch import INCARNATION_HEADER, SseDecoder, WatchEvent, WatchFormatError, parse_event
 
 
@@ -66,6 +67,8 @@ def describe_error(exc: BaseException) -> str:
         text = str(exc).lower()
         if "refused" in text:
             return "connection refused"
+        if "certificate" in text or "ssl" in text:
+            return f"TLS: {exc}"
         return f"cannot connect: {exc}" if str(exc) else "cannot connect"
     if isinstance(exc, httpx.RemoteProtocolError):
         return "connection closed by node"
@@ -262,12 +265,15 @@ async def _chunked(reader: asyncio.StreamReader) -> bytes:
 class NodeClient:
     """Async, one connection pool, created on first use so that it binds to the running loop.
     Every call has a deadline (httpx's timeouts are per phase; asyncio.timeout is the whole
-    request, and unlike Python 3.11's wait_for it never swallows a cancellation)."""
+    request, and unlike Python 3.11's wait_for it never swallows a cancellation).
+    https:// nodes are verified against TLS's CA (else the system's), and TLS's certificate
+    is presented to them (nodes with --tls-client-auth demand one for /admin/*)."""
 
     def __init__(self, *, timeout: float, secret: bytes | None = None,
-                 max_connections: int = 200) -> None:
+                 max_connections: int = 200, tls: TlsConfig | None = None) -> None:
         self.timeout = timeout
         self.secret = secret
+        self._ssl = client_context(tls)
         self._limits = httpx.Limits(max_connections=max_connections,
                                     max_keepalive_connections=min(64, max_connections))
         self._client: httpx.AsyncClient | None = None
@@ -277,7 +283,7 @@ class NodeClient:
     def http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout), limits=self._limits,
+                timeout=httpx.Timeout(self.timeout), limits=self._limits, verify=self._ssl,
                 trust_env=False,  # cluster nodes are never reached through an HTTP proxy
             )
         return self._client
@@ -337,6 +343,10 @@ class NodeClient:
             detail = text[:160]
         if resp.status_code == 403:
             hint = detail or "forbidden"
+            if hint.startswith(CLIENT_CERT_REQUIRED):
+                return AdminResult(ok=False, status_code=403,
+                                   message=f"refused (403: {hint}); give --tls-cert and "
+                                           "--tls-key signed by the cluster's CA")
             return AdminResult(
                 ok=False, status_code=403,
                 message=f"refused (403: {hint}); fault injection needs the node to run with "
@@ -370,9 +380,10 @@ class WatchRefused(DdgError):
     """A node refuses /watch for good (no such endpoint: not a ddg node, or too old)."""
 
 
-async def status(url: str, *, request_timeout: float = 2.0) -> NodeStatus:
+async def status(url: str, *, request_timeout: float = 2.0,
+                 tls: TlsConfig | None = None) -> NodeStatus:
     """The node's /status at URL (e.g. http://127.0.0.1:4001); NodeUnavailable if none."""
-    client = NodeClient(timeout=request_timeout)
+    client = NodeClient(timeout=request_timeout, tls=tls)
     try:
         reply = await client.poll(url.rstrip("/"))
     finally:
@@ -389,7 +400,7 @@ WATCH_READ_TIMEOUT = 15.0
 async def watch(url: str, *, last_event_id: int | None = None, connect_timeout: float = 5.0,
                 backoff: Backoff | None = None,
                 on_retry: Callable[[str, float], object] | None = None,
-                ) -> AsyncGenerator[WatchEvent, None]:
+                tls: TlsConfig | None = None) -> AsyncGenerator[WatchEvent, None]:
     """The events of the node at URL's /watch, forever: its state first, then each change.
 
     A broken stream is reopened after BACKOFF's delay (ON_RETRY(reason, delay) is told) with
@@ -397,14 +408,15 @@ async def watch(url: str, *, last_event_id: int | None = None, connect_timeout: 
     after a restart of the node (or too long away) the next event is its state again, with
     `gap` saying why. LAST_EVENT_ID resumes from an id kept from an earlier watch.
     CONNECT_TIMEOUT bounds the connect and each write; a stream silent for WATCH_READ_TIMEOUT
-    is taken for dead and reopened. Raises WatchRefused if the node has no /watch. Close it
-    with contextlib.aclosing().
+    is taken for dead and reopened. TLS: as NodeClient's. Raises WatchRefused if the node has
+    no /watch. Close it with contextlib.aclosing().
     """
     base = url.rstrip("/")
     backoff = backoff or Backoff(initial=0.1, maximum=2.0)
     incarnation: str | None = None
     limits = httpx.Timeout(connect_timeout, read=WATCH_READ_TIMEOUT)
-    async with httpx.AsyncClient(timeout=limits, trust_env=False) as http:
+    async with httpx.AsyncClient(timeout=limits, verify=client_context(tls),
+                                 trust_env=False) as http:
         while True:
             headers = {"Accept": "text/event-stream"}
             if last_event_id is not None:

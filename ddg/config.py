@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 from .job import HookConfig, JobConfig
+from .tls import TlsConfig
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -208,6 +209,7 @@ class NodeConfig:
     refresh_interval: float = 1.0
     job: JobConfig | None = None  # --exec: a command run only while this node is the goose
     on_change: HookConfig | None = None  # --on-change: a hook run on every role change
+    tls: TlsConfig | None = None  # --tls-*: HTTPS, peers verified, maybe mutual TLS
 
     def __post_init__(self) -> None:
         check_name("node name", self.name)
@@ -219,18 +221,26 @@ class NodeConfig:
             raise ConfigError("host must not be empty")
         if self.advertise_url is not None:
             object.__setattr__(self, "advertise_url", check_advertise_url(self.advertise_url))
+            scheme = self.advertise_url.split(":", 1)[0]
+            if scheme != self.scheme:
+                raise ConfigError(
+                    f"advertise URL {self.advertise_url} is {scheme}, but this node serves "
+                    f"{self.scheme} ({'with' if self.serves_tls else 'without'} --tls-cert): "
+                    f"use {self.scheme}://")
         elif self.host in WILDCARDS:
             raise ConfigError(
                 f"--host {self.host} listens on every interface, so peers cannot be told where "
-                f"to reach this node: pass --advertise-url http://THIS-HOST-ADDRESS:{self.port}"
+                f"to reach this node: pass --advertise-url "
+                f"{self.scheme}://THIS-HOST-ADDRESS:{self.port}"
             )
         if self.secret is not None and len(self.secret) < 8:
             raise ConfigError("cluster secret must be at least 8 bytes")
-        if self.secret is None and not is_loopback(self.host):
+        if not self.authenticated and not is_loopback(self.host):
             raise ConfigError(
                 f"--host {self.host} is not loopback, so anyone on the network could send "
                 "election messages: set a cluster secret (DDG_CLUSTER_SECRET or "
-                "--cluster-secret-file FILE, the same on every node)"
+                "--cluster-secret-file FILE, the same on every node), or use mutual TLS "
+                "(--tls-cert, --tls-key, --tls-ca and --tls-client-auth)"
             )
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(
@@ -247,12 +257,32 @@ class NodeConfig:
         if self.advertise_url is not None:
             return self.advertise_url
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.tls is not None and self.tls.serving
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.serves_tls else "http"
 
     @property
     def signed(self) -> bool:
         return self.secret is not None
 
     @property
+    def mutual_tls(self) -> bool:
+        return self.tls is not None and self.tls.client_auth
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether only cluster members can send election messages: they are signed with the
+        secret, or need a client certificate from the cluster's CA."""
+        return self.signed or self.mutual_tls
+
+    @property
     def security(self) -> str:
-        return "hmac" if self.signed else "insecure-loopback"
+        """How peer messages are authenticated, for /status: "hmac" (with or without TLS),
+        "mtls" (client certificates alone) or "insecure-loopback"."""
+        return "hmac" if self.signed else "mtls" if self.mutual_tls else "insecure-loopback"

@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
 from .errors import ConfigError, DdgError
+from .tls import TlsConfig
 
 T = TypeVar("T")
 PreexecFn = Callable[[], object]
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+TLS_ENV = ("DDG_TLS_CERT", "DDG_TLS_KEY", "DDG_TLS_CA", "DDG_TLS_CLIENT_AUTH")
 
 # What a child started with die_with_parent gets when this process dies. SIGKILL, not SIGTERM:
 # all of a supervisor's nodes die at once, so a goose's graceful hand-over would go to a node
@@ -156,6 +158,7 @@ class NodeSpec:
     heartbeat_ms: int | None = None
     election_timeout_ms: str | None = None
     log_level: str = "INFO"
+    tls: TlsConfig | None = None
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -168,7 +171,8 @@ class NodeSpec:
 
     @property
     def address(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls is not None and self.tls.serving else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
         args = [sys.executable, "-m", "ddg", "--name", self.name, "--host", self.host,
@@ -183,6 +187,14 @@ class NodeSpec:
             args.append("--allow-fault-injection")
         if self.bootstrap:
             args.append("--bootstrap")
+        tls = self.tls
+        if tls is not None:
+            for flag, path in (("--tls-cert", tls.cert), ("--tls-key", tls.key),
+                               ("--tls-ca", tls.ca)):
+                if path is not None:
+                    args += [flag, str(path)]
+            if tls.client_auth:
+                args.append("--tls-client-auth")
         return args + list(self.extra_args)
 
 
@@ -215,7 +227,9 @@ class NodeProcess:
         if self.running:
             raise DdgError(f"node {self.spec.name} is already running (pid {self.pid})")
         env = dict(os.environ)
-        env.pop("DDG_CLUSTER_SECRET", None)
+        # The spec says all there is about the secret and TLS: nothing comes from our env.
+        for var in ("DDG_CLUSTER_SECRET", *TLS_ENV):
+            env.pop(var, None)
         if self.spec.secret is not None:
             env["DDG_CLUSTER_SECRET"] = self.spec.secret
         out: IO[bytes] | int = subprocess.DEVNULL

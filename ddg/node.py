@@ -41,6 +41,7 @@ from .registry import Membership, Registry
 from .server import GuardedServer, ServerLimits, raise_fd_limit, read_body, serve
 from .status import NodeStatus, Role, StorageInfo, TimingInfo
 from .storage import DataDir
+from .tls import CLIENT_CERT_REQUIRED, peer_verified
 from .watch import Watchers
 
 MAX_BODY = 64 * 1024
@@ -193,8 +194,10 @@ class Node:
         self.sync.node_id = self.data.node_id()
         soft, hard_fds = raise_fd_limit()
         try:
+            tls = self.config.tls
             self.http = await serve(self.make_app(), self.config.host, self.config.port,
-                                    limits=ServerLimits())
+                                    limits=ServerLimits(),
+                                    ssl=tls.server_context() if tls and tls.serving else None)
         except OSError as exc:  # serve() has cleaned up
             raise DdgError(
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
@@ -213,7 +216,7 @@ class Node:
             self.core = Election(
                 name=self.config.name, timing=self.config.timing, rng=self.rng,
                 now=time.monotonic(), members=membership.names, version=membership.version,
-                hard=hard, trust_transfers=self.config.signed,
+                hard=hard, trust_transfers=self.config.authenticated,
             )
             self.observe()
             watcher = asyncio.create_task(self.sync.watch(), name="registry")
@@ -225,9 +228,10 @@ class Node:
                             "address": self.config.address,
                             "members": sorted(membership.names),
                             "membership_version": membership.version})
-            if not self.config.signed:
+            if not self.config.authenticated:
                 log.info("peer messages are not signed: fine on loopback only; set "
-                         "DDG_CLUSTER_SECRET (the same on every node) to sign them")
+                         "DDG_CLUSTER_SECRET (the same on every node) to sign them, or use "
+                         "mutual TLS (--tls-client-auth)")
             self._wake.set()
             await self.stop_event.wait()
             await self._hand_over()
@@ -420,6 +424,12 @@ class Node:
             hint_streams=self.holds.open)
 
     async def _signed_body(self, request: web.Request) -> bytes:
+        """The body of a peer or admin request, from a client that proved it is one of us."""
+        if self.config.mutual_tls and (
+                request.transport is None
+                or not peer_verified(request.transport.get_extra_info("peercert"))):
+            raise MessageError(f"{CLIENT_CERT_REQUIRED}: {request.path} needs a client "
+                               "certificate signed by the cluster's CA", status=403)
         body = await read_body(request, limit=MAX_BODY, timeout=BODY_TIMEOUT)
         if self.verifier is not None:
             reason = self.verifier.check(request.headers, request.method, request.path, body)

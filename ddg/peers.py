@@ -35,6 +35,7 @@ from .errors import MessageError
 from .messages import KIND_OF, REPLIES, Heartbeat, Message, TimeoutNow, decode, encode
 from .metrics import NodeMetrics
 from .ratelimit import LogThrottle
+from .tls import CLIENT_CERT_REQUIRED, client_context
 
 MAX_HEARTBEATS_IN_FLIGHT = 2  # per peer
 MAX_OUTGOING = 64
@@ -81,7 +82,9 @@ class PeerTransport:
         self._retry_at: dict[str, float] = {}
 
     async def start(self) -> None:
-        self._session = ClientSession(connector=TCPConnector(limit=MAX_OUTGOING + 8))
+        # Peers at https:// addresses are verified against --tls-ca, and shown our certificate.
+        self._session = ClientSession(connector=TCPConnector(
+            limit=MAX_OUTGOING + 8, ssl=client_context(self.config.tls)))
 
     @property
     def session(self) -> ClientSession | None:
@@ -144,6 +147,10 @@ class PeerTransport:
                         self._warn.warning(f"401:{send.to}", "%s refused our signature: %s (is "
                                            "the cluster secret the same on every node?)",
                                            send.to, reason)
+                    elif resp.status == 403 and CLIENT_CERT_REQUIRED in reason:
+                        self._warn.warning(f"403:{send.to}", "%s refused our %s: %s (start "
+                                           "this node with --tls-cert and --tls-key signed by "
+                                           "the cluster's CA)", send.to, kind, reason)
                     self._failed(send.to, failure_reason(resp.status))
                     return
                 data = await resp.json(content_type=None)
@@ -156,7 +163,11 @@ class PeerTransport:
             reply, version = decode(reply_cls, data)
         except (ClientError, TimeoutError, MessageError, ValueError, RecursionError) as exc:
             log.debug("%s %s failed: %s", send.to, kind, str(exc) or type(exc).__name__)
-            self._failed(send.to, failure_reason(exc))
+            reason = failure_reason(exc)
+            if reason == "tls":  # a wrong CA or certificate fails every heartbeat: say it once
+                self._warn.warning(f"tls:{send.to}", "TLS with %s at %s failed: %s", send.to,
+                                   address, str(exc) or type(exc).__name__)
+            self._failed(send.to, reason)
             return
         finally:
             self._in_flight[send.to] -= 1

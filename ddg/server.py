@@ -12,7 +12,10 @@ per failure, and the node stops answering even /status. This module accepts conn
 * close a connection that does not deliver a complete request head in time (a slow-header
   client), an idle keep-alive connection, and one whose client stops reading its responses;
 * shed connections with a spare fd, and log accept() failures at most once per interval,
-  if the fd limit is hit anyway.
+  if the fd limit is hit anyway;
+* serve TLS (serve(ssl=...)): the handshake must complete within header_timeout, then the
+  request head gets its own header_timeout as on a plain connection, so a client that starts a
+  handshake and never finishes it holds its slot for header_timeout at most.
 
 For fault injection (`--allow-fault-injection`), ``close_listeners`` closes the listening
 sockets while everything else runs on (a new connection is refused; accepted ones go on), and
@@ -32,6 +35,7 @@ import logging
 import math
 import os
 import socket
+import ssl as _ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -40,7 +44,7 @@ from typing import Any, Final, cast
 from aiohttp import web
 
 from .errors import ConfigError
-from .ratelimit import Throttle
+from .ratelimit import LogThrottle, Throttle
 
 log = logging.getLogger("ddg.server")
 
@@ -53,6 +57,9 @@ UNLIMITED_FD_BUDGET: Final = 65536
 ACCEPT_RETRY_DELAY: Final = 0.1  # pause after accept() fails; asyncio waits 1 s
 REOPEN_RETRY_DELAY: Final = 1.0  # a scheduled reopen that could not bind tries again after this
 RESOLVE_TIMEOUT: Final = 10.0  # getaddrinfo of the listen host
+# A client whose certificate this node refuses (another CA) retries at every heartbeat; it only
+# sees the connection drop, so the reason is logged here, once per client address per minute.
+TLS_FAILURE_LOG_INTERVAL: Final = 60.0
 _REFUSAL_BODY: Final = b'{"error": "too many connections; retry later"}'
 REFUSAL: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -450,10 +457,12 @@ class GuardedServer:
     """A running aiohttp app behind capped, timed-out listening sockets. Make one with serve()."""
 
     def __init__(self, runner: web.AppRunner, limits: ServerLimits, cap: int,
-                 accept_filter: AcceptErrorFilter, *, owns_filter: bool) -> None:
+                 accept_filter: AcceptErrorFilter, *, owns_filter: bool,
+                 ssl: _ssl.SSLContext | None = None) -> None:
         assert runner.server is not None, "runner.setup() first"
         self.runner = runner
         self.limits = limits
+        self.ssl = ssl
         self.stats = ServerStats(cap=cap)
         self.accept_filter = accept_filter
         self._owns_filter = owns_filter
@@ -468,6 +477,7 @@ class GuardedServer:
         self._pending: set[asyncio.Task[None]] = set()
         self._spare = _open_spare()
         self._refusals = Throttle(limits.accept_log_interval, time.monotonic)
+        self._tls_failures = LogThrottle(log, TLS_FAILURE_LOG_INTERVAL)
         self._closed = False
         # Open connections, oldest progress first (connect, or the last completed request).
         self._by_progress: dict[_Connection, None] = {}
@@ -683,13 +693,31 @@ class GuardedServer:
             return _Connection(self, self._factory(), release)
 
         try:
-            await self.loop.connect_accepted_socket(protocol, sock=conn)
+            peer = conn.getpeername()[0]
+        except OSError:
+            peer = "?"
+        try:
+            if self.ssl is None:
+                await self.loop.connect_accepted_socket(protocol, sock=conn)
+            else:
+                # Our protocol sees the connection only once the handshake is done (its timers
+                # start then): until then the slot is bounded by the handshake timeout, and a
+                # failed or timed-out handshake raises here and frees it.
+                await self.loop.connect_accepted_socket(
+                    protocol, sock=conn, ssl=self.ssl,
+                    ssl_handshake_timeout=self.limits.header_timeout)
         except BaseException as exc:
             conn.close()
             release()
             if not isinstance(exc, Exception):
                 raise
-            log.debug("dropped a new connection: %s", exc)
+            if isinstance(exc, _ssl.SSLError):
+                why = exc.reason or str(exc)
+                if isinstance(exc, _ssl.SSLCertVerificationError):
+                    why += f" ({exc.verify_message})"
+                self._tls_failures.warning(peer, "TLS handshake with %s failed: %s", peer, why)
+            else:
+                log.debug("dropped a new connection: %s", exc)
 
     async def close(self) -> None:
         """Stop listening, close every connection (requests in flight get shutdown_timeout),
@@ -714,8 +742,10 @@ class GuardedServer:
 
 async def serve(app: web.Application, host: str | None, port: int, *,
                 limits: ServerLimits | None = None,
-                access_log: logging.Logger | None = None) -> GuardedServer:
-    """Start APP on HOST:PORT (None or "" for every interface; port 0 for any free port).
+                access_log: logging.Logger | None = None,
+                ssl: _ssl.SSLContext | None = None) -> GuardedServer:
+    """Start APP on HOST:PORT (None or "" for every interface; port 0 for any free port),
+    speaking TLS with the SSL context if one is given.
 
     Replaces web.AppRunner + web.TCPSite: runs the app's startup hooks, then listens. The app
     must not be started yet, since a middleware is added to it. Installs an AcceptErrorFilter
@@ -737,7 +767,8 @@ async def serve(app: web.Application, host: str | None, port: int, *,
     loop = asyncio.get_running_loop()
     owns_filter = not isinstance(loop.get_exception_handler(), AcceptErrorFilter)
     accept_filter = install_accept_error_filter(loop, interval=limits.accept_log_interval)
-    server = GuardedServer(runner, limits, cap, accept_filter, owns_filter=owns_filter)
+    server = GuardedServer(runner, limits, cap, accept_filter, owns_filter=owns_filter,
+                           ssl=ssl)
     try:
         await server._listen(host, port)
     except BaseException:

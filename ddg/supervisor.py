@@ -43,6 +43,7 @@ from .embedded import EmbeddedRedis, free_port
 from .errors import ConfigError, DdgError, NotAMember, RegistryError
 from .launcher import NodeProcess, NodeSpec, PreexecFn
 from .registry import Registry
+from .tls import TlsConfig
 
 OWNER_FILE = ".owner"  # in a die_with_parent temp dir: "<pid> <start time>" of its owner
 
@@ -125,6 +126,9 @@ class SupervisorConfig:
     redis_url: str | None = None
     redis_port: int | None = None
     secret: str | None = None
+    # Every node serves and calls its peers with these; one certificate for all (it must name
+    # `host`): a test cluster, not a deployment.
+    tls: TlsConfig | None = None
     allow_fault_injection: bool = False
     heartbeat_ms: int | None = None
     election_timeout_ms: str | None = None
@@ -355,7 +359,8 @@ class Supervisor:
                 bootstrap=not self._started_any if bootstrap is None else bootstrap,
                 heartbeat_ms=self.config.heartbeat_ms,
                 election_timeout_ms=self.config.election_timeout_ms,
-                log_level=self.config.log_level, extra_args=tuple(extra_args),
+                log_level=self.config.log_level, tls=self.config.tls,
+                extra_args=tuple(extra_args),
             )
             self._note_cluster(spec.cluster)
             process = NodeProcess(spec, log_path=self.log_path(name), preexec_fn=preexec_fn,

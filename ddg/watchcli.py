@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from .client import watch
 from .errors import ConfigError
+from .tls import add_tls_arguments, tls_from_args
 from .watch import WatchEvent
 
 
@@ -37,6 +38,7 @@ def watch_parser() -> argparse.ArgumentParser:
                    help="resume after this change id (from an earlier watch of this node)")
     p.add_argument("--timeout", type=float, default=5.0,
                    help="connect timeout in s (default %(default)s)")
+    add_tls_arguments(p, node=False)
     return p
 
 
@@ -76,7 +78,7 @@ async def _watch(url: str, ns: argparse.Namespace) -> None:
               flush=True)
 
     events = watch(url, last_event_id=ns.last_event_id, connect_timeout=ns.timeout,
-                   on_retry=retrying)
+                   on_retry=retrying, tls=tls_from_args(ns))
     async with contextlib.aclosing(events):
         async for event in events:
             text = json.dumps(event.to_json(), separators=(",", ":")) if ns.json else line(event)

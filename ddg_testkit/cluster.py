@@ -52,7 +52,7 @@ class LocalCluster(Supervisor):
         settings.setdefault("die_with_parent", True)
         super().__init__(config if config is not None else SupervisorConfig(**settings))
         self._loop = _LoopThread()
-        self._client = NodeClient(timeout=0.5, max_connections=64)
+        self._client = NodeClient(timeout=0.5, max_connections=64, tls=self.config.tls)
 
     def start(self, n: int) -> list[str]:
         """Add N nodes; returns their names."""

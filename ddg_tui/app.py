@@ -380,10 +380,13 @@ class ConsoleApp(App[int]):
 
     def _can_sign(self) -> bool:
         """Whether the console can send admin requests the nodes accept: a cluster that signs
-        its messages needs the secret."""
-        signed = any(o.reply.status is not None and o.reply.status.security == "hmac"
-                     for o in self.model.last_ok.values())
-        return not signed or getattr(self.source, "secret", None) is not None
+        its messages needs the secret, one with mutual TLS a client certificate."""
+        modes = {o.reply.status.security for o in self.model.last_ok.values()
+                 if o.reply.status is not None}
+        if "hmac" in modes and getattr(self.source, "secret", None) is None:
+            return False
+        tls = getattr(self.source, "tls", None)
+        return "mtls" not in modes or (tls is not None and tls.cert is not None)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """True: the key applies; None: not to the selected node, or not now (dimmed in the
@@ -697,9 +700,9 @@ class ConsoleApp(App[int]):
         if member is None:
             return
         if not self._can_sign():
-            self.report(f"cannot isolate {name}: the cluster signs its messages and this "
-                        "console has no secret (start it with --cluster-secret)", "warning",
-                        node=name)
+            self.report(f"cannot isolate {name}: the cluster signs its messages (start this "
+                        "console with --cluster-secret) or demands client certificates "
+                        "(--tls-cert and --tls-key)", "warning", node=name)
             return
         ok = self.model.last_ok.get(name)
         st = ok.reply.status if ok is not None else None

@@ -13,6 +13,7 @@ from typing import NoReturn
 from ddg.config import DEFAULT_CLUSTER, mask_url
 from ddg.errors import ConfigError, DdgError
 from ddg.launcher import bind_to_parent
+from ddg.tls import add_tls_arguments, tls_from_args
 
 from .config import MAX_DEMO_NODES, ConsoleConfig, PollSettings
 from .keys import epilog as keys_epilog
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("DDG_CLUSTER_SECRET") or None,
                    help="shared secret used to sign admin requests (isolate/heal); with "
                         "--demo the nodes are started with it (env DDG_CLUSTER_SECRET)")
+    add_tls_arguments(p, node=False)
     web = p.add_argument_group("in a browser")
     web.add_argument("--web", action="store_true",
                      help="serve this console (with the other options given here) to browsers "
@@ -116,7 +118,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, ConsoleConfi
     poll = PollSettings(interval=args.poll_interval / 1000, timeout=args.timeout / 1000,
                         failover_interval=min(0.05, args.poll_interval / 1000))
     return args, ConsoleConfig(demo=args.demo, redis_url=args.redis_url, cluster=cluster,
-                               secret=args.cluster_secret, poll=poll)
+                               secret=args.cluster_secret, poll=poll, tls=tls_from_args(args))
 
 
 class _Terminated(Exception):
@@ -166,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             redis_url = demo.launch()
         assert redis_url is not None
         source = LiveSource(redis_url=redis_url, cluster=config.cluster,
-                            timeout=config.poll.timeout, secret=config.secret,
+                            timeout=config.poll.timeout, secret=config.secret, tls=config.tls,
                             password=os.environ.get("DDG_REDIS_PASSWORD") or None)
         mode = (f"demo: {config.demo} nodes started here" if demo is not None
                 else "attached (nodes are not ours)")

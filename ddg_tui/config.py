@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ddg.config import DEFAULT_CLUSTER, check_name, check_redis_url
 from ddg.errors import ConfigError
+from ddg.tls import TlsConfig
 
 MAX_DEMO_NODES = 15
 
@@ -46,6 +47,7 @@ class ConsoleConfig:
     cluster: str = DEFAULT_CLUSTER
     secret: str | None = None
     poll: PollSettings = PollSettings()
+    tls: TlsConfig | None = None  # for https:// nodes: the CA, and a client certificate
 
     def __post_init__(self) -> None:
         if self.demo is None and self.redis_url is None:

@@ -8,6 +8,7 @@ from typing import Any
 from ddg.client import AdminResult, NodeClient, Reply
 from ddg.config import mask_url
 from ddg.registry import Membership, Registry
+from ddg.tls import TlsConfig
 
 
 class LiveSource:
@@ -15,13 +16,15 @@ class LiveSource:
 
     def __init__(self, *, redis_url: str, cluster: str, timeout: float,
                  secret: str | None = None, registry_timeout: float = 0.5,
-                 password: str | None = None) -> None:
+                 password: str | None = None, tls: TlsConfig | None = None) -> None:
         self.cluster = cluster
         self.location = mask_url(redis_url)  # shown in the header: never the password
         self.timeout = timeout
         self.secret = secret
+        self.tls = tls
         self.registry = Registry(redis_url, cluster, timeout=registry_timeout, password=password)
-        self.nodes = NodeClient(timeout=timeout, secret=secret.encode() if secret else None)
+        self.nodes = NodeClient(timeout=timeout, secret=secret.encode() if secret else None,
+                                tls=tls)
 
     async def read(self) -> Membership:
         return await self.registry.read()

@@ -63,7 +63,7 @@ class HeaderView:
     last_goose: str | None
     banner: str | None = None
     banner_level: Severity = "error"
-    security: str | None = None  # the nodes' mode: hmac, insecure-loopback or mixed
+    security: str | None = None  # the nodes' mode: hmac, mtls, insecure-loopback or mixed
 
 
 def signal_name(number: int) -> str:
@@ -291,6 +291,8 @@ def header_parts(h: HeaderView, *, mode: str, mode_short: str, location: str,
         one.append(Part.of(f"v{h.version}", "dim", short=f"v{h.version}", drop=2))
     if h.security == "hmac":
         one.append(Part.of("signed", "green", drop=4))
+    elif h.security == "mtls":
+        one.append(Part.of("mutual TLS", "green", drop=4))
     elif h.security is not None:
         one.append(Part.of("UNSIGNED" if h.security == "insecure-loopback" else "MIXED",
                            "#ff8c00", drop=5))

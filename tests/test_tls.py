@@ -1,0 +1,223 @@
+"""TLS settings, the ssl contexts and the guarded listener speaking TLS, in-process: certificates
+from trustme (ddg_testkit.certs), real sockets, no node process."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from aiohttp import web
+
+from ddg.config import NodeConfig
+from ddg.errors import ConfigError
+from ddg.server import ServerLimits, serve
+from ddg.tls import TlsConfig, client_context, peer_verified
+from ddg_testkit.certs import Pki
+from ddg_testkit.wait import wait_until_async
+
+pytestmark = pytest.mark.timeout(30)
+HOST = "127.0.0.1"
+DAY = datetime.timedelta(days=1)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path / "pki")
+
+
+# ---- settings ----------------------------------------------------------------------------
+
+
+def test_cert_without_key(pki: Pki) -> None:
+    cert, _ = pki.issue("n1")
+    with pytest.raises(ConfigError, match="--tls-cert needs --tls-key"):
+        TlsConfig(cert=cert)
+
+
+def test_key_without_cert(pki: Pki) -> None:
+    _, key = pki.issue("n1")
+    with pytest.raises(ConfigError, match="--tls-key needs --tls-cert"):
+        TlsConfig(key=key)
+
+
+def test_client_auth_without_ca(pki: Pki) -> None:
+    cert, key = pki.issue("n1")
+    with pytest.raises(ConfigError, match="--tls-client-auth needs --tls-ca"):
+        TlsConfig(cert=cert, key=key, client_auth=True)
+
+
+def test_missing_and_unreadable_files(pki: Pki, tmp_path: Path) -> None:
+    cert, key = pki.issue("n1")
+    with pytest.raises(ConfigError, match=r"cannot read the TLS certificate .*nope\.crt"):
+        TlsConfig(cert=tmp_path / "nope.crt", key=key)
+    with pytest.raises(ConfigError, match="cannot read the TLS key"):
+        TlsConfig(cert=cert, key=tmp_path)  # a directory
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="holds no PEM certificate"):
+        TlsConfig(cert=garbage, key=key)
+    with pytest.raises(ConfigError, match="cannot load the TLS certificate"):
+        TlsConfig(cert=cert, key=garbage)
+
+
+def test_key_of_another_certificate(pki: Pki) -> None:
+    cert, _ = pki.issue("n1")
+    _, other_key = pki.issue("n2")
+    with pytest.raises(ConfigError, match="does not belong to the certificate"):
+        TlsConfig(cert=cert, key=other_key)
+
+
+def test_expired_and_future_certificates(pki: Pki) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    cert, key = pki.issue("old", not_before=now - 10 * DAY, not_after=now - DAY)
+    with pytest.raises(ConfigError, match="expired on"):
+        TlsConfig(cert=cert, key=key)
+    cert, key = pki.issue("new", not_before=now + DAY, not_after=now + 10 * DAY)
+    with pytest.raises(ConfigError, match="is not valid before"):
+        TlsConfig(cert=cert, key=key)
+
+
+def test_node_config_with_tls(pki: Pki, tmp_path: Path) -> None:
+    mtls = pki.tls("n1")
+    c = NodeConfig(name="n1", port=4001, data_dir=tmp_path, tls=mtls)
+    assert c.address == "https://127.0.0.1:4001" and c.security == "mtls" and c.authenticated
+    # mutual TLS alone may bind off loopback, like a secret alone; TLS without it may not
+    NodeConfig(name="n1", host="0.0.0.0", port=4001, data_dir=tmp_path, tls=mtls,
+               advertise_url="https://10.0.0.5:4001")
+    plain_tls = pki.tls("n1", client_auth=False)
+    with pytest.raises(ConfigError, match="mutual TLS"):
+        NodeConfig(name="n1", host="10.0.0.5", port=4001, data_dir=tmp_path, tls=plain_tls)
+    c = NodeConfig(name="n1", host="10.0.0.5", port=4001, data_dir=tmp_path, tls=plain_tls,
+                   secret=b"s3cret-for-tests")
+    assert c.address == "https://10.0.0.5:4001" and c.security == "hmac"
+    with pytest.raises(ConfigError, match="use https://"):
+        NodeConfig(name="n1", port=4001, data_dir=tmp_path, tls=mtls,
+                   advertise_url="http://127.0.0.1:4001")
+    with pytest.raises(ConfigError, match="use http://"):
+        NodeConfig(name="n1", port=4001, data_dir=tmp_path,
+                   advertise_url="https://127.0.0.1:4001")
+    with pytest.raises(ConfigError, match="--advertise-url https://"):
+        NodeConfig(name="n1", host="0.0.0.0", port=4001, data_dir=tmp_path, tls=mtls)
+
+
+# ---- contexts and the listener -----------------------------------------------------------
+
+
+def test_contexts(pki: Pki) -> None:
+    tls = pki.tls("n1")
+    server = tls.server_context()
+    assert server.verify_mode is ssl.CERT_OPTIONAL  # asked for, not demanded: GET / is public
+    client = client_context(tls)
+    assert client.verify_mode is ssl.CERT_REQUIRED and client.check_hostname
+    assert peer_verified({"subject": ()}) and not peer_verified({}) and not peer_verified(None)
+
+
+async def _peer_app() -> web.Application:
+    async def root(request: web.Request) -> web.Response:
+        transport = request.transport
+        cert = transport.get_extra_info("peercert") if transport is not None else None
+        return web.Response(text="verified" if peer_verified(cert) else "anonymous")
+
+    app = web.Application()
+    app.router.add_get("/", root)
+    return app
+
+
+async def test_https_with_and_without_a_client_certificate(pki: Pki, tmp_path: Path) -> None:
+    tls = pki.tls("n1")
+    server = await serve(await _peer_app(), HOST, 0, ssl=tls.server_context())
+    url = f"https://{HOST}:{server.port}/"
+    try:
+        async with httpx.AsyncClient(verify=client_context(tls), timeout=5) as http:
+            assert (await http.get(url)).text == "verified"
+        anonymous = TlsConfig(ca=pki.ca_file)
+        async with httpx.AsyncClient(verify=client_context(anonymous), timeout=5) as http:
+            assert (await http.get(url)).text == "anonymous"
+        # a certificate from another CA is refused in the handshake
+        other = Pki(tmp_path / "other", "other-ca")
+        cert, key = other.issue("impostor")
+        impostor = TlsConfig(cert=cert, key=key, ca=pki.ca_file)
+        async with httpx.AsyncClient(verify=client_context(impostor), timeout=5) as http:
+            with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+                await http.get(url)
+        # and a client that trusts only that other CA does not trust the node
+        async with httpx.AsyncClient(verify=client_context(TlsConfig(ca=other.ca_file)),
+                                     timeout=5) as http:
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await http.get(url)
+    finally:
+        await server.close()
+
+
+async def test_a_handshake_that_never_completes_frees_its_slot(pki: Pki) -> None:
+    limits = ServerLimits(header_timeout=0.3, keepalive_timeout=1.0, lingering_time=0.2,
+                          shutdown_timeout=1.0, max_connections=2)
+    server = await serve(await _peer_app(), HOST, 0, limits=limits,
+                         ssl=pki.tls("n1").server_context())
+    try:
+        async with asyncio.timeout(3):
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(b"\x16\x03\x01")  # the start of a ClientHello, and nothing more
+        await wait_until_async(lambda: server.stats.open == 1, timeout=3,
+                               what="the connection holds a slot", interval=0.01)
+        await wait_until_async(lambda: server.stats.open == 0, timeout=3,
+                               what="the stalled handshake is dropped", interval=0.01)
+        async with asyncio.timeout(3):
+            assert await reader.read() == b""  # closed by the node
+        writer.close()
+        # the slot is free again: a real client gets through
+        async with httpx.AsyncClient(verify=client_context(pki.tls("n2")), timeout=5) as http:
+            assert (await http.get(f"https://{HOST}:{server.port}/")).text == "verified"
+    finally:
+        await server.close()
+
+
+# ---- the openssl recipe in docs/operations.md ----------------------------------------------
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
+async def test_the_documented_openssl_recipe_makes_working_certificates(tmp_path: Path) -> None:
+    text = DOCS.read_text()
+    block = text.split("<!-- tls-certs -->\n```sh\n", 1)[1].split("\n```", 1)[0]
+    made = await asyncio.to_thread(subprocess.run, ["bash", "-e", "-c", block], cwd=tmp_path,
+                                   capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    tls = TlsConfig(cert=tmp_path / "node1.crt", key=tmp_path / "node1.key",
+                    ca=tmp_path / "ca.crt", client_auth=True)
+    server = await serve(await _peer_app(), HOST, 0, ssl=tls.server_context())
+    try:
+        async with httpx.AsyncClient(verify=client_context(tls), timeout=5) as http:
+            assert (await http.get(f"https://{HOST}:{server.port}/")).text == "verified"
+    finally:
+        await server.close()
+
+
+async def test_a_refused_client_certificate_is_logged_once_per_client(
+        pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The client only sees the connection drop (TLS 1.3): the node says why, once."""
+    server = await serve(await _peer_app(), HOST, 0, ssl=pki.tls("n1").server_context())
+    cert, key = Pki(tmp_path / "other", "other-ca").issue("stranger")
+    stranger = client_context(TlsConfig(cert=cert, key=key, ca=pki.ca_file))
+    try:
+        with caplog.at_level(logging.WARNING, logger="ddg.server"):
+            for _ in range(3):
+                async with httpx.AsyncClient(verify=stranger, timeout=5) as http:
+                    with pytest.raises(httpx.TransportError):
+                        await http.get(f"https://{HOST}:{server.port}/")
+            await wait_until_async(lambda: caplog.records, timeout=3, what="a warning")
+    finally:
+        await server.close()
+    lines = [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines == [f"TLS handshake with {HOST} failed: CERTIFICATE_VERIFY_FAILED (unable to "
+                     "get local issuer certificate)"], lines
