@@ -6,21 +6,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ddg.client import AdminResult, NodeClient, Reply
-from ddg.config import mask_url
+from ddg.redisconn import RedisOptions
 from ddg.registry import Membership, Registry
 
 
 class LiveSource:
     """ClusterSource backed by a Registry and the one node client."""
 
-    def __init__(self, *, redis_url: str, cluster: str, timeout: float,
-                 secret: str | None = None, registry_timeout: float = 0.5,
-                 password: str | None = None) -> None:
+    def __init__(self, *, redis_url: str | RedisOptions, cluster: str, timeout: float,
+                 secret: str | None = None, registry_timeout: float = 0.5) -> None:
         self.cluster = cluster
-        self.location = mask_url(redis_url)  # shown in the header: never the password
         self.timeout = timeout
         self.secret = secret
-        self.registry = Registry(redis_url, cluster, timeout=registry_timeout, password=password)
+        self.registry = Registry(redis_url, cluster, timeout=registry_timeout)
+        self.location = self.registry.url  # shown in the header: never the password
         self.nodes = NodeClient(timeout=timeout, secret=secret.encode() if secret else None)
 
     async def read(self) -> Membership:
