@@ -14,6 +14,7 @@ with Sentinel, to the sentinels too: one user for the whole Redis deployment.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,12 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from .errors import ConfigError
+
+# No CLIENT SETINFO on connect: one round trip less, and no command outside the node's ACL.
+# redis-py 7.1 replaced lib_name/lib_version (deprecated since) with driver_info.
+_NO_SETINFO: dict[str, Any] = (
+    {"driver_info": None} if importlib.util.find_spec("redis.driver_info") is not None
+    else {"lib_name": None, "lib_version": None})
 
 SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 DEFAULT_SENTINEL_PORT = 26379
@@ -202,6 +209,7 @@ class RedisOptions:
             "password": self.password if self.password is not None else t.password,
             "socket_timeout": timeout, "socket_connect_timeout": timeout,
             "health_check_interval": 0,
+            **_NO_SETINFO,
         }
         if t.tls:
             kw.update(ssl=True, ssl_ca_certs=_str(self.ca_file),
