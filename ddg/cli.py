@@ -20,14 +20,13 @@ from .config import (
     NodeConfig,
     Timing,
     check_name,
-    check_redis_url,
     default_data_dir,
-    mask_url,
     parse_timeout_range,
 )
 from .errors import ConfigError, DdgError, RegistryError, RegistryUnavailable
 from .job import add_job_arguments, job_configs
 from .logs import JsonFormatter
+from .redisconn import RedisOptions
 from .registry import Registry
 from .tls import TlsConfig, add_tls_arguments, tls_from_args
 from .watchcli import cmd_watch
@@ -61,8 +60,9 @@ security:
 
 environment (used when the flag is not given):
   DDG_HTTP_PORT, DDG_HOST, DDG_ADVERTISE_URL, DDG_NODE_NAME, DDG_REDIS_URL,
-  DDG_REDIS_PASSWORD, DDG_CLUSTER, DDG_DATA_DIR, DDG_CLUSTER_SECRET, DDG_BOOTSTRAP,
-  DDG_LOG_FORMAT, DDG_TLS_CERT, DDG_TLS_KEY, DDG_TLS_CA, DDG_TLS_CLIENT_AUTH
+  DDG_REDIS_PASSWORD, DDG_REDIS_CA, DDG_REDIS_CERT, DDG_REDIS_KEY, DDG_CLUSTER, DDG_DATA_DIR,
+  DDG_CLUSTER_SECRET, DDG_BOOTSTRAP, DDG_LOG_FORMAT, DDG_TLS_CERT, DDG_TLS_KEY, DDG_TLS_CA,
+  DDG_TLS_CLIENT_AUTH
 
 endpoints: GET / (goose|duck), GET /status (JSON), GET /healthz, GET /metrics (Prometheus),
 GET /watch (Server-Sent Events); peers POST /raft/vote, /raft/heartbeat, /raft/timeout_now.
@@ -88,10 +88,20 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", default=_env("DDG_REDIS_URL", DEFAULT_REDIS_URL),
-                   help="registry Redis (env DDG_REDIS_URL; default %(default)s)")
+                   help="registry Redis: redis://, rediss://, unix:// or "
+                        "redis+sentinel://HOST:PORT,.../MASTER/DB (env DDG_REDIS_URL; "
+                        "default %(default)s)")
     p.add_argument("--redis-password-file", metavar="FILE",
                    help="read the Redis password from FILE (or set DDG_REDIS_PASSWORD); "
                         "overrides a password in the URL and keeps it out of `ps`")
+    p.add_argument("--redis-ca", metavar="FILE", default=_env("DDG_REDIS_CA"),
+                   help="with rediss://: the CA file that signed the Redis server's certificate "
+                        "(env DDG_REDIS_CA; default: the system's CAs)")
+    p.add_argument("--redis-cert", metavar="FILE", default=_env("DDG_REDIS_CERT"),
+                   help="with rediss://: a client certificate, for a Redis that asks for one "
+                        "(env DDG_REDIS_CERT; needs --redis-key)")
+    p.add_argument("--redis-key", metavar="FILE", default=_env("DDG_REDIS_KEY"),
+                   help="the client certificate's key (env DDG_REDIS_KEY)")
     p.add_argument("--cluster", default=_env("DDG_CLUSTER", DEFAULT_CLUSTER),
                    help="cluster name, the Redis key prefix (env DDG_CLUSTER; default %(default)s)")
 
@@ -112,6 +122,16 @@ def redis_password(ns: argparse.Namespace) -> str | None:
     if ns.redis_password_file:
         return _read_secret_file(ns.redis_password_file, "Redis password")
     return _env("DDG_REDIS_PASSWORD")
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def redis_options(ns: argparse.Namespace) -> RedisOptions:
+    return RedisOptions(url=ns.redis_url, password=redis_password(ns),
+                        ca_file=_path(ns.redis_ca), cert_file=_path(ns.redis_cert),
+                        key_file=_path(ns.redis_key))
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -184,7 +204,9 @@ def config_from_args(ns: argparse.Namespace) -> NodeConfig:
         job=job, on_change=on_change,
         name=name, host=ns.host, port=port, redis_url=ns.redis_url, cluster=cluster,
         data_dir=data_dir, timing=timing, secret=secret.encode() if secret else None,
-        redis_password=redis_password(ns), advertise_url=ns.advertise_url,
+        redis_password=redis_password(ns), redis_ca_file=_path(ns.redis_ca),
+        redis_cert_file=_path(ns.redis_cert), redis_key_file=_path(ns.redis_key),
+        advertise_url=ns.advertise_url,
         bootstrap=ns.bootstrap, allow_fault_injection=ns.allow_fault_injection,
         log_level=ns.log_level.upper(), log_format=ns.log_format, tls=tls_from_args(ns),
     )
@@ -240,28 +262,25 @@ def cmd_remove(argv: Sequence[str]) -> int:
     _common(p)
     ns = p.parse_args(argv)
     check_name("node name", ns.name)
-    check_redis_url(ns.redis_url)
-
-    password = redis_password(ns)
+    options = redis_options(ns)
 
     async def go() -> int:
-        registry = Registry(ns.redis_url, check_name("cluster name", ns.cluster), timeout=2.0,
-                            password=password)
+        registry = Registry(options, check_name("cluster name", ns.cluster), timeout=2.0)
         try:
             return await registry.remove(ns.name)
         finally:
             await registry.close()
 
-    version = _redis(ns.redis_url, go)
+    version = _redis(options, go)
     print(f"removed {ns.name} from cluster {ns.cluster} (membership version {version})")
     return 0
 
 
-def _redis(url: str, fn: Any) -> Any:
+def _redis(options: RedisOptions, fn: Any) -> Any:
     try:
         return asyncio.run(fn())
     except RegistryUnavailable as exc:
-        raise CliError(f"cannot reach Redis at {mask_url(url)}: {exc}") from None
+        raise CliError(f"cannot reach Redis at {options.shown}: {exc}") from None
     except RegistryError as exc:
         raise CliError(f"registry problem: {exc}") from None
 
@@ -283,14 +302,11 @@ def cmd_status(argv: Sequence[str]) -> int:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_tls_arguments(p, node=False)
     ns = p.parse_args(argv)
-    check_redis_url(ns.redis_url)
+    options = redis_options(ns)
     tls = tls_from_args(ns)
 
-    password = redis_password(ns)
-
     async def go() -> tuple[Any, dict[str, Reply]]:
-        registry = Registry(ns.redis_url, check_name("cluster name", ns.cluster), timeout=2.0,
-                            password=password)
+        registry = Registry(options, check_name("cluster name", ns.cluster), timeout=2.0)
         try:
             membership = await registry.read()
         finally:
@@ -298,7 +314,7 @@ def cmd_status(argv: Sequence[str]) -> int:
         addresses = {n: m.address for n, m in sorted(membership.members.items())}
         return membership, await fetch_statuses(addresses, ns.timeout, tls)
 
-    membership, replies = _redis(ns.redis_url, go)
+    membership, replies = _redis(options, go)
     if ns.json:
         members = {n: r.status.to_json() if r.status is not None else {"error": r.error}
                    for n, r in replies.items()}

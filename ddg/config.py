@@ -7,10 +7,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .job import HookConfig, JobConfig
+from .redisconn import RedisOptions
 from .tls import TlsConfig
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -25,25 +26,6 @@ def check_name(kind: str, value: str) -> str:
             "starting with a letter or digit"
         )
     return value
-
-
-def check_redis_url(url: str) -> str:
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"redis URL {url!r} must start with redis://, rediss:// or unix://")
-    return url
-
-
-def mask_url(url: str) -> str:
-    """URL with any password replaced by ***, for logs, /status and error messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.netloc.rsplit("@", 1)[1]
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        return "<unparsable URL>"
 
 
 WILDCARDS = frozenset({"0.0.0.0", "::", "", "*"})
@@ -198,6 +180,10 @@ class NodeConfig:
     secret: bytes | None = field(default=None, repr=False)
     # Kept out of the URL so it is not in `ps` output; it overrides a password in the URL.
     redis_password: str | None = field(default=None, repr=False)
+    # rediss://: the CA that signed the server's certificate, and a client certificate + key.
+    redis_ca_file: Path | None = None
+    redis_cert_file: Path | None = None
+    redis_key_file: Path | None = None
     advertise_url: str | None = None
     # Create the cluster if the registry holds none (etcd's --initial-cluster-state new).
     bootstrap: bool = False
@@ -214,7 +200,7 @@ class NodeConfig:
     def __post_init__(self) -> None:
         check_name("node name", self.name)
         check_name("cluster name", self.cluster)
-        check_redis_url(self.redis_url)
+        self.redis  # noqa: B018 -- validates the URL and the TLS files
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port must be 1-65535, got {self.port}")
         if not self.host:
@@ -266,6 +252,12 @@ class NodeConfig:
     @property
     def scheme(self) -> str:
         return "https" if self.serves_tls else "http"
+
+    @property
+    def redis(self) -> RedisOptions:
+        return RedisOptions(url=self.redis_url, password=self.redis_password,
+                            ca_file=self.redis_ca_file, cert_file=self.redis_cert_file,
+                            key_file=self.redis_key_file)
 
     @property
     def signed(self) -> bool:

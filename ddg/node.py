@@ -98,8 +98,7 @@ class Node:
             counters=lambda: None if self.core is None else self.core.counters)
         self.sync = MembershipSync(
             config=config, rng=self.rng, data=self.data, warn=self.warn,
-            registry=registry or Registry(config.redis_url, config.cluster,
-                                          password=config.redis_password),
+            registry=registry or Registry(config.redis, config.cluster),
             on_change=self._membership_changed, on_error=self.metrics.registry_error)
         self.partitions = Partitions()
         self.peers = PeerTransport(

@@ -20,12 +20,9 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
-from redis.retry import Retry
 
-from .config import NAME_RE, mask_url
+from .config import NAME_RE
 from .errors import (
     ClusterMismatch,
     NameConflict,
@@ -38,6 +35,7 @@ from .errors import (
     RegistryUnavailable,
 )
 from .messages import MAX_VERSION
+from .redisconn import RedisOptions, async_client
 
 log = logging.getLogger("ddg.registry")
 T = TypeVar("T")
@@ -258,30 +256,31 @@ def parse_registry(key_types: tuple[str, str, str], version: Any, cluster_id: An
     return Membership(v, members, cid)
 
 
+# How Redis words an ACL refusal inside a script (6.x and 7.x).
+_ACL_REFUSALS = ("can't run this command", "can't access at least one of the keys",
+                 "No permissions to", "no permissions to")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
 class Registry:
     """Async access to one cluster's membership. Every call has a deadline."""
 
-    def __init__(self, redis_url: str, cluster: str, *, timeout: float = 0.5,
-                 password: str | None = None) -> None:
+    def __init__(self, redis: RedisOptions | str, cluster: str, *,
+                 timeout: float = 0.5) -> None:
+        options = RedisOptions(url=redis) if isinstance(redis, str) else redis
         self.cluster = cluster
         self.timeout = timeout
-        self.url = mask_url(redis_url)  # the only form of the URL that may be shown
+        self.url = options.shown  # the only form of the URL that may be shown
         prefix = f"ddg:{cluster}:"
         self.members_key = prefix + "members"
         self.version_key = prefix + "version"
         self.id_key = prefix + "id"
         self.removed_key = prefix + "removed"
         self.channel = prefix + "events"
-        extra: dict[str, Any] = {} if password is None else {"password": password}
-        self._redis = aioredis.from_url(
-            redis_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            health_check_interval=0,
-            **extra,
-        )
+        self._redis = async_client(options, timeout=timeout)
         self._keys = [self.members_key, self.version_key, self.channel, self.id_key,
                       self.removed_key]
         # EVALSHA with a fallback to EVAL: the script text crosses the wire once.
@@ -295,12 +294,18 @@ class Registry:
         try:
             async with asyncio.timeout(self.timeout):
                 return await aw
-        except (AuthenticationError, NoPermissionError) as exc:
+        except AuthenticationError as exc:
             raise RegistryAuthError(
                 f"Redis at {self.url} refused this client: {exc} (check the user and password: "
                 "--redis-password-file or DDG_REDIS_PASSWORD)") from None
         except ResponseError as exc:
-            if str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+            text = str(exc)
+            if isinstance(exc, NoPermissionError) or text.startswith("NOPERM") or any(
+                    s in text for s in _ACL_REFUSALS):
+                raise RegistryAuthError(
+                    f"Redis at {self.url} refused this client: {_first_line(text)} (the Redis "
+                    f"user needs the ACL in docs/operations.md, \"Redis\")") from None
+            if text.startswith(("NOAUTH", "WRONGPASS")):
                 raise RegistryAuthError(f"Redis at {self.url} refused this client: {exc}") from None
             raise RegistryDataError(f"Redis refused the registry update: {exc}") from None
         except (TimeoutError, RedisError, OSError) as exc:

@@ -42,6 +42,7 @@ import redis
 from .embedded import EmbeddedRedis, free_port
 from .errors import ConfigError, DdgError, NotAMember, RegistryError
 from .launcher import NodeProcess, NodeSpec, PreexecFn
+from .redisconn import RedisOptions, check_redis_url, sync_client
 from .registry import Registry
 from .tls import TlsConfig
 
@@ -146,6 +147,8 @@ class SupervisorConfig:
             raise ConfigError("the node name prefix is empty")
         if self.redis_url is not None and self.redis_port is not None:
             raise ConfigError("redis_port is for the embedded Redis; an external one has a URL")
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url)
         if self.redis_port is not None and not 0 < self.redis_port < 65536:
             raise ConfigError(f"redis_port must be 1-65535, got {self.redis_port}")
         if not self.stop_timeout > 0:
@@ -537,13 +540,14 @@ class Supervisor:
 
     # ---- an external Redis, left as it was found -----------------------------------------
 
+    def _options(self) -> RedisOptions:
+        """The external Redis, with the password and TLS files from the environment, which the
+        nodes inherit and read the same way."""
+        assert self.config.redis_url is not None
+        return RedisOptions.from_env(self.config.redis_url)
+
     def _external(self) -> redis.Redis:
-        url = self.config.redis_url
-        assert url is not None
-        password = os.environ.get("DDG_REDIS_PASSWORD") or None  # as the nodes read it
-        extra = {} if password is None else {"password": password}
-        return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
-                                    **extra)
+        return sync_client(self._options(), timeout=2.0)
 
     @staticmethod
     def _keys_of(cluster: str) -> list[str]:
@@ -582,18 +586,17 @@ class Supervisor:
     def _deregister(self) -> None:
         """Leave a Redis we did not start as we found it: our nodes out of its registry.
 
-        Best effort and bounded (a Redis that is gone or wants a password is left alone). Runs
+        Best effort and bounded (a Redis that is gone or refuses us is left alone). Runs
         its own event loop in a thread, so it works whether or not a loop is running here.
         """
-        url = self.config.redis_url
-        assert url is not None
+        options = self._options()
         by_cluster: dict[str, list[str]] = {}
         for name, node in self._nodes.items():
             by_cluster.setdefault(node.process.spec.cluster, []).append(name)
 
         async def remove_all() -> None:
             for cluster, names in by_cluster.items():
-                registry = Registry(url, cluster, timeout=2.0)
+                registry = Registry(options, cluster, timeout=2.0)
                 try:
                     for name in names:
                         try:

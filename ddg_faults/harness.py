@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import redis
 
+from ddg.redisconn import RedisOptions, sync_client
 from ddg_testkit import LocalCluster, wait_until
 
 from .checker import CheckConfig, Event, Observation, Report, Topology, check
@@ -334,7 +335,7 @@ class Harness:
 
     def _redis_client(self) -> redis.Redis:
         assert self.cluster.redis_url is not None
-        return redis.Redis.from_url(self.cluster.redis_url, socket_timeout=2)
+        return sync_client(RedisOptions(url=self.cluster.redis_url), timeout=2.0)
 
     def flush_redis(self) -> Event:
         """FLUSHALL: Redis up, its data gone."""

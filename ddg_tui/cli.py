@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import NoReturn
 
-from ddg.config import DEFAULT_CLUSTER, mask_url
+from ddg.config import DEFAULT_CLUSTER
 from ddg.errors import ConfigError, DdgError
 from ddg.launcher import bind_to_parent
+from ddg.redisconn import RedisOptions, mask_url
 from ddg.tls import add_tls_arguments, tls_from_args
 
 from .config import MAX_DEMO_NODES, ConsoleConfig, PollSettings
@@ -98,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-by", metavar="PID", type=_positive_int, default=None,
                    help=argparse.SUPPRESS)
     p.epilog = ((p.epilog or "") + "\nA Redis password may come from DDG_REDIS_PASSWORD instead "
-                "of the URL\n(so it is not in `ps`); the console never shows it.\n")
+                "of the URL\n(so it is not in `ps`); the console never shows it. With rediss://, "
+                "DDG_REDIS_CA\nnames the server's CA (DDG_REDIS_CERT and DDG_REDIS_KEY a client "
+                "certificate).\nredis+sentinel://HOST:PORT,.../MASTER/DB finds the master "
+                "through Sentinel.\n")
     return p
 
 
@@ -114,6 +118,8 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, ConsoleConfi
     if args.demo is None and args.redis_url is None:
         # Only attaching reads the environment: a demo uses a Redis only when told so.
         args.redis_url = os.environ.get("DDG_REDIS_URL") or None
+    if args.redis_url is not None:
+        RedisOptions.from_env(args.redis_url)  # a bad URL or TLS file is an option error
     cluster = args.cluster or ("demo" if args.demo is not None else DEFAULT_CLUSTER)
     poll = PollSettings(interval=args.poll_interval / 1000, timeout=args.timeout / 1000,
                         failover_interval=min(0.05, args.poll_interval / 1000))
@@ -167,9 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: starting {config.demo} nodes on {where}…", file=sys.stderr)
             redis_url = demo.launch()
         assert redis_url is not None
-        source = LiveSource(redis_url=redis_url, cluster=config.cluster,
-                            timeout=config.poll.timeout, secret=config.secret, tls=config.tls,
-                            password=os.environ.get("DDG_REDIS_PASSWORD") or None)
+        source = LiveSource(redis_url=RedisOptions.from_env(redis_url), cluster=config.cluster,
+                            timeout=config.poll.timeout, secret=config.secret, tls=config.tls)
         mode = (f"demo: {config.demo} nodes started here" if demo is not None
                 else "attached (nodes are not ours)")
         app = ConsoleApp(source=source, fleet=demo, poll=config.poll, mode=mode,

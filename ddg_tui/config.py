@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ddg.config import DEFAULT_CLUSTER, check_name, check_redis_url
+from ddg.config import DEFAULT_CLUSTER, check_name
 from ddg.errors import ConfigError
+from ddg.redisconn import check_redis_url
 from ddg.tls import TlsConfig
 
 MAX_DEMO_NODES = 15

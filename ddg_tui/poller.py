@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ddg.client import AdminResult, NodeClient, Reply
-from ddg.config import mask_url
+from ddg.redisconn import RedisOptions
 from ddg.registry import Membership, Registry
 from ddg.tls import TlsConfig
 
@@ -14,15 +14,15 @@ from ddg.tls import TlsConfig
 class LiveSource:
     """ClusterSource backed by a Registry and the one node client."""
 
-    def __init__(self, *, redis_url: str, cluster: str, timeout: float,
+    def __init__(self, *, redis_url: str | RedisOptions, cluster: str, timeout: float,
                  secret: str | None = None, registry_timeout: float = 0.5,
-                 password: str | None = None, tls: TlsConfig | None = None) -> None:
+                 tls: TlsConfig | None = None) -> None:
         self.cluster = cluster
-        self.location = mask_url(redis_url)  # shown in the header: never the password
         self.timeout = timeout
         self.secret = secret
         self.tls = tls
-        self.registry = Registry(redis_url, cluster, timeout=registry_timeout, password=password)
+        self.registry = Registry(redis_url, cluster, timeout=registry_timeout)
+        self.location = self.registry.url  # shown in the header: never the password
         self.nodes = NodeClient(timeout=timeout, secret=secret.encode() if secret else None,
                                 tls=tls)
 

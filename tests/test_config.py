@@ -12,11 +12,11 @@ from ddg.config import (
     NodeConfig,
     Timing,
     check_name,
-    check_redis_url,
     default_data_dir,
     parse_timeout_range,
 )
 from ddg.errors import ConfigError
+from ddg.redisconn import check_redis_url
 
 
 def test_default_timing() -> None:

@@ -1,0 +1,145 @@
+"""Redis as operators run it, on real processes: a Sentinel failover under a running cluster,
+and a membership change the failover lost (docs/operations.md, "Redis")."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ddg.redisconn import RedisOptions
+from ddg.registry import Membership, Registry
+from ddg_testkit import LocalCluster, wait_until
+from ddg_testkit.procs import gone
+from ddg_testkit.sentinel import SentinelSet
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "sentinel-and-master-pw"
+
+
+@pytest.fixture
+def sentinels(request: pytest.FixtureRequest) -> Iterator[SentinelSet]:
+    kwargs = getattr(request, "param", {})
+    with SentinelSet(**kwargs) as s:
+        pids = [srv.proc.pid for srv in s.servers.values()]
+        yield s
+    assert all(gone(pid) for pid in pids), "a redis-server outlived the test"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ddg", *args], capture_output=True, text=True,
+                          timeout=30, check=False)
+
+
+def read_registry(url: str, cluster: str) -> Membership:
+    async def go() -> Membership:
+        registry = Registry(RedisOptions.from_env(url), cluster, timeout=2.0)
+        try:
+            return await registry.read()
+        finally:
+            await registry.close()
+    return asyncio.run(go())
+
+
+def all_on_redis(c: LocalCluster, names: list[str], also: Callable[[], bool] = lambda: True,
+                 ) -> bool:
+    sts = c.statuses(names)
+    return also() and all(st is not None and st.redis.connected and st.redis.error is None
+                          and st.redis.problem is None for st in sts.values())
+
+
+@pytest.mark.parametrize("sentinels", [{"password": PASSWORD}], indirect=True)
+def test_nodes_follow_a_sentinel_failover_and_keep_their_goose(
+        sentinels: SentinelSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The one password for sentinels and master, from the environment as operators pass it.
+    monkeypatch.setenv("DDG_REDIS_PASSWORD", PASSWORD)
+    url = sentinels.url
+    with LocalCluster(cluster="sent", redis_url=url) as c:
+        names = c.start(3)
+        goose = c.wait_goose()
+        c.wait_for(lambda: all_on_redis(c, names), timeout=20, what="every node on Redis")
+        term = c.status(goose).term  # type: ignore[union-attr]
+        for st in c.statuses().values():
+            assert st is not None and st.redis.url == url and PASSWORD not in str(st.to_json())
+
+        sentinels.servers["a"].kill()
+        killed = time.monotonic()
+        seen_down: set[str] = set()
+
+        def promoted_and_reconnected() -> bool:
+            sts = c.statuses(names)
+            for n, st in sts.items():
+                assert st is not None, f"{n} stopped answering"
+                assert (st.term, st.goose) == (term, goose), (
+                    f"{n} moved to term {st.term} goose {st.goose} in a Redis failover")
+                if not st.redis.connected:
+                    seen_down.add(n)
+            master = sentinels.master()
+            return (master is not None and master.name == "b"
+                    and all_on_redis(c, names))
+
+        c.wait_for(promoted_and_reconnected, timeout=30, interval=0.05,
+                   what="the replica promoted and every node on it")
+        took_ms = (time.monotonic() - killed) * 1000
+        print(f"\nSentinel failover: master killed -> {len(names)} nodes healthy on the new "
+              f"master in {took_ms:.0f} ms (down-after {sentinels.down_after_ms} ms; nodes "
+              f"seen disconnected meanwhile: {sorted(seen_down)})")
+
+        # A membership change after the promotion, through the new master.
+        added = c.add().name
+        every = [*names, added]
+        c.wait_for(lambda: all(st is not None and added in st.members
+                               for st in c.statuses(every).values()),
+                   timeout=20, what=f"{added} joined through the new master")
+        status = cli("status", "--redis-url", url, "--cluster", "sent")
+        assert status.returncode == 0, status.stderr
+        assert all(n in status.stdout for n in every) and PASSWORD not in status.stdout
+        removed = cli("remove", added, "--redis-url", url, "--cluster", "sent")
+        assert removed.returncode == 0, removed.stderr
+        c.wait_for(lambda: not c.running(added) and all(
+            st is not None and added not in st.members for st in c.statuses(names).values()),
+            timeout=20, what=f"{added} removed and gone")
+        assert read_registry(url, "sent").names == frozenset(names)
+        for n, st in c.statuses(names).items():
+            assert st is not None and (st.term, st.goose) == (term, goose), n
+
+
+@pytest.mark.parametrize("sentinels", [{"down_after_ms": 1000}], indirect=True)
+def test_a_join_the_failover_lost_is_restored_by_the_nodes(sentinels: SentinelSet) -> None:
+    url = sentinels.url
+    with LocalCluster(cluster="lost", redis_url=url) as c:
+        names = c.start(3)
+        goose = c.wait_goose()
+        c.wait_for(lambda: all_on_redis(c, names), timeout=20, what="every node on Redis")
+
+        # Acknowledged by the master, never replicated: the replica cannot reconnect.
+        sentinels.cut_replication()
+        late = c.add().name
+        every = [*names, late]
+        c.wait_for(lambda: all(st is not None and late in st.members
+                               for st in c.statuses(every).values()),
+                   timeout=20, what=f"every node knowing {late}")
+        known = max(st.membership_version or 0 for st in c.statuses(every).values() if st)
+        with sentinels.servers["b"].client() as replica:
+            assert replica.hget("ddg:lost:members", late) is None, "the write was replicated"
+            lost_version = int(replica.get("ddg:lost:version") or 0)
+        assert lost_version < known
+
+        sentinels.servers["a"].kill()
+        wait_until(lambda: (m := sentinels.master()) is not None and m.name == "b",
+                   timeout=30, what="the replica promoted")
+
+        # The promoted registry lacked the join; the nodes' cached membership puts it back.
+        def restored() -> Membership | None:
+            m = read_registry(url, "lost")
+            return m if late in m.members and m.version > known else None
+        m = c.wait_for(restored, timeout=30, what=f"{late} restored in the promoted registry")
+        assert m.names == frozenset(every)
+        c.wait_for(lambda: all_on_redis(c, every), timeout=20, what="every node on Redis")
+        assert c.geese(every) == [goose]
+        assert any("the registry lost data" in c.log_tail(n, 200) for n in every)
