@@ -128,6 +128,13 @@ class _Spawner:
 _SPAWNER = _Spawner()
 
 
+def start_spawner() -> None:
+    """Start the spawner thread now if it is not running. A thread starts in its creator's
+    network namespace: a test that moves its own thread into another one (ddg_testkit.hosts)
+    calls this first, so that later children still start in this process's namespace."""
+    _SPAWNER.call(lambda: None)
+
+
 def spawn_bound(argv: list[str], *, preexec_fn: PreexecFn | None = None,
                 sig: int = PARENT_DEATH_SIGNAL, **popen: Any) -> subprocess.Popen[bytes]:
     """subprocess.Popen(ARGV, **POPEN) for a child that dies with this process (SIG, see
@@ -157,6 +164,11 @@ class NodeSpec:
     election_timeout_ms: str | None = None
     log_level: str = "INFO"
     extra_args: tuple[str, ...] = ()
+    # Started under this command, e.g. ("ip", "netns", "exec", NS) to run on another network
+    # namespace's "host"; it must exec the node in place, so that signals reach the node.
+    prefix: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # extra environment, e.g. for TLS settings
+    advertise_url: str | None = None  # passed as --advertise-url; the address when set
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -168,10 +180,10 @@ class NodeSpec:
 
     @property
     def address(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self.advertise_url or f"http://{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
-        args = [sys.executable, "-m", "ddg", "--name", self.name, "--host", self.host,
+        args = [*self.prefix, sys.executable, "-m", "ddg", "--name", self.name, "--host", self.host,
                 "--port", str(self.port), "--redis-url", self.redis_url,
                 "--cluster", self.cluster, "--data-dir", str(self.data_dir),
                 "--log-level", self.log_level]
@@ -183,6 +195,8 @@ class NodeSpec:
             args.append("--allow-fault-injection")
         if self.bootstrap:
             args.append("--bootstrap")
+        if self.advertise_url is not None:
+            args += ["--advertise-url", self.advertise_url]
         return args + list(self.extra_args)
 
 
@@ -218,6 +232,7 @@ class NodeProcess:
         env.pop("DDG_CLUSTER_SECRET", None)
         if self.spec.secret is not None:
             env["DDG_CLUSTER_SECRET"] = self.spec.secret
+        env.update(self.spec.env)
         out: IO[bytes] | int = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
