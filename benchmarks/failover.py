@@ -4,26 +4,30 @@ The time is what an outside poller sees: from the SIGKILL to the first other nod
 `goose` on GET /. Also prints cold-start time to a first goose, and each node's CPU share and
 resident memory in steady state. Not a test: it prints figures.
 
-    .venv/bin/python -m benchmarks.failover [--kills 40] [--nodes 5] [--seed 1]
+    .venv/bin/python -m benchmarks.failover [--kills 40] [--nodes 5] [--seed 1] [--netns]
 
-from the repository root: it uses the test kit (ddg_testkit), which is not installed.
+from the repository root: it uses the test kit (ddg_testkit), which is not installed. With
+--netns (root) every node runs on a host of its own, a network namespace of the multi-host
+bed (ddg_testkit.hosts), and the poller watches from the bed's switch namespace.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import platform
 import random
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import httpx
 
 from ddg_testkit import LocalCluster
+from ddg_testkit.hosts import Bed, BedConfig
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Each node is polled this often. Coarser polling can only make a failover look slower (up to
@@ -98,16 +102,31 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+@contextlib.contextmanager
+def cluster(args: argparse.Namespace) -> Iterator[tuple[LocalCluster, Callable[[], list[str]]]]:
+    """The cluster to measure, and how to spawn its nodes: on loopback, or one per host."""
+    if not args.netns:
+        with LocalCluster(log_level="WARNING") as c:
+            yield c, lambda: c.start(args.nodes)
+        return
+    bed = Bed(BedConfig(nodes=args.nodes, log_level="WARNING"))
+    bed.start(nodes=[])
+    try:
+        yield bed.cluster, lambda: [bed.add(n).name for n in bed.names]
+    finally:
+        bed.close()
+
+
 async def main(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {platform.platform()}")
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
     async with httpx.AsyncClient(timeout=0.5, limits=limits, trust_env=False) as client:
-        with LocalCluster(log_level="WARNING") as c:
+        with cluster(args) as (c, spawn):
             # cold start: spawn all processes, time to the first goose answer
             t0 = time.monotonic()
-            names = c.start(args.nodes)
+            names = spawn()
             urls = {n: c.address(n) + "/" for n in names}
             hit = await first_goose(client, urls, t0 + 30)
             assert hit is not None, "no goose after a cold start"
@@ -155,6 +174,8 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=1, help="seed for kill timing")
     p.add_argument("--steady-seconds", type=float, default=5.0,
                    help="window for the CPU and memory figures")
+    p.add_argument("--netns", action="store_true",
+                   help="each node on a host (network namespace) of its own (root)")
     ns = p.parse_args()
     if ns.kills < 1 or ns.nodes < 3:
         p.error("need --kills >= 1 and --nodes >= 3")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ddg.errors import ConfigError
-from ddg.launcher import start_spawner
+from ddg.launcher import NodeSpec, start_spawner
 
 from .cluster import LocalCluster
 from .procs import alive
@@ -351,11 +351,11 @@ class Bed:
             raise
 
     def add(self, name: str, *, bind: str | None = None,
-            extra_args: Sequence[str] = ()) -> None:
+            extra_args: Sequence[str] = ()) -> NodeSpec:
         """Start NAME on its host, advertising its host's address. BIND: listen there instead
         (e.g. 0.0.0.0)."""
         c = self.config
-        self.cluster.add(name, port=c.port, host=bind or self.address(name),
+        return self.cluster.add(name, port=c.port, host=bind or self.address(name),
                          advertise_url=self.url(name), prefix=self.net.prefix(self.host_of(name)),
                          env=dict(c.node_env), extra_args=[*c.node_args, *extra_args])
 
