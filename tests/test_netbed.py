@@ -81,7 +81,11 @@ def test_impaired_links_cause_no_election(bed_ready: None) -> None:
 
 
 def test_status_from_another_namespace_reads_advertised_addresses(bed_ready: None) -> None:
-    with Bed(BedConfig(nodes=3)) as bed:
+    """Also the Redis URL form with user:password, passed through to nodes and CLI alike."""
+    acl = BedConfig(nodes=3, redis_args=("--requirepass", "bed-pw"),
+                    redis_userinfo="default:bed-pw")
+    with Bed(acl) as bed:
+        assert "default:bed-pw@" in bed.redis_url
         goose = bed.cluster.wait_goose(timeout=15)
         bed.cluster.wait_for(lambda: all(st is not None and st.goose == goose
                                          for st in bed.cluster.statuses().values()),
