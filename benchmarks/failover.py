@@ -14,7 +14,9 @@ start (spawn -> first goose) and the steady state: each node's CPU share and RSS
     .venv/bin/python -m benchmarks.failover [--nodes 5,9,25] [--mode crash,freeze,graceful]
         [--kills 40] [--node-arg=--heartbeat-ms=20 ...] [--peer etcd,elect] [--json FILE]
 
-from the repository root: it uses the test kit (ddg_testkit), which is not installed.
+from the repository root: it uses the test kit (ddg_testkit), which is not installed. With
+--netns (root) every node runs on a host of its own, a network namespace of the multi-host
+bed (ddg_testkit.hosts), and the poller watches from the bed's switch namespace.
 --peer needs etcd and etcdctl (benchmarks/setup.sh installs Debian's); see benchmarks/etcd.py
 and benchmarks/README.md.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import sys
 import time
@@ -32,6 +35,7 @@ from pathlib import Path
 from ddg.client import NodeClient
 from ddg.status import NodeStatus, Role
 from ddg_testkit import LocalCluster
+from ddg_testkit.hosts import Bed, BedConfig
 
 from . import common
 from .common import MODES, Probe, Resources, Row
@@ -43,9 +47,12 @@ class DdgSystem:
 
     label = "ddg"
 
-    def __init__(self, cluster: LocalCluster, client: NodeClient) -> None:
+    def __init__(self, cluster: LocalCluster, client: NodeClient,
+                 spawn: Callable[[Sequence[str]], object] | None = None) -> None:
         self.c = cluster
         self.client = client
+        # how to start one more node with these extra ddg-node arguments
+        self.spawn = spawn or (lambda extra: cluster.add(extra_args=extra))
         self._timing: tuple[int, tuple[int, int]] | None = None
 
     @property
@@ -132,7 +139,7 @@ async def cold_start(system: DdgSystem, n: int, node_args: Sequence[str],
     """Spawn N nodes; ms from the first spawn to the first `goose` answer."""
     t0 = time.monotonic()
     for _ in range(n):
-        system.c.add(extra_args=node_args)
+        system.spawn(node_args)
     probes = {name: system.probe(name) for name in system.members}
     hit, _ = await common.first_leader(probes, t0 + 30, interval)
     if hit is None:
@@ -144,8 +151,17 @@ async def run_ddg(size: int, args: argparse.Namespace, rng: random.Random
                   ) -> tuple[list[Row], Resources]:
     client = NodeClient(timeout=0.5, max_connections=max(64, 2 * size))
     try:
-        with LocalCluster(log_level="WARNING") as c:
-            system = DdgSystem(c, client)
+        with contextlib.ExitStack() as stack:
+            if args.netns:
+                bed = Bed(BedConfig(nodes=size, log_level="WARNING"))
+                stack.callback(bed.close)
+                bed.start(nodes=[])
+                hosts = iter(bed.names)
+                system = DdgSystem(bed.cluster, client,
+                                   lambda extra: bed.add(next(hosts), extra_args=extra))
+            else:
+                system = DdgSystem(stack.enter_context(LocalCluster(log_level="WARNING")),
+                                   client)
             cold = await cold_start(system, size, args.node_arg, args.poll)
             print(f"ddg n={size}: first goose {cold:.0f} ms after spawning {size} processes",
                   flush=True)
@@ -202,6 +218,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steady-seconds", type=float, default=5.0,
                    help="window for the CPU and memory figures (default 5)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--netns", action="store_true",
+                   help="each node on a host (network namespace) of its own (root)")
     return p
 
 

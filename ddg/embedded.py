@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import EmbeddedRedisError
@@ -72,7 +73,8 @@ def _ping(host: str, port: int, timeout: float) -> bool:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            # A server that wants a password (an ACL test set-up) is up as well.
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -82,13 +84,20 @@ class EmbeddedRedis:
 
     WORKDIR is where the server keeps its log (None: a temp dir of its own, removed by close(); a
     given dir is left in place). DIE_WITH_PARENT: the server is SIGKILLed as soon as this
-    process dies, however it dies (see ddg.launcher.spawn_bound).
+    process dies, however it dies (see ddg.launcher.spawn_bound). PREFIX is a command it is
+    started under (as NodeSpec.prefix), ARGS more server arguments (e.g. `--requirepass`) and
+    USERINFO the `user:password` its URL carries for them.
     """
 
     def __init__(self, *, port: int | None = None, host: str = "127.0.0.1",
-                 workdir: Path | None = None, die_with_parent: bool = False) -> None:
+                 workdir: Path | None = None, die_with_parent: bool = False,
+                 prefix: Sequence[str] = (), args: Sequence[str] = (),
+                 userinfo: str | None = None) -> None:
         self.host = host
         self.port = port
+        self.prefix = tuple(prefix)
+        self.args = tuple(args)
+        self.userinfo = userinfo
         self.proc: subprocess.Popen[bytes] | None = None
         self.die_with_parent = die_with_parent
         self._given_dir = workdir
@@ -104,7 +113,8 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f"{self.userinfo}@" if self.userinfo else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -117,9 +127,9 @@ class EmbeddedRedis:
         for _attempt in range(1 if fixed else 5):
             port = self.port if self.port is not None else free_port(self.host)
             log = Path(workdir) / "redis.log"
-            argv = [binary, "--port", str(port), "--bind", self.host, "--save", "",
+            argv = [*self.prefix, binary, "--port", str(port), "--bind", self.host, "--save", "",
                     "--appendonly", "no", "--dir", workdir, "--logfile", str(log),
-                    "--daemonize", "no"]
+                    "--daemonize", "no", *self.args]
             quiet = subprocess.DEVNULL
             # Bound to this process, it needs no terminal signal to end: a session of its own
             # keeps a Ctrl+C meant for ddg-console --web (or a test run) from stopping it first.

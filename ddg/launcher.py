@@ -130,6 +130,13 @@ class _Spawner:
 _SPAWNER = _Spawner()
 
 
+def start_spawner() -> None:
+    """Start the spawner thread now if it is not running. A thread starts in its creator's
+    network namespace: a test that moves its own thread into another one (ddg_testkit.hosts)
+    calls this first, so that later children still start in this process's namespace."""
+    _SPAWNER.call(lambda: None)
+
+
 def spawn_bound(argv: list[str], *, preexec_fn: PreexecFn | None = None,
                 sig: int = PARENT_DEATH_SIGNAL, **popen: Any) -> subprocess.Popen[bytes]:
     """subprocess.Popen(ARGV, **POPEN) for a child that dies with this process (SIG, see
@@ -160,6 +167,11 @@ class NodeSpec:
     log_level: str = "INFO"
     tls: TlsConfig | None = None
     extra_args: tuple[str, ...] = ()
+    # Started under this command, e.g. ("ip", "netns", "exec", NS) to run on another network
+    # namespace's "host"; it must exec the node in place, so that signals reach the node.
+    prefix: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # extra environment, e.g. for TLS settings
+    advertise_url: str | None = None  # passed as --advertise-url; the address when set
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -171,11 +183,13 @@ class NodeSpec:
 
     @property
     def address(self) -> str:
+        if self.advertise_url is not None:
+            return self.advertise_url
         scheme = "https" if self.tls is not None and self.tls.serving else "http"
         return f"{scheme}://{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
-        args = [sys.executable, "-m", "ddg", "--name", self.name, "--host", self.host,
+        args = [*self.prefix, sys.executable, "-m", "ddg", "--name", self.name, "--host", self.host,
                 "--port", str(self.port), "--redis-url", self.redis_url,
                 "--cluster", self.cluster, "--data-dir", str(self.data_dir),
                 "--log-level", self.log_level]
@@ -195,6 +209,8 @@ class NodeSpec:
                     args += [flag, str(path)]
             if tls.client_auth:
                 args.append("--tls-client-auth")
+        if self.advertise_url is not None:
+            args += ["--advertise-url", self.advertise_url]
         return args + list(self.extra_args)
 
 
@@ -232,6 +248,7 @@ class NodeProcess:
             env.pop(var, None)
         if self.spec.secret is not None:
             env["DDG_CLUSTER_SECRET"] = self.spec.secret
+        env.update(self.spec.env)
         out: IO[bytes] | int = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +126,11 @@ class SupervisorConfig:
     # None: an embedded redis-server, on REDIS_PORT or a free port
     redis_url: str | None = None
     redis_port: int | None = None
+    # The embedded Redis: a command it is started under, more server arguments, and the
+    # user:password the nodes' URL carries (see EmbeddedRedis).
+    redis_prefix: tuple[str, ...] = ()
+    redis_args: tuple[str, ...] = ()
+    redis_userinfo: str | None = None
     secret: str | None = None
     # Every node serves and calls its peers with these; one certificate for all (it must name
     # `host`): a test cluster, not a deployment.
@@ -193,7 +198,9 @@ class Supervisor:
             self._base = config.base_dir
         self._redis = (EmbeddedRedis(port=config.redis_port, host=config.host,
                                      workdir=self._base / "redis",
-                                     die_with_parent=config.die_with_parent)
+                                     die_with_parent=config.die_with_parent,
+                                     prefix=config.redis_prefix, args=config.redis_args,
+                                     userinfo=config.redis_userinfo)
                        if config.redis_url is None else None)
         # An external Redis: the clusters this supervisor looked for before its first node in
         # each, and those it did not find there (close() deletes their keys again).
@@ -343,20 +350,26 @@ class Supervisor:
     def add(self, name: str | None = None, *, port: int | None = None,
             cluster: str | None = None, bootstrap: bool | None = None,
             preexec_fn: PreexecFn | None = None, extra_args: Sequence[str] = (),
-            data_dir: Path | None = None) -> NodeSpec:
+            data_dir: Path | None = None, host: str | None = None,
+            prefix: Sequence[str] = (), env: Mapping[str, str] | None = None,
+            advertise_url: str | None = None) -> NodeSpec:
         """Start a new node (it registers itself). NAME defaults to the next free n<i>; PORT to
         a free port; CLUSTER to the configured one; BOOTSTRAP to "the first node this supervisor
         ever starts"; PREEXEC_FN runs in the child before exec (e.g. to change its group);
-        DATA_DIR defaults to <base>/data/<name>. Starts the Redis first if needed."""
+        DATA_DIR defaults to <base>/data/<name>; HOST (its bind address) to the configured one;
+        PREFIX is a command it runs under (NodeSpec.prefix), ENV more environment and
+        ADVERTISE_URL its --advertise-url (then its address). Starts the Redis first if
+        needed."""
         url = self.start_redis()
         with self._lock:
             self._check_open()
             name = name or self._next_name()
             if name in self._nodes:
                 raise DdgError(f"node {name} exists already; restart() starts it again")
+            host = host or self.config.host
             spec = NodeSpec(
-                name=name, port=port or free_port(self.config.host), redis_url=url,
-                cluster=cluster or self.config.cluster, host=self.config.host,
+                name=name, port=port or free_port(host), redis_url=url,
+                cluster=cluster or self.config.cluster, host=host,
                 data_dir=data_dir if data_dir is not None else self.data_dir(name),
                 secret=self.config.secret, allow_fault_injection=self.config.allow_fault_injection,
                 bootstrap=not self._started_any if bootstrap is None else bootstrap,
@@ -364,6 +377,8 @@ class Supervisor:
                 election_timeout_ms=self.config.election_timeout_ms,
                 log_level=self.config.log_level, tls=self.config.tls,
                 extra_args=tuple(extra_args),
+                prefix=tuple(prefix), env=tuple(sorted((env or {}).items())),
+                advertise_url=advertise_url,
             )
             self._note_cluster(spec.cluster)
             process = NodeProcess(spec, log_path=self.log_path(name), preexec_fn=preexec_fn,

@@ -1,9 +1,10 @@
 """`python -m ddg_faults`: run fault scenarios against real nodes in a private network namespace.
 
 Re-executes itself under `unshare --net` (root only), brings the namespace's loopback up, runs
-the scenarios and checks every recorded history. Exit status: 0 all held, 1 a violation, a
-failed expectation or a crashed node, 2 bad usage, 3 prerequisites missing (not root, no
-iptables or unshare).
+the scenarios and checks every recorded history. The bed-* scenarios (not in `all`) run on
+the multi-host bed instead: a network namespace per node (ddg_testkit.hosts). Exit status: 0
+all held, 1 a violation, a failed expectation or a crashed node, 2 bad usage, 3 prerequisites
+missing (not root, no iptables, unshare or iproute2).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ddg_testkit import hosts
+
+from .bed import BedHarness
 from .checker import CheckConfig, quantile, summarize
 from .harness import Harness, HarnessConfig, Outcome, ScenarioFailed
 from .netns import in_private_netns, loopback_up, missing_prerequisites, reexec_in_private_netns
@@ -32,6 +36,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="how long chaos runs (default 30 s)")
     p.add_argument("--steps", type=int, default=None,
                    help="run exactly this many chaos steps instead (for replaying a seed)")
+    p.add_argument("--faults", type=int, default=None,
+                   help="bed-soak: stop after this many faults (default 300)")
     p.add_argument("--seed", type=int, default=1, help="seed for random choices (default 1)")
     p.add_argument("--nodes", type=int, default=None,
                    help="cluster size for chaos and the size-agnostic scenarios")
@@ -66,13 +72,14 @@ def run_one(name: str, ns: argparse.Namespace) -> Outcome:
         base.mkdir(parents=True, exist_ok=True)
     check = CheckConfig(recovery_bound=ns.recovery_bound_ms / 1000,
                         settle_bound=ns.settle_bound_ms / 1000)
-    h = Harness(HarnessConfig(nodes=nodes, late=scenario.late, base_dir=base, check=check,
-                              split_brain=name == "selftest-split-brain"))
+    config = HarnessConfig(nodes=nodes, late=scenario.late, base_dir=base, check=check,
+                           split_brain=name == "selftest-split-brain")
+    h = BedHarness(config) if scenario.bed else Harness(config)
     started = time.monotonic()
     try:
         h.start()
         scenario.run(h, RunConfig(seconds=ns.seconds, steps=ns.steps, seed=ns.seed,
-                                  nodes=ns.nodes))
+                                  nodes=ns.nodes, faults=ns.faults))
     except ScenarioFailed as exc:
         h.fail(f"{exc}\n{h.cluster.describe()}")
     except Exception as exc:  # report, then still check what was recorded
@@ -160,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parse_args(args)
     if not in_private_netns():
         reason = missing_prerequisites()
+        if reason is None and any(SCENARIOS[n].bed for n in ns.names):
+            reason = hosts.missing_prerequisites()
         if reason is not None:
             print(f"ddg_faults: cannot run: {reason}", file=sys.stderr)
             return 3

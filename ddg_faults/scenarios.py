@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .bed import impaired_quiet, link_failover, soak
 from .harness import Harness
 from .netns import CutMode
 
@@ -20,6 +21,7 @@ class RunConfig:
     steps: int | None = None  # chaos step count (wins over seconds)
     seed: int = 1
     nodes: int | None = None  # override the scenario's cluster size
+    faults: int | None = None  # bed-soak: stop after this many faults
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -30,6 +32,7 @@ class Scenario:
     about: str
     in_all: bool = True
     late: int = 0  # nodes started only when the scenario join()s them
+    bed: bool = False  # on the multi-host bed (ddg_faults.bed), not the iptables harness
 
 
 def others(h: Harness, *exclude: str) -> list[str]:
@@ -479,4 +482,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              about="Redis back from an old RDB while a fresh node joins"),
     Scenario(name="selftest-split-brain", nodes=2, run=split_brain, in_all=False,
              about="self-test: a real split brain (two clusters), which must be reported"),
+    Scenario(name="bed-link-failover", nodes=5, run=link_failover, in_all=False, bed=True,
+             about="multi-host bed: the goose's link down, a new goose; back, a duck"),
+    Scenario(name="bed-impaired-quiet", nodes=5, run=impaired_quiet, in_all=False, bed=True,
+             about="multi-host bed: every link 5 ms +- 2 ms, 1 % loss; no election for "
+                   "--seconds (default 60)"),
+    Scenario(name="bed-soak", nodes=5, run=soak, in_all=False, bed=True,
+             about="multi-host bed: random link, loss/delay, freeze and kill faults until "
+                   "--faults (default 300)"),
 )}

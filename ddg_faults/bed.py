@@ -1,0 +1,207 @@
+"""Host-level faults on the multi-host bed (ddg_testkit.hosts): the same Harness, observer and
+checker as the loopback scenarios, with a network namespace per node instead of iptables cuts.
+
+A host whose link is down is recorded as cut from every node and from Redis, which is what it
+is. The observer polls from the switch namespace, through the same links, so it cannot see a
+host whose link is down: like any outside client, it judges only the answers it gets (an old
+goose still answering `goose` in its old term once its link is back is caught all the same).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from ddg_testkit.hosts import Bed, BedConfig, Impairment
+
+from .checker import Event, Observation, Topology
+from .harness import Harness, HarnessConfig, ScenarioFailed
+from .netns import CutMode
+from .observer import Observer
+
+if TYPE_CHECKING:
+    from .scenarios import RunConfig
+
+# The issue's link impairment: well under the 150-300 ms election timeout.
+IMPAIRED = Impairment(delay_ms=5, jitter_ms=2, loss_pct=1)
+
+
+class BedHarness(Harness):
+    """A Harness whose nodes each live on a host of their own."""
+
+    def __init__(self, config: HarnessConfig, bed: BedConfig | None = None) -> None:
+        super().__init__(config)
+        self.bed = Bed(bed or BedConfig(nodes=config.nodes, base_dir=config.base_dir))
+        if self.bed.names != self.names:
+            raise ValueError("the bed and the harness must have the same nodes")
+
+    def start(self) -> None:
+        first = [n for n in self.names if n not in self.late]
+        self.bed.start(nodes=[])
+        self._cluster = self.bed.cluster
+        self.observer = Observer({n: self.bed.url(n) for n in self.names},
+                                 interval=self.config.poll_interval)
+        self.observer.start()
+        t0 = time.monotonic()
+        for n in first:
+            self.bed.add(n)
+        self.wait_for(lambda: set(self.obs().since(t0)) >= set(first),
+                      what="every node to answer /status", timeout=30)
+        self._record("start", f"{len(first)} hosts", (), False, t0,
+                     replace(self.topology, live=frozenset(first)))
+
+    def close(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+        self.bed.close()
+
+    def _net(self, kind: str, detail: str, targets: Sequence[str], topology: Topology,
+             *, fault: bool = True, mode: CutMode = "drop",
+             new: Iterable[tuple[str, str]] = ()) -> Event:
+        raise ScenarioFailed(f"{kind}: cuts between node pairs need the iptables harness; "
+                             "the bed's faults are whole links (link_down, impair)")
+
+    # ---- host faults -------------------------------------------------------------------------
+
+    def impairable(self, imp: Impairment) -> Impairment:
+        """IMP, without its delay on a kernel without netem (noted once)."""
+        if imp.delays and not self.bed.net.netem:
+            note = "no tc netem in this kernel: impairments are loss only (no delay)"
+            if note not in self.notes:
+                self.notes.append(note)
+            return replace(imp, delay_ms=0, jitter_ms=0)
+        return imp
+
+    def link_down(self, node: str) -> Event:
+        start = time.monotonic()
+        self.bed.net.link(self.bed.host_of(node), up=False)
+        cut = {(node, m) for m in self.names if m != node}
+        top = self.topology
+        return self._record("link-down", node, (node,), True, start,
+                            replace(top, cut=top.cut | cut | {(b, a) for a, b in cut},
+                                    redis_cut=top.redis_cut | {node}))
+
+    def link_up(self, node: str) -> Event:
+        start = time.monotonic()
+        self.bed.net.link(self.bed.host_of(node), up=True)
+        down = {n for n in self.names if self.bed.host_of(n) in self.bed.net.down}
+        top = self.topology
+        cut = frozenset(p for p in top.cut if node not in p or (set(p) - {node}) <= down)
+        return self._record("link-up", node, (node,), False, start,
+                            replace(top, cut=cut, redis_cut=top.redis_cut - {node}))
+
+    def impair(self, nodes: list[str], imp: Impairment) -> Event:
+        start = time.monotonic()
+        imp = self.impairable(imp)
+        for n in nodes:
+            self.bed.net.impair(self.bed.host_of(n), imp)
+        return self._record("impair", f"{','.join(nodes)}: {imp.describe()}", nodes, True,
+                            start, self.topology)
+
+    def clear_impairments(self) -> Event:
+        start = time.monotonic()
+        hosts = sorted(self.bed.net.impaired)
+        for host in hosts:
+            self.bed.net.impair(host, None)
+        return self._record("clear-impair", ",".join(hosts), (), False, start, self.topology)
+
+    def heal_network(self) -> Event:
+        start = time.monotonic()
+        for host in sorted(self.bed.net.down):
+            self.bed.net.link(host, up=True)
+        self.isolated.clear()
+        return self._record("heal", "links", (), False, start,
+                            replace(self.topology, cut=frozenset(), redis_cut=frozenset()))
+
+    def heal_all(self) -> None:
+        if self.bed.net.impaired:
+            self.clear_impairments()
+        super().heal_all()
+
+
+def _bed(h: Harness) -> BedHarness:
+    if not isinstance(h, BedHarness):
+        raise ScenarioFailed("a bed scenario needs the multi-host bed")
+    return h
+
+
+# ---- scenarios ----------------------------------------------------------------------------
+
+
+def link_failover(h: Harness, cfg: RunConfig) -> None:
+    """The goose's host loses its link: the others elect; back, it rejoins as a duck."""
+    b = _bed(h)
+    old = b.settle()
+    b.link_down(old)
+    new = b.goose([n for n in b.names if n != old])
+    b.link_up(old)
+    b.settle()
+    t0 = time.monotonic()
+
+    def follows() -> Observation | None:
+        o = b.obs().since(t0).get(old)
+        return o if o is not None and o.role == "duck" and o.goose == new else None
+
+    seen = b.wait_for(follows, what=f"{old} to answer duck, following {new}")
+    b.notes.append(f"{old} lost its link, {new} took over; {old} rejoined as a duck "
+                   f"(term {seen.term})")
+
+
+def impaired_quiet(h: Harness, cfg: RunConfig) -> None:
+    """Every link delays and drops packets; for the window, nobody starts an election."""
+    b = _bed(h)
+    goose = b.settle()
+    b.impair(list(b.names), IMPAIRED)
+    t0 = time.monotonic()
+    seconds = cfg.seconds if cfg.seconds is not None else 60.0
+    first = b.obs().latest()[goose].term
+    b.expect_goose_unchanged(goose, seconds)
+    later = [o for o in b.obs().history() if o.ok and o.sent >= t0 and o.term != first]
+    if later:
+        o = later[0]
+        b.fail(f"spurious election under {b.impairable(IMPAIRED).describe()}: {o.node} "
+               f"answered term {o.term} (was {first}) at +{o.sent - t0:.1f} s")
+    b.notes.append(f"{seconds:g} s with every link at {b.impairable(IMPAIRED).describe()}: "
+                   f"goose {goose} held term {first}"
+                   + (f", {len(later)} answers in a later term" if later else ""))
+    b.clear_impairments()
+    b.settle()
+
+
+def soak(h: Harness, cfg: RunConfig) -> None:
+    """Random host-level faults, one at a time, each held and healed, until cfg.faults."""
+    b = _bed(h)
+    rng = random.Random(cfg.seed)
+    target = cfg.faults or 300
+    deadline = None if cfg.seconds is None else time.monotonic() + cfg.seconds
+    kinds = ["link-goose", "link-duck", "impair-all", "impair-one", "freeze-goose",
+             "freeze-duck", "kill-goose"]
+    while sum(e.fault for e in b.events) < target:
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        goose = b.settle()
+        kind = rng.choice(kinds)
+        duck = rng.choice([n for n in b.names if n != goose])
+        victim = goose if kind.endswith("goose") else duck
+        if kind.startswith("link"):
+            b.link_down(victim)
+            b.hold(rng.uniform(0.3, 1.5))
+            b.link_up(victim)
+        elif kind.startswith("impair"):
+            imp = Impairment(delay_ms=rng.choice([2, 5, 10, 20]), jitter_ms=rng.choice([0, 2]),
+                             loss_pct=rng.choice([0.5, 1, 2, 5]))
+            b.impair(list(b.names) if kind == "impair-all" else [duck], imp)
+            b.hold(rng.uniform(1.0, 3.0))
+            b.clear_impairments()
+        elif kind.startswith("freeze"):
+            b.pause(victim)
+            b.hold(rng.uniform(0.3, 1.2))
+            b.resume(victim)
+        else:
+            b.kill(victim)
+            b.hold(rng.uniform(0.1, 0.5))
+            b.restart(victim)
+    b.heal_all()

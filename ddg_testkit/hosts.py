@@ -1,0 +1,378 @@
+"""A multi-host test bed on one machine: each "host" is a network namespace with one address,
+all joined by a bridge that lives in a "switch" namespace of its own, so nothing is created in
+the machine's own namespace and everything vanishes with `Network.close()`.
+
+    switch ns  (bridge br0 10.77.0.254: the observer and this process's test thread)
+      |-- vredis --- eth0 10.77.0.1   redis ns   (redis-server)
+      |-- vclient -- eth0 10.77.0.2   client ns  (CLI runs, e.g. `ddg-node status`)
+      |-- vh1 ------ eth0 10.77.0.11  h1 ns      (node n1, on PORT)
+      ...
+
+Every `ip`/`tc`/`iptables` call names a namespace this bed made (`ip -n NS`, `ip netns exec
+NS`): `_ours()` refuses any other. Namespaces are named ddgbed-<pid>-<random>-<host>; a bed
+whose process died hard leaves its namespaces behind, and the next bed removes those whose
+pid is gone. Processes are started with the `ip netns exec NS` prefix (NodeSpec.prefix), which
+execs in place: a pid signalled is the node itself.
+
+The test thread enters the switch namespace (`Bed.start()` to `Bed.close()`): threads it starts
+meanwhile (the observer, LocalCluster's event loop) are born there, and every socket it opens
+reaches every host through the bridge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ddg.errors import ConfigError
+from ddg.launcher import NodeSpec, start_spawner
+
+from .cluster import LocalCluster
+from .procs import alive
+
+PREFIX = "ddgbed-"
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = Path("/var/run/netns")
+TOOLS = ("ip", "tc", "iptables")
+TIMEOUT = 10.0  # for every ip/tc/iptables call
+SWITCH = "sw"
+REDIS = "redis"
+CLIENT = "client"
+
+
+def missing_prerequisites() -> str | None:
+    """Why the bed cannot run here, or None if it can."""
+    if sys.platform != "linux":
+        return "the multi-host bed needs Linux network namespaces"
+    if os.geteuid() != 0:
+        return "the multi-host bed needs root (ip netns, veth, bridge); run as root"
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"missing {', '.join(missing)}: apt-get install -y iproute2 iptables"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Impairment:
+    """What a link does to packets, each way: `tc netem` delay (± jitter) and loss."""
+
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.jitter_ms <= self.delay_ms <= 10_000):
+            raise ConfigError(f"need 0 <= jitter <= delay <= 10 s, got {self}")
+        if not 0 <= self.loss_pct <= 100:
+            raise ConfigError(f"loss must be 0-100 %, got {self.loss_pct}")
+
+    @property
+    def delays(self) -> bool:
+        return self.delay_ms > 0
+
+    def describe(self) -> str:
+        parts = [f"delay {self.delay_ms:g}ms {self.jitter_ms:g}ms"] if self.delays else []
+        return " ".join([*parts, f"loss {self.loss_pct:g}%"])
+
+
+def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=TIMEOUT)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def _setns(fd: int) -> None:
+    """Move the calling *thread* (only it) into the network namespace FD refers to."""
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def remove_stale() -> list[str]:
+    """Delete the namespaces of beds whose process is gone; returns their names."""
+    pattern = re.compile(re.escape(PREFIX) + r"(\d+)-")
+    removed = []
+    for line in _run(["ip", "netns", "list"]).stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        m = pattern.match(name)
+        if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
+            _run(["ip", "netns", "del", name], check=False)
+            removed.append(name)
+    return removed
+
+
+class Network:
+    """The namespaces, bridge and links of one bed, and the faults on them."""
+
+    def __init__(self, hosts: Sequence[str], *, subnet: str = "10.77.0") -> None:
+        if len(hosts) > 200:
+            raise ConfigError("at most 200 node hosts")
+        self.tag = f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        self.subnet = subnet
+        self.addresses = {REDIS: f"{subnet}.1", CLIENT: f"{subnet}.2",
+                          **{h: f"{subnet}.{11 + i}" for i, h in enumerate(hosts)}}
+        self.observer_address = f"{subnet}.254"
+        self._made: list[str] = []
+        self._impaired: dict[str, Impairment] = {}
+        self._down: set[str] = set()
+        self.netem = False  # whether this kernel has `tc netem` (probed by build())
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self.addresses)
+
+    def ns(self, host: str) -> str:
+        return f"{self.tag}-{host}"
+
+    def _ours(self, ns: str) -> str:
+        if ns not in self._made:
+            raise RuntimeError(f"refusing to touch network namespace {ns!r}: not made by "
+                               "this bed")
+        return ns
+
+    def ip(self, host: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return _run(["ip", "-n", self._ours(self.ns(host)), *args], check=check)
+
+    def prefix(self, host: str) -> tuple[str, ...]:
+        """The command prefix that runs a process on HOST."""
+        return ("ip", "netns", "exec", self._ours(self.ns(host)))
+
+    def run(self, host: str, argv: Sequence[str], *, timeout: float = 30.0,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """ARGV on HOST, to its end."""
+        return subprocess.run([*self.prefix(host), *argv], capture_output=True, text=True,
+                              timeout=timeout, env=None if env is None else dict(env))
+
+    def build(self) -> None:
+        """Make every namespace and link; on failure, delete what was made and raise."""
+        remove_stale()
+        try:
+            for host in [SWITCH, *self.addresses]:
+                _run(["ip", "netns", "add", self.ns(host)])
+                self._made.append(self.ns(host))
+                self.ip(host, "link", "set", "lo", "up")
+            self.ip(SWITCH, "link", "add", "br0", "type", "bridge")
+            self.ip(SWITCH, "addr", "add", f"{self.observer_address}/24", "dev", "br0")
+            self.ip(SWITCH, "link", "set", "br0", "up")
+            for host, addr in self.addresses.items():
+                port = self._port(host)
+                self.ip(SWITCH, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+                        "netns", self.ns(host))
+                self.ip(SWITCH, "link", "set", port, "master", "br0", "up")
+                self.ip(host, "addr", "add", f"{addr}/24", "dev", "eth0")
+                self.ip(host, "link", "set", "eth0", "up")
+            probe = ["tc", "-n", self.ns(SWITCH), "qdisc", "add", "dev", "lo", "root", "netem",
+                     "delay", "1ms"]
+            self.netem = _run(probe, check=False).returncode == 0
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _port(host: str) -> str:
+        return f"v{host}"[:15]
+
+    def close(self) -> None:
+        """Delete every namespace (their links and bridge go with them). Idempotent."""
+        for ns in reversed(self._made):
+            _run(["ip", "netns", "del", ns], check=False)
+        self._made.clear()
+
+    @contextlib.contextmanager
+    def entered(self, host: str = SWITCH) -> Iterator[None]:
+        """This thread (and the threads it starts meanwhile) in HOST's namespace."""
+        start_spawner()  # the spawner must stay in this process's own namespace
+        back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        there = os.open(NETNS_DIR / self._ours(self.ns(host)), os.O_RDONLY)
+        try:
+            _setns(there)
+            try:
+                yield
+            finally:
+                _setns(back)
+        finally:
+            os.close(there)
+            os.close(back)
+
+    # ---- faults ------------------------------------------------------------------------------
+
+    def link(self, host: str, up: bool) -> None:
+        """Unplug (or plug back) HOST's cable at the switch."""
+        self.ip(SWITCH, "link", "set", self._port(host), "up" if up else "down")
+        (self._down.discard if up else self._down.add)(host)
+
+    @property
+    def down(self) -> frozenset[str]:
+        return frozenset(self._down)
+
+    def impair(self, host: str, imp: Impairment | None) -> None:
+        """HOST's link delays and drops packets both ways (None: a clean link again).
+
+        With `tc netem`, on both ends of the link. Without it (a kernel built without
+        CONFIG_NET_SCH_NETEM), loss alone is done by iptables' `statistic` match in HOST's
+        namespace, and asking for delay raises RuntimeError."""
+        clean = imp is None or (not imp.delays and imp.loss_pct == 0)
+        self._clear(host)
+        if imp is None or clean:
+            return
+        if self.netem:
+            args = ["netem"]
+            if imp.delays:
+                args += ["delay", f"{imp.delay_ms}ms", f"{imp.jitter_ms}ms"]
+            if imp.loss_pct:
+                args += ["loss", f"{imp.loss_pct}%"]
+            for ns, dev in ((host, "eth0"), (SWITCH, self._port(host))):
+                _run(["tc", "-n", self._ours(self.ns(ns)), "qdisc", "replace", "dev", dev,
+                      "root", *args])
+        elif imp.delays:
+            raise RuntimeError("this kernel has no tc netem (CONFIG_NET_SCH_NETEM): packet "
+                               "delay is not possible here, only loss")
+        else:
+            p = f"{imp.loss_pct / 100:.6f}"
+            for chain, way in (("INPUT", "-i"), ("OUTPUT", "-o")):
+                self._iptables(host, "-A", chain, way, "eth0", "-m", "statistic", "--mode",
+                               "random", "--probability", p, "-j", "DROP")
+        self._impaired[host] = imp
+
+    def _iptables(self, host: str, *args: str) -> None:
+        _run([*self.prefix(host), "iptables", "-w", *args])
+
+    def _clear(self, host: str) -> None:
+        if host not in self._impaired:
+            return
+        del self._impaired[host]
+        if self.netem:
+            for ns, dev in ((host, "eth0"), (SWITCH, self._port(host))):
+                _run(["tc", "-n", self._ours(self.ns(ns)), "qdisc", "del", "dev", dev, "root"],
+                     check=False)
+        else:
+            self._iptables(host, "-F")
+
+    @property
+    def impaired(self) -> dict[str, Impairment]:
+        return dict(self._impaired)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BedConfig:
+    """One node per host; the knobs other work (TLS, Redis ACLs) passes through."""
+
+    nodes: int = 5
+    port: int = 7000  # every node listens on this port, on its own host's address
+    redis_port: int = 6379
+    subnet: str = "10.77.0"
+    secret: str = field(default="ddg-netbed-secret", repr=False)  # required off loopback
+    scheme: str = "http"  # of the advertised URLs (https once nodes serve TLS)
+    node_args: tuple[str, ...] = ()  # more ddg-node flags, e.g. TLS ones
+    node_env: tuple[tuple[str, str], ...] = ()
+    redis_args: tuple[str, ...] = ()  # more redis-server arguments, e.g. --requirepass
+    redis_userinfo: str | None = field(default=None, repr=False)  # user:password in the URL
+    heartbeat_ms: int | None = None
+    election_timeout_ms: str | None = None
+    log_level: str = "INFO"
+    base_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.nodes <= 200:
+            raise ConfigError(f"nodes must be 1-200, got {self.nodes}")
+        if not re.fullmatch(r"10\.\d{1,3}\.\d{1,3}", self.subnet):
+            raise ConfigError(f"subnet must be a private 10.X.Y (a /24), got {self.subnet!r}")
+        if self.scheme not in ("http", "https"):
+            raise ConfigError(f"scheme must be http or https, got {self.scheme!r}")
+        if len(self.secret) < 8:
+            raise ConfigError("the cluster secret must be at least 8 bytes")
+
+
+class Bed:
+    """A Network and a LocalCluster on it: node nI on host hI, Redis on the redis host.
+
+    Use as a context manager, or start() and close() on the same thread (that thread is in
+    the switch namespace in between)."""
+
+    def __init__(self, config: BedConfig | None = None) -> None:
+        self.config = config = config or BedConfig()
+        self.names = [f"n{i}" for i in range(1, config.nodes + 1)]
+        self.net = Network([self.host_of(n) for n in self.names], subnet=config.subnet)
+        self._cluster: LocalCluster | None = None
+        self._inside: contextlib.ExitStack | None = None
+
+    @staticmethod
+    def host_of(name: str) -> str:
+        return f"h{name.removeprefix('n')}"
+
+    def address(self, name: str) -> str:
+        return self.net.addresses[self.host_of(name)]
+
+    def url(self, name: str) -> str:
+        return f"{self.config.scheme}://{self.address(name)}:{self.config.port}"
+
+    @property
+    def cluster(self) -> LocalCluster:
+        if self._cluster is None:
+            raise RuntimeError("the bed has not started")
+        return self._cluster
+
+    @property
+    def redis_url(self) -> str:
+        url = self.cluster.redis_url
+        assert url is not None
+        return url
+
+    def start(self, nodes: Sequence[str] | None = None) -> None:
+        """Build the network, enter the switch namespace, start Redis and NODES (all)."""
+        c = self.config
+        self._inside = contextlib.ExitStack()
+        try:
+            self.net.build()
+            self._inside.callback(self.net.close)
+            self._inside.enter_context(self.net.entered(SWITCH))
+            self._cluster = LocalCluster(
+                host=self.net.addresses[REDIS], redis_port=c.redis_port,
+                redis_prefix=self.net.prefix(REDIS), redis_args=c.redis_args,
+                redis_userinfo=c.redis_userinfo, secret=c.secret, base_dir=c.base_dir,
+                heartbeat_ms=c.heartbeat_ms, election_timeout_ms=c.election_timeout_ms,
+                log_level=c.log_level, temp_prefix="ddg-netbed-")
+            self._inside.callback(self._cluster.close)
+            self._cluster.start_redis()
+            for name in self.names if nodes is None else nodes:
+                self.add(name)
+        except BaseException:
+            self.close()
+            raise
+
+    def add(self, name: str, *, bind: str | None = None,
+            extra_args: Sequence[str] = ()) -> NodeSpec:
+        """Start NAME on its host, advertising its host's address. BIND: listen there instead
+        (e.g. 0.0.0.0)."""
+        c = self.config
+        return self.cluster.add(name, port=c.port, host=bind or self.address(name),
+                         advertise_url=self.url(name), prefix=self.net.prefix(self.host_of(name)),
+                         env=dict(c.node_env), extra_args=[*c.node_args, *extra_args])
+
+    def run(self, host: str, argv: Sequence[str], *,
+            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """ARGV on HOST (e.g. CLIENT), with this process's environment."""
+        return self.net.run(host, argv, timeout=timeout)
+
+    def close(self) -> None:
+        """Stop every process, leave the switch namespace, delete the network. Idempotent."""
+        inside, self._inside = self._inside, None
+        if inside is not None:
+            inside.close()
+
+    def __enter__(self) -> Bed:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
