@@ -17,6 +17,7 @@ from .client import NodeClient, Reply
 from .config import (
     DEFAULT_CLUSTER,
     DEFAULT_REDIS_URL,
+    TIMINGS,
     NodeConfig,
     Timing,
     check_name,
@@ -61,11 +62,12 @@ security:
 environment (used when the flag is not given):
   DDG_HTTP_PORT, DDG_HOST, DDG_ADVERTISE_URL, DDG_NODE_NAME, DDG_REDIS_URL,
   DDG_REDIS_PASSWORD, DDG_REDIS_CA, DDG_REDIS_CERT, DDG_REDIS_KEY, DDG_CLUSTER, DDG_DATA_DIR,
-  DDG_CLUSTER_SECRET, DDG_BOOTSTRAP, DDG_LOG_FORMAT, DDG_TLS_CERT, DDG_TLS_KEY, DDG_TLS_CA,
-  DDG_TLS_CLIENT_AUTH
+  DDG_CLUSTER_SECRET, DDG_BOOTSTRAP, DDG_LOG_FORMAT, DDG_TIMING, DDG_TLS_CERT, DDG_TLS_KEY,
+  DDG_TLS_CA, DDG_TLS_CLIENT_AUTH
 
 endpoints: GET / (goose|duck), GET /status (JSON), GET /healthz, GET /metrics (Prometheus),
-GET /watch (Server-Sent Events); peers POST /raft/vote, /raft/heartbeat, /raft/timeout_now.
+GET /watch (Server-Sent Events); peers POST /raft/vote, /raft/heartbeat, /raft/timeout_now,
+and each duck holds GET /raft/hold/NAME open to its goose (its sudden end: a crash hint).
 SIGTERM or Ctrl-C stops the node gracefully (a goose hands over first); it stays a member.
 """
 
@@ -156,10 +158,20 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=_env("DDG_DATA_DIR"),
                    help="where term and vote are kept (env DDG_DATA_DIR; default "
                         "$XDG_STATE_HOME/ddg/CLUSTER/NAME)")
-    p.add_argument("--heartbeat-ms", type=int, default=50,
-                   help="goose heartbeat interval (default %(default)s)")
-    p.add_argument("--election-timeout-ms", default="150-300", metavar="MIN-MAX",
-                   help="randomized election timeout range (default %(default)s)")
+    p.add_argument("--timing", choices=sorted(TIMINGS), default=_env("DDG_TIMING", "default"),
+                   help="named election timing: default (heartbeat 50 ms, election timeout "
+                        "150-300 ms, lease 80 ms) or fast (15, 60-120, 30: for a LAN, about "
+                        "3x the heartbeat traffic; see the README's figures). The flags below "
+                        "override its parts (env DDG_TIMING; default %(default)s)")
+    p.add_argument("--heartbeat-ms", type=int, default=None,
+                   help="goose heartbeat interval (default: from --timing)")
+    p.add_argument("--election-timeout-ms", default=None, metavar="MIN-MAX",
+                   help="randomized election timeout range (default: from --timing)")
+    p.add_argument("--lease-ms", type=int, default=None,
+                   help="how long after a round a quorum acknowledged the goose answers "
+                        "`goose`; a new goose waits lease / 0.8 after the last heartbeat its "
+                        "voters heard (default: from --timing). Use the same timing on every "
+                        "node")
     p.add_argument("--cluster-secret", default=None,
                    help="sign peer messages with this shared secret (env DDG_CLUSTER_SECRET; "
                         "prefer the env or --cluster-secret-file: flags show in `ps`)")
@@ -179,6 +191,22 @@ def run_parser() -> argparse.ArgumentParser:
     return p
 
 
+def timing_from_args(ns: argparse.Namespace) -> Timing:
+    """The --timing preset with any of --heartbeat-ms, --election-timeout-ms, --lease-ms."""
+    base = TIMINGS.get(ns.timing)
+    if base is None:  # from DDG_TIMING: argparse checks only what is on the command line
+        raise ConfigError(f"timing {ns.timing!r} must be one of {', '.join(sorted(TIMINGS))}")
+    lo, hi = (base.election_timeout_min_ms, base.election_timeout_max_ms)
+    if ns.election_timeout_ms is not None:
+        lo, hi = parse_timeout_range(ns.election_timeout_ms)
+    heartbeat = base.heartbeat_ms if ns.heartbeat_ms is None else ns.heartbeat_ms
+    lease = ns.lease_ms
+    if lease is None and (heartbeat, lo) == (base.heartbeat_ms, base.election_timeout_min_ms):
+        lease = base.lease_ms  # the preset's own; otherwise derived from what was changed
+    return Timing(heartbeat_ms=heartbeat, election_timeout_min_ms=lo,
+                  election_timeout_max_ms=hi, lease_ms=lease, drift_margin=base.drift_margin)
+
+
 def config_from_args(ns: argparse.Namespace) -> NodeConfig:
     port = ns.port
     if port is None:
@@ -191,9 +219,7 @@ def config_from_args(ns: argparse.Namespace) -> NodeConfig:
             raise ConfigError(f"DDG_HTTP_PORT={raw!r} is not a port number") from None
     name = ns.name or f"{ns.host}-{port}"
     cluster = check_name("cluster name", ns.cluster)
-    lo, hi = parse_timeout_range(ns.election_timeout_ms)
-    timing = Timing(heartbeat_ms=ns.heartbeat_ms, election_timeout_min_ms=lo,
-                    election_timeout_max_ms=hi)
+    timing = timing_from_args(ns)
     secret = ns.cluster_secret or (
         _read_secret_file(ns.cluster_secret_file, "cluster secret") if ns.cluster_secret_file
         else _env("DDG_CLUSTER_SECRET"))

@@ -47,11 +47,35 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     (["--port", "4001", "--cluster", ""], "cluster name"),
     (["--port", "4001", "--log-level", "LOUD"], "log level"),
     (["--port", "4001", "--cluster-secret", "short"], "at least 8 bytes"),
+    (["--port", "4001", "--timing", "warp"], "invalid choice: 'warp'"),
+    (["--port", "4001", "--lease-ms", "40"], "lease must be longer than the heartbeat"),
+    (["--port", "4001", "--timing", "fast", "--lease-ms", "60"], "at most the minimum election"),
     (["remove"], "the following arguments are required: name"),
     (["remove", "x", "--redis-url", "mysql://x"], "must start with redis://"),
 ])
 def test_bad_flags(args: list[str], needle: str) -> None:
     assert needle in one_line_error(ddg(*args))
+
+
+def test_env_timing_must_be_a_known_one() -> None:
+    error = one_line_error(ddg("--port", "4001", env={"DDG_TIMING": "warp"}))
+    assert "timing 'warp' must be one of default, fast" in error
+
+
+def test_timing_presets_and_overrides() -> None:
+    from ddg.cli import run_parser, timing_from_args
+    from ddg.config import TIMINGS, Timing
+
+    def timing(*args: str) -> Timing:
+        return timing_from_args(run_parser().parse_args(["--port", "4001", *args]))
+
+    assert timing() == TIMINGS["default"] == Timing()
+    assert timing("--timing", "fast") == TIMINGS["fast"]
+    # a changed part keeps the rest of the preset; the lease follows what changed
+    t = timing("--timing", "fast", "--heartbeat-ms", "10")
+    assert (t.heartbeat_ms, t.election_timeout_min_ms, t.lease_ms) == (10, 60, None)
+    assert t.lease == pytest.approx(0.01 + 0.06 / 5)
+    assert timing("--lease-ms", "100").lease == pytest.approx(0.1)
 
 
 def test_env_port_must_be_a_number() -> None:
