@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from ddg.errors import RegistryUnavailable
 from ddg.redisconn import RedisOptions
 from ddg.registry import Membership, Registry
 from ddg_testkit import LocalCluster, wait_until
@@ -136,7 +137,10 @@ def test_a_join_the_failover_lost_is_restored_by_the_nodes(sentinels: SentinelSe
 
         # The promoted registry lacked the join; the nodes' cached membership puts it back.
         def restored() -> Membership | None:
-            m = read_registry(url, "lost")
+            try:
+                m = read_registry(url, "lost")
+            except RegistryUnavailable:  # the sentinels do not all name the new master yet
+                return None
             return m if late in m.members and m.version > known else None
         m = c.wait_for(restored, timeout=30, what=f"{late} restored in the promoted registry")
         assert m.names == frozenset(every)
