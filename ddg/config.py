@@ -138,8 +138,9 @@ class Timing:
 
     @property
     def hint_step(self) -> float:
-        """Ducks that see their goose's connection drop campaign this far apart, in turn."""
-        return self.heartbeat / 5
+        """Ducks that see their goose's connection drop campaign this far apart, in turn: more
+        than a pre-vote round trip, so the next in turn has heard of the first's campaign."""
+        return max(self.heartbeat / 5, 0.005)
 
 
 # Named timings for --timing. "fast" is for a LAN whose round trips stay well under 10 ms:

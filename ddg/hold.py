@@ -8,7 +8,8 @@ dropped link close nothing, and are left to the election timeout as before. A hi
 (a firewall's reset looks the same), which costs at most an election, never safety: the new
 goose still waits out the old lease (docs/design.md).
 
-The stream carries nothing but `hold` at the start and `bye` at the end.
+The stream carries `hold` at the start, `ping` every PING_INTERVAL (so that a duck that went
+away is noticed, and no NAT or firewall forgets an idle connection), and `bye` at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from .backoff import Backoff
 from .config import NodeConfig
 
 HELLO = b"hold\n"
+PING = b"ping\n"
 BYE = b"bye\n"
+PING_INTERVAL = 5.0  # seconds; a duck that reads nothing for 3 of these reconnects (no hint)
 PATH = "/raft/hold/"  # + the duck's name (signed with the rest of the path)
 log = logging.getLogger("ddg.hold")
 
@@ -43,7 +46,7 @@ class HoldServer:
     def __init__(self) -> None:
         self._tenure = asyncio.Event()  # set: this node is not (or no longer) the goose
         self._tenure.set()
-        self._open = 0
+        self._streams: dict[str, asyncio.Event] = {}  # duck -> set to end its older stream
         self._closing = False
 
     def became_goose(self) -> None:
@@ -55,32 +58,58 @@ class HoldServer:
 
     @property
     def open(self) -> int:
-        return self._open
+        return len(self._streams)
 
     async def shutdown(self, app: object = None) -> None:
         """Say goodbye on every stream, so a graceful stop is not taken for a crash."""
         self._closing = True
         self._tenure.set()
 
-    async def handle(self, request: web.Request, *, is_goose: bool) -> web.StreamResponse:
-        """Stream until this node's tenure as goose ends (the caller checked the sender)."""
+    async def handle(self, request: web.Request, duck: str, *, is_goose: bool
+                     ) -> web.StreamResponse:
+        """Stream to DUCK until this node's tenure as goose ends (the caller checked the
+        sender). One stream per duck: a newer one ends the older (its duck has left it)."""
         tenure = self._tenure
         if not is_goose or tenure.is_set():
             return web.json_response({"error": "not the goose"}, status=409)
         resp = web.StreamResponse(headers={"Content-Type": "text/plain",
                                            "Cache-Control": "no-store"})
-        self._open += 1
+        older = self._streams.get(duck)
+        if older is not None:
+            older.set()
+        superseded = self._streams[duck] = asyncio.Event()
         try:
-            await resp.prepare(request)
-            await resp.write(HELLO)
-            await tenure.wait()
-            await resp.write(BYE)
-            await resp.write_eof()
-        except (ConnectionError, asyncio.CancelledError):
-            pass  # the duck went away, or the server is closing: nothing to say goodbye to
+            async with asyncio.timeout(PING_INTERVAL):
+                await resp.prepare(request)
+                await resp.write(HELLO)
+            while not superseded.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PING_INTERVAL):
+                        await _first(tenure.wait(), superseded.wait())
+                if tenure.is_set():
+                    async with asyncio.timeout(PING_INTERVAL):
+                        await resp.write(BYE)
+                        await resp.write_eof()
+                    break
+                if not superseded.is_set():
+                    async with asyncio.timeout(PING_INTERVAL):  # a duck gone for good: ends
+                        await resp.write(PING)
+        except (ConnectionError, TimeoutError):
+            pass  # the duck went away: nothing to say goodbye to
         finally:
-            self._open -= 1
+            if self._streams.get(duck) is superseded:
+                del self._streams[duck]
         return resp
+
+
+async def _first(*aws: Awaitable[object]) -> None:
+    """Wait until the first of AWS is done; cancel the rest."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def hold_once(session: ClientSession, config: NodeConfig, goose: str, address: str
@@ -101,8 +130,14 @@ async def hold_once(session: ClientSession, config: NodeConfig, goose: str, addr
                 if await resp.content.readline() != HELLO:
                     return Ended.FAILED
             opened = True
-            line = await resp.content.readline()
-            return Ended.BYE if line == BYE else Ended.LOST
+            while True:
+                try:
+                    async with asyncio.timeout(3 * PING_INTERVAL):
+                        line = await resp.content.readline()
+                except TimeoutError:  # silent, not closed: a lost host or link, not a crash
+                    return Ended.FAILED
+                if line != PING:
+                    return Ended.BYE if line == BYE else Ended.LOST
     except (ClientError, ConnectionError, TimeoutError) as exc:
         log.debug("hold on %s: %s", goose, str(exc) or type(exc).__name__)
         return Ended.LOST if opened else Ended.FAILED
@@ -130,16 +165,21 @@ class Holder:
 
     async def run(self) -> None:
         backoff = Backoff(initial=self.config.timing.heartbeat, maximum=1.0)
+        last: str | None = None
         while True:
             self._changed.clear()
             goose = self._target
+            if goose != last:  # a new goose gets a stream at once
+                backoff.reset()
+                last = goose
             address = None if goose is None else self._address_of(goose)
             session = self._session()
             ended = Ended.FAILED
             if (goose is not None and address is not None and session is not None
                     and not self._blocked(goose)):
                 ended = await self._hold(session, goose, address)
-            if ended is Ended.LOST and goose is not None and goose == self._target:
+            if (ended is Ended.LOST and goose is not None and goose == self._target
+                    and not self._blocked(goose)):  # fault injection: the FIN never came
                 await self._on_lost(goose)  # the core logs it
             if ended is not Ended.FAILED:
                 backoff.reset()
@@ -158,8 +198,7 @@ class Holder:
             await asyncio.wait({task, changed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             changed.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            return Ended.FAILED
-        return task.result()
+            if not task.done():  # the goose changed, or this loop is being stopped
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return task.result() if not task.cancelled() else Ended.FAILED

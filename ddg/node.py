@@ -481,7 +481,7 @@ class Node:
                                    f"{self.config.cluster!r}")
         if self.partitions.blocked(name):
             return json_error(503, "partitioned by fault injection")
-        return await self.holds.handle(request, is_goose=core.state is State.GOOSE)
+        return await self.holds.handle(request, name, is_goose=core.state is State.GOOSE)
 
     async def _admin_json(self, request: web.Request) -> Any:
         if not self.config.allow_fault_injection:

@@ -371,7 +371,8 @@ class _Connection(asyncio.Protocol):
 
     def request_finished(self) -> None:
         self._idle = True
-        self._server.track(self)  # it made progress: last in line for eviction
+        if self._transport is not None:  # a handler that outlived its client: already gone
+            self._server.track(self)  # it made progress: last in line for eviction
 
     @property
     def evictable(self) -> bool:

@@ -48,6 +48,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--keep", type=Path, default=None,
                    help="keep node logs and data under this directory")
+    p.add_argument("--node-arg", action="append", default=[], metavar="ARG",
+                   help="passed to every ddg-node, e.g. --node-arg=--timing=fast (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every chaos step")
     ns = p.parse_args(argv)
     names = ([n for n, s in SCENARIOS.items() if s.in_all] if ns.scenario == "all"
@@ -73,7 +75,8 @@ def run_one(name: str, ns: argparse.Namespace) -> Outcome:
     check = CheckConfig(recovery_bound=ns.recovery_bound_ms / 1000,
                         settle_bound=ns.settle_bound_ms / 1000)
     config = HarnessConfig(nodes=nodes, late=scenario.late, base_dir=base, check=check,
-                           split_brain=name == "selftest-split-brain")
+                           split_brain=name == "selftest-split-brain",
+                           node_args=tuple(ns.node_arg))
     h = BedHarness(config) if scenario.bed else Harness(config)
     started = time.monotonic()
     try:

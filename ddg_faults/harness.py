@@ -43,6 +43,7 @@ class HarnessConfig:
     # Self-test only: every node in a cluster of its own, so each is goose of term 1: a real
     # split brain that the checker must report.
     split_brain: bool = False
+    node_args: tuple[str, ...] = ()  # more ddg-node flags, e.g. ("--timing", "fast")
     check: CheckConfig = field(default_factory=CheckConfig)
 
 
@@ -110,6 +111,7 @@ class Harness:
         split = self.config.split_brain
         for n in first:
             self.cluster.add(n, port=ports[n], preexec_fn=self.firewall.preexec(n),
+                             extra_args=self.config.node_args,
                              cluster=f"split-{n}" if split else None,
                              bootstrap=True if split else None)
         self.wait_for(lambda: set(self.obs().since(t0)) >= set(first),
@@ -233,7 +235,8 @@ class Harness:
         start = time.monotonic()
         for node in nodes:
             assert node in self.late and not self.cluster.owns(node), node
-            self.cluster.add(node, port=self.ports[node], preexec_fn=self.fw().preexec(node))
+            self.cluster.add(node, port=self.ports[node], preexec_fn=self.fw().preexec(node),
+                             extra_args=self.config.node_args)
         self.wait_for(lambda: set(nodes) <= set(self.obs().since(start)),
                       what=f"{','.join(nodes)} to answer after starting", timeout=20)
         return self._record("join", ",".join(nodes), nodes, False, start,

@@ -171,8 +171,21 @@ async def introspect(request: web.Request) -> web.Response:
                               "wrapped": srv._connection_of(request) is not None})
 
 
+RELEASE = web.AppKey("release", asyncio.Event)  # what the /held handler waits for
+HELD_TASKS = web.AppKey("held", list)  # the tasks running /held (they run its middleware too)
+
+
+async def held(request: web.Request) -> web.Response:
+    request.app[HELD_TASKS].append(asyncio.current_task())
+    await request.app[RELEASE].wait()
+    return web.Response(text="late")
+
+
 def make_app() -> web.Application:
     app = web.Application(middlewares=[errors_as_json])
+    app[RELEASE] = asyncio.Event()
+    app[HELD_TASKS] = []
+    app.router.add_get("/held", held)
     app.router.add_get("/", hello)
     app.router.add_post("/echo", echo)
     app.router.add_get("/introspect", introspect)
@@ -223,6 +236,24 @@ async def test_at_the_cap_new_connections_evict_the_stalest_idle_ones(start: Any
               f"{took * 1000:.1f} ms")
     finally:
         close_all(conns)
+
+
+async def test_a_handler_that_outlives_its_client_leaves_no_busy_connection(start: Any) -> None:
+    """aiohttp lets a handler run on after its client hung up; when it returns, the gone
+    connection must not be tracked again (it stayed 'busy' for ever, spared by eviction)."""
+    server = await start()
+    _reader, writer = await connect(server.port)
+    writer.write(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await eventually(lambda: server.busy() == 1, "the request in its handler")
+    writer.close()
+    await eventually(lambda: server.stats.open == 0, "the client's connection lost")
+    app = server.runner.app
+    app[RELEASE].set()
+    [task] = app[HELD_TASKS]
+    async with asyncio.timeout(2):
+        await asyncio.gather(task, return_exceptions=True)  # the handler and its middleware
+    assert server.busy() == 0
 
 
 async def test_when_every_connection_is_busy_a_new_one_gets_503(start: Any) -> None:

@@ -1,0 +1,127 @@
+"""The crash-hint stream (ddg/hold.py) in-process: how each end of it is read."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientSession, web
+
+from ddg import hold
+from ddg.config import NodeConfig
+from ddg.hold import Ended, HoldServer, hold_once
+from ddg_testkit import wait_until_async
+
+Serve = Callable[[HoldServer], Awaitable[str]]
+
+
+@pytest.fixture
+def fast_pings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hold, "PING_INTERVAL", 0.05)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    runners: list[web.AppRunner] = []
+
+    async def go(holds: HoldServer) -> str:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await holds.handle(request, request.match_info["name"], is_goose=True)
+        app = web.Application()
+        app.router.add_get("/raft/hold/{name}", handle)
+        app.on_shutdown.append(holds.shutdown)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    yield go
+    for runner in runners:
+        await runner.cleanup()
+
+
+def duck(tmp_path: Path, name: str = "d1") -> NodeConfig:
+    return NodeConfig(name=name, port=4001, data_dir=tmp_path / name)
+
+
+async def test_a_goose_that_steps_down_says_bye(serve: Serve, tmp_path: Path) -> None:
+    holds = HoldServer()
+    holds.became_goose()
+    url = await serve(holds)
+    async with ClientSession() as session:
+        task = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
+        await wait_until_async(lambda: holds.open == 1, timeout=5, what="the stream open")
+        holds.stopped_being_goose()
+        assert await asyncio.wait_for(task, 5) is Ended.BYE
+    assert holds.open == 0
+
+
+async def test_a_stopping_goose_says_bye_and_a_node_not_goose_refuses(
+        serve: Serve, tmp_path: Path) -> None:
+    holds = HoldServer()
+    url = await serve(holds)
+    async with ClientSession() as session:
+        assert await hold_once(session, duck(tmp_path), "g", url) is Ended.FAILED  # 409
+        holds.became_goose()
+        task = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
+        await wait_until_async(lambda: holds.open == 1, timeout=5, what="the stream open")
+        await holds.shutdown()
+        assert await asyncio.wait_for(task, 5) is Ended.BYE
+        holds.became_goose()  # a stopping node takes no new tenure
+        assert await hold_once(session, duck(tmp_path), "g", url) is Ended.FAILED
+
+
+async def test_pings_keep_it_open_and_a_newer_stream_of_the_same_duck_ends_the_older(
+        serve: Serve, tmp_path: Path, fast_pings: None) -> None:
+    holds = HoldServer()
+    holds.became_goose()
+    url = await serve(holds)
+    async with ClientSession() as session:
+        first = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
+        await wait_until_async(lambda: holds.open == 1, timeout=5, what="the stream open")
+        done, _ = await asyncio.wait({first}, timeout=0.3)  # six pings' worth
+        assert not done, "pings must not end the stream"
+        second = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
+        # the older stream ends without a goodbye: its duck had left it (not a hint then)
+        assert await asyncio.wait_for(first, 5) is Ended.LOST
+        assert holds.open == 1
+        holds.stopped_being_goose()
+        assert await asyncio.wait_for(second, 5) is Ended.BYE
+
+
+async def test_a_duck_that_went_away_is_noticed_by_the_next_ping(
+        serve: Serve, tmp_path: Path, fast_pings: None) -> None:
+    holds = HoldServer()
+    holds.became_goose()
+    url = await serve(holds)
+    async with ClientSession() as session:
+        task = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
+        await wait_until_async(lambda: holds.open == 1, timeout=5, what="the stream open")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    await wait_until_async(lambda: holds.open == 0, timeout=5, what="the handler gone")
+
+
+async def test_an_end_without_bye_is_the_hint(tmp_path: Path) -> None:
+    """What a killed goose's kernel does: the stream just closes after `hold`."""
+    async def crashed_goose(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhold\n\r\n")
+        await writer.drain()
+        writer.transport.abort()  # no last chunk, no bye: as a SIGKILL leaves it
+
+    server = await asyncio.start_server(crashed_goose, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with ClientSession() as session:
+            got = await hold_once(session, duck(tmp_path), "g", f"http://127.0.0.1:{port}")
+        assert got is Ended.LOST
+    finally:
+        server.close()
+        await server.wait_closed()
