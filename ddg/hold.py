@@ -24,9 +24,9 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from . import auth
 from .backoff import Backoff
-from .config import NodeConfig
+from .config import NodeConfig, Timing
 
-HELLO = b"hold\n"
+HELLO = b"hold"  # then the goose's timing (timing_tag), and a newline
 PING = b"ping\n"
 BYE = b"bye\n"
 PING_INTERVAL = 5.0  # seconds; a duck that reads nothing for 3 of these reconnects (no hint)
@@ -40,10 +40,18 @@ class Ended(Enum):
     FAILED = "failed"  # never opened (refused, timed out, not the goose): no hint
 
 
-class HoldServer:
-    """The goose's side: streams stay open while this node is goose, then end with `bye`."""
+def timing_tag(t: Timing) -> str:
+    """The timing that the safety argument needs the same on every node (docs/design.md)."""
+    return (f"heartbeat={t.heartbeat_ms} election={t.election_timeout_min_ms}-"
+            f"{t.election_timeout_max_ms} lease={t.lease * 1000:g} margin={t.drift_margin:g}")
 
-    def __init__(self) -> None:
+
+class HoldServer:
+    """The goose's side: streams stay open while this node is goose, then end with `bye`.
+    The first line carries its timing, so that a duck can say when theirs differ."""
+
+    def __init__(self, timing: Timing) -> None:
+        self._hello = HELLO + b" " + timing_tag(timing).encode() + b"\n"
         self._tenure = asyncio.Event()  # set: this node is not (or no longer) the goose
         self._tenure.set()
         self._streams: dict[str, asyncio.Event] = {}  # duck -> set to end its older stream
@@ -81,7 +89,7 @@ class HoldServer:
         try:
             async with asyncio.timeout(PING_INTERVAL):
                 await resp.prepare(request)
-                await resp.write(HELLO)
+                await resp.write(self._hello)
             while not superseded.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(PING_INTERVAL):
@@ -112,9 +120,10 @@ async def _first(*aws: Awaitable[object]) -> None:
             task.cancel()
 
 
-async def hold_once(session: ClientSession, config: NodeConfig, goose: str, address: str
-                    ) -> Ended:
-    """Open a stream to GOOSE at ADDRESS and wait for it to end; how it ended."""
+async def hold_once(session: ClientSession, config: NodeConfig, goose: str, address: str,
+                    *, on_hello: Callable[[str], None] | None = None) -> Ended:
+    """Open a stream to GOOSE at ADDRESS and wait for it to end; how it ended. ON_HELLO gets
+    the timing the goose announced."""
     path = PATH + config.name
     headers = {}
     if config.secret is not None:
@@ -127,9 +136,12 @@ async def hold_once(session: ClientSession, config: NodeConfig, goose: str, addr
             if resp.status != 200:
                 return Ended.FAILED
             async with asyncio.timeout(connect):
-                if await resp.content.readline() != HELLO:
-                    return Ended.FAILED
+                hello = await resp.content.readline()
+            if not hello.startswith(HELLO) or not hello.endswith(b"\n"):
+                return Ended.FAILED
             opened = True
+            if on_hello is not None:
+                on_hello(hello[len(HELLO):].decode("utf-8", "replace").strip())
             while True:
                 try:
                     async with asyncio.timeout(3 * PING_INTERVAL):
@@ -156,6 +168,8 @@ class Holder:
         self._on_lost = on_lost
         self._target: str | None = None
         self._changed = asyncio.Event()
+        self._mine = timing_tag(config.timing)
+        self._told: set[tuple[str, str]] = set()
 
     def follow(self, goose: str | None) -> None:
         """The goose this node follows now (None: it follows none)."""
@@ -190,9 +204,19 @@ class Holder:
                 async with asyncio.timeout(backoff.next() if goose is not None else None):
                     await self._changed.wait()
 
+    def _compare(self, goose: str, theirs: str) -> None:
+        if theirs != self._mine and (goose, theirs) not in self._told:
+            self._told.add((goose, theirs))
+            log.error("goose %s runs another timing (%s) than this node (%s): every node of "
+                      "a cluster must run the same, or two geese can overlap; restart them all "
+                      "with one timing (docs/design.md, Limits)", goose, theirs, self._mine,
+                      extra={"event": "timing_mismatch", "goose": goose})
+
     async def _hold(self, session: ClientSession, goose: str, address: str) -> Ended:
         """Hold until the stream ends or the goose we follow changes (then: FAILED)."""
-        task = asyncio.ensure_future(hold_once(session, self.config, goose, address))
+        task = asyncio.ensure_future(hold_once(
+            session, self.config, goose, address,
+            on_hello=lambda theirs: self._compare(goose, theirs)))
         changed = asyncio.ensure_future(self._changed.wait())
         try:
             await asyncio.wait({task, changed}, return_when=asyncio.FIRST_COMPLETED)

@@ -105,7 +105,7 @@ class Node:
             config=config, rng=self.rng, address_of=self._address_of,
             version=lambda: self.sync.membership.version, blocked=self.partitions.blocked,
             on_reply=self._on_reply, warn=self.warn, metrics=self.metrics)
-        self.holds = HoldServer()
+        self.holds = HoldServer(config.timing)
         self.holder = Holder(config=config, session=lambda: self.peers.session,
                              address_of=self._address_of, blocked=self.partitions.blocked,
                              on_lost=self._goose_lost)

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import ClientSession, web
 
 from ddg import hold
-from ddg.config import NodeConfig
-from ddg.hold import Ended, HoldServer, hold_once
+from ddg.config import TIMINGS, NodeConfig, Timing
+from ddg.hold import Ended, Holder, HoldServer, hold_once
 from ddg_testkit import wait_until_async
 
 Serve = Callable[[HoldServer], Awaitable[str]]
@@ -50,7 +50,7 @@ def duck(tmp_path: Path, name: str = "d1") -> NodeConfig:
 
 
 async def test_a_goose_that_steps_down_says_bye(serve: Serve, tmp_path: Path) -> None:
-    holds = HoldServer()
+    holds = HoldServer(Timing())
     holds.became_goose()
     url = await serve(holds)
     async with ClientSession() as session:
@@ -63,7 +63,7 @@ async def test_a_goose_that_steps_down_says_bye(serve: Serve, tmp_path: Path) ->
 
 async def test_a_stopping_goose_says_bye_and_a_node_not_goose_refuses(
         serve: Serve, tmp_path: Path) -> None:
-    holds = HoldServer()
+    holds = HoldServer(Timing())
     url = await serve(holds)
     async with ClientSession() as session:
         assert await hold_once(session, duck(tmp_path), "g", url) is Ended.FAILED  # 409
@@ -78,7 +78,7 @@ async def test_a_stopping_goose_says_bye_and_a_node_not_goose_refuses(
 
 async def test_pings_keep_it_open_and_a_newer_stream_of_the_same_duck_ends_the_older(
         serve: Serve, tmp_path: Path, fast_pings: None) -> None:
-    holds = HoldServer()
+    holds = HoldServer(Timing())
     holds.became_goose()
     url = await serve(holds)
     async with ClientSession() as session:
@@ -96,7 +96,7 @@ async def test_pings_keep_it_open_and_a_newer_stream_of_the_same_duck_ends_the_o
 
 async def test_a_duck_that_went_away_is_noticed_by_the_next_ping(
         serve: Serve, tmp_path: Path, fast_pings: None) -> None:
-    holds = HoldServer()
+    holds = HoldServer(Timing())
     holds.became_goose()
     url = await serve(holds)
     async with ClientSession() as session:
@@ -125,3 +125,21 @@ async def test_an_end_without_bye_is_the_hint(tmp_path: Path) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_goose_with_another_timing_is_reported_once(
+        serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    holds = HoldServer(TIMINGS["fast"])
+    holds.became_goose()
+    url = await serve(holds)
+    holder = Holder(config=duck(tmp_path), session=lambda: None, address_of=lambda n: url,
+                    blocked=lambda n: False, on_lost=lambda n: asyncio.sleep(0))
+    async with ClientSession() as session:
+        for _ in range(2):
+            task = asyncio.create_task(holder._hold(session, "g", url))
+            await wait_until_async(lambda: holds.open == 1, timeout=5, what="the stream open")
+            holds.stopped_being_goose()
+            assert await asyncio.wait_for(task, 5) is Ended.BYE
+            holds.became_goose()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "goose g runs another timing (heartbeat=15" in errors[0]
