@@ -160,8 +160,9 @@ def run_parser() -> argparse.ArgumentParser:
                         "$XDG_STATE_HOME/ddg/CLUSTER/NAME)")
     p.add_argument("--timing", choices=sorted(TIMINGS), default=_env("DDG_TIMING", "default"),
                    help="named election timing: default (heartbeat 50 ms, election timeout "
-                        "150-300 ms, lease 80 ms) or fast (15, 60-120, 30: for a LAN, about "
-                        "3x the heartbeat traffic; see the README's figures). The flags below "
+                        "150-300 ms, lease 80 ms) or fast (15, 60-120, 30: for a small cluster "
+                        "on a LAN with spare CPU, 3.3x the heartbeats; see the README's "
+                        "figures). The flags below "
                         "override its parts (env DDG_TIMING; default %(default)s)")
     p.add_argument("--heartbeat-ms", type=int, default=None,
                    help="goose heartbeat interval (default: from --timing)")
