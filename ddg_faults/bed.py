@@ -43,7 +43,7 @@ class BedHarness(Harness):
         self.bed.start(nodes=[])
         self._cluster = self.bed.cluster
         self.observer = Observer({n: self.bed.url(n) for n in self.names},
-                                 interval=self.config.poll_interval)
+                                 interval=self.config.poll_interval, tls=self.bed.config.tls)
         self.observer.start()
         t0 = time.monotonic()
         for n in first:

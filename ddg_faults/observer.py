@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 
 from ddg.client import NodeClient, Reply
+from ddg.tls import TlsConfig
 
 from .checker import Observation
 
@@ -28,8 +29,9 @@ class Observer:
     """One thread, one event loop, one polling task per node."""
 
     def __init__(self, targets: Mapping[str, str], *, interval: float = 0.02,
-                 timeout: float = 0.5) -> None:
-        self.targets = dict(targets)  # name -> http://host:port
+                 timeout: float = 0.5, tls: TlsConfig | None = None) -> None:
+        self.targets = dict(targets)  # name -> http://host:port (or https:// with TLS)
+        self.tls = tls
         self.interval = interval
         self.timeout = timeout
         self._lock = threading.Lock()
@@ -82,7 +84,8 @@ class Observer:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        client = NodeClient(timeout=self.timeout, max_connections=4 * len(self.targets) + 8)
+        client = NodeClient(timeout=self.timeout, max_connections=4 * len(self.targets) + 8,
+                            tls=self.tls)
         try:
             tasks = [asyncio.create_task(self._poll(client, n, a))
                      for n, a in self.targets.items()]

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ddg.errors import ConfigError
 from ddg.launcher import NodeSpec, start_spawner
+from ddg.tls import TlsConfig
 
 from .cluster import LocalCluster
 from .procs import alive
@@ -272,7 +273,8 @@ class BedConfig:
     redis_port: int = 6379
     subnet: str = "10.77.0"
     secret: str = field(default="ddg-netbed-secret", repr=False)  # required off loopback
-    scheme: str = "http"  # of the advertised URLs (https once nodes serve TLS)
+    scheme: str = "http"  # of the advertised URLs (https when tls is given)
+    tls: TlsConfig | None = None  # every node's TLS (one certificate for every host's address)
     node_args: tuple[str, ...] = ()  # more ddg-node flags, e.g. TLS ones
     node_env: tuple[tuple[str, str], ...] = ()
     redis_args: tuple[str, ...] = ()  # more redis-server arguments, e.g. --requirepass
@@ -289,6 +291,8 @@ class BedConfig:
             raise ConfigError(f"subnet must be a private 10.X.Y (a /24), got {self.subnet!r}")
         if self.scheme not in ("http", "https"):
             raise ConfigError(f"scheme must be http or https, got {self.scheme!r}")
+        if self.tls is not None and self.tls.serving:
+            object.__setattr__(self, "scheme", "https")
         if len(self.secret) < 8:
             raise ConfigError("the cluster secret must be at least 8 bytes")
 
@@ -339,7 +343,7 @@ class Bed:
             self._cluster = LocalCluster(
                 host=self.net.addresses[REDIS], redis_port=c.redis_port,
                 redis_prefix=self.net.prefix(REDIS), redis_args=c.redis_args,
-                redis_userinfo=c.redis_userinfo, secret=c.secret, base_dir=c.base_dir,
+                redis_userinfo=c.redis_userinfo, secret=c.secret, base_dir=c.base_dir, tls=c.tls,
                 heartbeat_ms=c.heartbeat_ms, election_timeout_ms=c.election_timeout_ms,
                 log_level=c.log_level, temp_prefix="ddg-netbed-")
             self._inside.callback(self._cluster.close)

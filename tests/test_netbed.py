@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from ddg.status import Role
+from ddg.tls import TlsConfig
 from ddg_faults.bed import BedHarness, impaired_quiet, link_failover
 from ddg_faults.harness import Harness, HarnessConfig, Outcome, ScenarioFailed
 from ddg_faults.scenarios import RunConfig
 from ddg_testkit import hosts
+from ddg_testkit.certs import Pki
 from ddg_testkit.hosts import CLIENT, Bed, BedConfig, Impairment
 
 pytestmark = pytest.mark.faults
@@ -43,9 +47,9 @@ def bed_ready() -> Iterator[None]:
     assert not left, f"namespaces left behind: {left}"
 
 
-def run_scenario(scenario: Callable[[Harness, RunConfig], None],
-                 cfg: RunConfig) -> tuple[Outcome, list[str]]:
-    h = BedHarness(HarnessConfig(nodes=5))
+def run_scenario(scenario: Callable[[Harness, RunConfig], None], cfg: RunConfig,
+                 bed: BedConfig | None = None) -> tuple[Outcome, list[str]]:
+    h = BedHarness(HarnessConfig(nodes=5), bed)
     started = time.monotonic()
     try:
         h.start()
@@ -65,12 +69,40 @@ def verdict(o: Outcome) -> str:
                       *o.failures, *o.crashes])
 
 
-def test_link_failover_across_hosts(bed_ready: None) -> None:
-    """5 hosts: one goose; its link down, another takes over; back, it is a duck."""
-    outcome, notes = run_scenario(link_failover, RunConfig())
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+ACL_PASSWORD = "bed-acl-pw"
+
+
+def documented_acl() -> tuple[str, ...]:
+    """The least ACL docs/operations.md gives a node, as redis-server arguments (any cluster)."""
+    m = re.search(r"^ACL SETUSER ddg (.+)$", DOCS.read_text(), re.MULTILINE)
+    assert m, "docs/operations.md lost its ACL SETUSER line"
+    rules = m.group(1).replace("CLUSTER", "*").replace("PASSWORD", ACL_PASSWORD)
+    return ("--user", "ddg", *rules.split())
+
+
+def secured(tmp_path: Path) -> BedConfig:
+    """What an operator runs across hosts: HTTPS with mutual TLS and the cluster secret, and
+    Redis as the documented least-ACL user."""
+    pki = Pki(tmp_path / "pki")
+    ips = [f"10.77.0.{11 + i}" for i in range(5)]  # the bed's node addresses
+    cert, key = pki.issue("nodes", *ips)
+    return BedConfig(nodes=5, tls=TlsConfig(cert=cert, key=key, ca=pki.ca_file, client_auth=True),
+                     redis_args=documented_acl(), redis_userinfo=f"ddg:{ACL_PASSWORD}")
+
+
+@pytest.mark.parametrize("security", ["hmac", "mtls+hmac+acl"])
+def test_link_failover_across_hosts(bed_ready: None, security: str, tmp_path: Path) -> None:
+    """5 hosts: one goose; its link down, another takes over; back, it is a duck. Plain, and
+    with HTTPS + mutual TLS + the secret + an ACL Redis user."""
+    bed = secured(tmp_path) if security != "hmac" else None
+    outcome, notes = run_scenario(link_failover, RunConfig(), bed)
     assert outcome.ok, verdict(outcome)
     assert outcome.report.figures.faults == 1 and len(outcome.report.figures.failovers) == 1
     assert any("rejoined as a duck" in n for n in notes), notes
+    # Secured, the observer only ever read the nodes at https:// (verifying their certificates
+    # against the test's CA), and the nodes only ever had the ACL user for Redis.
+    assert bed is None or bed.scheme == "https"
 
 
 @pytest.mark.timeout(QUIET_SECONDS + 60)
