@@ -164,6 +164,9 @@ class Election:
         self.lease_until = -math.inf
         self.step_down_at = -math.inf
         self.next_heartbeat = math.inf
+        # The newest round goes again, once, to the ducks that have not acknowledged it by
+        # then: one lost packet (a TCP retransmission takes 200 ms) must not end the lease.
+        self.resend_at = math.inf
         self.seq = 0
         self.sent_at: dict[int, float] = {}
         self.acks: dict[int, set[str]] = {}
@@ -222,7 +225,7 @@ class Election:
             # is_goose() reads the lease against the clock; ticks at its edges only let the
             # shell see the change at once.
             edges = [t for t in (self.goose_not_before, self.lease_until) if t > self._ticked]
-            return min(self.next_heartbeat, self.step_down_at, *edges)
+            return min(self.next_heartbeat, self.resend_at, self.step_down_at, *edges)
         return self.election_deadline
 
     def sticky(self, now: float) -> bool:
@@ -243,6 +246,8 @@ class Election:
                                 "round acked within the quorum timeout")
             elif now >= self.next_heartbeat:
                 self._broadcast_heartbeat(now)
+            elif now >= self.resend_at:
+                self._resend_heartbeat()
         elif self.state is not State.REMOVED and now >= self.election_deadline:
             self._pre_campaign(now)
         return self._flush()
@@ -411,6 +416,8 @@ class Election:
         acks.add(msg.sender)
         if self._has_quorum(acks):
             sent = self.sent_at[msg.seq]
+            if msg.seq == self.seq:
+                self.resend_at = math.inf  # the newest round made it: nothing to send again
             self.lease_until = max(self.lease_until, sent + self.timing.lease)
             self.step_down_at = max(self.step_down_at, sent + self.timing.quorum_timeout)
             for old in [s for s in self.acks if s <= msg.seq]:  # newer rounds still count
@@ -491,7 +498,7 @@ class Election:
         self.state = State.DUCK
         self.leader = leader
         self.lease_until = self.step_down_at = -math.inf
-        self.next_heartbeat = math.inf
+        self.next_heartbeat = self.resend_at = math.inf
         self._reset_election_timer(now)
         if leader is not None:
             self._event("following", f"following {leader} in term {term}", goose=leader)
@@ -506,7 +513,7 @@ class Election:
         self.state = State.DUCK
         self.leader = None
         self.lease_until = self.step_down_at = -math.inf
-        self.next_heartbeat = math.inf
+        self.next_heartbeat = self.resend_at = math.inf
         self._reset_election_timer(now)
 
     def _broadcast_heartbeat(self, now: float) -> None:
@@ -515,6 +522,8 @@ class Election:
         self.acks[self.seq] = {self.name}
         self.counters.heartbeats_sent += 1
         self.next_heartbeat = now + self.timing.heartbeat
+        slack = self.timing.lease - self.timing.heartbeat  # for this round's acks to renew
+        self.resend_at = now + slack / 2 if slack > 0 else math.inf
         # Rounds this old can extend neither the lease nor the step-down; forget them.
         keep = max(self.timing.lease, self.timing.quorum_timeout)
         for old in [s for s, t in self.sent_at.items() if t + keep <= now]:
@@ -523,6 +532,17 @@ class Election:
             self.lease_until = now + self.timing.lease
             self.step_down_at = now + self.timing.quorum_timeout
         self._broadcast(Heartbeat(term=self.term, sender=self.name, seq=self.seq))
+
+    def _resend_heartbeat(self) -> None:
+        """The newest round again, to the ducks that have not acknowledged it (their copy or
+        its answer may be stuck behind a lost packet): its lease still counts from its first
+        sending, so a late copy can only make it shorter than it could be, never longer."""
+        self.resend_at = math.inf
+        acks = self.acks.get(self.seq)
+        if acks is None or self._has_quorum(acks):
+            return
+        for peer in sorted(self.members - acks):
+            self._send(peer, Heartbeat(term=self.term, sender=self.name, seq=self.seq))
 
     # ---- helpers -------------------------------------------------------------------------
 

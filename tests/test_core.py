@@ -291,6 +291,35 @@ def test_lease_expiry_stops_goose_answers_and_the_quorum_timeout_steps_down() ->
         1, 1, 1, 1)
 
 
+def test_a_round_without_a_quorum_goes_again_to_the_ducks_that_did_not_ack() -> None:
+    """One lost packet must not end the lease: halfway through the slack (lease - heartbeat),
+    the newest round goes again, once, only to the ducks that have not acknowledged it, and
+    the lease still counts from its first sending."""
+    goose = make("n1", ["n1", "n2", "n3", "n4", "n5"], now=0.0)
+    goose.election_deadline = 0.0
+    goose.tick(0.0)
+    for voter in ("n2", "n3"):
+        goose.step(VoteResponse(term=1, sender=voter, granted=True, pre_vote=True), 0.0)
+    for voter in ("n2", "n3"):
+        goose.step(VoteResponse(term=1, sender=voter, granted=True), 0.001)
+    assert goose.state is State.GOOSE
+    for duck in ("n2", "n3"):  # round 1 (sent when elected) acked by a quorum
+        goose.step(HeartbeatAck(term=1, sender=duck, seq=1, success=True), 0.002)
+    t2 = goose.next_heartbeat
+    assert goose.next_deadline() == pytest.approx(t2)  # round 1 is not sent again
+    out = goose.tick(t2)  # round 2
+    assert {s.to for s in out.sends} == {"n2", "n3", "n4", "n5"} and goose.seq == 2
+    goose.step(HeartbeatAck(term=1, sender="n4", seq=2, success=True), t2 + 0.002)
+    resend = t2 + (LEASE - T.heartbeat) / 2
+    assert goose.next_deadline() == pytest.approx(resend)
+    out = goose.tick(resend)
+    assert sorted(s.to for s in out.sends) == ["n2", "n3", "n5"]
+    assert all(s.msg == Heartbeat(term=1, sender="n1", seq=2) for s in out.sends)
+    assert goose.tick(resend + 0.001).sends == []  # once
+    goose.step(HeartbeatAck(term=1, sender="n5", seq=2, success=True), resend + 0.002)
+    assert goose.lease_until == pytest.approx(t2 + LEASE)  # from the first sending
+
+
 def test_lease_starts_at_the_send_time_of_the_acked_round() -> None:
     goose = Cluster(3).elect("n1", 1.0)
     goose.tick(1.05)  # round 2 sent at 1.05
