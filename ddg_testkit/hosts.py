@@ -123,6 +123,7 @@ class Network:
         self.addresses = {REDIS: f"{subnet}.1", CLIENT: f"{subnet}.2",
                           **{h: f"{subnet}.{11 + i}" for i, h in enumerate(hosts)}}
         self.observer_address = f"{subnet}.254"
+        self.node_addresses = [self.addresses[h] for h in hosts]  # for certificates, say
         self._made: list[str] = []
         self._impaired: dict[str, Impairment] = {}
         self._down: set[str] = set()

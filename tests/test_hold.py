@@ -49,13 +49,20 @@ def duck(tmp_path: Path, name: str = "d1") -> NodeConfig:
     return NodeConfig(name=name, port=4001, data_dir=tmp_path / name)
 
 
+async def open_stream(session: ClientSession, holds: HoldServer, url: str, tmp_path: Path
+                      ) -> asyncio.Task[Ended]:
+    """Duck d1's stream to goose g, once the goose holds it open; the task ends with it."""
+    task = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
+    await wait_until_async(lambda: holds.open == 1, timeout=5, what="the stream open")
+    return task
+
+
 async def test_a_goose_that_steps_down_says_bye(serve: Serve, tmp_path: Path) -> None:
     holds = HoldServer(Timing())
     holds.became_goose()
     url = await serve(holds)
     async with ClientSession() as session:
-        task = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
-        await wait_until_async(lambda: holds.open == 1, timeout=5, what="the stream open")
+        task = await open_stream(session, holds, url, tmp_path)
         holds.stopped_being_goose()
         assert await asyncio.wait_for(task, 5) is Ended.BYE
     assert holds.open == 0
@@ -68,8 +75,7 @@ async def test_a_stopping_goose_says_bye_and_a_node_not_goose_refuses(
     async with ClientSession() as session:
         assert await hold_once(session, duck(tmp_path), "g", url) is Ended.FAILED  # 409
         holds.became_goose()
-        task = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
-        await wait_until_async(lambda: holds.open == 1, timeout=5, what="the stream open")
+        task = await open_stream(session, holds, url, tmp_path)
         await holds.shutdown()
         assert await asyncio.wait_for(task, 5) is Ended.BYE
         holds.became_goose()  # a stopping node takes no new tenure
@@ -82,8 +88,7 @@ async def test_pings_keep_it_open_and_a_newer_stream_of_the_same_duck_ends_the_o
     holds.became_goose()
     url = await serve(holds)
     async with ClientSession() as session:
-        first = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
-        await wait_until_async(lambda: holds.open == 1, timeout=5, what="the stream open")
+        first = await open_stream(session, holds, url, tmp_path)
         done, _ = await asyncio.wait({first}, timeout=0.3)  # six pings' worth
         assert not done, "pings must not end the stream"
         second = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
@@ -100,8 +105,7 @@ async def test_a_duck_that_went_away_is_noticed_by_the_next_ping(
     holds.became_goose()
     url = await serve(holds)
     async with ClientSession() as session:
-        task = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
-        await wait_until_async(lambda: holds.open == 1, timeout=5, what="the stream open")
+        task = await open_stream(session, holds, url, tmp_path)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     await wait_until_async(lambda: holds.open == 0, timeout=5, what="the handler gone")

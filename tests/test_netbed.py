@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from acl import documented_acl
 
 from ddg.status import Role
 from ddg.tls import TlsConfig
@@ -69,26 +70,18 @@ def verdict(o: Outcome) -> str:
                       *o.failures, *o.crashes])
 
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 ACL_PASSWORD = "bed-acl-pw"
-
-
-def documented_acl() -> tuple[str, ...]:
-    """The least ACL docs/operations.md gives a node, as redis-server arguments (any cluster)."""
-    m = re.search(r"^ACL SETUSER ddg (.+)$", DOCS.read_text(), re.MULTILINE)
-    assert m, "docs/operations.md lost its ACL SETUSER line"
-    rules = m.group(1).replace("CLUSTER", "*").replace("PASSWORD", ACL_PASSWORD)
-    return ("--user", "ddg", *rules.split())
 
 
 def secured(tmp_path: Path) -> BedConfig:
     """What an operator runs across hosts: HTTPS with mutual TLS and the cluster secret, and
     Redis as the documented least-ACL user."""
     pki = Pki(tmp_path / "pki")
-    ips = [f"10.77.0.{11 + i}" for i in range(5)]  # the bed's node addresses
-    cert, key = pki.issue("nodes", *ips)
-    return BedConfig(nodes=5, tls=TlsConfig(cert=cert, key=key, ca=pki.ca_file, client_auth=True),
-                     redis_args=documented_acl(), redis_userinfo=f"ddg:{ACL_PASSWORD}")
+    plain = BedConfig(nodes=5)
+    cert, key = pki.issue("nodes", *Bed(plain).net.node_addresses)  # one for every host
+    return replace(plain, tls=TlsConfig(cert=cert, key=key, ca=pki.ca_file, client_auth=True),
+                   redis_args=("--user", "ddg", *documented_acl("*", ACL_PASSWORD)),
+                   redis_userinfo=f"ddg:{ACL_PASSWORD}")
 
 
 @pytest.mark.parametrize("security", ["hmac", "mtls+hmac+acl"])

@@ -5,7 +5,6 @@ error, not a traceback."""
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from acl import documented_acl
 
 from ddg.embedded import EmbeddedRedis, free_port
 from ddg.redisconn import RedisOptions
@@ -21,16 +21,7 @@ from ddg_tui.poller import LiveSource
 
 pytestmark = pytest.mark.integration
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 PASSWORD = "acl-user-pw"
-
-
-def documented_acl(user: str, cluster: str) -> list[str]:
-    """The ACL SETUSER rules from the docs, for USER and CLUSTER."""
-    m = re.search(r"^ACL SETUSER ddg (.+)$", DOCS.read_text(), re.MULTILINE)
-    assert m, "docs/operations.md lost its ACL SETUSER line"
-    rules = m.group(1).replace("CLUSTER", cluster).replace("PASSWORD", PASSWORD)
-    return rules.split()
 
 
 @pytest.fixture
@@ -48,7 +39,7 @@ def cli(*args: str, password: str = PASSWORD) -> subprocess.CompletedProcess[str
 def test_the_documented_acl_is_enough(server: EmbeddedRedis,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     with redis.Redis(port=server.port) as admin:
-        admin.execute_command("ACL", "SETUSER", "ddg", *documented_acl("ddg", "acl"))
+        admin.execute_command("ACL", "SETUSER", "ddg", *documented_acl("acl", PASSWORD))
     url = f"redis://ddg@127.0.0.1:{server.port}/0"
     monkeypatch.setenv("DDG_REDIS_PASSWORD", PASSWORD)
     with LocalCluster(cluster="acl", redis_url=url) as c:
@@ -87,11 +78,11 @@ def test_the_documented_acl_is_enough(server: EmbeddedRedis,
 @pytest.mark.parametrize("drop", ["+publish", "+evalsha"])
 def test_a_missing_permission_is_one_clear_line(server: EmbeddedRedis, tmp_path: Path,
                                                 drop: str) -> None:
-    rules = [r for r in documented_acl("weak", "acl") if r != drop]
+    rules = [r for r in documented_acl("acl", PASSWORD) if r != drop]
     with redis.Redis(port=server.port) as admin:
         admin.execute_command("ACL", "SETUSER", "weak", *rules)
         # A cluster for the subcommands to read: made by a user that may.
-        admin.execute_command("ACL", "SETUSER", "ddg", *documented_acl("ddg", "acl"))
+        admin.execute_command("ACL", "SETUSER", "ddg", *documented_acl("acl", PASSWORD))
     url = f"redis://weak@127.0.0.1:{server.port}/0"
     node = cli("--name", "n1", "--port", str(free_port()), "--redis-url", url, "--cluster",
                "acl", "--data-dir", str(tmp_path / "n1"), "--bootstrap")
