@@ -15,8 +15,15 @@ start (spawn -> first goose) and the steady state: each node's CPU share and RSS
         [--kills 40] [--node-arg=--heartbeat-ms=20 ...] [--peer etcd,elect] [--json FILE]
 
 from the repository root: it uses the test kit (ddg_testkit), which is not installed. With
---netns (root) every node runs on a host of its own, a network namespace of the multi-host
-bed (ddg_testkit.hosts), and the poller watches from the bed's switch namespace.
+--on says where the nodes run, one or more of (default loopback):
+  loopback      every node on 127.0.0.1, plain HTTP, no secret
+  netns         (root) every node on a host of its own, a network namespace of the multi-host
+                bed (ddg_testkit.hosts), with the bed's cluster secret; the poller watches
+                from the bed's switch namespace
+  +tls          (loopback+tls, netns+tls) HTTPS with mutual TLS between the nodes, from a CA
+                the run makes (ddg_testkit.certs); the poller verifies the nodes against it
+e.g. --on loopback,netns+tls puts the plain loopback figure next to the secured multi-host one,
+from the same run.
 --peer needs etcd and etcdctl (benchmarks/setup.sh installs Debian's); see benchmarks/etcd.py
 and benchmarks/README.md.
 """
@@ -28,13 +35,16 @@ import asyncio
 import contextlib
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ddg.client import NodeClient
 from ddg.status import NodeStatus, Role
+from ddg.tls import TlsConfig
 from ddg_testkit import LocalCluster
+from ddg_testkit.certs import LOOPBACK, Pki
 from ddg_testkit.hosts import Bed, BedConfig
 
 from . import common
@@ -45,10 +55,10 @@ class DdgSystem:
     """A LocalCluster as the failover loop sees it (common.System). Only its public face is
     used: GET / for who leads, /status for a settled cluster, signals for the hits."""
 
-    label = "ddg"
-
     def __init__(self, cluster: LocalCluster, client: NodeClient,
-                 spawn: Callable[[Sequence[str]], object] | None = None) -> None:
+                 spawn: Callable[[Sequence[str]], object] | None = None,
+                 label: str = "ddg") -> None:
+        self.label = label
         self.c = cluster
         self.client = client
         # how to start one more node with these extra ddg-node arguments
@@ -95,7 +105,9 @@ class DdgSystem:
             await asyncio.sleep(0.02)
 
     def _stable(self, statuses: Sequence[NodeStatus | None]) -> str | None:
-        """All nodes answer, one goose, everyone following it with full membership."""
+        """All nodes answer, one goose, everyone following it with full membership, and
+        every duck holding its crash-hint stream to the goose (a hit before that would time
+        the election timeout instead: the streams open after the goose's first heartbeat)."""
         sts = [st for st in statuses if st is not None]
         if len(sts) < len(self.members):
             return None
@@ -105,6 +117,8 @@ class DdgSystem:
                 len(st.members) == len(sts) for st in sts):
             return None
         leader = next(st for st in sts if st.role is Role.GOOSE)
+        if leader.hint_streams < len(sts) - 1:
+            return None
         self._timing = (leader.timing.heartbeat_ms, leader.timing.election_timeout_ms)
         return leader.name
 
@@ -147,32 +161,40 @@ async def cold_start(system: DdgSystem, n: int, node_args: Sequence[str],
     return 1000 * (hit[1] - t0)
 
 
-async def run_ddg(size: int, args: argparse.Namespace, rng: random.Random
+PLACES = ("loopback", "netns", "loopback+tls", "netns+tls")
+
+
+async def run_ddg(size: int, place: str, args: argparse.Namespace, rng: random.Random
                   ) -> tuple[list[Row], Resources]:
-    client = NodeClient(timeout=0.5, max_connections=max(64, 2 * size))
-    try:
-        with contextlib.ExitStack() as stack:
-            if args.netns:
-                bed = Bed(BedConfig(nodes=size, log_level="WARNING"))
-                stack.callback(bed.close)
-                bed.start(nodes=[])
-                hosts = iter(bed.names)
-                system = DdgSystem(bed.cluster, client,
-                                   lambda extra: bed.add(next(hosts), extra_args=extra))
-            else:
-                system = DdgSystem(stack.enter_context(LocalCluster(log_level="WARNING")),
-                                   client)
-            cold = await cold_start(system, size, args.node_arg, args.poll)
-            print(f"ddg n={size}: first goose {cold:.0f} ms after spawning {size} processes",
-                  flush=True)
-            res = await common.steady_state(system, args.steady_seconds)
-            res.cold_start_ms, res.timing = cold, system.timing
-            rows = [await common.measure_failovers(system, mode, args.kills, rng=rng,
-                                                   interval=args.poll)
-                    for mode in args.mode]
-            return rows, res
-    finally:
-        await client.aclose()
+    async with contextlib.AsyncExitStack() as stack:
+        tls = None
+        if place.endswith("+tls"):
+            pki = Pki(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ddg-pki-"))))
+            bed_addresses = Bed(BedConfig(nodes=size)).net.node_addresses
+            cert, key = pki.issue("nodes", *LOOPBACK, *bed_addresses)
+            tls = TlsConfig(cert=cert, key=key, ca=pki.ca_file, client_auth=True)
+        client = NodeClient(timeout=0.5, max_connections=max(64, 2 * size), tls=tls)
+        stack.push_async_callback(client.aclose)
+        label = "ddg" if place == "loopback" else f"ddg {place}"
+        if place.startswith("netns"):
+            bed = Bed(BedConfig(nodes=size, log_level="WARNING", tls=tls))
+            stack.callback(bed.close)
+            bed.start(nodes=[])
+            hosts = iter(bed.names)
+            system = DdgSystem(bed.cluster, client,
+                               lambda extra: bed.add(next(hosts), extra_args=extra), label)
+        else:
+            system = DdgSystem(stack.enter_context(LocalCluster(log_level="WARNING", tls=tls)),
+                               client, label=label)
+        cold = await cold_start(system, size, args.node_arg, args.poll)
+        print(f"{label} n={size}: first goose {cold:.0f} ms after spawning {size} processes",
+              flush=True)
+        res = await common.steady_state(system, args.steady_seconds)
+        res.cold_start_ms, res.timing = cold, system.timing
+        rows = [await common.measure_failovers(system, mode, args.kills, rng=rng,
+                                               interval=args.poll)
+                for mode in args.mode]
+        return rows, res
 
 
 def csv_of(choices: Sequence[str]) -> Callable[[str], list[str]]:
@@ -218,8 +240,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steady-seconds", type=float, default=5.0,
                    help="window for the CPU and memory figures (default 5)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
-    p.add_argument("--netns", action="store_true",
-                   help="each node on a host (network namespace) of its own (root)")
+    p.add_argument("--on", type=csv_of(PLACES), default=["loopback"],
+                   help="where the nodes run: loopback, netns (root), loopback+tls, netns+tls "
+                        "(comma-separated, measured in that order; default loopback)")
     return p
 
 
@@ -231,10 +254,11 @@ async def main(args: argparse.Namespace) -> None:
     rows: list[Row] = []
     res: list[Resources] = []
     if args.ddg:
-        for size in args.nodes:
-            ddg_rows, ddg_res = await run_ddg(size, args, rng)
-            rows += ddg_rows
-            res.append(ddg_res)
+        for place in args.on:
+            for size in args.nodes:
+                ddg_rows, ddg_res = await run_ddg(size, place, args, rng)
+                rows += ddg_rows
+                res.append(ddg_res)
     extra: dict[str, object] = {"node_args": args.node_arg, "kills_per_mode": args.kills}
     if args.peer:
         peer_rows, peer_res, info = await etcd.run_peers(args, rng)

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -265,6 +266,24 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
+def _tls_refusal(exc: BaseException) -> str | None:
+    """Why a TLS handshake with Redis failed for good (a certificate that does not verify
+    against our CA, or the server refusing ours), from redis-py's ConnectionError's causes;
+    None for anything a retry may cure."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return (f"its TLS certificate does not verify: {seen.verify_message or seen} "
+                    "(--redis-ca: the CA that signed the Redis server's certificate)")
+        if isinstance(seen, ssl.SSLError) and "ALERT" in str(seen).upper():
+            return (f"the TLS handshake was refused: {seen.reason or seen} (a Redis with "
+                    "tls-auth-clients wants --redis-cert and --redis-key signed by its CA)")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class Registry:
     """Async access to one cluster's membership. Every call has a deadline."""
 
@@ -309,6 +328,8 @@ class Registry:
                 raise RegistryAuthError(f"Redis at {self.url} refused this client: {exc}") from None
             raise RegistryDataError(f"Redis refused the registry update: {exc}") from None
         except (TimeoutError, RedisError, OSError) as exc:
+            if (why := _tls_refusal(exc)) is not None:
+                raise RegistryAuthError(f"Redis at {self.url}: {why}") from None
             raise RegistryUnavailable(f"redis: {str(exc) or type(exc).__name__}") from exc
 
     async def _script(self, script: Any, args: list[Any]) -> Any:
