@@ -23,6 +23,7 @@ import re
 import shlex
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,7 @@ class SystemdStandIn:
         self._lock = threading.Lock()
         self.verified = False
         self.as_root = False  # the unit's User= could not be applied (see _user_can_run)
+        self._runnable: bool | None = None
 
     def systemctl(self, host: str, args: list[str]) -> None:
         if args == ["daemon-reload"]:
@@ -177,23 +179,45 @@ class SystemdStandIn:
         restart_s = float(unit.get("RestartSec", ["0.1s"])[0].removesuffix("s"))
         drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--pdeathsig",
                 "KILL", "--"]
-        if not self._user_can_run(drop, argv[0]):
-            drop = []  # stated in the test's output: User= not applied on this machine
+        reach = self._reach(argv[0])
+        if not self._user_can_run([*reach, *drop], argv[0]):
+            drop = reach = []  # stated in the test's output: User= not applied on this machine
             self.as_root = True
-        cmd = [*self.net.prefix(host), *drop, *argv]
+        cmd = [*reach, *self.net.prefix(host), *drop, *argv]
         with self._lock:
             self._stopping.discard(host)
             self._spawn(host, cmd, env)
         threading.Thread(target=self._supervise, args=(host, cmd, env, restart_s),
                          daemon=True).start()
 
+    def _reach(self, program: str) -> list[str]:
+        """A prefix that lets a system user run PROGRAM's Python when it is installed under a
+        directory only root may enter (pyenv under /root, as here): in a mount namespace of
+        the node's own, that directory becomes an empty tmpfs holding only the Python's
+        prefix. The machine's own directories are not touched. [] if nothing is in the way."""
+        prefix = Path(os.path.realpath(Path(program).with_name("python"))).parent.parent
+        blocked = next((d for d in reversed(prefix.parents)
+                        if d != Path("/") and not os.stat(d).st_mode & stat.S_IXOTH), None)
+        if blocked is None:
+            return []
+        keep = self.logs.parent / "python-prefix"
+        keep.mkdir(exist_ok=True)
+        script = (f"mount --bind {shlex.quote(str(prefix))} {shlex.quote(str(keep))} && "
+                  f"mount -t tmpfs -o mode=755 tmpfs {shlex.quote(str(blocked))} && "
+                  f"mkdir -p {shlex.quote(str(prefix))} && "
+                  f"mount --bind {shlex.quote(str(keep))} {shlex.quote(str(prefix))} && "
+                  'exec "$@"')
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+
     def _user_can_run(self, drop: list[str], program: str) -> bool:
-        """Whether the unit's user can run PROGRAM's interpreter here: a Python installed under
-        /root (pyenv, as on this project's CI) is out of a system user's reach."""
+        """Whether the unit's user can run PROGRAM's interpreter here (asked once)."""
+        if self._runnable is not None:
+            return self._runnable
         interpreter = Path(program).with_name("python")
         proc = subprocess.run([*drop, str(interpreter), "-c", "import ddg.cli"],
                               capture_output=True, timeout=30)
-        return proc.returncode == 0
+        self._runnable = proc.returncode == 0
+        return self._runnable
 
     def _spawn(self, host: str, cmd: list[str], env: dict[str, str]) -> None:
         log = (self.logs / f"{host}.journal").open("ab")
@@ -441,6 +465,11 @@ def test_the_deployment_guide_runs_as_written(walk: Walk) -> None:
             out = w.outputs[("status", "admin")][-1]
             assert out.count("goose") >= 1 and out.count("duck") == 2, out
             version_before_move = st["version"]
+            for host in ("node1", "node2", "node3"):  # User=ddg, as the unit says
+                uid = os.stat(f"/proc/{w.systemd.procs[host].pid}").st_uid
+                owner = (w.roots[host] / "var/lib/ddg-node/node.json").stat().st_uid
+                assert w.systemd.as_root or uid == owner == SystemdStandIn._passwd(
+                    w.roots[host], "ddg")[2] != 0, (host, uid, owner)
         if step.id == "metrics":
             out = w.outputs[("metrics", "admin")][-1]
             goose = [float(ln.split()[1]) for ln in out.splitlines()
