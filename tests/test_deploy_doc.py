@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 import pytest
 import yaml
 from acl import documented_acl
-from docblocks import DEPLOY, Step, steps, untagged_sh_blocks
+from docblocks import DEPLOY, Step, block, steps, untagged_sh_blocks
 
 from ddg.embedded import find_redis_server
 from ddg.launcher import spawn_bound
@@ -428,7 +429,10 @@ def walk() -> Iterator[Walk]:
     finally:
         w.close()
         net.close()
-        shutil.rmtree(base, ignore_errors=True)
+        if os.environ.get("DDG_DEPLOY_KEEP"):  # to read the journals and files afterwards
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def _node_id(w: Walk, host: str) -> str:
@@ -437,19 +441,53 @@ def _node_id(w: Walk, host: str) -> str:
     return node_id
 
 
-@pytest.mark.timeout(240)
-def test_the_deployment_guide_runs_as_written(walk: Walk) -> None:
-    w = walk
-    doc = steps()
-    assert untagged_sh_blocks() == 0, "a ```sh block in docs/deploy.md that no test runs"
-    started = time.monotonic()
-    moved = False
-    version_before_move, node3_id = 0, ""
-    for step in doc:
+def _sentinels_name(w: Walk, address: str) -> bool:
+    out = w.sh("admin", ". /etc/ddg/secrets.env\nfor s in 10.0.0.11 10.0.0.12 10.0.0.15; do "
+               "REDISCLI_AUTH=$DDG_REDIS_PASSWORD redis-cli -h $s -p 26379 --user ddg "
+               "SENTINEL get-master-addr-by-name prod; done").stdout.split()
+    return out == [address, "6379"] * 3
+
+
+def _roles(w: Walk) -> list[str]:
+    """The guide's redis-roles block's lines, run by the test to wait for them."""
+    return w.sh("admin", block("redis-roles").body).stdout.splitlines()
+
+
+def _all_on_redis(st: dict[str, Any]) -> bool:
+    return all(n.get("redis", {}).get("connected") for n in st["members"].values())
+
+
+class Checks:
+    """What the guide promises at each step, checked before or after the step runs."""
+
+    def __init__(self, w: Walk) -> None:
+        self.w = w
+        self.version = 0  # of the membership before the move
+        self.goose: tuple[str, int] | None = None  # goose and term before the Redis failover
+        self.node3_id = ""
+
+    def before(self, step: Step, n: int) -> None:
+        w = self.w
         if step.id == "status":  # the guide's own check, once the nodes have had time to join
-            st = w.cluster({"node1", "node2"} if moved else {"node1", "node2", "node3"})
-        w.run(step)
-        if step.id == "redis-conf" and not moved:
+            w.cluster({"node1", "node2"} if n == 3 else {"node1", "node2", "node3"})
+        elif step.id == "redis-failover":
+            st = w.cluster({"node1", "node2", "node3"})
+            [goose] = [m for m in st["members"].values() if m["role"] == "goose"]
+            self.goose = (goose["name"], goose["term"])
+        elif step.id == "redis-roles":
+            wait_until(lambda: _sentinels_name(w, "10.0.0.12"), timeout=20, interval=0.2,
+                       what="every sentinel naming node2 the master")
+            started = time.monotonic()
+            wait_until(lambda: _roles(w) == ["10.0.0.11 slave", "10.0.0.12 master"],
+                       timeout=30, interval=0.2, what="node1 turned into node2's replica")
+            print(f"node1 answered as a master {time.monotonic() - started:.1f} s after "
+                  "the sentinels named node2")
+        elif step.id == "roll-wipe":
+            self.another_data_dir_is_refused()
+
+    def after(self, step: Step, n: int) -> None:
+        w = self.w
+        if step.id == "redis-conf" and n == 1:
             conf = (w.roots["node1"] / "etc/redis/ddg.conf").read_text()
             pw = re.search(r"^DDG_REDIS_PASSWORD=(\S+)$", (
                 w.roots["node1"] / "etc/ddg/redis-secrets.env").read_text(), re.M)
@@ -457,51 +495,100 @@ def test_the_deployment_guide_runs_as_written(walk: Walk) -> None:
             [user] = [ln for ln in conf.splitlines() if ln.startswith("user ddg ")]
             # the very ACL operations.md documents (and tests/test_redis_acl.py tests)
             assert user.split()[2:] == documented_acl("prod", pw.group(1)), user
-        if step.id == "sentinel-check":
+        elif step.id == "sentinel-check":
             out = w.outputs[("sentinel-check", "admin")][-1].split()
-            assert out == ["10.0.0.11", "6379"] * 3, out
-        if step.id == "status" and not moved:
-            assert {n["security"] for n in st["members"].values()} == {"hmac"}
+            assert out == ["10.0.0.11" if n == 1 else "10.0.0.12", "6379"] * 3, out
+        elif step.id == "status" and n == 1:
+            st = w.status()
+            assert {m["security"] for m in st["members"].values()} == {"hmac"}
             out = w.outputs[("status", "admin")][-1]
-            assert out.count("goose") >= 1 and out.count("duck") == 2, out
-            version_before_move = st["version"]
+            assert out.count(" goose ") == 1 and out.count(" duck ") == 2, out
+            self.version = st["version"]
             for host in ("node1", "node2", "node3"):  # User=ddg, as the unit says
                 uid = os.stat(f"/proc/{w.systemd.procs[host].pid}").st_uid
                 owner = (w.roots[host] / "var/lib/ddg-node/node.json").stat().st_uid
                 assert w.systemd.as_root or uid == owner == SystemdStandIn._passwd(
                     w.roots[host], "ddg")[2] != 0, (host, uid, owner)
-        if step.id == "metrics":
+        elif step.id == "status" and n == 2:  # after the Redis failover
+            def on_new_master() -> dict[str, Any] | None:
+                st = w.status()
+                return st if _all_on_redis(st) else None
+            st = wait_until(on_new_master, timeout=20, interval=0.2,
+                            what="every node on the new master")
+            w.cluster({"node1", "node2", "node3"})
+            # No node crashed or restarted. (That the goose and term do not move across a
+            # Redis failover is tested without other load in tests/test_redis_sentinel.py; on
+            # a loaded 2-core machine an election may happen here for other reasons.)
+            assert [w.systemd.starts[h] for h in ("node1", "node2", "node3")] == [1, 1, 1]
+            [goose] = [m for m in st["members"].values() if m["role"] == "goose"]
+            print(f"goose and term before the Redis failover {self.goose}, after "
+                  f"{(goose['name'], goose['term'])}")
+        elif step.id == "metrics":
             out = w.outputs[("metrics", "admin")][-1]
             goose = [float(ln.split()[1]) for ln in out.splitlines()
                      if ln.startswith("ddg_is_goose ")]
             assert len(goose) == 3 and sum(goose) == 1, out
             assert out.count("ddg_redis_connected 1") == 3, out
             _firewall_holds(w)
-        if step.id == "healthz":
+        elif step.id == "healthz":
             assert w.outputs[("healthz", "node1")][-1].strip(), "an empty /healthz"
-        if step.id == "roll-stop":
-            moved = True
+        elif step.id == "redis-roles":
+            out = w.outputs[("redis-roles", "admin")][-1].splitlines()
+            assert out == ["10.0.0.11 slave", "10.0.0.12 master"], out
+        elif step.id == "cert-expiry":
+            assert w.outputs[("cert-expiry", "node1")][-1].startswith("notAfter=")
+        elif step.id == "roll-stop":
             assert not w.systemd.running("node3")
-        if step.id == "start" and step.hosts == ("node4",):
+        elif step.id == "start" and step.hosts == ("node4",):
             st = w.cluster({"node1", "node2", "node3"},
                            {"node3": f"https://{w.net.addresses['node4']}:{PORT}"})
-            assert st["version"] == version_before_move + 1, (st["version"],
-                                                              version_before_move)
-            node3_id = _node_id(w, "node4")
-            assert st["members"]["node3"]["node_id"] == node3_id
-        if step.id == "remove":
+            assert st["version"] == self.version + 1, (st["version"], self.version)
+            self.node3_id = _node_id(w, "node4")
+            assert st["members"]["node3"]["node_id"] == self.node3_id
+        elif step.id == "remove":
             wait_until(lambda: not w.systemd.running("node4"), timeout=10,
                        what="the removed node3 exiting by itself")
             assert w.systemd.exits["node4"] == [0], w.systemd.exits  # so no restart
             assert w.systemd.starts["node4"] == 1
             w.cluster({"node1", "node2"})
             tomb = w.sh("admin", ". /etc/ddg/secrets.env\nREDISCLI_AUTH=$DDG_REDIS_PASSWORD "
-                        f"redis-cli -h 10.0.0.11 -p 6379 --user ddg ZSCORE ddg:prod:removed "
-                        f"{node3_id}")
+                        "redis-cli -h 10.0.0.12 -p 6379 --user ddg ZSCORE ddg:prod:removed "
+                        f"{self.node3_id}")
             assert tomb.stdout.strip().isdigit(), tomb.stdout + tomb.stderr
+        elif step.id == "status" and n == 3:
+            assert "node3" not in w.outputs[("status", "admin")][-1]
+
+    def another_data_dir_is_refused(self) -> None:
+        """The guide's claim: on the old host, node3 with a fresh data dir is refused."""
+        proc = self.w.sh("node3", "set -a; . /etc/ddg/ddg-node.env; . /etc/ddg/secrets.env\n"
+                         "/opt/ddg/bin/ddg-node --data-dir \"$(mktemp -d)\" "
+                         "--tls-key /etc/ddg/node.key", timeout=30)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "already registered to a live node at https://10.0.0.14:4001" in proc.stderr, (
+            proc.stderr)
+
+
+@pytest.mark.timeout(240)
+def test_the_deployment_guide_runs_as_written(walk: Walk) -> None:
+    w = walk
+    doc = steps()
+    assert untagged_sh_blocks() == 0, "a ```sh block in docs/deploy.md that no test runs"
+    started = time.monotonic()
+    checks = Checks(w)
+    seen: Counter[str] = Counter()
+    took: list[tuple[float, str]] = []
+    for step in doc:
+        seen[step.id] += 1
+        t0 = time.monotonic()
+        checks.before(step, seen[step.id])
+        t1 = time.monotonic()
+        w.run(step)
+        t2 = time.monotonic()
+        checks.after(step, seen[step.id])
+        took.append((time.monotonic() - t0, f"{step.id}#{seen[step.id]} (before {t1 - t0:.1f} "
+                     f"s, run {t2 - t1:.1f} s)"))
+    print("slowest steps:", "; ".join(f"{s:.1f} s {what}" for s, what in sorted(took)[-8:]))
     assert {s for s, _ in w.ran} == {s.id for s in doc}
-    final = w.outputs[("status", "admin")][-1]
-    assert "node3" not in final, final
     assert not (w.roots["node4"] / "var/lib/ddg-node").exists()
     assert w.systemd.verified or shutil.which("systemd-analyze") is None
     print(f"deploy guide walked in {time.monotonic() - started:.1f} s"
