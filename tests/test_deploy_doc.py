@@ -482,6 +482,10 @@ class Checks:
                        timeout=30, interval=0.2, what="node1 turned into node2's replica")
             print(f"node1 answered as a master {time.monotonic() - started:.1f} s after "
                   "the sentinels named node2")
+        elif step.id == "unbootstrap":
+            journal = w.logs / "node1.journal"
+            wait_until(lambda: '"event": "cluster_created"' in journal.read_text(), timeout=20,
+                       what="node1 creating the cluster", detail=journal.read_text)
         elif step.id == "roll-wipe":
             self.another_data_dir_is_refused()
 
@@ -531,10 +535,13 @@ class Checks:
             assert out.count("ddg_redis_connected 1") == 3, out
             _firewall_holds(w)
         elif step.id == "healthz":
-            assert w.outputs[("healthz", "node1")][-1].strip(), "an empty /healthz"
+            assert json.loads(w.outputs[("healthz", "node1")][-1]) == {"ok": True}
         elif step.id == "redis-roles":
             out = w.outputs[("redis-roles", "admin")][-1].splitlines()
             assert out == ["10.0.0.11 slave", "10.0.0.12 master"], out
+            # Sentinel rewrote node1's file as a replica's, and kept the users (section 4)
+            conf = (w.roots["node1"] / "etc/redis/ddg.conf").read_text()
+            assert "replicaof 10.0.0.12 6379" in conf and "user ddg on " in conf, conf
         elif step.id == "cert-expiry":
             assert w.outputs[("cert-expiry", "node1")][-1].startswith("notAfter=")
         elif step.id == "roll-stop":
