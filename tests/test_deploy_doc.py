@@ -479,7 +479,8 @@ class Checks:
     def before(self, step: Step, n: int) -> None:
         w = self.w
         if step.id == "status":  # the guide's own check, once the nodes have had time to join
-            w.cluster({"node1", "node2"} if n == 3 else {"node1", "node2", "node3"})
+            moved = {"node3": f"https://{w.net.addresses['node4']}:{PORT}"} if n >= 3 else {}
+            w.cluster({"node1", "node2"} if n == 4 else {"node1", "node2", "node3"}, moved)
         elif step.id == "redis-failover":
             st = w.cluster({"node1", "node2", "node3"})
             [goose] = [m for m in st["members"].values() if m["role"] == "goose"]
@@ -573,6 +574,8 @@ class Checks:
                         f"{self.node3_id}")
             assert tomb.stdout.strip().isdigit(), tomb.stdout + tomb.stderr
         elif step.id == "status" and n == 3:
+            assert "node3  https://10.0.0.14:4001" in w.outputs[("status", "admin")][-1]
+        elif step.id == "status" and n == 4:
             assert "node3" not in w.outputs[("status", "admin")][-1]
 
     def another_data_dir_is_refused(self) -> None:
