@@ -421,9 +421,9 @@ def walk() -> Iterator[Walk]:
     reason = hosts.missing_prerequisites()
     if reason is not None:
         pytest.skip(f"multi-host bed not possible here: {reason}")
-    for tool in ("openssl", "curl", "setpriv", "tar"):
+    for tool in ("openssl", "curl", "setpriv", "unshare", "tar", "/usr/sbin/useradd"):
         if shutil.which(tool) is None:
-            pytest.skip(f"the guide needs {tool}")
+            pytest.skip(f"the guide's walk needs {tool}")
     def machine_rules() -> str:  # this machine's own firewall, which the guide must not touch
         return subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True,
                               timeout=10).stdout
