@@ -87,7 +87,9 @@ class MembershipSync:
         """Say whether the node holding the name is alive: only a dead one may be removed."""
         if exc.address is None:
             return exc
-        client = NodeClient(timeout=1.0)
+        # With the node's own TLS settings: a live holder behind the cluster's CA must not be
+        # taken for a dead one (and its removal suggested).
+        client = NodeClient(timeout=1.0, tls=self.config.tls)
         try:
             reply = await client.poll(exc.address)
         finally:

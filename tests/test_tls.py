@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import shutil
 import ssl
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from aiohttp import web
+from docblocks import block
 
 from ddg.config import NodeConfig
 from ddg.errors import ConfigError
@@ -179,21 +181,22 @@ async def test_a_handshake_that_never_completes_frees_its_slot(pki: Pki) -> None
         await server.close()
 
 
-# ---- the openssl recipe in docs/operations.md ----------------------------------------------
-
-
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+# ---- the openssl recipe in docs/deploy.md -------------------------------------------------
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
 async def test_the_documented_openssl_recipe_makes_working_certificates(tmp_path: Path) -> None:
-    text = DOCS.read_text()
-    block = text.split("<!-- tls-certs -->\n```sh\n", 1)[1].split("\n```", 1)[0]
-    made = await asyncio.to_thread(subprocess.run, ["bash", "-e", "-c", block], cwd=tmp_path,
-                                   capture_output=True, text=True, timeout=60)
-    assert made.returncode == 0, made.stderr
-    tls = TlsConfig(cert=tmp_path / "node1.crt", key=tmp_path / "node1.key",
-                    ca=tmp_path / "ca.crt", client_auth=True)
+    """The guide's CA and node1 blocks, as written (they work in ~/ddg-pki)."""
+    (tmp_path / "ddg-pki").mkdir()
+    env = {**os.environ, "HOME": str(tmp_path)}
+    for step in (block("ca"), block("node-cert")):
+        made = await asyncio.to_thread(subprocess.run, ["bash", "-e", "-c", step.script()],
+                                       cwd=tmp_path, env=env, capture_output=True, text=True,
+                                       timeout=60)
+        assert made.returncode == 0, made.stderr
+    pki = tmp_path / "ddg-pki"
+    tls = TlsConfig(cert=pki / "node1.crt", key=pki / "node1.key", ca=pki / "ca.crt",
+                    client_auth=True)
     server = await serve(await _peer_app(), HOST, 0, ssl=tls.server_context())
     try:
         async with httpx.AsyncClient(verify=client_context(tls), timeout=5) as http:

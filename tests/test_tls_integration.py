@@ -196,6 +196,23 @@ def test_status_cli_over_https(mtls: tuple[LocalCluster, Pki]) -> None:
 
 
 @pytest.mark.integration
+def test_a_name_held_by_a_live_https_member_is_refused_as_live(
+        mtls: tuple[LocalCluster, Pki], tmp_path: Path) -> None:
+    """Another data dir claiming a member's name asks the holder with the node's own TLS
+    settings: a live holder is named live, never "does not answer ... ddg-node remove"."""
+    c, _ = mtls
+    tls = c.config.tls
+    assert tls is not None and tls.cert and tls.key and tls.ca and c.redis_url
+    name = c.names[0]
+    claim = ddg("--name", name, "--port", str(free_port()), "--data-dir", str(tmp_path / "d"),
+                "--redis-url", c.redis_url, "--cluster", c.cluster, "--tls-cert", str(tls.cert),
+                "--tls-key", str(tls.key), "--tls-ca", str(tls.ca), "--tls-client-auth")
+    assert claim.returncode == 1, claim.stderr
+    assert f"name {name!r} is already registered to a live node at https://" in claim.stderr
+    assert "ddg-node remove" not in claim.stderr
+
+
+@pytest.mark.integration
 def test_a_node_of_another_ca_changes_nothing_and_is_logged_once(
         mtls: tuple[LocalCluster, Pki], tmp_path: Path) -> None:
     """A node whose certificate and CA are another's joins the registry (Redis is not guarded
