@@ -293,6 +293,11 @@ class Registry:
         self.cluster = cluster
         self.timeout = timeout
         self.url = options.shown  # the only form of the URL that may be shown
+        # A TLS Redis that demands a client certificate may just reset a client without one
+        # (TLS 1.3: the refusal comes after the client's handshake is done): say so.
+        self._reset_hint = (" (a Redis with tls-auth-clients resets clients without "
+                            "--redis-cert and --redis-key)"
+                            if options.target.tls and options.cert_file is None else "")
         prefix = f"ddg:{cluster}:"
         self.members_key = prefix + "members"
         self.version_key = prefix + "version"
@@ -330,7 +335,8 @@ class Registry:
         except (TimeoutError, RedisError, OSError) as exc:
             if (why := _tls_refusal(exc)) is not None:
                 raise RegistryAuthError(f"Redis at {self.url}: {why}") from None
-            raise RegistryUnavailable(f"redis: {str(exc) or type(exc).__name__}") from exc
+            hint = self._reset_hint if "reset by peer" in str(exc) else ""
+            raise RegistryUnavailable(f"redis: {str(exc) or type(exc).__name__}{hint}") from exc
 
     async def _script(self, script: Any, args: list[Any]) -> Any:
         return await self._call(script(keys=self._keys, args=args))
