@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
 from .config import NAME_RE
@@ -441,13 +442,43 @@ class Registry:
                         await pubsub.get_message(ignore_subscribe_messages=True, timeout=interval)
                 except (TimeoutError, RedisError, OSError) as exc:
                     raise RegistryUnavailable(f"redis: {str(exc) or type(exc).__name__}") from exc
+                if await self._master_moved():
+                    await self._close(pubsub)
+                    pubsub = self._redis.pubsub()
+                    await self._call(pubsub.subscribe(self.channel))
                 yield None
         finally:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await pubsub.aclose()
-            except (TimeoutError, RedisError, OSError):
-                pass
+            await self._close(pubsub)
+
+    async def _close(self, pubsub: Any) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await pubsub.aclose()
+        except (TimeoutError, RedisError, OSError):
+            pass
+
+    async def _master_moved(self) -> bool:
+        """With Sentinel: whether the sentinels now name another master. If so, the idle
+        connections to the old one are closed (redis-py does that on a changed address).
+
+        A master demoted by a failover it survived (`SENTINEL FAILOVER`, a partition that
+        heals) answers as a master for about 10 s, until Sentinel reconfigures it; clients
+        that keep their connections read a stale registry there and lose what they write.
+        Asking once per change or refresh interval costs one round trip to a sentinel."""
+        pool = self._redis.connection_pool
+        if not isinstance(pool, SentinelConnectionPool) or pool.master_address is None:
+            return False
+        before = pool.master_address
+        try:
+            async with asyncio.timeout(self.timeout):
+                now = await pool.get_master_address()
+        except (TimeoutError, RedisError, OSError):
+            return False  # no sentinel answers: stay where we are; the next tick asks again
+        if now == before:
+            return False
+        log.warning("Redis master moved from %s:%s to %s:%s (Sentinel); reconnecting",
+                    *before, *now)
+        return True
 
     async def close(self) -> None:
         try:

@@ -147,3 +147,34 @@ def test_a_join_the_failover_lost_is_restored_by_the_nodes(sentinels: SentinelSe
         c.wait_for(lambda: all_on_redis(c, every), timeout=20, what="every node on Redis")
         assert c.geese(every) == [goose]
         assert any("the registry lost data" in c.log_tail(n, 200) for n in every)
+
+
+def test_a_manual_failover_moves_the_nodes_at_once(sentinels: SentinelSet) -> None:
+    """After `SENTINEL FAILOVER` the old master lives on and answers as a master for about
+    10 s, until Sentinel turns it into a replica. Nodes that kept their connections to it
+    read a stale registry meanwhile, and a change written there is lost: they must follow the
+    sentinels' new master as soon as the sentinels name it."""
+    url = sentinels.url
+    with LocalCluster(cluster="manual", redis_url=url) as c:
+        names = c.start(3)
+        c.wait_goose()
+        c.wait_for(lambda: all_on_redis(c, names), timeout=20, what="every node on Redis")
+        old = sentinels.servers["a"]
+        with sentinels.sentinels[0].client() as s:
+            s.execute_command("SENTINEL", "FAILOVER", sentinels.master_name)
+        wait_until(lambda: (m := sentinels.master()) is not None and m.name == "b",
+                   timeout=20, what="the replica promoted")
+        promoted = time.monotonic()
+        added = c.add().name  # joins through the new master: a fresh connection finds it
+        every = [*names, added]
+        c.wait_for(lambda: all(st is not None and added in st.members
+                               for st in c.statuses(every).values()),
+                   timeout=20, what=f"every node knowing {added}")
+        took = time.monotonic() - promoted
+        with old.client() as a:
+            old_role = a.execute_command("ROLE")[0]
+        print(f"\nmanual failover: every node saw the join {took * 1000:.0f} ms after the "
+              f"promotion; the old master's role then: {old_role!r}")
+        assert took < 5.0, f"the nodes saw the join only after {took:.1f} s"
+        c.wait_for(lambda: all_on_redis(c, every), timeout=20, what="every node on Redis")
+        assert read_registry(url, "manual").names == frozenset(every)
