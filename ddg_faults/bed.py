@@ -198,8 +198,18 @@ def window_figures(b: BedHarness, goose: str, before: dict[str, Scrape | None],
     return "; ".join(parts)
 
 
+# The goose's lease (80 ms by default) outlasts its next round (50 ms later) by 30 ms: a round
+# whose quorum of acks takes longer (four 3-7 ms link crossings, two node hops, a busy machine)
+# leaves it answering `duck` for a moment, in its term, with no one else answering `goose`
+# (the safe answer, by design: docs/design.md). Above this share of its answers it is no
+# longer "a moment".
+MAX_LAPSED = 0.05
+
+
 def impaired_quiet(h: Harness, cfg: RunConfig) -> None:
-    """Every link delays and drops packets; for the window, nobody starts an election."""
+    """Every link delays and drops packets; for the window, nobody starts an election: no
+    answer in a later term, no other node answering goose, the goose answering goose (but for
+    its lease's brief lapses, at most MAX_LAPSED of its answers)."""
     b = _bed(h)
     goose = b.settle()
     b.impair(list(b.names), IMPAIRED)
@@ -207,16 +217,25 @@ def impaired_quiet(h: Harness, cfg: RunConfig) -> None:
     t0 = time.monotonic()
     seconds = cfg.seconds if cfg.seconds is not None else 60.0
     first = b.obs().latest()[goose].term
-    b.expect_goose_unchanged(goose, seconds)
+    b.hold(seconds)
     b.notes.append(window_figures(b, goose, before, time.monotonic() - t0))
-    later = [o for o in b.obs().history() if o.ok and o.sent >= t0 and o.term != first]
-    if later:
-        o = later[0]
-        b.fail(f"spurious election under {IMPAIRED.describe()}: {o.node} "
-               f"answered term {o.term} (was {first}) at +{o.sent - t0:.1f} s")
-    b.notes.append(f"{seconds:g} s with every link at {IMPAIRED.describe()}: "
-                   f"goose {goose} held term {first}"
-                   + (f", {len(later)} answers in a later term" if later else ""))
+    seen = [o for o in b.obs().history() if o.ok and o.sent >= t0]
+    later = [o for o in seen if o.term != first]
+    rivals = [o for o in seen if o.role == "goose" and o.node != goose]
+    mine = [o for o in seen if o.node == goose]
+    lapsed = [o for o in mine if o.role != "goose"]
+    for what, o in (("spurious election", next(iter(later), None)),
+                    ("another goose", next(iter(rivals), None))):
+        if o is not None:
+            b.fail(f"{what} under {IMPAIRED.describe()}: {o.node} answered {o.role} in term "
+                   f"{o.term} (goose {goose} in term {first}) at +{o.sent - t0:.1f} s")
+    if len(lapsed) > MAX_LAPSED * len(mine) or any(o.role != "duck" for o in lapsed):
+        b.fail(f"goose {goose} answered otherwise in {len(lapsed)} of {len(mine)} answers: "
+               + ", ".join(sorted({str(o.role) for o in lapsed})))
+    b.notes.append(f"{seconds:g} s with every link at {IMPAIRED.describe()}: goose {goose} "
+                   f"held term {first}; it answered duck (its lease lapsed) in {len(lapsed)} of "
+                   f"{len(mine)} answers" + (f"; {len(later)} answers in a later term"
+                                              if later else ""))
     b.clear_impairments()
     b.notes += b.bed.net.delayer_reports
     b.settle()
