@@ -89,16 +89,14 @@ class BedHarness(Harness):
 
     def impair(self, nodes: list[str], imp: Impairment) -> Event:
         start = time.monotonic()
-        for n in nodes:
-            self.bed.net.impair(self.bed.host_of(n), imp)
+        self.bed.net.impair_hosts([self.bed.host_of(n) for n in nodes], imp)
         return self._record("impair", f"{','.join(nodes)}: {imp.describe()}", nodes, True,
                             start, self.topology)
 
     def clear_impairments(self) -> Event:
         start = time.monotonic()
         hosts = sorted(self.bed.net.impaired)
-        for host in hosts:
-            self.bed.net.impair(host, None)
+        self.bed.net.impair_hosts(hosts, None)
         return self._record("clear-impair", ",".join(hosts), (), False, start, self.topology)
 
     def heal_network(self) -> Event:
@@ -223,7 +221,7 @@ def impaired_quiet(h: Harness, cfg: RunConfig) -> None:
     later = [o for o in seen if o.term != first]
     rivals = [o for o in seen if o.role == "goose" and o.node != goose]
     mine = [o for o in seen if o.node == goose]
-    lapsed = [o for o in mine if o.role != "goose"]
+    lapsed = [o for o in mine if o.role != "goose" and o.term == first]
     for what, o in (("spurious election", next(iter(later), None)),
                     ("another goose", next(iter(rivals), None))):
         if o is not None:

@@ -29,6 +29,7 @@ prints `bound queue 0` once packets may be sent to it, and on exit one line of f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import heapq
 import os
@@ -226,6 +227,11 @@ def run(spec: DelaySpec, *, seed: int | None = None) -> str:
 
     signal.signal(signal.SIGTERM, ask_stop)
     signal.signal(signal.SIGINT, ask_stop)
+    # A signal wakes select() at once (it would otherwise be retried until its timeout).
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     print(f"bound queue {spec.queue}", flush=True)
     held: list[tuple[float, int]] = []  # (due, packet id), a heap
     now = time.monotonic()
@@ -237,10 +243,10 @@ def run(spec: DelaySpec, *, seed: int | None = None) -> str:
         while not stop:
             now = time.monotonic()
             wait = max(0.0, held[0][0] - now) if held else 1.0
-            try:
-                select.select([q.sock], [], [], wait)
-            except InterruptedError:
-                continue
+            ready, _, _ = select.select([q.sock.fileno(), wake_r], [], [], wait)
+            if wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 512)
             ids, n = q.receive()
             overflows += n
             now = time.monotonic()
@@ -258,6 +264,9 @@ def run(spec: DelaySpec, *, seed: int | None = None) -> str:
         overflows += n
     finally:
         q.close()
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
     return (f"queue {spec.queue}: {packets} packets delayed {spec.delay_ms:g} ± "
             f"{spec.jitter_ms:g} ms, worst verdict {late * 1000:.1f} ms late, "
             f"{overflows} overflows, {time.process_time():.1f} s CPU at {priority}")

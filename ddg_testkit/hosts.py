@@ -185,8 +185,7 @@ class Network:
 
     def close(self) -> None:
         """Delete every namespace (their links and bridge go with them). Idempotent."""
-        for host in list(self._delayers):
-            self._stop_delayer(host)
+        self._stop_delayers(list(self._delayers))
         for ns in reversed(self._made):
             _run(["ip", "netns", "del", ns], check=False)
         self._made.clear()
@@ -225,59 +224,67 @@ class Network:
         between HOST and the switch crosses one of them, once): loss by the `statistic` match,
         delay by an NFQUEUE rule whose packets a delayer process (ddg_testkit.delayer) in
         that namespace holds for delay ± jitter. No `tc netem`: CI's kernel has none."""
-        self._clear(host)
+        self.impair_hosts([host], imp)
+
+    def impair_hosts(self, hosts: Sequence[str], imp: Impairment | None) -> None:
+        """`impair` for each of HOSTS, their delayers started (and stopped) side by side."""
+        self._clear(hosts)
         if imp is None or (not imp.delays and imp.loss_pct == 0):
             return
-        self._impaired[host] = imp  # first: _clear undoes a half-made impairment
+        for host in hosts:
+            self._impaired[host] = imp  # first: _clear undoes a half-made impairment
         if imp.delays:
-            self._start_delayer(host, imp)
+            for host in hosts:
+                self._delayers[host] = spawn_bound(
+                    [*self.prefix(host), sys.executable, "-m", "ddg_testkit.delayer",
+                     "--queue", "0", "--delay-ms", f"{imp.delay_ms:g}",
+                     "--jitter-ms", f"{imp.jitter_ms:g}"],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for host in hosts:
+                self._await_bound(host)
+        rules = []
         for chain, way in (("INPUT", "-i"), ("OUTPUT", "-o")):
             if imp.loss_pct:
-                self._iptables(host, "-A", chain, way, "eth0", "-m", "statistic", "--mode",
-                               "random", "--probability", f"{imp.loss_pct / 100:.6f}",
-                               "-j", "DROP")
+                rules.append(f"-A {chain} {way} eth0 -m statistic --mode random --probability "
+                             f"{imp.loss_pct / 100:.6f} -j DROP")
             if imp.delays:  # --queue-bypass: without a delayer bound, packets pass
-                self._iptables(host, "-A", chain, way, "eth0", "-j", "NFQUEUE", "--queue-num",
-                               "0", "--queue-bypass")
+                rules.append(f"-A {chain} {way} eth0 -j NFQUEUE --queue-num 0 --queue-bypass")
+        for host in hosts:
+            proc = subprocess.run([*self.prefix(host), "iptables-restore", "-w", "--noflush"],
+                                  input="\n".join(["*filter", *rules, "COMMIT", ""]),
+                                  capture_output=True, text=True, timeout=TIMEOUT)
+            if proc.returncode != 0:
+                raise RuntimeError(f"iptables-restore on {host} failed: {proc.stderr.strip()}")
 
-    def _start_delayer(self, host: str, imp: Impairment) -> None:
-        """A delayer on HOST's queue 0, bound (so packets queued are held) on return."""
-        proc = spawn_bound([*self.prefix(host), sys.executable, "-m", "ddg_testkit.delayer",
-                            "--queue", "0", "--delay-ms", f"{imp.delay_ms:g}",
-                            "--jitter-ms", f"{imp.jitter_ms:g}"],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE)
-        self._delayers[host] = proc
+    def _await_bound(self, host: str) -> None:
+        """Wait for HOST's delayer to have bound its queue (packets queued are then held)."""
+        proc = self._delayers[host]
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
         line = proc.stdout.readline().decode() if ready else ""
         if not line.startswith("bound"):
-            self._stop_delayer(host)
+            self._stop_delayers([host])
             raise RuntimeError(f"the packet delayer on {host} did not start: "
                                f"{line or 'no answer in time'} {self.delayer_reports[-1]}")
 
-    def _stop_delayer(self, host: str) -> None:
-        """Stop HOST's delayer: it lets through what it holds, and reports its figures."""
-        proc = self._delayers.pop(host, None)
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            out, err = proc.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        self.delayer_reports.append(f"{host}: {(out + err).decode().strip()}")
+    def _stop_delayers(self, hosts: Sequence[str]) -> None:
+        """Stop HOSTS' delayers: each lets through what it holds, and reports its figures."""
+        procs = {h: p for h in hosts if (p := self._delayers.pop(h, None)) is not None}
+        for proc in procs.values():
+            proc.terminate()
+        for host, proc in procs.items():
+            try:
+                out, err = proc.communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            self.delayer_reports.append(f"{host}: {(out + err).decode().strip()}")
 
-    def _iptables(self, host: str, *args: str) -> None:
-        _run([*self.prefix(host), "iptables", "-w", *args])
-
-    def _clear(self, host: str) -> None:
-        if host not in self._impaired:
-            return
-        del self._impaired[host]
-        self._iptables(host, "-F")  # first: no packet queued to a delayer that is gone
-        self._stop_delayer(host)
+    def _clear(self, hosts: Sequence[str]) -> None:
+        gone = [h for h in hosts if self._impaired.pop(h, None) is not None]
+        for host in gone:  # first: no packet queued to a delayer that is gone
+            _run([*self.prefix(host), "iptables", "-w", "-F"])
+        self._stop_delayers(gone)
 
     @property
     def impaired(self) -> dict[str, Impairment]:
