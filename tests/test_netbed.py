@@ -1,8 +1,8 @@
 """The multi-host bed: a network namespace per node, joined by a bridge in a switch namespace
 (ddg_testkit.hosts), judged by the fault harness's observer and checker (ddg_faults.bed).
 
-Root only (ip netns, veth, bridge), skipped with the reason otherwise. About 15 s in all; the
-60 s impaired-links window (67 s) runs with DDG_BED_QUIET=1.
+Root only (ip netns, veth, bridge), skipped with the reason otherwise. About 85 s in all, 64 s
+of it the impaired-links window.
 """
 
 from __future__ import annotations
@@ -103,14 +103,11 @@ def test_link_failover_across_hosts(bed_ready: None, security: str, tmp_path: Pa
 
 
 @pytest.mark.timeout(QUIET_SECONDS + 60)
-@pytest.mark.skipif(not os.environ.get("DDG_BED_QUIET"),
-                    reason="67 s, and an open finding: on a shared 2-core machine 5 runs in 14 "
-                    "saw one new term (the goose stepped down after 120 ms without a quorum of "
-                    "acks while the nodes were slowed); run with DDG_BED_QUIET=1; see "
-                    "docs/faults.md")
 def test_impaired_links_cause_no_election(bed_ready: None) -> None:
     """5 ± 2 ms delay and 1 % loss on every link, both ways, for 60 s: no new term, no other
-    goose, no checker violation, the goose's lease lapsing in at most 5 % of its answers."""
+    goose, no checker violation, the goose's lease lapsing in at most 5 % of its answers.
+    About 64 s on a quiet 2-core machine; it needs one (docs/faults.md: other clusters on the
+    same cores slow the nodes past the default timing's margin)."""
     outcome, notes = run_scenario(impaired_quiet, RunConfig(seconds=QUIET_SECONDS))
     print("\n".join(notes))
     assert outcome.ok, verdict(outcome)
