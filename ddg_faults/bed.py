@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import random
 import time
+import urllib.request
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from ddg_testkit.hosts import Bed, BedConfig, Impairment
 
@@ -66,15 +69,6 @@ class BedHarness(Harness):
 
     # ---- host faults -------------------------------------------------------------------------
 
-    def impairable(self, imp: Impairment) -> Impairment:
-        """IMP, without its delay on a kernel without netem (noted once)."""
-        if imp.delays and not self.bed.net.netem:
-            note = "no tc netem in this kernel: impairments are loss only (no delay)"
-            if note not in self.notes:
-                self.notes.append(note)
-            return replace(imp, delay_ms=0, jitter_ms=0)
-        return imp
-
     def link_down(self, node: str) -> Event:
         start = time.monotonic()
         self.bed.net.link(self.bed.host_of(node), up=False)
@@ -95,17 +89,14 @@ class BedHarness(Harness):
 
     def impair(self, nodes: list[str], imp: Impairment) -> Event:
         start = time.monotonic()
-        imp = self.impairable(imp)
-        for n in nodes:
-            self.bed.net.impair(self.bed.host_of(n), imp)
+        self.bed.net.impair_hosts([self.bed.host_of(n) for n in nodes], imp)
         return self._record("impair", f"{','.join(nodes)}: {imp.describe()}", nodes, True,
                             start, self.topology)
 
     def clear_impairments(self) -> Event:
         start = time.monotonic()
         hosts = sorted(self.bed.net.impaired)
-        for host in hosts:
-            self.bed.net.impair(host, None)
+        self.bed.net.impair_hosts(hosts, None)
         return self._record("clear-impair", ",".join(hosts), (), False, start, self.topology)
 
     def heal_network(self) -> Event:
@@ -150,24 +141,101 @@ def link_failover(h: Harness, cfg: RunConfig) -> None:
                    f"(term {seen.term})")
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Scrape:
+    """What one node's /metrics said: its heartbeat round trips and its CPU time so far."""
+
+    rtt: dict[float, float]  # bucket upper bound (s) -> round trips at most that long
+    failures: float  # election messages that got no usable answer
+    cpu: float  # seconds
+
+
+def scrape(url: str) -> Scrape | None:
+    """URL's /metrics (plain HTTP only; None when unreadable)."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    rtt: dict[float, float] = {}
+    failures = cpu = 0.0
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == "ddg_heartbeat_round_trip_seconds_bucket":
+                le = float(smp.labels["le"])
+                rtt[le] = rtt.get(le, 0.0) + smp.value
+            elif smp.name == "ddg_peer_message_failures_total":
+                failures += smp.value
+            elif smp.name == "ddg_process_cpu_seconds_total":
+                cpu = smp.value
+    return Scrape(rtt=rtt, failures=failures, cpu=cpu)
+
+
+def window_figures(b: BedHarness, goose: str, before: dict[str, Scrape | None],
+                   seconds: float) -> str:
+    """The goose's heartbeat round trips and every node's CPU over the window, from /metrics."""
+    after = {n: scrape(b.bed.url(n)) for n in b.names}
+    parts = []
+    if (was := before.get(goose)) is not None and (now := after.get(goose)) is not None:
+        hist = {le: n - was.rtt.get(le, 0.0) for le, n in sorted(now.rtt.items())}
+        total = hist.get(float("inf"), 0.0)
+
+        def within(q: float) -> str:
+            le = next((le for le, n in hist.items() if n >= q * total), float("inf"))
+            return f"<= {le * 1000:g} ms" if le != float("inf") else "> 1 s"
+
+        slow = {le: total - n for le, n in hist.items() if le in (0.025, 0.05, 0.1, 0.25)}
+        parts.append(f"{goose}'s heartbeat round trips: {total:.0f}, median {within(0.5)}, "
+                     f"p99 {within(0.99)}, max {within(1.0)}; over 25/50/100/250 ms: "
+                     + "/".join(f"{n:.0f}" for n in slow.values())
+                     + f"; {now.failures - was.failures:.0f} messages unanswered")
+    cpu = [f"{n} {100 * (a.cpu - w.cpu) / seconds:.0f}%" for n in b.names
+           if (w := before.get(n)) is not None and (a := after.get(n)) is not None]
+    if cpu:
+        parts.append("node CPU " + ", ".join(cpu))
+    return "; ".join(parts)
+
+
+# The goose's lease (80 ms by default) outlasts its next round (50 ms later) by 30 ms: a round
+# whose quorum of acks takes longer (four 3-7 ms link crossings, two node hops, a busy machine)
+# leaves it answering `duck` for a moment, in its term, with no one else answering `goose`
+# (the safe answer, by design: docs/design.md). Above this share of its answers it is no
+# longer "a moment".
+MAX_LAPSED = 0.05
+
+
 def impaired_quiet(h: Harness, cfg: RunConfig) -> None:
-    """Every link delays and drops packets; for the window, nobody starts an election."""
+    """Every link delays and drops packets; for the window, nobody starts an election: no
+    answer in a later term, no other node answering goose, the goose answering goose (but for
+    its lease's brief lapses, at most MAX_LAPSED of its answers)."""
     b = _bed(h)
     goose = b.settle()
     b.impair(list(b.names), IMPAIRED)
+    before = {n: scrape(b.bed.url(n)) for n in b.names}
     t0 = time.monotonic()
     seconds = cfg.seconds if cfg.seconds is not None else 60.0
     first = b.obs().latest()[goose].term
-    b.expect_goose_unchanged(goose, seconds)
-    later = [o for o in b.obs().history() if o.ok and o.sent >= t0 and o.term != first]
-    if later:
-        o = later[0]
-        b.fail(f"spurious election under {b.impairable(IMPAIRED).describe()}: {o.node} "
-               f"answered term {o.term} (was {first}) at +{o.sent - t0:.1f} s")
-    b.notes.append(f"{seconds:g} s with every link at {b.impairable(IMPAIRED).describe()}: "
-                   f"goose {goose} held term {first}"
-                   + (f", {len(later)} answers in a later term" if later else ""))
+    b.hold(seconds)
+    b.notes.append(window_figures(b, goose, before, time.monotonic() - t0))
+    seen = [o for o in b.obs().history() if o.ok and o.sent >= t0]
+    later = [o for o in seen if o.term != first]
+    rivals = [o for o in seen if o.role == "goose" and o.node != goose]
+    mine = [o for o in seen if o.node == goose]
+    lapsed = [o for o in mine if o.role != "goose" and o.term == first]
+    for what, o in (("spurious election", next(iter(later), None)),
+                    ("another goose", next(iter(rivals), None))):
+        if o is not None:
+            b.fail(f"{what} under {IMPAIRED.describe()}: {o.node} answered {o.role} in term "
+                   f"{o.term} (goose {goose} in term {first}) at +{o.sent - t0:.1f} s")
+    if len(lapsed) > MAX_LAPSED * len(mine) or any(o.role != "duck" for o in lapsed):
+        b.fail(f"goose {goose} answered otherwise in {len(lapsed)} of {len(mine)} answers: "
+               + ", ".join(sorted({str(o.role) for o in lapsed})))
+    b.notes.append(f"{seconds:g} s with every link at {IMPAIRED.describe()}: goose {goose} "
+                   f"held term {first}; it answered duck (its lease lapsed) in {len(lapsed)} of "
+                   f"{len(mine)} answers" + (f"; {len(later)} answers in a later term"
+                                              if later else ""))
     b.clear_impairments()
+    b.notes += b.bed.net.delayer_reports
     b.settle()
 
 

@@ -8,7 +8,7 @@ the machine's own namespace and everything vanishes with `Network.close()`.
       |-- vh1 ------ eth0 10.77.0.11  h1 ns      (node n1, on PORT)
       ...
 
-Every `ip`/`tc`/`iptables` call names a namespace this bed made (`ip -n NS`, `ip netns exec
+Every `ip`/`iptables` call names a namespace this bed made (`ip -n NS`, `ip netns exec
 NS`): `_ours()` refuses any other. Namespaces are named ddgbed-<pid>-<random>-<host>; a bed
 whose process died hard leaves its namespaces behind, and the next bed removes those whose
 pid is gone. Processes are started with the `ip netns exec NS` prefix (NodeSpec.prefix), which
@@ -26,6 +26,7 @@ import ctypes
 import os
 import re
 import secrets
+import select
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ddg.errors import ConfigError
-from ddg.launcher import NodeSpec, start_spawner
+from ddg.launcher import NodeSpec, spawn_bound, start_spawner
 from ddg.tls import TlsConfig
 
 from .cluster import LocalCluster
@@ -43,8 +44,8 @@ from .procs import alive
 PREFIX = "ddgbed-"
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/var/run/netns")
-TOOLS = ("ip", "tc", "iptables")
-TIMEOUT = 10.0  # for every ip/tc/iptables call
+TOOLS = ("ip", "iptables")
+TIMEOUT = 10.0  # for every ip/iptables call
 SWITCH = "sw"
 REDIS = "redis"
 CLIENT = "client"
@@ -64,7 +65,7 @@ def missing_prerequisites() -> str | None:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Impairment:
-    """What a link does to packets, each way: `tc netem` delay (± jitter) and loss."""
+    """What a link does to packets, each way: delay (± uniform jitter) and loss."""
 
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
@@ -126,8 +127,9 @@ class Network:
         self.node_addresses = [self.addresses[h] for h in hosts]  # for certificates, say
         self._made: list[str] = []
         self._impaired: dict[str, Impairment] = {}
+        self._delayers: dict[str, subprocess.Popen[bytes]] = {}
+        self.delayer_reports: list[str] = []  # each stopped delayer's line of figures
         self._down: set[str] = set()
-        self.netem = False  # whether this kernel has `tc netem` (probed by build())
 
     @property
     def hosts(self) -> list[str]:
@@ -173,9 +175,6 @@ class Network:
                 self.ip(SWITCH, "link", "set", port, "master", "br0", "up")
                 self.ip(host, "addr", "add", f"{addr}/24", "dev", "eth0")
                 self.ip(host, "link", "set", "eth0", "up")
-            probe = ["tc", "-n", self.ns(SWITCH), "qdisc", "add", "dev", "lo", "root", "netem",
-                     "delay", "1ms"]
-            self.netem = _run(probe, check=False).returncode == 0
         except BaseException:
             self.close()
             raise
@@ -186,6 +185,7 @@ class Network:
 
     def close(self) -> None:
         """Delete every namespace (their links and bridge go with them). Idempotent."""
+        self._stop_delayers(list(self._delayers))
         for ns in reversed(self._made):
             _run(["ip", "netns", "del", ns], check=False)
         self._made.clear()
@@ -220,45 +220,71 @@ class Network:
     def impair(self, host: str, imp: Impairment | None) -> None:
         """HOST's link delays and drops packets both ways (None: a clean link again).
 
-        With `tc netem`, on both ends of the link. Without it (a kernel built without
-        CONFIG_NET_SCH_NETEM), loss alone is done by iptables' `statistic` match in HOST's
-        namespace, and asking for delay raises RuntimeError."""
-        clean = imp is None or (not imp.delays and imp.loss_pct == 0)
-        self._clear(host)
-        if imp is None or clean:
+        Done on HOST's eth0, in its namespace, in iptables' INPUT and OUTPUT chains (a packet
+        between HOST and the switch crosses one of them, once): loss by the `statistic` match,
+        delay by an NFQUEUE rule whose packets a delayer process (ddg_testkit.delayer) in
+        that namespace holds for delay ± jitter. No `tc netem`: CI's kernel has none."""
+        self.impair_hosts([host], imp)
+
+    def impair_hosts(self, hosts: Sequence[str], imp: Impairment | None) -> None:
+        """`impair` for each of HOSTS, their delayers started (and stopped) side by side."""
+        self._clear(hosts)
+        if imp is None or (not imp.delays and imp.loss_pct == 0):
             return
-        if self.netem:
-            args = ["netem"]
-            if imp.delays:
-                args += ["delay", f"{imp.delay_ms}ms", f"{imp.jitter_ms}ms"]
+        for host in hosts:
+            self._impaired[host] = imp  # first: _clear undoes a half-made impairment
+        if imp.delays:
+            for host in hosts:
+                self._delayers[host] = spawn_bound(
+                    [*self.prefix(host), sys.executable, "-m", "ddg_testkit.delayer",
+                     "--queue", "0", "--delay-ms", f"{imp.delay_ms:g}",
+                     "--jitter-ms", f"{imp.jitter_ms:g}"],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for host in hosts:
+                self._await_bound(host)
+        rules = []
+        for chain, way in (("INPUT", "-i"), ("OUTPUT", "-o")):
             if imp.loss_pct:
-                args += ["loss", f"{imp.loss_pct}%"]
-            for ns, dev in ((host, "eth0"), (SWITCH, self._port(host))):
-                _run(["tc", "-n", self._ours(self.ns(ns)), "qdisc", "replace", "dev", dev,
-                      "root", *args])
-        elif imp.delays:
-            raise RuntimeError("this kernel has no tc netem (CONFIG_NET_SCH_NETEM): packet "
-                               "delay is not possible here, only loss")
-        else:
-            p = f"{imp.loss_pct / 100:.6f}"
-            for chain, way in (("INPUT", "-i"), ("OUTPUT", "-o")):
-                self._iptables(host, "-A", chain, way, "eth0", "-m", "statistic", "--mode",
-                               "random", "--probability", p, "-j", "DROP")
-        self._impaired[host] = imp
+                rules.append(f"-A {chain} {way} eth0 -m statistic --mode random --probability "
+                             f"{imp.loss_pct / 100:.6f} -j DROP")
+            if imp.delays:  # --queue-bypass: without a delayer bound, packets pass
+                rules.append(f"-A {chain} {way} eth0 -j NFQUEUE --queue-num 0 --queue-bypass")
+        for host in hosts:
+            proc = subprocess.run([*self.prefix(host), "iptables-restore", "-w", "--noflush"],
+                                  input="\n".join(["*filter", *rules, "COMMIT", ""]),
+                                  capture_output=True, text=True, timeout=TIMEOUT)
+            if proc.returncode != 0:
+                raise RuntimeError(f"iptables-restore on {host} failed: {proc.stderr.strip()}")
 
-    def _iptables(self, host: str, *args: str) -> None:
-        _run([*self.prefix(host), "iptables", "-w", *args])
+    def _await_bound(self, host: str) -> None:
+        """Wait for HOST's delayer to have bound its queue (packets queued are then held)."""
+        proc = self._delayers[host]
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
+        line = proc.stdout.readline().decode() if ready else ""
+        if not line.startswith("bound"):
+            self._stop_delayers([host])
+            raise RuntimeError(f"the packet delayer on {host} did not start: "
+                               f"{line or 'no answer in time'} {self.delayer_reports[-1]}")
 
-    def _clear(self, host: str) -> None:
-        if host not in self._impaired:
-            return
-        del self._impaired[host]
-        if self.netem:
-            for ns, dev in ((host, "eth0"), (SWITCH, self._port(host))):
-                _run(["tc", "-n", self._ours(self.ns(ns)), "qdisc", "del", "dev", dev, "root"],
-                     check=False)
-        else:
-            self._iptables(host, "-F")
+    def _stop_delayers(self, hosts: Sequence[str]) -> None:
+        """Stop HOSTS' delayers: each lets through what it holds, and reports its figures."""
+        procs = {h: p for h in hosts if (p := self._delayers.pop(h, None)) is not None}
+        for proc in procs.values():
+            proc.terminate()
+        for host, proc in procs.items():
+            try:
+                out, err = proc.communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            self.delayer_reports.append(f"{host}: {(out + err).decode().strip()}")
+
+    def _clear(self, hosts: Sequence[str]) -> None:
+        gone = [h for h in hosts if self._impaired.pop(h, None) is not None]
+        for host in gone:  # first: no packet queued to a delayer that is gone
+            _run([*self.prefix(host), "iptables", "-w", "-F"])
+        self._stop_delayers(gone)
 
     @property
     def impaired(self) -> dict[str, Impairment]:
