@@ -255,8 +255,10 @@ class BedHarness(Harness):
         """Since SINCE, did an answer name another term than TERM or another goose than GOOSE?
         Returns the first such answer, described (None: none did), and how many answers of
         GOOSE said it had no goose: its lease lapsed (a stall of a lease or more), which moves
-        neither the goose nor the term."""
-        hist = [o for o in self.obs().history() if o.ok and o.sent >= since]
+        neither the goose nor the term. A late node's answers in an older term (it has not
+        heard from the goose yet) move nothing either."""
+        hist = [o for o in self.obs().history() if o.ok and o.sent >= since
+                and not (o.node in self.late and (o.term or 0) < (term or 0))]
         moved = [o for o in hist if o.term != term or o.goose not in (goose, None)
                  or (o.role == "goose" and o.node != goose)]
         lapses = sum(1 for o in hist if o.node == goose and o.goose is None)
