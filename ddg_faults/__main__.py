@@ -2,7 +2,10 @@
 
 Re-executes itself under `unshare --net` (root only), brings the namespace's loopback up, runs
 the scenarios and checks every recorded history. The bed-* scenarios (not in `all`) run on
-the multi-host bed instead: a network namespace per node (ddg_testkit.hosts). Exit status: 0
+the multi-host bed instead: a network namespace per node (ddg_testkit.hosts); there --secure runs
+the nodes as operators do across hosts (HTTPS + mutual TLS + the secret + the least-ACL Redis
+user) and --sentinels N puts Redis behind Sentinel (a master, a replica, N sentinels, each on a
+host of its own; bed-soak then kills the master too). Exit status: 0
 all held, 1 a violation, a failed expectation or a crashed node, 2 bad usage, 3 prerequisites
 missing (not root, no iptables, unshare or iproute2).
 """
@@ -13,14 +16,16 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ddg_testkit import hosts
+from ddg_testkit.hosts import BedConfig
 
-from .bed import BedHarness
+from .bed import BedHarness, secured
 from .checker import CheckConfig, quantile, summarize
 from .harness import Harness, HarnessConfig, Outcome, ScenarioFailed
 from .netns import in_private_netns, loopback_up, missing_prerequisites, reexec_in_private_netns
@@ -50,6 +55,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="keep node logs and data under this directory")
     p.add_argument("--node-arg", action="append", default=[], metavar="ARG",
                    help="passed to every ddg-node, e.g. --node-arg=--timing=fast (repeatable)")
+    p.add_argument("--secure", action="store_true",
+                   help="bed-*: HTTPS + mutual TLS + secret + the least-ACL Redis user")
+    p.add_argument("--sentinels", type=int, default=0, metavar="N",
+                   help="bed-*: Redis Sentinel with N sentinels (0: one redis-server)")
+    p.add_argument("--down-after-ms", type=int, default=500,
+                   help="bed-* with --sentinels: the sentinels' down-after-milliseconds")
     p.add_argument("-v", "--verbose", action="store_true", help="print every chaos step")
     ns = p.parse_args(argv)
     names = ([n for n, s in SCENARIOS.items() if s.in_all] if ns.scenario == "all"
@@ -59,6 +70,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     if ns.nodes is not None and not 1 <= ns.nodes <= 15:
         p.error("--nodes must be 1-15")
+    if not 0 <= ns.sentinels <= 7:
+        p.error("--sentinels must be 0-7")
     ns.names = names
     return ns
 
@@ -77,7 +90,12 @@ def run_one(name: str, ns: argparse.Namespace) -> Outcome:
     config = HarnessConfig(nodes=nodes, late=scenario.late, base_dir=base, check=check,
                            split_brain=name == "selftest-split-brain",
                            node_args=tuple(ns.node_arg))
-    h = BedHarness(config) if scenario.bed else Harness(config)
+    pki = tempfile.TemporaryDirectory(prefix="ddg-faults-pki-")
+    h: Harness = Harness(config)
+    if scenario.bed:
+        bed = BedConfig(nodes=nodes, base_dir=base, down_after_ms=ns.down_after_ms,
+                        sentinels=max(ns.sentinels, scenario.sentinels))
+        h = BedHarness(config, secured(Path(pki.name), bed) if ns.secure else bed)
     started = time.monotonic()
     try:
         h.start()
@@ -91,6 +109,7 @@ def run_one(name: str, ns: argparse.Namespace) -> Outcome:
         outcome = h.finish(name, started)
     finally:
         h.close()
+        pki.cleanup()
     if ns.verbose:
         for note in h.notes:
             print(f"    {note}")
@@ -130,9 +149,12 @@ def summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:
                 "p95_ms": quantile(ms, 0.95) if ms else None, "max_ms": max(ms, default=None)}
 
     kinds: dict[str, int] = {}
+    elections_by_kind: dict[str, int] = {}
     for f in figs:
         for k, n in f.fault_kinds.items():
             kinds[k] = kinds.get(k, 0) + n
+        for k, n in f.elections_by_kind.items():
+            elections_by_kind[k] = elections_by_kind.get(k, 0) + n
     majority = sum(f.majority_time for f in figs)
     gooseless = sum(f.gooseless_with_majority for f in figs)
     return {
@@ -157,10 +179,14 @@ def summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "majority_s": round(majority, 3),
         "elections_per_fault_mean": statistics.mean(per_fault) if per_fault else None,
         "elections_per_fault_max": max(per_fault, default=None),
+        "elections_by_fault_kind": dict(sorted(elections_by_kind.items())),
         "unsettled_heals": sum(f.unsettled for f in figs),
         # fast kill-restarts: SIGKILL -> new process spawned, and -> new process answering
         "kill_restart": dist([a for o in outcomes for a, _ in o.respawns]),
         "kill_restart_answering": dist([b for o in outcomes for _, b in o.respawns]),
+        # Sentinel failovers: master SIGKILL -> replica promoted, and -> every live node on it
+        "redis_promoted": dist([a for o in outcomes for a, _ in o.redis_failovers]),
+        "redis_nodes_on_new_master": dist([b for o in outcomes for _, b in o.redis_failovers]),
         "ok": all(o.ok for o in outcomes),
     }
 
@@ -210,10 +236,16 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{s['gooseless_with_majority_s']:.2f} s of {s['majority_s']:.1f} s ({share:.1%})")
     if s["elections_per_fault_mean"] is not None:
         print(f"elections per fault: mean {s['elections_per_fault_mean']:.2f}, "
-              f"max {s['elections_per_fault_max']}")
+              f"max {s['elections_per_fault_max']}; after each kind (until the next fault): "
+              + ", ".join(f"{k} {n}/{s['fault_kinds'].get(k, 0)}"
+                          for k, n in s["elections_by_fault_kind"].items()))
     if s["kill_restart"]["n"]:
         print(f"kill-restart gap (SIGKILL -> new process spawned): {fmt(s['kill_restart'])}; "
               f"until it answers: {fmt(s['kill_restart_answering'])}")
+    if s["redis_promoted"]["n"]:
+        print(f"Sentinel failover (master SIGKILL -> replica promoted): "
+              f"{fmt(s['redis_promoted'])}; -> every live node on the new master: "
+              f"{fmt(s['redis_nodes_on_new_master'])}")
     print("RESULT:", "ok" if s["ok"] else "FAILED")
     if ns.json is not None:
         ns.json.write_text(json.dumps(s, indent=2))

@@ -154,6 +154,8 @@ class Figures:
     majority_time: float = 0.0  # seconds a connected majority existed
     elections: int = 0
     elections_per_fault: list[int] = field(default_factory=list)
+    # the same, summed by the kind of fault (the window runs to the next fault)
+    elections_by_kind: dict[str, int] = field(default_factory=dict)
     unsettled: int = 0  # heals not checked because the next fault came first
 
 
@@ -523,6 +525,8 @@ def check(observations: Sequence[Observation], events: Sequence[Event], initial:
             high = term
     figures.elections = high - (first_term or 0)
     figures.elections_per_fault = counts
+    for f, n in zip(faults, counts, strict=True):
+        figures.elections_by_kind[f.kind] = figures.elections_by_kind.get(f.kind, 0) + n
 
     violations.sort(key=lambda v: v.at)
     timelines = [timeline(observations, events, v.at - config.context, v.at + config.context,

@@ -56,6 +56,8 @@ class Outcome:
     seconds: float
     # fast kill-restarts: (SIGKILL -> new process spawned, SIGKILL -> new process answering)
     respawns: list[tuple[float, float]] = field(default_factory=list)
+    # Redis master SIGKILLs under Sentinel: (-> replica promoted, -> every live node on it)
+    redis_failovers: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +80,7 @@ class Harness:
         # close_listener(): node -> when its listener is due to reopen (monotonic)
         self.closed_listeners: dict[str, float] = {}
         self.respawns: list[tuple[float, float]] = []
+        self.redis_failovers: list[tuple[float, float]] = []  # see Outcome
         self.initial = Topology(nodes=frozenset(self.names), live=frozenset())
         self.topology = self.initial
         self.firewall: Firewall | None = None
@@ -502,4 +505,5 @@ class Harness:
         crashes = self.crashes + self.log_problems()
         return Outcome(scenario=scenario, report=report, failures=list(self.failures),
                        crashes=crashes, seconds=time.monotonic() - started,
-                       respawns=list(self.respawns))
+                       respawns=list(self.respawns),
+                       redis_failovers=list(self.redis_failovers))

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .bed import impaired_quiet, link_failover, soak
+from .bed import impaired_quiet, link_failover, sentinel_failover, soak
 from .harness import Harness
 from .netns import CutMode
 
@@ -33,6 +33,7 @@ class Scenario:
     in_all: bool = True
     late: int = 0  # nodes started only when the scenario join()s them
     bed: bool = False  # on the multi-host bed (ddg_faults.bed), not the iptables harness
+    sentinels: int = 0  # bed: at least this many sentinels (Redis Sentinel on the bed)
 
 
 def others(h: Harness, *exclude: str) -> list[str]:
@@ -489,5 +490,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
                    "--seconds (default 60)"),
     Scenario(name="bed-soak", nodes=5, run=soak, in_all=False, bed=True,
              about="multi-host bed: random link, loss/delay, freeze and kill faults until "
-                   "--faults (default 300)"),
+                   "--faults (default 300); with --sentinels, Redis master kills too"),
+    Scenario(name="bed-sentinel-failover", nodes=6, late=1, run=sentinel_failover,
+             in_all=False, bed=True, sentinels=3,
+             about="multi-host bed with Sentinel: SIGKILL the Redis master; nothing moves; "
+                   "then a join and a removal"),
 )}

@@ -8,6 +8,10 @@ the machine's own namespace and everything vanishes with `Network.close()`.
       |-- vh1 ------ eth0 10.77.0.11  h1 ns      (node n1, on PORT)
       ...
 
+With Redis Sentinel (BedConfig.sentinels), the redis host runs the first master, and more
+hosts join the switch: `replica` (10.77.0.3) and `s1`, `s2`, ... (10.77.0.4 on), one sentinel
+each (ddg_testkit.sentinel.SentinelSet, placed there).
+
 Every `ip`/`iptables` call names a namespace this bed made (`ip -n NS`, `ip netns exec
 NS`): `_ours()` refuses any other. Namespaces are named ddgbed-<pid>-<random>-<host>; a bed
 whose process died hard leaves its namespaces behind, and the next bed removes those whose
@@ -33,6 +37,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ddg.errors import ConfigError
 from ddg.launcher import NodeSpec, spawn_bound, start_spawner
@@ -40,6 +45,7 @@ from ddg.tls import TlsConfig
 
 from .cluster import LocalCluster
 from .procs import alive
+from .sentinel import Place, SentinelSet
 
 PREFIX = "ddgbed-"
 CLONE_NEWNET = 0x40000000
@@ -49,6 +55,9 @@ TIMEOUT = 10.0  # for every ip/iptables call
 SWITCH = "sw"
 REDIS = "redis"
 CLIENT = "client"
+REPLICA = "replica"  # with Sentinel: the first replica's host; the sentinels are on s1, s2, ...
+EXTRA_HOSTS = 8  # 10.77.0.3-10: hosts that are not nodes (Redis replica, sentinels)
+SENTINEL_PORT = 26379
 
 
 def missing_prerequisites() -> str | None:
@@ -116,12 +125,17 @@ def remove_stale() -> list[str]:
 class Network:
     """The namespaces, bridge and links of one bed, and the faults on them."""
 
-    def __init__(self, hosts: Sequence[str], *, subnet: str = "10.77.0") -> None:
+    def __init__(self, hosts: Sequence[str], *, subnet: str = "10.77.0",
+                 extra: Sequence[str] = ()) -> None:
+        """HOSTS: the node hosts (10.77.0.11 on); EXTRA: other hosts (10.77.0.3 on)."""
         if len(hosts) > 200:
             raise ConfigError("at most 200 node hosts")
+        if len(extra) > EXTRA_HOSTS:
+            raise ConfigError(f"at most {EXTRA_HOSTS} extra hosts")
         self.tag = f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
         self.subnet = subnet
         self.addresses = {REDIS: f"{subnet}.1", CLIENT: f"{subnet}.2",
+                          **{h: f"{subnet}.{3 + i}" for i, h in enumerate(extra)},
                           **{h: f"{subnet}.{11 + i}" for i, h in enumerate(hosts)}}
         self.observer_address = f"{subnet}.254"
         self.node_addresses = [self.addresses[h] for h in hosts]  # for certificates, say
@@ -310,10 +324,22 @@ class BedConfig:
     election_timeout_ms: str | None = None
     log_level: str = "INFO"
     base_dir: Path | None = None
+    # Redis Sentinel instead of one redis-server: a master on the redis host, a replica on the
+    # replica host and this many sentinels on s1, s2, ..., the nodes given the
+    # redis+sentinel:// URL. redis_args go to both data servers, sentinel_args to the sentinels.
+    sentinels: int = 0
+    sentinel_args: tuple[str, ...] = ()
+    sentinel_master: str = "bedmaster"
+    down_after_ms: int = 500
+    failover_timeout_ms: int = 2000
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 200:
             raise ConfigError(f"nodes must be 1-200, got {self.nodes}")
+        if not 0 <= self.sentinels <= EXTRA_HOSTS - 1:
+            raise ConfigError(f"sentinels must be 0-{EXTRA_HOSTS - 1}, got {self.sentinels}")
+        if self.sentinels and (self.down_after_ms < 100 or self.failover_timeout_ms < 100):
+            raise ConfigError("the sentinels' down-after and failover timeouts must be >= 100 ms")
         if not re.fullmatch(r"10\.\d{1,3}\.\d{1,3}", self.subnet):
             raise ConfigError(f"subnet must be a private 10.X.Y (a /24), got {self.subnet!r}")
         if self.scheme not in ("http", "https"):
@@ -333,8 +359,12 @@ class Bed:
     def __init__(self, config: BedConfig | None = None) -> None:
         self.config = config = config or BedConfig()
         self.names = [f"n{i}" for i in range(1, config.nodes + 1)]
-        self.net = Network([self.host_of(n) for n in self.names], subnet=config.subnet)
+        self.sentinel_hosts = [f"s{i}" for i in range(1, config.sentinels + 1)]
+        extra = [REPLICA, *self.sentinel_hosts] if config.sentinels else []
+        self.net = Network([self.host_of(n) for n in self.names], subnet=config.subnet,
+                           extra=extra)
         self._cluster: LocalCluster | None = None
+        self._sentinel: SentinelSet | None = None
         self._inside: contextlib.ExitStack | None = None
 
     @staticmethod
@@ -359,6 +389,34 @@ class Bed:
         assert url is not None
         return url
 
+    @property
+    def sentinel(self) -> SentinelSet:
+        """The Sentinel deployment (BedConfig.sentinels > 0)."""
+        if self._sentinel is None:
+            raise RuntimeError("this bed runs no Sentinel")
+        return self._sentinel
+
+    def _start_sentinel(self) -> str:
+        """Master, replica and sentinels, each on its host; returns the nodes' Redis URL."""
+        c = self.config
+
+        def place(host: str, port: int) -> Place:
+            return Place(host=self.net.addresses[host], port=port, prefix=self.net.prefix(host))
+        places = {"a": place(REDIS, c.redis_port), "b": place(REPLICA, c.redis_port),
+                  **{h: place(h, SENTINEL_PORT) for h in self.sentinel_hosts}}
+        sentinel = SentinelSet(master_name=c.sentinel_master, sentinels=c.sentinels,
+                               down_after_ms=c.down_after_ms,
+                               failover_timeout_ms=c.failover_timeout_ms, places=places,
+                               server_args=c.redis_args, sentinel_args=c.sentinel_args)
+        assert self._inside is not None
+        self._inside.callback(sentinel.close)
+        self._sentinel = sentinel.start()
+        url = sentinel.url
+        if c.redis_userinfo:
+            scheme, rest = url.split("://", 1)
+            url = f"{scheme}://{c.redis_userinfo}@{rest}"
+        return url
+
     def start(self, nodes: Sequence[str] | None = None) -> None:
         """Build the network, enter the switch namespace, start Redis and NODES (all)."""
         c = self.config
@@ -367,12 +425,14 @@ class Bed:
             self.net.build()
             self._inside.callback(self.net.close)
             self._inside.enter_context(self.net.entered(SWITCH))
+            redis: dict[str, Any] = (
+                {"redis_url": self._start_sentinel()} if c.sentinels else
+                {"redis_port": c.redis_port, "redis_prefix": self.net.prefix(REDIS),
+                 "redis_args": c.redis_args, "redis_userinfo": c.redis_userinfo})
             self._cluster = LocalCluster(
-                host=self.net.addresses[REDIS], redis_port=c.redis_port,
-                redis_prefix=self.net.prefix(REDIS), redis_args=c.redis_args,
-                redis_userinfo=c.redis_userinfo, secret=c.secret, base_dir=c.base_dir, tls=c.tls,
+                host=self.net.addresses[REDIS], secret=c.secret, base_dir=c.base_dir, tls=c.tls,
                 heartbeat_ms=c.heartbeat_ms, election_timeout_ms=c.election_timeout_ms,
-                log_level=c.log_level, temp_prefix="ddg-netbed-")
+                log_level=c.log_level, temp_prefix="ddg-netbed-", **redis)
             self._inside.callback(self._cluster.close)
             self._cluster.start_redis()
             for name in self.names if nodes is None else nodes:

@@ -1,8 +1,8 @@
 """The multi-host bed: a network namespace per node, joined by a bridge in a switch namespace
 (ddg_testkit.hosts), judged by the fault harness's observer and checker (ddg_faults.bed).
 
-Root only (ip netns, veth, bridge), skipped with the reason otherwise. About 85 s in all, 64 s
-of it the impaired-links window.
+Root only (ip netns, veth, bridge), skipped with the reason otherwise. About 100 s in all: 64 s
+of it the impaired-links window, about 12 s the Sentinel failover.
 """
 
 from __future__ import annotations
@@ -19,15 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from acl import documented_acl
 
 from ddg.status import Role
-from ddg.tls import TlsConfig
-from ddg_faults.bed import BedHarness, impaired_quiet, link_failover
+from ddg_faults.bed import BedHarness, impaired_quiet, link_failover, secured, sentinel_failover
 from ddg_faults.harness import Harness, HarnessConfig, Outcome, ScenarioFailed
 from ddg_faults.scenarios import RunConfig
 from ddg_testkit import hosts
-from ddg_testkit.certs import Pki
 from ddg_testkit.hosts import CLIENT, Bed, BedConfig, Impairment
 
 pytestmark = pytest.mark.faults
@@ -53,8 +50,8 @@ def bed_ready() -> Iterator[None]:
 
 
 def run_scenario(scenario: Callable[[Harness, RunConfig], None], cfg: RunConfig,
-                 bed: BedConfig | None = None) -> tuple[Outcome, list[str]]:
-    h = BedHarness(HarnessConfig(nodes=5), bed)
+                 bed: BedConfig | None = None, *, late: int = 0) -> tuple[Outcome, list[str]]:
+    h = BedHarness(HarnessConfig(nodes=bed.nodes if bed else 5, late=late), bed)
     started = time.monotonic()
     try:
         h.start()
@@ -74,25 +71,11 @@ def verdict(o: Outcome) -> str:
                       *o.failures, *o.crashes])
 
 
-ACL_PASSWORD = "bed-acl-pw"
-
-
-def secured(tmp_path: Path) -> BedConfig:
-    """What an operator runs across hosts: HTTPS with mutual TLS and the cluster secret, and
-    Redis as the documented least-ACL user."""
-    pki = Pki(tmp_path / "pki")
-    plain = BedConfig(nodes=5)
-    cert, key = pki.issue("nodes", *Bed(plain).net.node_addresses)  # one for every host
-    return replace(plain, tls=TlsConfig(cert=cert, key=key, ca=pki.ca_file, client_auth=True),
-                   redis_args=("--user", "ddg", *documented_acl("*", ACL_PASSWORD)),
-                   redis_userinfo=f"ddg:{ACL_PASSWORD}")
-
-
 @pytest.mark.parametrize("security", ["hmac", "mtls+hmac+acl"])
 def test_link_failover_across_hosts(bed_ready: None, security: str, tmp_path: Path) -> None:
     """5 hosts: one goose; its link down, another takes over; back, it is a duck. Plain, and
     with HTTPS + mutual TLS + the secret + an ACL Redis user."""
-    bed = secured(tmp_path) if security != "hmac" else None
+    bed = secured(tmp_path, BedConfig(nodes=5)) if security != "hmac" else None
     outcome, notes = run_scenario(link_failover, RunConfig(), bed)
     assert outcome.ok, verdict(outcome)
     assert outcome.report.figures.faults == 1 and len(outcome.report.figures.failovers) == 1
@@ -100,6 +83,24 @@ def test_link_failover_across_hosts(bed_ready: None, security: str, tmp_path: Pa
     # Secured, the observer only ever read the nodes at https:// (verifying their certificates
     # against the test's CA), and the nodes only ever had the ACL user for Redis.
     assert bed is None or bed.scheme == "https"
+
+
+def test_sentinel_failover_across_hosts_moves_nothing(bed_ready: None, tmp_path: Path) -> None:
+    """Master, replica and 3 sentinels on hosts of their own; 5 nodes secured as operators run
+    them (HTTPS + mutual TLS + secret + the least-ACL user, on the sentinels too) with the
+    redis+sentinel://ddg:PASSWORD@s1:26379,.../MASTER/0 URL. SIGKILL the master: the replica is
+    promoted, every node reconnects to it by itself (its address in the new master's CLIENT
+    LIST, `redis.connected` on /status), the goose and the term do not move in any answer the
+    observer got; then a sixth node joins and `ddg-node remove` takes a duck out."""
+    bed = replace(secured(tmp_path, BedConfig(nodes=6, sentinels=3)), down_after_ms=300,
+                  failover_timeout_ms=1000)
+    started = time.monotonic()
+    outcome, notes = run_scenario(sentinel_failover, RunConfig(), bed, late=1)
+    print(f"\n{chr(10).join(notes)}\n(whole test: {time.monotonic() - started:.1f} s)")
+    assert outcome.ok, verdict(outcome)
+    assert outcome.report.figures.fault_kinds == {"kill-master": 1}
+    assert outcome.report.figures.elections_per_fault == [0], outcome.report.figures
+    assert any("Sentinel failovers" in n for n in notes) and any("removed" in n for n in notes)
 
 
 @pytest.mark.timeout(QUIET_SECONDS + 60)
