@@ -54,6 +54,16 @@ def all_on_redis(c: LocalCluster, names: list[str], also: Callable[[], bool] = l
                           and st.redis.problem is None for st in sts.values())
 
 
+def settled(c: LocalCluster, names: list[str]) -> bool:
+    """Every node on Redis, a member (not still `joining`: a node started before the first
+    one created the cluster waits for it, and is on Redis meanwhile) and following one goose."""
+    sts = c.statuses(names)
+    geese = {st.goose if st else None for st in sts.values()}
+    return all_on_redis(c, names) and len(geese) == 1 and None not in geese and all(
+        st is not None and st.joining is None and sorted(st.members) == sorted(names)
+        for st in sts.values())
+
+
 @pytest.mark.parametrize("sentinels", [{"password": PASSWORD}], indirect=True)
 def test_nodes_follow_a_sentinel_failover_and_keep_their_goose(
         sentinels: SentinelSet, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,7 +73,8 @@ def test_nodes_follow_a_sentinel_failover_and_keep_their_goose(
     with LocalCluster(cluster="sent", redis_url=url) as c:
         names = c.start(3)
         goose = c.wait_goose()
-        c.wait_for(lambda: all_on_redis(c, names), timeout=20, what="every node on Redis")
+        c.wait_for(lambda: settled(c, names), timeout=20,
+                   what="every node on Redis, a member, following the goose")
         term = c.status(goose).term  # type: ignore[union-attr]
         for st in c.statuses().values():
             assert st is not None and st.redis.url == url and PASSWORD not in str(st.to_json())
@@ -77,7 +88,8 @@ def test_nodes_follow_a_sentinel_failover_and_keep_their_goose(
             for n, st in sts.items():
                 assert st is not None, f"{n} stopped answering"
                 assert (st.term, st.goose) == (term, goose), (
-                    f"{n} moved to term {st.term} goose {st.goose} in a Redis failover")
+                    f"{n} moved to term {st.term} goose {st.goose} in a Redis failover\n"
+                    f"{c.log_tail(n, 40)}")
                 if not st.redis.connected:
                     seen_down.add(n)
             master = sentinels.master()
@@ -116,7 +128,8 @@ def test_a_join_the_failover_lost_is_restored_by_the_nodes(sentinels: SentinelSe
     with LocalCluster(cluster="lost", redis_url=url) as c:
         names = c.start(3)
         goose = c.wait_goose()
-        c.wait_for(lambda: all_on_redis(c, names), timeout=20, what="every node on Redis")
+        c.wait_for(lambda: settled(c, names), timeout=20,
+                   what="every node on Redis, a member, following the goose")
 
         # Acknowledged by the master, never replicated: the replica cannot reconnect.
         sentinels.cut_replication()
@@ -158,7 +171,8 @@ def test_a_manual_failover_moves_the_nodes_at_once(sentinels: SentinelSet) -> No
     with LocalCluster(cluster="manual", redis_url=url) as c:
         names = c.start(3)
         c.wait_goose()
-        c.wait_for(lambda: all_on_redis(c, names), timeout=20, what="every node on Redis")
+        c.wait_for(lambda: settled(c, names), timeout=20,
+                   what="every node on Redis, a member, following the goose")
         old = sentinels.servers["a"]
         with sentinels.sentinels[0].client() as s:
             s.execute_command("SENTINEL", "FAILOVER", sentinels.master_name)
