@@ -18,9 +18,11 @@ from ddg_faults.harness import Harness, HarnessConfig
 from ddg_faults.scenarios import KINDS, SCENARIOS, chaos_plan, split_mode
 
 REPO = Path(__file__).resolve().parent.parent
-CHAOS_SECONDS = 45
-BUDGET = 300  # seconds for the whole run: about 140 s on 2 cores (40 s of it the crash hints),
-# 212 s measured with a load average of 11
+# The random mix in CI: about 20 faults in 20 s (seed 1); the long mixes run outside CI
+# (docs/faults.md: the soaks). 20 s, not 45, keeps the whole suite well under 10 minutes.
+CHAOS_SECONDS = 20
+BUDGET = 300  # seconds for the whole run: about 100 s on 2 cores (40 s of it the crash hints),
+# 212 s measured with a load average of 11 when the mix ran 45 s
 # the false hints of a crash, in `all` and so in CI (about 40 s of the run)
 CRASH_HINTS = ("isolate-goose-reject", "one-way-reject", "goose-plus-one-reject",
                "fast-kill-restart", "listener-closed")
