@@ -48,6 +48,7 @@ import httpx
 from ddg.config import Timing
 from ddg.embedded import free_port
 from ddg.launcher import spawn_bound
+from ddg_testkit.procs import stop
 
 from . import common
 from .common import Probe, Resources, Row
@@ -67,20 +68,6 @@ def binaries() -> tuple[str, str]:
         raise SystemExit("etcd and etcdctl are needed: run benchmarks/setup.sh (as root, it "
                          "installs Debian's etcd-server and etcd-client)")
     return etcd, etcdctl
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGCONT + SIGTERM, SIGKILL after TIMEOUT; reaps it."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def etcd_heartbeat_ms(timing: Timing) -> int:
@@ -156,7 +143,7 @@ class EtcdCluster:
                         m.proc.terminate()
             for m in self._members.values():
                 if m.proc is not None:
-                    stop_process(m.proc)
+                    stop(m.proc, STOP_TIMEOUT)
         finally:
             self._tmp.cleanup()
 
@@ -274,7 +261,7 @@ class Campaigner:
                     loop.call_soon_threadsafe(wins.put_nowait, (self.name, time.monotonic()))
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        stop(self.proc, STOP_TIMEOUT)
         self._reader.join(5)
 
 

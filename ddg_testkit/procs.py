@@ -5,6 +5,9 @@ does not reap, an orphan's zombie may linger."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import subprocess
 from pathlib import Path
 
 
@@ -24,3 +27,18 @@ def gone(pid: int) -> bool:
 
 def alive(pid: int) -> bool:
     return not gone(pid)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGCONT (a frozen process cannot act on SIGTERM) and SIGTERM; SIGKILL after TIMEOUT
+    seconds. Reaps it either way."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

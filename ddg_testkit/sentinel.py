@@ -25,6 +25,7 @@ from ddg.embedded import find_redis_server, free_port
 from ddg.errors import ConfigError, EmbeddedRedisError
 from ddg.launcher import spawn_bound
 
+from .procs import stop
 from .wait import wait_until
 
 HOST = "127.0.0.1"
@@ -108,14 +109,7 @@ class _Server:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.running:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop(self.proc)
 
 
 class SentinelSet:

@@ -46,6 +46,7 @@ from ddg.embedded import find_redis_server
 from ddg.launcher import spawn_bound
 from ddg_testkit import hosts
 from ddg_testkit.hosts import CLIENT, Network
+from ddg_testkit.procs import stop
 from ddg_testkit.wait import wait_until
 
 pytestmark = pytest.mark.faults
@@ -253,14 +254,8 @@ class SystemdStandIn:
         with self._lock:
             self._stopping.add(host)
             proc = self.procs.get(host)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            stop(proc, timeout)
 
     def running(self, host: str) -> bool:
         proc = self.procs.get(host)
