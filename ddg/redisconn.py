@@ -221,8 +221,12 @@ class RedisOptions:
         return kw
 
     def _sentinel_kwargs(self, kw: dict[str, Any]) -> dict[str, Any]:
-        return {k: kw[k] for k in ("username", "password", "socket_timeout",
-                                   "socket_connect_timeout")}
+        """The sentinels' share of a call's deadline: a lookup asks them in turn, so one that
+        never answers (a host down, not refusing) must cost a fraction of the deadline, or
+        the lookup never reaches the next sentinel and every call times out."""
+        share = kw["socket_timeout"] / (len(self.target.sentinels) + 1)
+        return {"username": kw["username"], "password": kw["password"],
+                "socket_timeout": share, "socket_connect_timeout": share}
 
 
 def _str(path: Path | None) -> str | None:

@@ -4,6 +4,7 @@ and a membership change the failover lost (docs/operations.md, "Redis")."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import time
@@ -192,3 +193,22 @@ def test_a_manual_failover_moves_the_nodes_at_once(sentinels: SentinelSet) -> No
         assert took < 5.0, f"the nodes saw the join only after {took:.1f} s"
         c.wait_for(lambda: all_on_redis(c, every), timeout=20, what="every node on Redis")
         assert read_registry(url, "manual").names == frozenset(every)
+
+
+def test_a_sentinel_that_never_answers_does_not_keep_nodes_off_redis(
+        sentinels: SentinelSet) -> None:
+    """A sentinel host that is down without refusing (a black-holed address; here a socket
+    that accepts and never answers) listed first: every master lookup must still fit in one
+    Redis call's deadline, so the nodes ask the other sentinels in time."""
+    dead = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        dead.bind(("127.0.0.1", 0))
+        dead.listen(64)
+        url = sentinels.url.replace("redis+sentinel://",
+                                    f"redis+sentinel://127.0.0.1:{dead.getsockname()[1]},")
+        with LocalCluster(cluster="blackhole", redis_url=url) as c:
+            names = c.start(3)
+            c.wait_for(lambda: settled(c, names), timeout=20,
+                       what="every node on Redis, a member, following the goose")
+    finally:
+        dead.close()
