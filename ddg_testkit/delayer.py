@@ -73,6 +73,13 @@ _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, portid (host order
 _NFGENMSG = struct.Struct("!BBH")  # family, version, queue number (big-endian)
 
 
+def check_delay(delay_ms: float, jitter_ms: float) -> None:
+    """The one rule for a link's delay (here and in hosts.Impairment)."""
+    if not 0 <= jitter_ms <= delay_ms <= 10_000:
+        raise ConfigError(f"need 0 <= jitter <= delay <= 10 s, got delay {delay_ms:g} ms, "
+                          f"jitter {jitter_ms:g} ms")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DelaySpec:
     """What the delayer does to every packet of its queue."""
@@ -84,8 +91,7 @@ class DelaySpec:
     def __post_init__(self) -> None:
         if not 0 <= self.queue <= 65535:
             raise ConfigError(f"queue must be 0-65535, got {self.queue}")
-        if not 0 <= self.jitter_ms <= self.delay_ms <= 10_000:
-            raise ConfigError(f"need 0 <= jitter <= delay <= 10 s, got {self}")
+        check_delay(self.delay_ms, self.jitter_ms)
 
     def hold(self, rng: random.Random) -> float:
         """Seconds to hold one packet."""

@@ -44,6 +44,7 @@ from ddg.launcher import NodeSpec, spawn_bound, start_spawner
 from ddg.tls import TlsConfig
 
 from .cluster import LocalCluster
+from .delayer import check_delay
 from .procs import alive
 from .sentinel import Place, SentinelSet
 
@@ -81,8 +82,7 @@ class Impairment:
     loss_pct: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (0 <= self.jitter_ms <= self.delay_ms <= 10_000):
-            raise ConfigError(f"need 0 <= jitter <= delay <= 10 s, got {self}")
+        check_delay(self.delay_ms, self.jitter_ms)
         if not 0 <= self.loss_pct <= 100:
             raise ConfigError(f"loss must be 0-100 %, got {self.loss_pct}")
 

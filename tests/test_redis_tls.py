@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import redis
 from ddg.embedded import free_port
 from ddg.launcher import spawn_bound
 from ddg.redisconn import RedisOptions
-from ddg_testkit import LocalCluster
+from ddg_testkit import LocalCluster, wait_until
 from ddg_testkit.certs import Pki
 from ddg_tui.poller import LiveSource
 
@@ -96,14 +95,15 @@ def tls_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TlsRed
     proc = spawn_bound(argv, executable=binary, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        start_new_session=True)
+    log = tmp_path / "redis.log"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"TLS redis-server exited: "
+                        f"{log.read_text()[-500:] if log.exists() else '(no log)'}")
+        return _ping(server)
     try:
-        deadline = time.monotonic() + 10
-        while not _ping(server):
-            log = tmp_path / "redis.log"
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"TLS redis-server did not start: "
-                            f"{log.read_text()[-500:] if log.exists() else '(no log)'}")
-            time.sleep(0.05)  # polling a start, with a deadline
+        wait_until(up, timeout=10, what="the TLS redis-server answering")
         yield server
     finally:
         proc.kill()
