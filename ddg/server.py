@@ -476,6 +476,7 @@ class GuardedServer:
         self._reopen: asyncio.TimerHandle | None = None
         self._paused: dict[socket.socket, asyncio.TimerHandle] = {}
         self._pending: set[asyncio.Task[None]] = set()
+        self._awaiting_setup: set[socket.socket] = set()  # not read until one is set up
         self._spare = _open_spare()
         self._refusals = Throttle(limits.accept_log_interval, time.monotonic)
         self._tls_failures = LogThrottle(log, TLS_FAILURE_LOG_INTERVAL)
@@ -534,6 +535,7 @@ class GuardedServer:
         for handle in self._paused.values():
             handle.cancel()
         self._paused.clear()
+        self._awaiting_setup.clear()
         for sock in self._sockets:
             with contextlib.suppress(ValueError, OSError):
                 self.loop.remove_reader(sock.fileno())
@@ -595,6 +597,12 @@ class GuardedServer:
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(self.limits.backlog):
+            if self._setting_up_is_all_that_blocks():
+                # Those accepted a moment ago become evictable once set up (a loop pass or
+                # two): wait for them instead of refusing a client the cap makes room for.
+                self.loop.remove_reader(listener.fileno())
+                self._awaiting_setup.add(listener)
+                return
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -610,6 +618,19 @@ class GuardedServer:
                 self._note_refusal()
             else:
                 self._adopt(conn)
+
+    def _setting_up_is_all_that_blocks(self) -> bool:
+        """At the cap, nothing evictable, and plain connections still being set up. (A TLS
+        handshake may take up to the header timeout: at the cap, that refuses at once.)"""
+        return (self.ssl is None and bool(self._pending) and self.stats.open >= self.stats.cap
+                and not any(conn.evictable for conn in self._by_progress))
+
+    def _set_up(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        waiting, self._awaiting_setup = self._awaiting_setup, set()
+        if not self._closed:
+            for listener in waiting:
+                self.loop.add_reader(listener.fileno(), self._accept, listener)
 
     def busy(self) -> int:
         """Connections inside a request right now (those eviction spares)."""
@@ -687,7 +708,7 @@ class GuardedServer:
 
         task = self.loop.create_task(self._connect(conn, release))
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._set_up)
 
     async def _connect(self, conn: socket.socket, release: Callable[[], None]) -> None:
         def protocol() -> _Connection:

@@ -237,6 +237,32 @@ async def test_at_the_cap_new_connections_evict_the_stalest_idle_ones(start: Any
         close_all(conns)
 
 
+async def test_a_burst_larger_than_the_cap_evicts_and_refuses_nobody(start: Any) -> None:
+    """More idle clients than the cap queued at once (a busy loop, a slow machine): those
+    accepted in the same pass are not set up yet, so not evictable; the rest must wait for them
+    rather than get a 503 (CI saw 47 of 300 refused)."""
+    server = await start(max_connections=2)
+    stats = server.stats
+    first = [await connect(server.port) for _ in range(2)]
+    burst: list[socket.socket] = []
+    try:
+        await eventually(lambda: len(server._by_progress) == 2, "2 set up")
+        # Blocking connects finish in the kernel's accept queue: the loop runs no pass between.
+        burst = [socket.create_connection((HOST, server.port), timeout=3) for _ in range(5)]
+        await eventually(lambda: stats.accepted + stats.refused_over_cap == 7, "the burst taken")
+        await eventually(lambda: stats.evicted_idle == 5, "5 evicted")
+        assert stats.refused_over_cap == 0 and stats.open == 2
+        # The newest two hold the slots.
+        for sock in burst[-2:]:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = [await asyncio.to_thread(sock.recv, 100) for sock in burst[-2:]]
+        assert all(data.startswith(b"HTTP/1.1 200") for data in answers)
+    finally:
+        close_all(first)
+        for sock in burst:
+            sock.close()
+
+
 async def test_a_handler_that_outlives_its_client_leaves_no_busy_connection(start: Any) -> None:
     """aiohttp lets a handler run on after its client hung up; when it returns, the gone
     connection must not be tracked again (it stayed 'busy' for ever, spared by eviction)."""
