@@ -32,7 +32,6 @@ from .errors import (
     NotAMember,
     RegistryAuthError,
     RegistryDataError,
-    RegistryError,
     RegistryFull,
     RegistryUnavailable,
 )
@@ -419,12 +418,6 @@ class Registry:
                 f"{_text(value, 'id')[:32]}) than this node's ({snapshot.cluster_id}); not "
                 "restoring over it")
         return check_version(int(_text(value, "version"))) if int(code) == 1 else 0
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._call(self._redis.ping()))
-        except RegistryError:
-            return False
 
     async def changes(self, interval: float) -> AsyncIterator[None]:
         """Yield on each change notification, and every INTERVAL seconds without one.

@@ -45,6 +45,14 @@ async def serve() -> AsyncIterator[Serve]:
         await runner.cleanup()
 
 
+@pytest.fixture
+async def goose(serve: Serve) -> tuple[HoldServer, str]:
+    """A goose's stream end with the default timing, serving: (it, its URL)."""
+    holds = HoldServer(Timing())
+    holds.became_goose()
+    return holds, await serve(holds)
+
+
 def duck(tmp_path: Path, name: str = "d1") -> NodeConfig:
     return NodeConfig(name=name, port=4001, data_dir=tmp_path / name)
 
@@ -57,10 +65,9 @@ async def open_stream(session: ClientSession, holds: HoldServer, url: str, tmp_p
     return task
 
 
-async def test_a_goose_that_steps_down_says_bye(serve: Serve, tmp_path: Path) -> None:
-    holds = HoldServer(Timing())
-    holds.became_goose()
-    url = await serve(holds)
+async def test_a_goose_that_steps_down_says_bye(goose: tuple[HoldServer, str],
+                                                tmp_path: Path) -> None:
+    holds, url = goose
     async with ClientSession() as session:
         task = await open_stream(session, holds, url, tmp_path)
         holds.stopped_being_goose()
@@ -83,10 +90,8 @@ async def test_a_stopping_goose_says_bye_and_a_node_not_goose_refuses(
 
 
 async def test_pings_keep_it_open_and_a_newer_stream_of_the_same_duck_ends_the_older(
-        serve: Serve, tmp_path: Path, fast_pings: None) -> None:
-    holds = HoldServer(Timing())
-    holds.became_goose()
-    url = await serve(holds)
+        goose: tuple[HoldServer, str], tmp_path: Path, fast_pings: None) -> None:
+    holds, url = goose
     async with ClientSession() as session:
         first = await open_stream(session, holds, url, tmp_path)
         done, _ = await asyncio.wait({first}, timeout=0.3)  # six pings' worth
@@ -100,10 +105,8 @@ async def test_pings_keep_it_open_and_a_newer_stream_of_the_same_duck_ends_the_o
 
 
 async def test_a_duck_that_went_away_is_noticed_by_the_next_ping(
-        serve: Serve, tmp_path: Path, fast_pings: None) -> None:
-    holds = HoldServer(Timing())
-    holds.became_goose()
-    url = await serve(holds)
+        goose: tuple[HoldServer, str], tmp_path: Path, fast_pings: None) -> None:
+    holds, url = goose
     async with ClientSession() as session:
         task = await open_stream(session, holds, url, tmp_path)
         task.cancel()
