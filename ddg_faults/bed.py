@@ -34,7 +34,7 @@ from ddg_testkit.certs import Pki
 from ddg_testkit.hosts import CLIENT, REDIS, REPLICA, Bed, BedConfig, Impairment
 
 from .checker import Event, Observation, Topology, summarize
-from .harness import Harness, HarnessConfig, ScenarioFailed
+from .harness import MAX_LAPSED, Harness, HarnessConfig, ScenarioFailed
 from .netns import CutMode
 from .observer import Observer
 
@@ -251,23 +251,6 @@ class BedHarness(Harness):
         return self._record("replica-back", ",".join(f"{n} ({h})" for n, h in back), (), False,
                             start, replace(self.topology, redis="up"))
 
-    def moved(self, goose: str, term: int | None, since: float) -> tuple[str | None, int]:
-        """Since SINCE, did an answer name another term than TERM or another goose than GOOSE?
-        Returns the first such answer, described (None: none did), and how many answers of
-        GOOSE said it had no goose: its lease lapsed (a stall of a lease or more), which moves
-        neither the goose nor the term. A late node's answers in an older term (it has not
-        heard from the goose yet) move nothing either."""
-        hist = [o for o in self.obs().history() if o.ok and o.sent >= since
-                and not (o.node in self.late and (o.term or 0) < (term or 0))]
-        moved = [o for o in hist if o.term != term or o.goose not in (goose, None)
-                 or (o.role == "goose" and o.node != goose)]
-        lapses = sum(1 for o in hist if o.node == goose and o.goose is None)
-        if not moved:
-            return None, lapses
-        o = moved[0]
-        return (f"{o.node} answered {o.role} in term {o.term} naming goose {o.goose} (was "
-                f"{goose} in term {term}) at +{(o.sent - since) * 1000:.0f} ms"), lapses
-
     def failover_figures(self) -> str:
         promoted = [p for p, _ in self.redis_failovers]
         on_it = [r for _, r in self.redis_failovers]
@@ -365,14 +348,6 @@ def window_figures(b: BedHarness, goose: str, before: dict[str, Scrape | None],
     return "; ".join(parts)
 
 
-# The goose's lease (80 ms by default) outlasts its next round (50 ms later) by 30 ms: a round
-# whose quorum of acks takes longer (four 3-7 ms link crossings, two node hops, a busy machine)
-# leaves it answering `duck` for a moment, in its term, with no one else answering `goose`
-# (the safe answer, by design: docs/design.md). Above this share of its answers it is no
-# longer "a moment".
-MAX_LAPSED = 0.05
-
-
 def impaired_quiet(h: Harness, cfg: RunConfig) -> None:
     """Every link delays and drops packets; for the window, nobody starts an election: no
     answer in a later term, no other node answering goose, the goose answering goose (but for
@@ -426,7 +401,7 @@ def sentinel_failover(h: Harness, cfg: RunConfig) -> None:
     b.notes.append(f"after the promotion: {','.join(b.late)} joined and {duck} was removed "
                    f"(ddg-node remove) in {time.monotonic() - t1:.1f} s")
     b.settle()
-    moved, lapses = b.moved(goose, term, t0)
+    moved, lapses, _ = b.moved(goose, term, t0)
     if moved is not None:
         b.fail(f"the Redis failover or the membership change moved the election: {moved}")
     b.notes.append(f"{goose} stayed goose in term {term} throughout"
@@ -484,7 +459,7 @@ def soak(h: Harness, cfg: RunConfig) -> None:
             how: MasterFault = rng.choice(["kill", "freeze", "link"])
             b.failed_over(b.master_fault(how))
             b.replica_back()
-            moved, lapsed = b.moved(goose, term, t0)
+            moved, lapsed, _ = b.moved(goose, term, t0)
             masters, lapses = masters + 1, lapses + lapsed
             if moved is not None:  # a soak on a busy machine: noted, judged by the checker
                 moves += 1

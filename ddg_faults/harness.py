@@ -27,6 +27,13 @@ from .observer import Observer
 T = TypeVar("T")
 
 
+# The goose's lease (80 ms by default) outlasts its next round (50 ms later) by 30 ms: a round
+# whose quorum of acks takes longer (slow links, a busy machine) leaves it answering `duck` for
+# a moment, in its term, with no one else answering `goose` (the safe answer, by design:
+# docs/design.md). Above this share of its answers it is no longer "a moment".
+MAX_LAPSED = 0.05
+
+
 class ScenarioFailed(AssertionError):
     """An expectation of the scenario itself did not hold (not a checker violation)."""
 
@@ -457,16 +464,40 @@ class Harness:
                       f"+{(bad[0].sent - t0) * 1000:.0f} ms without a quorum")
 
     def expect_goose_unchanged(self, goose: str, seconds: float) -> None:
-        """For SECONDS, the goose stays GOOSE and no other node answers goose."""
+        """For SECONDS, no election: no answer in another term or naming another goose, the
+        goose answering goose but for its lease's brief lapses (at most MAX_LAPSED of its
+        answers; a loaded machine, not the fault, causes those)."""
+        term = self.obs().latest()[goose].term
         t0 = time.monotonic()
         time.sleep(seconds)
-        hist = [o for o in self.obs().history() if o.sent >= t0 and o.ok]
-        other = [o for o in hist if o.role == "goose" and o.node != goose]
-        lost = [o for o in hist if o.node == goose and o.role != "goose"]
-        if other or lost:
-            o = (other or lost)[0]
-            self.fail(f"expected {goose} to stay goose; {o.node} answered {o.role} "
-                      f"(term {o.term}) at +{(o.sent - t0) * 1000:.0f} ms")
+        moved, lapses, answers = self.moved(goose, term, t0)
+        if moved is not None:
+            self.fail(f"expected {goose} to stay goose: {moved}")
+        if lapses > MAX_LAPSED * answers:
+            self.fail(f"expected {goose} to stay goose: its lease lapsed in {lapses} of its "
+                      f"{answers} answers")
+        if lapses:
+            self.notes.append(f"{goose} stayed goose; its lease lapsed in {lapses} of its "
+                              f"{answers} answers")
+
+    def moved(self, goose: str, term: int | None, since: float
+              ) -> tuple[str | None, int, int]:
+        """Since SINCE, did an answer name another term than TERM or another goose than GOOSE?
+        Returns the first such answer, described (None: none did); how many answers of GOOSE
+        said it had no goose: its lease lapsed (a stall of a lease or more), which moves
+        neither the goose nor the term; and how many answers GOOSE gave. A late node's answers
+        in an older term (it has not heard from the goose yet) move nothing either."""
+        hist = [o for o in self.obs().history() if o.ok and o.sent >= since
+                and not (o.node in self.late and (o.term or 0) < (term or 0))]
+        moved = [o for o in hist if o.term != term or o.goose not in (goose, None)
+                 or (o.role == "goose" and o.node != goose)]
+        lapses = sum(1 for o in hist if o.node == goose and o.goose is None)
+        answers = sum(1 for o in hist if o.node == goose)
+        if not moved:
+            return None, lapses, answers
+        o = moved[0]
+        return (f"{o.node} answered {o.role} in term {o.term} naming goose {o.goose} (was "
+                f"{goose} in term {term}) at +{(o.sent - since) * 1000:.0f} ms"), lapses, answers
 
     def hold(self, seconds: float) -> None:
         """Let a fault last: sleeping here is the fault's duration, not synchronisation."""

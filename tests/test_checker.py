@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +16,8 @@ from ddg_faults.checker import (
     goose_runs,
     majority_windows,
 )
+from ddg_faults.harness import Harness, HarnessConfig
+from ddg_faults.observer import Observer
 
 NODES = frozenset({"a", "b", "c", "d", "e"})
 HEALTHY = Topology(nodes=NODES, live=NODES)
@@ -216,3 +220,38 @@ def test_the_first_election_is_reported_apart_and_not_bound_by_recovery() -> Non
     assert report.figures.recoveries == []
     assert len(report.figures.initial_elections) == 1
     assert 0.79 < report.figures.initial_elections[0] < 0.81
+
+
+# ---- the harness's "goose unchanged" expectation --------------------------------------------
+
+
+def harness_seeing(history: list[Observation]) -> Harness:
+    h = Harness(HarnessConfig(nodes=3))
+    h.observer = Observer({})
+    h.observer._history = history
+    h.observer._latest = {o.node: o for o in history}
+    return h
+
+
+def test_goose_unchanged_allows_a_brief_lapse_but_not_a_new_term_or_a_long_one() -> None:
+    """A loaded machine lapses the lease for a moment (the goose answers duck in its term,
+    naming no goose): that moves nothing. CI failed redis-frozen on one such answer."""
+    t = time.monotonic() + 3600  # after the expectation starts
+    steady = [o for i in range(40) for o in (
+        obs("a", t + i * 0.02), obs("b", t + i * 0.02, "duck", goose="a"))]
+    lapse = [obs("a", t + 0.81, "duck")]
+    h = harness_seeing(steady + lapse)
+    h.expect_goose_unchanged("a", 0)
+    assert h.failures == [] and "lapsed in 1 of its 41 answers" in h.notes[0]
+
+    h = harness_seeing(steady + [obs("a", t + 0.81 + i * 0.02, "duck") for i in range(5)])
+    h.expect_goose_unchanged("a", 0)
+    assert h.failures == ["expected a to stay goose: its lease lapsed in 5 of its 45 answers"]
+
+    h = harness_seeing([*steady, obs("b", t + 0.9, "candidate", term=2)])
+    h.expect_goose_unchanged("a", 0)
+    assert len(h.failures) == 1 and "b answered candidate in term 2" in h.failures[0]
+
+    h = harness_seeing([*steady, obs("c", t + 0.9)])
+    h.expect_goose_unchanged("a", 0)
+    assert len(h.failures) == 1 and "c answered goose in term 1" in h.failures[0]

@@ -41,6 +41,15 @@ def answering_goose_at(log: Path, term: int) -> float | None:
     return None
 
 
+def log_tails(demo: Demo, lines: int = 25) -> str:
+    out = []
+    for n in ("n1", "n2", "n3"):
+        if (log := demo.log_path(n)) is not None:
+            out.append(f"--- {n}\n" + "".join(
+                log.read_text(errors="replace").splitlines(keepends=True)[-lines:]))
+    return "".join(out)
+
+
 @pytest.fixture
 async def demo() -> AsyncIterator[Demo]:
     d = Demo(DemoConfig(nodes=3, cluster="truth"))
@@ -60,8 +69,12 @@ async def test_stop_kill_and_freeze_the_goose_no_false_alarm_and_exact_figures(
     checked: list[tuple[str, float, float]] = []
 
     async def wait(pilot: Pilot[int], cond: object, within: float, what: str) -> None:
-        await wait_until_async(cond, timeout=within, what=what,  # type: ignore[arg-type]
-                               pause=pilot.pause)
+        try:
+            await wait_until_async(cond, timeout=within, what=what,  # type: ignore[arg-type]
+                                   pause=pilot.pause)
+        except TimeoutError as exc:  # what the console saw, and what the nodes logged
+            seen = "\n".join(f"  {e.text}" for e in list(app.model.events)[-15:])
+            raise TimeoutError(f"{exc}; console events:\n{seen}\n{log_tails(demo)}") from None
 
     async def settled(pilot: Pilot[int]) -> str:
         """Every node answers, one goose, everyone follows it."""
