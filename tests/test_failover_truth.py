@@ -98,7 +98,10 @@ async def test_stop_kill_and_freeze_the_goose_no_false_alarm_and_exact_figures(
             for _ in range(ROUNDS):
                 old = await settled(pilot)
                 before = len(app.model.failovers)
-                app.query_one(NodeTable).select(old)
+                # The model can know a node before the table shows its row (a loaded
+                # machine): a key pressed with nothing selected does nothing.
+                await wait(pilot, lambda o=old: app.query_one(NodeTable).select(o), 5,
+                           f"{old}'s row to select")
                 pid = demo.pid(old)
                 assert pid is not None
                 if action == "stop":
@@ -127,7 +130,8 @@ async def test_stop_kill_and_freeze_the_goose_no_false_alarm_and_exact_figures(
                     os.kill(pid, signal.SIGCONT)
                 else:
                     await wait(pilot, lambda o=old: not demo.running(o), 10, f"{old} exited")
-                    app.query_one(NodeTable).select(old)
+                    await wait(pilot, lambda o=old: app.query_one(NodeTable).select(o), 5,
+                               f"{old}'s row to select")
                     await pilot.press("t")
                     await wait(pilot, lambda o=old: demo.running(o), 10, f"{old} restarted")
         await settled(pilot)
