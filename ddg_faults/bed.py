@@ -358,7 +358,7 @@ def impaired_quiet(h: Harness, cfg: RunConfig) -> None:
     before = {n: scrape(b.bed.url(n)) for n in b.names}
     t0 = time.monotonic()
     seconds = cfg.seconds if cfg.seconds is not None else 60.0
-    first = b.obs().latest()[goose].term
+    first = b.term_of(goose)
     b.hold(seconds)
     b.notes.append(window_figures(b, goose, before, time.monotonic() - t0))
     seen = [o for o in b.obs().history() if o.ok and o.sent >= t0]
@@ -388,7 +388,7 @@ def sentinel_failover(h: Harness, cfg: RunConfig) -> None:
     by itself, the goose and the term do not move; then a join and a removal through it."""
     b = _bed(h)
     goose = b.settle()
-    term = b.obs().latest()[goose].term
+    term = b.term_of(goose)
     t0 = time.monotonic()
     b.failed_over(b.kill_master())
     b.notes.append(b.failover_figures())
@@ -454,7 +454,7 @@ def soak(h: Harness, cfg: RunConfig) -> None:
             b.hold(rng.uniform(0.3, 1.2))
             b.resume(victim)
         elif kind == "master":
-            term = b.obs().latest()[goose].term
+            term = b.term_of(goose)
             t0 = time.monotonic()
             how: MasterFault = rng.choice(["kill", "freeze", "link"])
             b.failed_over(b.master_fault(how))

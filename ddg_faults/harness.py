@@ -467,7 +467,7 @@ class Harness:
         """For SECONDS, no election: no answer in another term or naming another goose, the
         goose answering goose but for its lease's brief lapses (at most MAX_LAPSED of its
         answers; a loaded machine, not the fault, causes those)."""
-        term = self.obs().latest()[goose].term
+        term = self.term_of(goose)
         t0 = time.monotonic()
         time.sleep(seconds)
         moved, lapses, answers = self.moved(goose, term, t0)
@@ -479,6 +479,11 @@ class Harness:
         if lapses:
             self.notes.append(f"{goose} stayed goose; its lease lapsed in {lapses} of its "
                               f"{answers} answers")
+
+    def term_of(self, node: str) -> int | None:
+        """NODE's term in its latest answer (a failed poll has none)."""
+        return next((o.term for o in reversed(self.obs().history()) if o.node == node and o.ok),
+                    None)
 
     def moved(self, goose: str, term: int | None, since: float
               ) -> tuple[str | None, int, int]:

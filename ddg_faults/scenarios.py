@@ -124,7 +124,7 @@ def pause_goose(h: Harness, cfg: RunConfig) -> None:
     """SIGSTOP the goose past its lease; once resumed it must never answer goose in its term."""
     for _ in range(2):
         g = h.settle()
-        term = h.obs().latest()[g].term
+        term = h.term_of(g)
         h.pause(g)
         h.goose(others(h, g))
         h.hold(0.6)
