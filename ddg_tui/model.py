@@ -106,6 +106,10 @@ class ClusterModel:
 
     def _event(self, wall: float, kind: str, text: str, severity: Severity = "info",
                node: str | None = None, nodes: tuple[str, ...] = ()) -> Event:
+        if kind in ("goose", "failover") and self._fold is not None and self._fold.wall <= wall:
+            # Term changes seen before a goose change go before its line, to keep the log in
+            # time order; those seen after it fold on their own.
+            self._flush_terms()
         self._seq += 1
         ev = Event(seq=self._seq, wall=wall, kind=kind, text=text, severity=severity, node=node,
                    nodes=nodes)

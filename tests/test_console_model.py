@@ -339,6 +339,31 @@ def test_a_failovers_term_changes_fold_into_one_event() -> None:
     assert "n5: duck → candidate (term 2)" in texts(m, seq)
 
 
+def test_a_term_change_seen_before_the_new_goose_is_logged_before_the_failover() -> None:
+    """The log is in time order: ducks' term changes polled before the new goose answered
+    are not held back past the failover line (they were logged after it, with their earlier
+    time); later ones fold on their own."""
+    names = ("n1", "n2", "n3", "n4", "n5")
+    m = ClusterModel(cluster="c")
+    m.apply_membership(membership(*names), at=0.0, wall=1000.0)
+    for n in names:
+        m.apply_observation(up(n, "goose" if n == "n1" else "duck", 1, at=1.0, goose="n1"))
+    seq = m.last_seq
+    m.apply_observation(down("n1", at=2.0))
+    m.apply_observation(up("n3", "duck", 2, at=2.1, goose="n2"))
+    m.apply_observation(up("n4", "duck", 2, at=2.15, goose="n2"))
+    m.apply_observation(up("n2", "goose", 2, at=2.2))
+    m.tick(2.9)
+    m.apply_observation(up("n5", "duck", 2, at=3.0, goose="n2"))
+    m.tick(3.6)
+    events = m.events_after(seq)
+    assert [e.wall for e in events] == sorted(e.wall for e in events), \
+        [(e.wall, e.text) for e in events]
+    text = [e.text for e in events]
+    assert text[-3] == "term 1 → 2: n3, n4 follow n2" and "→ n2 goose" in text[-2]
+    assert text[-1] == "n5: term 1 → 2 (duck, follows n2)"
+
+
 def test_a_term_change_of_one_node_keeps_its_wording() -> None:
     m = healthy()
     m.apply_observation(up("n3", "duck", 2, at=2.0, goose="n1"))
