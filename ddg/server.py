@@ -15,7 +15,8 @@ per failure, and the node stops answering even /status. This module accepts conn
   if the fd limit is hit anyway;
 * serve TLS (serve(ssl=...)): the handshake must complete within header_timeout, then the
   request head gets its own header_timeout as on a plain connection, so a client that starts a
-  handshake and never finishes it holds its slot for header_timeout at most.
+  handshake and never finishes it holds its slot for header_timeout at most, and at the cap
+  not even that: a connection not yet set up has made no progress, and is evicted first.
 
 For fault injection (`--allow-fault-injection`), ``close_listeners`` closes the listening
 sockets while everything else runs on (a new connection is refused; accepted ones go on), and
@@ -203,7 +204,9 @@ class ServerStats:
     peak_open: int = 0
     accepted: int = 0
     refused_over_cap: int = 0
-    evicted_idle: int = 0  # closed at the cap to make room for a new connection
+    # closed at the cap to make room for a new connection: idle, or not set up yet (in its
+    # TLS handshake, say)
+    evicted_idle: int = 0
     refused_out_of_fds: int = 0
     header_timeouts: int = 0
     write_timeouts: int = 0
@@ -289,6 +292,37 @@ def install_accept_error_filter(loop: asyncio.AbstractEventLoop | None = None, *
 # ---- connections ------------------------------------------------------------------------
 
 
+class _Setup:
+    """An accepted connection not yet handed to its protocol: for a loop pass or two (plain)
+    or for its TLS handshake. It has made no progress, so at the cap it is evicted like an
+    idle one; otherwise a burst larger than the cap, or sockets that never say hello to a TLS
+    port, held the slots and every newcomer got a 503."""
+
+    evictable = True
+
+    def __init__(self, stats: ServerStats, conn: socket.socket,
+                 release: Callable[[], bool]) -> None:
+        self._stats = stats
+        self.conn = conn
+        self.release = release
+        self.started = False  # its task began: from then on that task closes the socket
+        self.task: asyncio.Task[None] | None = None
+
+    def evict(self) -> bool:
+        freed = self.cancel()
+        if freed:
+            self._stats.evicted_idle += 1
+        return freed
+
+    def cancel(self) -> bool:
+        """Close it; True if that freed its slot (its protocol may have freed it already)."""
+        if not self.started:  # a task cancelled before it runs never runs its cleanup
+            self.conn.close()
+        if self.task is not None:
+            self.task.cancel()
+        return self.release()  # the slot is free at once, as for an evicted connection
+
+
 class _Connection(asyncio.Protocol):
     """One accepted connection: aiohttp's RequestHandler, plus its slot under the cap and the
     timeouts aiohttp lacks. (Its keep-alive timer runs from connect and from each response to
@@ -296,7 +330,7 @@ class _Connection(asyncio.Protocol):
     that and long for an idle keep-alive connection; it has no write timeout at all.)"""
 
     def __init__(self, server: GuardedServer, inner: web.RequestHandler,
-                 release: Callable[[], None]) -> None:
+                 release: Callable[[], bool]) -> None:
         self._server = server
         self._inner = inner
         self._release = release
@@ -378,11 +412,16 @@ class _Connection(asyncio.Protocol):
     def evictable(self) -> bool:
         return self._idle and self._transport is not None
 
-    def evict(self) -> None:
-        if self._transport is not None:
+    def evict(self) -> bool:
+        """Close it; True if that freed its slot for the new connection (an evicted connection
+        can be tracked again before it is lost: it must not free a second slot)."""
+        if self._transport is None:
+            return False
+        self._transport.abort()
+        freed = self._release()
+        if freed:
             self.stats.evicted_idle += 1
-            self._transport.abort()
-            self._release()  # idempotent: the slot is the new connection's now
+        return freed
 
     def _arm(self) -> None:
         self._disarm()
@@ -475,14 +514,13 @@ class GuardedServer:
         self._binds: list[tuple[int, int, int, Any]] = []
         self._reopen: asyncio.TimerHandle | None = None
         self._paused: dict[socket.socket, asyncio.TimerHandle] = {}
-        self._pending: set[asyncio.Task[None]] = set()
-        self._awaiting_setup: set[socket.socket] = set()  # not read until one is set up
+        self._pending: set[_Setup] = set()
         self._spare = _open_spare()
         self._refusals = Throttle(limits.accept_log_interval, time.monotonic)
         self._tls_failures = LogThrottle(log, TLS_FAILURE_LOG_INTERVAL)
         self._closed = False
         # Open connections, oldest progress first (connect, or the last completed request).
-        self._by_progress: dict[_Connection, None] = {}
+        self._by_progress: dict[_Connection | _Setup, None] = {}
 
     @property
     def cap(self) -> int:
@@ -535,7 +573,6 @@ class GuardedServer:
         for handle in self._paused.values():
             handle.cancel()
         self._paused.clear()
-        self._awaiting_setup.clear()
         for sock in self._sockets:
             with contextlib.suppress(ValueError, OSError):
                 self.loop.remove_reader(sock.fileno())
@@ -597,12 +634,6 @@ class GuardedServer:
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(self.limits.backlog):
-            if self._setting_up_is_all_that_blocks():
-                # Those accepted a moment ago become evictable once set up (a loop pass or
-                # two): wait for them instead of refusing a client the cap makes room for.
-                self.loop.remove_reader(listener.fileno())
-                self._awaiting_setup.add(listener)
-                return
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -619,39 +650,27 @@ class GuardedServer:
             else:
                 self._adopt(conn)
 
-    def _setting_up_is_all_that_blocks(self) -> bool:
-        """At the cap, nothing evictable, and plain connections still being set up. (A TLS
-        handshake may take up to the header timeout: at the cap, that refuses at once.)"""
-        return (self.ssl is None and bool(self._pending) and self.stats.open >= self.stats.cap
-                and not any(conn.evictable for conn in self._by_progress))
-
-    def _set_up(self, task: asyncio.Task[None]) -> None:
-        self._pending.discard(task)
-        waiting, self._awaiting_setup = self._awaiting_setup, set()
-        if not self._closed:
-            for listener in waiting:
-                self.loop.add_reader(listener.fileno(), self._accept, listener)
-
     def busy(self) -> int:
         """Connections inside a request right now (those eviction spares)."""
         return sum(1 for conn in self._by_progress if not conn.evictable)
 
-    def track(self, conn: _Connection) -> None:
+    def track(self, conn: _Connection | _Setup) -> None:
         self._by_progress.pop(conn, None)
         self._by_progress[conn] = None
 
-    def untrack(self, conn: _Connection) -> None:
+    def untrack(self, conn: _Connection | _Setup) -> None:
         self._by_progress.pop(conn, None)
 
     def _evict_one(self) -> bool:
         """Close the connection that has gone longest without completing a request and is not
-        in one now; its fd is freed at once (abort), its slot when it is lost."""
-        for conn in self._by_progress:
-            if conn.evictable:
-                self._by_progress.pop(conn)
-                conn.evict()
+        in one now (or not set up yet), freeing its slot at once; False if none could."""
+        while True:
+            victim = next((c for c in self._by_progress if c.evictable), None)
+            if victim is None:
+                return False
+            del self._by_progress[victim]
+            if victim.evict():
                 return True
-        return False
 
     def _note_refusal(self) -> None:
         held = self._refusals.allow()
@@ -700,17 +719,25 @@ class GuardedServer:
         stats.peak_open = max(stats.peak_open, stats.open)
         released = False
 
-        def release() -> None:
+        def release() -> bool:
+            """Free the slot, once: True if this call did."""
             nonlocal released
-            if not released:
-                released = True
-                stats.open -= 1
+            if released:
+                return False
+            released = True
+            stats.open -= 1
+            return True
 
-        task = self.loop.create_task(self._connect(conn, release))
-        self._pending.add(task)
-        task.add_done_callback(self._set_up)
+        setup = _Setup(stats, conn, release)
+        setup.task = self.loop.create_task(self._connect(setup))
+        self._pending.add(setup)
+        setup.task.add_done_callback(lambda _: self._pending.discard(setup))
+        self.track(setup)
 
-    async def _connect(self, conn: socket.socket, release: Callable[[], None]) -> None:
+    async def _connect(self, setup: _Setup) -> None:
+        setup.started = True
+        conn, release = setup.conn, setup.release
+
         def protocol() -> _Connection:
             return _Connection(self, self._factory(), release)
 
@@ -723,8 +750,9 @@ class GuardedServer:
                 await self.loop.connect_accepted_socket(protocol, sock=conn)
             else:
                 # Our protocol sees the connection only once the handshake is done (its timers
-                # start then): until then the slot is bounded by the handshake timeout, and a
-                # failed or timed-out handshake raises here and frees it.
+                # start then): until then the slot is bounded by the handshake timeout (and
+                # evictable at the cap), and a failed or timed-out handshake raises here and
+                # frees it.
                 await self.loop.connect_accepted_socket(
                     protocol, sock=conn, ssl=self.ssl,
                     ssl_handshake_timeout=self.limits.header_timeout)
@@ -740,6 +768,8 @@ class GuardedServer:
                 self._tls_failures.warning(peer, "TLS handshake with %s failed: %s", peer, why)
             else:
                 log.debug("dropped a new connection: %s", exc)
+        finally:
+            self.untrack(setup)
 
     async def close(self) -> None:
         """Stop listening, close every connection (requests in flight get shutdown_timeout),
@@ -749,9 +779,11 @@ class GuardedServer:
         self._closed = True
         self._cancel_reopen()
         self._drop_listeners()
-        for task in list(self._pending):
-            task.cancel()
-        await asyncio.gather(*self._pending, return_exceptions=True)
+        pending = list(self._pending)
+        for setup in pending:
+            setup.cancel()
+        await asyncio.gather(*(s.task for s in pending if s.task is not None),
+                             return_exceptions=True)
         if self._spare is not None:
             os.close(self._spare)
             self._spare = None

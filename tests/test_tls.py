@@ -181,6 +181,33 @@ async def test_a_handshake_that_never_completes_frees_its_slot(pki: Pki) -> None
         await server.close()
 
 
+async def test_stalled_handshakes_at_the_cap_are_evicted_not_a_lockout(pki: Pki) -> None:
+    """A connection still in its TLS handshake has made no progress, like an idle one: at the
+    cap a new client evicts it. (They held their slots for the whole header timeout, so a few
+    sockets that never said hello locked every peer out of a TLS node.)"""
+    limits = ServerLimits(header_timeout=30.0, keepalive_timeout=30.0, max_connections=2)
+    server = await serve(await _peer_app(), HOST, 0, limits=limits,
+                         ssl=pki.tls("n1").server_context())
+    stalled: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(4):
+            async with asyncio.timeout(3):
+                _, writer = await asyncio.open_connection(HOST, server.port)
+            stalled.append(writer)
+        stats = server.stats
+        await wait_until_async(lambda: stats.accepted + stats.refused_over_cap == 4,
+                               timeout=3, what="the stalled clients taken", interval=0.01)
+        async with httpx.AsyncClient(verify=client_context(pki.tls("n2")), timeout=5) as http:
+            for _ in range(3):
+                assert (await http.get(f"https://{HOST}:{server.port}/")).text == "verified"
+        assert stats.refused_over_cap == 0
+        assert stats.evicted_idle >= 2 and stats.open <= 2
+    finally:
+        for writer in stalled:
+            writer.close()
+        await server.close()
+
+
 # ---- the openssl recipe in docs/deploy.md -------------------------------------------------
 
 
