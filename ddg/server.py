@@ -306,6 +306,9 @@ class _Setup:
         self.conn = conn
         self.release = release
         self.started = False  # its task began: from then on that task closes the socket
+        # Its protocol is connected: the transport owns the socket now, and the _Connection
+        # takes this one's place in line for eviction.
+        self.connected = False
         self.task: asyncio.Task[None] | None = None
 
     def evict(self) -> bool:
@@ -329,11 +332,11 @@ class _Connection(asyncio.Protocol):
     the next complete head, so it does bound a dribbled head, but it cannot be both short for
     that and long for an idle keep-alive connection; it has no write timeout at all.)"""
 
-    def __init__(self, server: GuardedServer, inner: web.RequestHandler,
-                 release: Callable[[], bool]) -> None:
+    def __init__(self, server: GuardedServer, inner: web.RequestHandler, setup: _Setup) -> None:
         self._server = server
         self._inner = inner
-        self._release = release
+        self._setup = setup
+        self._release = setup.release
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
@@ -346,6 +349,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        # At once, not when the task that set it up resumes (a loop pass later): evicting the
+        # _Setup meanwhile would close the socket under the transport (TLS: mid-shutdown, and
+        # the fd number's next owner was never read).
+        self._setup.connected = True
+        self._server.untrack(self._setup)
         self._server.track(self)
         self._arm()
         self._inner.connection_made(transport)
@@ -739,7 +747,7 @@ class GuardedServer:
         conn, release = setup.conn, setup.release
 
         def protocol() -> _Connection:
-            return _Connection(self, self._factory(), release)
+            return _Connection(self, self._factory(), setup)
 
         try:
             peer = conn.getpeername()[0]
@@ -757,7 +765,8 @@ class GuardedServer:
                     protocol, sock=conn, ssl=self.ssl,
                     ssl_handshake_timeout=self.limits.header_timeout)
         except BaseException as exc:
-            conn.close()
+            if not setup.connected:  # else the transport owns the socket, and closes it
+                conn.close()
             release()
             if not isinstance(exc, Exception):
                 raise

@@ -8,6 +8,7 @@ import datetime
 import logging
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -205,6 +206,59 @@ async def test_stalled_handshakes_at_the_cap_are_evicted_not_a_lockout(pki: Pki)
     finally:
         for writer in stalled:
             writer.close()
+        await server.close()
+
+
+async def test_a_connection_evicted_as_its_handshake_completes_leaves_no_stale_fd(
+        pki: Pki) -> None:
+    """A's handshake completes and B arrives in the same loop pass, at a cap of 1: B evicts A.
+    Evicting A's set-up handle then closed A's socket under its live TLS transport; the loop
+    kept a reader for that fd number, and C, given the number next, was never read (its
+    handshake timed out). Found by an adversarial read."""
+    loop = asyncio.get_running_loop()
+    limits = ServerLimits(header_timeout=2.0, keepalive_timeout=2.0, max_connections=1)
+    server = await serve(await _peer_app(), HOST, 0, limits=limits,
+                         ssl=pki.tls("n1").server_context())
+    address, stats = (HOST, server.port), server.stats
+    ctx = client_context(pki.tls("n2"))
+    a, c = socket.socket(), socket.socket()  # C's made now: it must not take A's fd number
+    b: socket.socket | None = None
+    try:
+        # A: the handshake by hand, all but the client's last flight
+        a.setblocking(False)
+        await loop.sock_connect(a, address)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname=HOST)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if data := outgoing.read():
+                    await loop.sock_sendall(a, data)
+                incoming.write(await loop.sock_recv(a, 65536))
+        last = outgoing.read()
+        await wait_until_async(lambda: stats.accepted == 1, timeout=3, what="A accepted")
+        # With the loop not running: A's last flight, then B connects; one select sees both.
+        a.setblocking(True)
+        a.sendall(last)
+        b = socket.create_connection(address, timeout=3)
+        await wait_until_async(lambda: stats.evicted_idle == 1, timeout=3, what="A evicted")
+        b.close()
+        await wait_until_async(lambda: stats.open == 0, timeout=3, what="B gone")
+        c.setblocking(False)
+        async with asyncio.timeout(3):
+            await loop.sock_connect(c, address)
+            reader, writer = await asyncio.open_connection(sock=c, ssl=ctx,
+                                                           server_hostname=HOST)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert (await reader.read()).startswith(b"HTTP/1.1 200")
+        writer.close()
+        assert stats.header_timeouts == 0
+    finally:
+        for sock in (a, b, c):
+            if sock is not None:
+                sock.close()
         await server.close()
 
 
