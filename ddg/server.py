@@ -309,6 +309,7 @@ class _Setup:
         # Its protocol is connected: the transport owns the socket now, and the _Connection
         # takes this one's place in line for eviction.
         self.connected = False
+        self.cancelled = False  # evicted, or the server closing: it must not live on
         self.task: asyncio.Task[None] | None = None
 
     def evict(self) -> bool:
@@ -319,6 +320,7 @@ class _Setup:
 
     def cancel(self) -> bool:
         """Close it; True if that freed its slot (its protocol may have freed it already)."""
+        self.cancelled = True
         if not self.started:  # a task cancelled before it runs never runs its cleanup
             self.conn.close()
         if self.task is not None:
@@ -337,6 +339,7 @@ class _Connection(asyncio.Protocol):
         self._inner = inner
         self._setup = setup
         self._release = setup.release
+        self._inner_made = False  # aiohttp's handler saw connection_made
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
@@ -354,17 +357,28 @@ class _Connection(asyncio.Protocol):
         # the fd number's next owner was never read).
         self._setup.connected = True
         self._server.untrack(self._setup)
+        if self._setup.cancelled:
+            # Cancelled in the loop pass its handshake completed (or its plain transport was
+            # made): its slot is gone, and the task's close() would start a graceful TLS
+            # shutdown that keeps it open, uncounted, for up to 30 s. aiohttp never sees it.
+            self._transport.abort()
+            return
+        self._inner_made = True
         self._server.track(self)
         self._arm()
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if not self._inner_made:  # aborted as it connected (above): bytes already read
+            return
         if self._idle and self._timer is None:  # first byte of the next request
             self._arm()
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         # aiohttp's is typed to return None (close on EOF); forward whatever it returns.
+        if not self._inner_made:
+            return None
         forward: Callable[[], bool | None] = self._inner.eof_received
         return forward()
 
@@ -376,7 +390,8 @@ class _Connection(asyncio.Protocol):
             self._write_timer = None
         self._transport = None
         self._release()
-        self._inner.connection_lost(exc)
+        if self._inner_made:
+            self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()
@@ -791,6 +806,7 @@ class GuardedServer:
         pending = list(self._pending)
         for setup in pending:
             setup.cancel()
+            self.untrack(setup)  # one whose task never ran never untracks itself
         await asyncio.gather(*(s.task for s in pending if s.task is not None),
                              return_exceptions=True)
         if self._spare is not None:

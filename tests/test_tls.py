@@ -262,6 +262,52 @@ async def test_a_connection_evicted_as_its_handshake_completes_leaves_no_stale_f
         await server.close()
 
 
+async def test_a_connection_evicted_just_before_its_handshake_completes_is_closed(
+        pki: Pki) -> None:
+    """B arrives, then A's handshake completes, in one loop pass, at a cap of 1: B evicts A's
+    set-up, then A connects anyway. It lived on without a slot (over the cap) until its header
+    timeout, or 30 s of graceful TLS shutdown after a server close. Found by an adversarial
+    read."""
+    loop = asyncio.get_running_loop()
+    limits = ServerLimits(header_timeout=10.0, keepalive_timeout=10.0, max_connections=1)
+    server = await serve(await _peer_app(), HOST, 0, limits=limits,
+                         ssl=pki.tls("n1").server_context())
+    address, stats = (HOST, server.port), server.stats
+    ctx = client_context(pki.tls("n2"))
+    a = socket.socket()
+    b: socket.socket | None = None
+    try:
+        a.setblocking(False)
+        await loop.sock_connect(a, address)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname=HOST)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if data := outgoing.read():
+                    await loop.sock_sendall(a, data)
+                incoming.write(await loop.sock_recv(a, 65536))
+        last = outgoing.read()
+        await wait_until_async(lambda: stats.accepted == 1, timeout=3, what="A accepted")
+        # With the loop not running: B connects, then A's last flight; one select sees both.
+        b = socket.create_connection(address, timeout=3)
+        a.setblocking(True)
+        a.sendall(last)
+        await wait_until_async(lambda: stats.evicted_idle == 1, timeout=3, what="A evicted")
+        a.setblocking(False)
+        async with asyncio.timeout(2):  # not the 10 s header timeout
+            while await loop.sock_recv(a, 65536):
+                pass
+        assert stats.open == 1 and stats.peak_open == 1 and stats.header_timeouts == 0
+    finally:
+        for sock in (a, b):
+            if sock is not None:
+                sock.close()
+        await server.close()
+
+
 # ---- the openssl recipe in docs/deploy.md -------------------------------------------------
 
 
