@@ -56,6 +56,7 @@ DEFAULT_FD_RESERVE: Final = 192
 # Used as the fd budget when RLIMIT_NOFILE is unlimited or unknown, so the cap stays finite.
 UNLIMITED_FD_BUDGET: Final = 65536
 ACCEPT_RETRY_DELAY: Final = 0.1  # pause after accept() fails; asyncio waits 1 s
+SLOW_STOP_REPORT: Final = 1.0  # close() still waiting this long: say for which requests
 REOPEN_RETRY_DELAY: Final = 1.0  # a scheduled reopen that could not bind tries again after this
 RESOLVE_TIMEOUT: Final = 10.0  # getaddrinfo of the listen host
 # A client whose certificate this node refuses (another CA) retries at every heartbeat; it only
@@ -344,6 +345,7 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._idle = True  # between requests (or before the first)
+        self.in_request = ""
         self.close_after_response = False
 
     @property
@@ -421,7 +423,8 @@ class _Connection(asyncio.Protocol):
         self._write_timer = self._server.loop.call_later(
             self._server.limits.write_timeout, self._watch_writes, size)
 
-    def request_started(self) -> None:
+    def request_started(self, what: str = "") -> None:
+        self.in_request = what  # "METHOD /path", for a slow stop's report
         self._idle = False
         self.close_after_response = False
         self._disarm()
@@ -481,7 +484,7 @@ async def _track_requests(request: web.Request, handler: Handler) -> web.StreamR
     conn = _connection_of(request)
     if conn is None:
         return await handler(request)
-    conn.request_started()
+    conn.request_started(f"{request.method} {request.path}")
     try:
         resp = await handler(request)
     except web.HTTPException as exc:
@@ -795,6 +798,13 @@ class GuardedServer:
         finally:
             self.untrack(setup)
 
+    def _report_slow_stop(self) -> None:
+        busy = sorted(c.in_request for c in self._by_progress
+                      if isinstance(c, _Connection) and not c.evictable)
+        log.warning("still stopping after %g s: %d request(s) in flight (%s) get up to %g s "
+                    "to finish", SLOW_STOP_REPORT, len(busy), ", ".join(busy) or "none",
+                    self.limits.shutdown_timeout)
+
     async def close(self) -> None:
         """Stop listening, close every connection (requests in flight get shutdown_timeout),
         and run the app's cleanup."""
@@ -812,9 +822,11 @@ class GuardedServer:
         if self._spare is not None:
             os.close(self._spare)
             self._spare = None
+        report = self.loop.call_later(SLOW_STOP_REPORT, self._report_slow_stop)
         try:
             await self.runner.cleanup()
         finally:
+            report.cancel()
             if self._owns_filter:
                 self.accept_filter.uninstall(self.loop)
 

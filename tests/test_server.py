@@ -263,6 +263,28 @@ async def test_a_burst_larger_than_the_cap_evicts_and_refuses_nobody(start: Any)
             sock.close()
 
 
+async def test_a_slow_stop_says_which_requests_it_waits_for(
+        start: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A node that takes seconds to stop should say why (CI once saw one take over 5 s)."""
+    server = await start(shutdown_timeout=5.0)
+    _, writer = await connect(server.port)
+    writer.write(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await eventually(lambda: server.busy() == 1, "the request in its handler")
+
+    def reports() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "still stopping" in r.getMessage()]
+    with caplog.at_level(logging.WARNING, logger="ddg.server"):
+        closing = asyncio.create_task(server.close())
+        await eventually(reports, "the report", within=3)
+        server.runner.app[RELEASE].set()  # the request finishes: the stop goes on at once
+        async with asyncio.timeout(3):
+            await closing
+    writer.close()
+    assert reports() == ["still stopping after 1 s: 1 request(s) in flight (GET /held) get up "
+                         "to 5 s to finish"]
+
+
 async def test_a_handler_that_outlives_its_client_leaves_no_busy_connection(start: Any) -> None:
     """aiohttp lets a handler run on after its client hung up; when it returns, the gone
     connection must not be tracked again (it stayed 'busy' for ever, spared by eviction)."""
