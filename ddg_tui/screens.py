@@ -215,6 +215,9 @@ class NodeDetailScreen(Screen[None]):
         self._shown_status: object = None
         self.log_file: Path | None = None
         self._log_position = 0
+        # Composed: until then there is nothing to draw into (a redraw timer can fire between
+        # the push and the compose); on_mount draws it.
+        self._composed = False
 
     def compose(self) -> ComposeResult:
         yield TextBox(id="detail-title")
@@ -231,6 +234,11 @@ class NodeDetailScreen(Screen[None]):
     # The app makes one of these and shows it again for each node (install_screen): a screen
     # made anew for each Enter costs more than the 50 ms a key may take.
 
+    def on_mount(self) -> None:
+        self._composed = True
+        if self.is_current:
+            self._show_node()
+
     def on_screen_resume(self) -> None:
         self._show_node()
 
@@ -241,12 +249,14 @@ class NodeDetailScreen(Screen[None]):
         """Show NAME from now on (when the screen is shown next, or at once if it is)."""
         if name != self.node:
             self.node = name
-            if self.is_mounted:
+            if self._composed:
                 self.query_one("#detail-events", EventLog).reset(node=name)
         if self.is_current:
             self._show_node()
 
     def _show_node(self) -> None:
+        if not self._composed:
+            return
         self.query_one("#detail-status").border_title = "status"
         events_log = self.query_one("#detail-events", EventLog)
         if events_log.node != self.node:
@@ -271,6 +281,8 @@ class NodeDetailScreen(Screen[None]):
 
     def update_view(self) -> None:
         """Bring the screen up to date with the model (the app calls it with each redraw)."""
+        if not self._composed:
+            return
         self.query_one("#detail-keys", KeyBar).update_state()
         m = self.model
         now = self._now()

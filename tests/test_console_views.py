@@ -116,6 +116,21 @@ async def test_filter_by_name_sort_by_column_and_clear() -> None:
 # ---- a node's details -------------------------------------------------------------------
 
 
+async def test_a_redraw_before_the_detail_screen_is_composed_does_not_crash() -> None:
+    """The app redraws on a timer; one that came between Enter and the detail screen's
+    compose queried widgets not there yet and the console crashed (NoMatches, seen in CI)."""
+    app = ConsoleApp(source=healthy_cluster(), fleet=None, clock=FixedClock())
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settled(app, pilot)
+        app.action_detail()  # pushed, not composed yet
+        app.render_now()
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, NodeDetailScreen)
+        await until(pilot, lambda: screen.query_one("#detail-events", EventLog).lines,
+                    "the detail screen drawn")
+
+
 async def test_enter_shows_every_status_field_the_nodes_events_and_its_log_live(
         tmp_path: Path) -> None:
     source = healthy_cluster()
