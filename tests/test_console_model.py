@@ -40,10 +40,11 @@ def down(name: str, *, at: float, error: str = "connection refused") -> Observat
                        at=at, wall=1000 + at)
 
 
-def healthy(goose: str = "n1", term: int = 1, at: float = 1.0) -> ClusterModel:
+def healthy(goose: str = "n1", term: int = 1, at: float = 1.0,
+            names: tuple[str, ...] = NAMES) -> ClusterModel:
     m = ClusterModel(cluster="c")
-    m.apply_membership(membership(*NAMES), at=0.0, wall=1000.0)
-    for n in NAMES:
+    m.apply_membership(membership(*names), at=0.0, wall=1000.0)
+    for n in names:
         m.apply_observation(up(n, "goose" if n == goose else "duck", term, at=at, goose=goose))
     return m
 
@@ -318,11 +319,7 @@ def test_a_registry_problem_alone_is_a_warning_and_with_no_goose_an_error() -> N
 
 
 def test_a_failovers_term_changes_fold_into_one_event() -> None:
-    names = ("n1", "n2", "n3", "n4", "n5")
-    m = ClusterModel(cluster="c")
-    m.apply_membership(membership(*names), at=0.0, wall=1000.0)
-    for n in names:
-        m.apply_observation(up(n, "goose" if n == "n1" else "duck", 1, at=1.0, goose="n1"))
+    m = healthy(names=("n1", "n2", "n3", "n4", "n5"))
     seq = m.last_seq
     m.apply_observation(down("n1", at=2.0))
     m.apply_observation(up("n2", "goose", 2, at=2.2))
@@ -343,11 +340,7 @@ def test_a_term_change_seen_before_the_new_goose_is_logged_before_the_failover()
     """The log is in time order: ducks' term changes polled before the new goose answered
     are not held back past the failover line (they were logged after it, with their earlier
     time); later ones fold on their own."""
-    names = ("n1", "n2", "n3", "n4", "n5")
-    m = ClusterModel(cluster="c")
-    m.apply_membership(membership(*names), at=0.0, wall=1000.0)
-    for n in names:
-        m.apply_observation(up(n, "goose" if n == "n1" else "duck", 1, at=1.0, goose="n1"))
+    m = healthy(names=("n1", "n2", "n3", "n4", "n5"))
     seq = m.last_seq
     m.apply_observation(down("n1", at=2.0))
     m.apply_observation(up("n3", "duck", 2, at=2.1, goose="n2"))

@@ -209,6 +209,25 @@ async def test_stalled_handshakes_at_the_cap_are_evicted_not_a_lockout(pki: Pki)
         await server.close()
 
 
+async def handshake_but_the_last_flight(sock: socket.socket, address: tuple[str, int],
+                                        ctx: ssl.SSLContext) -> bytes:
+    """Run a TLS handshake by hand on SOCK, all but the client's last flight (returned): the
+    server completes it when that is sent."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, address)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=HOST)
+    while True:
+        try:
+            tls.do_handshake()
+            return outgoing.read()
+        except ssl.SSLWantReadError:
+            if data := outgoing.read():
+                await loop.sock_sendall(sock, data)
+            incoming.write(await loop.sock_recv(sock, 65536))
+
+
 async def test_a_connection_evicted_as_its_handshake_completes_leaves_no_stale_fd(
         pki: Pki) -> None:
     """A's handshake completes and B arrives in the same loop pass, at a cap of 1: B evicts A.
@@ -225,19 +244,7 @@ async def test_a_connection_evicted_as_its_handshake_completes_leaves_no_stale_f
     b: socket.socket | None = None
     try:
         # A: the handshake by hand, all but the client's last flight
-        a.setblocking(False)
-        await loop.sock_connect(a, address)
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = ctx.wrap_bio(incoming, outgoing, server_hostname=HOST)
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if data := outgoing.read():
-                    await loop.sock_sendall(a, data)
-                incoming.write(await loop.sock_recv(a, 65536))
-        last = outgoing.read()
+        last = await handshake_but_the_last_flight(a, address, ctx)
         await wait_until_async(lambda: stats.accepted == 1, timeout=3, what="A accepted")
         # With the loop not running: A's last flight, then B connects; one select sees both.
         a.setblocking(True)
@@ -277,19 +284,7 @@ async def test_a_connection_evicted_just_before_its_handshake_completes_is_close
     a = socket.socket()
     b: socket.socket | None = None
     try:
-        a.setblocking(False)
-        await loop.sock_connect(a, address)
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = ctx.wrap_bio(incoming, outgoing, server_hostname=HOST)
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if data := outgoing.read():
-                    await loop.sock_sendall(a, data)
-                incoming.write(await loop.sock_recv(a, 65536))
-        last = outgoing.read()
+        last = await handshake_but_the_last_flight(a, address, ctx)
         await wait_until_async(lambda: stats.accepted == 1, timeout=3, what="A accepted")
         # With the loop not running: B connects, then A's last flight; one select sees both.
         b = socket.create_connection(address, timeout=3)
