@@ -20,7 +20,7 @@ from docblocks import block
 
 from ddg.config import NodeConfig
 from ddg.errors import ConfigError
-from ddg.server import ServerLimits, serve
+from ddg.server import GuardedServer, ServerLimits, serve
 from ddg.tls import TlsConfig, client_context, peer_verified
 from ddg_testkit.certs import Pki
 from ddg_testkit.wait import wait_until_async
@@ -182,13 +182,19 @@ async def test_a_handshake_that_never_completes_frees_its_slot(pki: Pki) -> None
         await server.close()
 
 
+async def capped_tls_server(pki: Pki, *, cap: int, idle: float) -> GuardedServer:
+    """n1's HTTPS server with CAP connections at most; IDLE s for a head and keep-alive."""
+    limits = ServerLimits(header_timeout=idle, keepalive_timeout=idle,
+                          max_connections=cap)
+    return await serve(await _peer_app(), HOST, 0, limits=limits,
+                       ssl=pki.tls("n1").server_context())
+
+
 async def test_stalled_handshakes_at_the_cap_are_evicted_not_a_lockout(pki: Pki) -> None:
     """A connection still in its TLS handshake has made no progress, like an idle one: at the
     cap a new client evicts it. (They held their slots for the whole header timeout, so a few
     sockets that never said hello locked every peer out of a TLS node.)"""
-    limits = ServerLimits(header_timeout=30.0, keepalive_timeout=30.0, max_connections=2)
-    server = await serve(await _peer_app(), HOST, 0, limits=limits,
-                         ssl=pki.tls("n1").server_context())
+    server = await capped_tls_server(pki, cap=2, idle=30.0)
     stalled: list[asyncio.StreamWriter] = []
     try:
         for _ in range(4):
@@ -235,9 +241,7 @@ async def test_a_connection_evicted_as_its_handshake_completes_leaves_no_stale_f
     kept a reader for that fd number, and C, given the number next, was never read (its
     handshake timed out). Found by an adversarial read."""
     loop = asyncio.get_running_loop()
-    limits = ServerLimits(header_timeout=2.0, keepalive_timeout=2.0, max_connections=1)
-    server = await serve(await _peer_app(), HOST, 0, limits=limits,
-                         ssl=pki.tls("n1").server_context())
+    server = await capped_tls_server(pki, cap=1, idle=2.0)
     address, stats = (HOST, server.port), server.stats
     ctx = client_context(pki.tls("n2"))
     a, c = socket.socket(), socket.socket()  # C's made now: it must not take A's fd number
@@ -276,9 +280,7 @@ async def test_a_connection_evicted_just_before_its_handshake_completes_is_close
     timeout, or 30 s of graceful TLS shutdown after a server close. Found by an adversarial
     read."""
     loop = asyncio.get_running_loop()
-    limits = ServerLimits(header_timeout=10.0, keepalive_timeout=10.0, max_connections=1)
-    server = await serve(await _peer_app(), HOST, 0, limits=limits,
-                         ssl=pki.tls("n1").server_context())
+    server = await capped_tls_server(pki, cap=1, idle=10.0)
     address, stats = (HOST, server.port), server.stats
     ctx = client_context(pki.tls("n2"))
     a = socket.socket()
