@@ -167,24 +167,29 @@ PLACES = ("loopback", "netns", "loopback+tls", "netns+tls")
 async def run_ddg(size: int, place: str, args: argparse.Namespace, rng: random.Random
                   ) -> tuple[list[Row], Resources]:
     async with contextlib.AsyncExitStack() as stack:
-        tls = None
+        tls: TlsConfig | None = None
+        node_tls: Callable[[str], TlsConfig] | None = None
         if place.endswith("+tls"):
             pki = Pki(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ddg-pki-"))))
             bed_addresses = Bed(BedConfig(nodes=size)).net.node_addresses
-            cert, key = pki.issue("nodes", *LOOPBACK, *bed_addresses)
-            tls = TlsConfig(cert=cert, key=key, ca=pki.ca_file, client_auth=True)
+            tls = pki.client("bench")  # the observer's: names no node
+
+            def named(name: str) -> TlsConfig:  # a node's own: peers take only its sender's
+                return pki.tls(name, *LOOPBACK, *bed_addresses)
+            node_tls = named
         client = NodeClient(timeout=0.5, max_connections=max(64, 2 * size), tls=tls)
         stack.push_async_callback(client.aclose)
         label = "ddg" if place == "loopback" else f"ddg {place}"
         if place.startswith("netns"):
-            bed = Bed(BedConfig(nodes=size, log_level="WARNING", tls=tls))
+            bed = Bed(BedConfig(nodes=size, log_level="WARNING", tls=tls, node_tls=node_tls))
             stack.callback(bed.close)
             bed.start(nodes=[])
             hosts = iter(bed.names)
             system = DdgSystem(bed.cluster, client,
                                lambda extra: bed.add(next(hosts), extra_args=extra), label)
         else:
-            system = DdgSystem(stack.enter_context(LocalCluster(log_level="WARNING", tls=tls)),
+            system = DdgSystem(stack.enter_context(LocalCluster(log_level="WARNING", tls=tls,
+                                                                node_tls=node_tls)),
                                client, label=label)
         cold = await cold_start(system, size, args.node_arg, args.poll)
         print(f"{label} n={size}: first goose {cold:.0f} ms after spawning {size} processes",

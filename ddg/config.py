@@ -230,6 +230,8 @@ class NodeConfig:
                 "--cluster-secret-file FILE, the same on every node), or use mutual TLS "
                 "(--tls-cert, --tls-key, --tls-ca and --tls-client-auth)"
             )
+        if self.tls is not None and self.tls.client_auth:
+            self._check_cert_names(self.tls)
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(
                 f"log level {self.log_level!r} must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
@@ -238,6 +240,19 @@ class NodeConfig:
             raise ConfigError(f"log format {self.log_format!r} must be text or json")
         if not 0.05 <= self.refresh_interval <= 60:
             raise ConfigError(f"refresh interval must be 0.05-60 s, got {self.refresh_interval}")
+
+    def _check_cert_names(self, tls: TlsConfig) -> None:
+        """With mutual TLS, peers take this node's messages only from a certificate that names
+        it, and its certificate is its client certificate: one that does not would leave it
+        silently unheard."""
+        names = tls.cert_names()
+        if self.name not in names:
+            has = ", ".join(f"DNS:{n}" for n in sorted(names)[:5]) or "no DNS name"
+            raise ConfigError(
+                f"the TLS certificate {tls.cert} does not name this node {self.name!r} (it has "
+                f"{has}): with --tls-client-auth peers take a message only from a certificate "
+                f"naming its sender; issue it with subjectAltName DNS:{self.name} "
+                "(docs/deploy.md, section 2)")
 
     @property
     def address(self) -> str:

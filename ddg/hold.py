@@ -10,6 +10,14 @@ goose still waits out the old lease (docs/design.md).
 
 The stream carries `hold` at the start, `ping` every PING_INTERVAL (so that a duck that went
 away is noticed, and no NAT or firewall forgets an idle connection), and `bye` at the end.
+
+One stream per duck: a newer one ends the older, with `bye` (the duck has left it, or someone
+else opened a stream in its name: neither is a crash). Only the duck may open one where peers
+authenticate (node.py: signed for this goose with the secret, or a certificate naming the
+duck); on an unsigned loopback cluster anyone on the host may, so a live stream of a duck is
+replaced at most SUPERSEDE_BURST times at once, then once per SUPERSEDE_EVERY (429 beyond; one
+whose client has gone is replaced freely). A flood then costs that duck its hint for a while,
+never an election.
 """
 
 from __future__ import annotations
@@ -25,12 +33,16 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from . import auth
 from .backoff import Backoff
 from .config import NodeConfig, Timing
+from .ratelimit import LogThrottle, TokenBucket
 
 HELLO = b"hold"  # then the goose's timing (timing_tag), and a newline
 PING = b"ping\n"
 BYE = b"bye\n"
 PING_INTERVAL = 5.0  # seconds; a duck that reads nothing for 3 of these reconnects (no hint)
 PATH = "/raft/hold/"  # + the duck's name (signed with the rest of the path)
+SUPERSEDE_BURST = 3  # a duck's stream may be replaced this many times at once,
+SUPERSEDE_EVERY = 1.0  # then once per this many seconds
+REFUSALS = (401, 403, 429)  # said in the duck's log (once a minute): the goose will not hold it
 log = logging.getLogger("ddg.hold")
 
 
@@ -54,7 +66,9 @@ class HoldServer:
         self._hello = HELLO + b" " + timing_tag(timing).encode() + b"\n"
         self._tenure = asyncio.Event()  # set: this node is not (or no longer) the goose
         self._tenure.set()
-        self._streams: dict[str, asyncio.Event] = {}  # duck -> set to end its older stream
+        # duck -> (set to end its stream, the stream's request)
+        self._streams: dict[str, tuple[asyncio.Event, web.Request]] = {}
+        self._replaced: dict[str, TokenBucket] = {}  # duck -> its live stream's replacements
         self._closing = False
 
     def became_goose(self) -> None:
@@ -76,38 +90,52 @@ class HoldServer:
     async def handle(self, request: web.Request, duck: str, *, is_goose: bool
                      ) -> web.StreamResponse:
         """Stream to DUCK until this node's tenure as goose ends (the caller checked the
-        sender). One stream per duck: a newer one ends the older (its duck has left it)."""
+        sender), or a newer stream of DUCK's replaces it (at a limited rate: module docstring).
+        Either end says `bye`: only a crash ends one without it."""
         tenure = self._tenure
         if not is_goose or tenure.is_set():
             return web.json_response({"error": "not the goose"}, status=409)
-        resp = web.StreamResponse(headers={"Content-Type": "text/plain",
-                                           "Cache-Control": "no-store"})
         older = self._streams.get(duck)
         if older is not None:
-            older.set()
-        superseded = self._streams[duck] = asyncio.Event()
+            end, held = older
+            if held.transport is not None and not self._may_replace(duck):  # it is live
+                return web.json_response(
+                    {"error": f"the crash-hint stream of {duck} was replaced too often; "
+                              "try again in a second"}, status=429, headers={"Retry-After": "1"})
+            end.set()
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain",
+                                           "Cache-Control": "no-store"})
+        superseded = asyncio.Event()
+        self._streams[duck] = (superseded, request)
         try:
             async with asyncio.timeout(PING_INTERVAL):
                 await resp.prepare(request)
                 await resp.write(self._hello)
-            while not superseded.is_set():
+            while True:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(PING_INTERVAL):
                         await _first(tenure.wait(), superseded.wait())
-                if tenure.is_set():
+                if tenure.is_set() or superseded.is_set():
                     async with asyncio.timeout(PING_INTERVAL):
                         await resp.write(BYE)
                         await resp.write_eof()
                     break
-                if not superseded.is_set():
-                    async with asyncio.timeout(PING_INTERVAL):  # a duck gone for good: ends
-                        await resp.write(PING)
+                async with asyncio.timeout(PING_INTERVAL):  # a duck gone for good: ends
+                    await resp.write(PING)
         except (ConnectionError, TimeoutError):
             pass  # the duck went away: nothing to say goodbye to
         finally:
-            if self._streams.get(duck) is superseded:
+            current = self._streams.get(duck)
+            if current is not None and current[0] is superseded:
                 del self._streams[duck]
         return resp
+
+    def _may_replace(self, duck: str) -> bool:
+        """Whether DUCK's live stream may be replaced now (then that counts)."""
+        bucket = self._replaced.get(duck)
+        if bucket is None:
+            bucket = self._replaced[duck] = TokenBucket(SUPERSEDE_BURST, SUPERSEDE_EVERY)
+        return bucket.take()
 
 
 async def _first(*aws: Awaitable[object]) -> None:
@@ -121,9 +149,10 @@ async def _first(*aws: Awaitable[object]) -> None:
 
 
 async def hold_once(session: ClientSession, config: NodeConfig, goose: str, address: str,
-                    *, on_hello: Callable[[str], None] | None = None) -> Ended:
+                    *, on_hello: Callable[[str], None] | None = None,
+                    warn: LogThrottle | None = None) -> Ended:
     """Open a stream to GOOSE at ADDRESS and wait for it to end; how it ended. ON_HELLO gets
-    the timing the goose announced."""
+    the timing the goose announced; WARN says why a goose refuses to hold it."""
     path = PATH + config.name
     headers = {}
     if config.secret is not None:
@@ -134,6 +163,10 @@ async def hold_once(session: ClientSession, config: NodeConfig, goose: str, addr
     try:
         async with session.get(address + path, headers=headers, timeout=timeout) as resp:
             if resp.status != 200:
+                if warn is not None and resp.status in REFUSALS:
+                    reason = (await resp.text())[:300]
+                    warn.warning(f"hold:{resp.status}:{goose}", "%s refused this node's "
+                                 "crash-hint stream (%d): %s", goose, resp.status, reason)
                 return Ended.FAILED
             async with asyncio.timeout(connect):
                 hello = await resp.content.readline()
@@ -160,8 +193,10 @@ class Holder:
 
     def __init__(self, *, config: NodeConfig, session: Callable[[], ClientSession | None],
                  address_of: Callable[[str], str | None], blocked: Callable[[str], bool],
-                 on_lost: Callable[[str], Awaitable[None]]) -> None:
+                 on_lost: Callable[[str], Awaitable[None]],
+                 warn: LogThrottle | None = None) -> None:
         self.config = config
+        self._warn = warn
         self._session = session
         self._address_of = address_of
         self._blocked = blocked
@@ -216,7 +251,7 @@ class Holder:
         """Hold until the stream ends or the goose we follow changes (then: FAILED)."""
         task = asyncio.ensure_future(hold_once(
             session, self.config, goose, address,
-            on_hello=lambda theirs: self._compare(goose, theirs)))
+            on_hello=lambda theirs: self._compare(goose, theirs), warn=self._warn))
         changed = asyncio.ensure_future(self._changed.wait())
         try:
             await asyncio.wait({task, changed}, return_when=asyncio.FIRST_COMPLETED)

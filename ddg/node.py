@@ -41,7 +41,7 @@ from .registry import Membership, Registry
 from .server import GuardedServer, ServerLimits, raise_fd_limit, read_body, serve
 from .status import NodeStatus, Role, StorageInfo, TimingInfo
 from .storage import DataDir
-from .tls import CLIENT_CERT_REQUIRED, peer_verified
+from .tls import CERT_DOES_NOT_NAME, CLIENT_CERT_REQUIRED, peer_names, peer_verified
 from .watch import Watchers
 
 MAX_BODY = 64 * 1024
@@ -108,7 +108,7 @@ class Node:
         self.holds = HoldServer(config.timing)
         self.holder = Holder(config=config, session=lambda: self.peers.session,
                              address_of=self._address_of, blocked=self.partitions.blocked,
-                             on_lost=self._goose_lost)
+                             on_lost=self._goose_lost, warn=self.warn)
         self.verifier = (None if config.secret is None
                          else auth.Verifier(config.secret, recipient=config.name))
         self.core: Election | None = None
@@ -422,13 +422,32 @@ class Node:
             heartbeats_sent=c.heartbeats_sent, heartbeats_received=c.heartbeats_received,
             hint_streams=self.holds.open)
 
-    async def _signed_body(self, request: web.Request) -> bytes:
-        """The body of a peer or admin request, from a client that proved it is one of us."""
-        if self.config.mutual_tls and (
-                request.transport is None
-                or not peer_verified(request.transport.get_extra_info("peercert"))):
+    def _client_names(self, request: web.Request) -> frozenset[str]:
+        """With mutual TLS: the names the client's verified certificate speaks for; 403 for a
+        client without one."""
+        peercert = None if request.transport is None else \
+            request.transport.get_extra_info("peercert")
+        if not peer_verified(peercert):
             raise MessageError(f"{CLIENT_CERT_REQUIRED}: {request.path} needs a client "
                                "certificate signed by the cluster's CA", status=403)
+        return peer_names(peercert)
+
+    def _check_sender(self, request: web.Request, sender: str) -> None:
+        """With mutual TLS, a peer message or crash-hint stream in SENDER's name only from a
+        certificate that names SENDER: a certificate of the CA is not every member."""
+        if not self.config.mutual_tls:
+            return
+        names = self._client_names(request)
+        if sender not in names:
+            has = ", ".join(sorted(names)[:5]) or "no member"
+            raise MessageError(f"{CERT_DOES_NOT_NAME} {sender!r} (it names {has}): a message "
+                               "or crash-hint stream in a member's name needs a certificate "
+                               f"with subjectAltName DNS:{sender}", status=403)
+
+    async def _signed_body(self, request: web.Request) -> bytes:
+        """The body of a peer or admin request, from a client that proved it is one of us."""
+        if self.config.mutual_tls:
+            self._client_names(request)
         body = await read_body(request, limit=MAX_BODY, timeout=BODY_TIMEOUT)
         if self.verifier is not None:
             reason = self.verifier.check(request.headers, request.method, request.path, body)
@@ -440,6 +459,7 @@ class Node:
         kind = request.path.rsplit("/", 1)[-1]
         body = await self._signed_body(request)
         msg, version = decode(REQUESTS[kind], parse_json(body))
+        self._check_sender(request, msg.sender)
         core = self.core
         if core is None:
             return json_error(503, "node is starting")
@@ -470,9 +490,12 @@ class Node:
         return web.json_response(encode(out.reply, version=self.membership.version))
 
     async def handle_hold(self, request: web.Request) -> web.StreamResponse:
-        """A duck's crash-hint stream (ddg/hold.py): open while this node is the goose."""
-        await self._signed_body(request)
+        """A duck's crash-hint stream (ddg/hold.py): open while this node is the goose. A new
+        one ends the duck's older one: only that duck may open it (signed with the secret, or
+        from a certificate naming it); unsigned, HoldServer limits how often."""
         name = request.match_info["name"]
+        self._check_sender(request, name)
+        await self._signed_body(request)
         core = self.core
         if core is None:
             return json_error(503, "node is starting")

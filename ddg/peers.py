@@ -35,7 +35,7 @@ from .errors import MessageError
 from .messages import KIND_OF, REPLIES, Heartbeat, Message, TimeoutNow, decode, encode
 from .metrics import NodeMetrics
 from .ratelimit import LogThrottle
-from .tls import CLIENT_CERT_REQUIRED, client_context
+from .tls import CERT_DOES_NOT_NAME, CLIENT_CERT_REQUIRED, client_context
 
 MAX_HEARTBEATS_IN_FLIGHT = 2  # per peer
 MAX_OUTGOING = 64
@@ -151,6 +151,10 @@ class PeerTransport:
                         self._warn.warning(f"403:{send.to}", "%s refused our %s: %s (start "
                                            "this node with --tls-cert and --tls-key signed by "
                                            "the cluster's CA)", send.to, kind, reason)
+                    elif resp.status == 403 and CERT_DOES_NOT_NAME in reason:
+                        self._warn.warning(f"403:{send.to}", "%s refused our %s: %s (this "
+                                           "node's --tls-cert must name it)", send.to, kind,
+                                           reason)
                     self._failed(send.to, failure_reason(resp.status))
                     return
                 data = await resp.json(content_type=None)

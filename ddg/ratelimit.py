@@ -1,5 +1,6 @@
-"""Rate-limited logging: a problem that recurs every heartbeat is said once, then at most once
-per interval with a count of what was held back (logs that help, not logs that flood)."""
+"""Rate limits: of logging (a problem that recurs every heartbeat is said once, then at most once
+per interval with a count of what was held back: logs that help, not logs that flood), and of
+an action anyone may ask for (TokenBucket)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,27 @@ class LogThrottle:
 
     def warning(self, key: str, msg: str, *args: Any) -> None:
         self.log(logging.WARNING, key, msg, *args)
+
+
+class TokenBucket:
+    """BURST actions at once, then one per EVERY seconds."""
+
+    def __init__(self, burst: int, every: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if burst < 1 or not every > 0:
+            raise ValueError(f"a token bucket needs burst >= 1 and every > 0: {burst}, {every}")
+        self.burst = burst
+        self.every = every
+        self.clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> bool:
+        """Whether one more action may go now (then it is counted)."""
+        now = self.clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._at) / self.every)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True

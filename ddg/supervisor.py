@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,9 +132,12 @@ class SupervisorConfig:
     redis_args: tuple[str, ...] = ()
     redis_userinfo: str | None = None
     secret: str | None = None
-    # Every node serves and calls its peers with these; one certificate for all (it must name
-    # `host`): a test cluster, not a deployment.
+    # The TLS settings of the supervisor's own calls, and every node's unless node_tls is
+    # given: one certificate for all (it must name `host`), a test cluster, not a deployment.
     tls: TlsConfig | None = None
+    # A node's own TLS settings, by its name. With mutual TLS a node's certificate must name it
+    # (subjectAltName DNS:<name>): peers take a message only from the certificate of its sender.
+    node_tls: Callable[[str], TlsConfig] | None = None
     allow_fault_injection: bool = False
     heartbeat_ms: int | None = None
     election_timeout_ms: str | None = None
@@ -375,7 +378,8 @@ class Supervisor:
                 bootstrap=not self._started_any if bootstrap is None else bootstrap,
                 heartbeat_ms=self.config.heartbeat_ms,
                 election_timeout_ms=self.config.election_timeout_ms,
-                log_level=self.config.log_level, tls=self.config.tls,
+                log_level=self.config.log_level,
+                tls=self.config.tls if self.config.node_tls is None else self.config.node_tls(name),
                 extra_args=tuple(extra_args),
                 prefix=tuple(prefix), env=tuple(sorted((env or {}).items())),
                 advertise_url=advertise_url,

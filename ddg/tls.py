@@ -7,6 +7,14 @@ one (ssl.CERT_OPTIONAL), so `GET /`, /status, /metrics and /watch stay readable 
 trusts the CA; with client_auth the node itself refuses /raft/* and /admin/* to a client
 without a verified certificate (ddg.node). A certificate presented but not signed by the CA
 fails the handshake.
+
+Identity: a certificate speaks for the members its subjectAltName names as DNS entries
+(`DNS:node1`), exactly as written, and for no other (etcd's --peer-cert-allowed-cn admits one
+name for every peer; here each sender needs a certificate of its own name).
+With client_auth a node takes a peer message or a crash-hint stream only from a certificate
+that names its sender; one that names no member (the console's) may use /admin/*, never
+/raft/*. A node's own certificate is also its client certificate towards its peers, so it must
+name the node (NodeConfig checks that at start).
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from .errors import ConfigError
 
 # The start of a node's 403 reason on /raft/* and /admin/* without a verified client certificate.
 CLIENT_CERT_REQUIRED = "client certificate required"
+# The start of its 403 reason on /raft/* when the certificate does not name the sender.
+CERT_DOES_NOT_NAME = "the client certificate does not name"
 
 
 def _env(name: str) -> str | None:
@@ -100,6 +110,17 @@ class TlsConfig:
             _read(self.key, "key")
             self._load_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
 
+    def cert_names(self) -> frozenset[str]:
+        """The DNS names in CERT's subjectAltName (the leaf's): the members it speaks for."""
+        if self.cert is None:
+            return frozenset()
+        leaf = x509.load_pem_x509_certificates(_read(self.cert, "certificate"))[0]
+        try:
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return frozenset()
+        return frozenset(san.get_values_for_type(x509.DNSName))
+
     @property
     def serving(self) -> bool:
         """Whether a node with these settings serves HTTPS."""
@@ -148,6 +169,15 @@ def peer_verified(peercert: object) -> bool:
     return isinstance(peercert, dict) and bool(peercert)
 
 
+def peer_names(peercert: object) -> frozenset[str]:
+    """The DNS names in a verified peer certificate's subjectAltName: the members it speaks
+    for (none for an unverified one)."""
+    if not isinstance(peercert, dict) or not peercert:
+        return frozenset()
+    san = peercert.get("subjectAltName", ())
+    return frozenset(value for kind, value in san if kind == "DNS" and isinstance(value, str))
+
+
 # ---- command line ------------------------------------------------------------------------
 
 
@@ -169,7 +199,9 @@ def add_tls_arguments(p: argparse.ArgumentParser, *, node: bool) -> None:
                        default=(_env("DDG_TLS_CLIENT_AUTH") or "").lower()
                        in ("1", "true", "yes"),
                        help="accept /raft/* and /admin/* only from clients with a certificate "
-                            "signed by --tls-ca (mutual TLS; env DDG_TLS_CLIENT_AUTH=1)")
+                            "signed by --tls-ca, and a peer message only from a certificate "
+                            "that names its sender (subjectAltName DNS:<node name>; this "
+                            "node's own must name it) (mutual TLS; env DDG_TLS_CLIENT_AUTH=1)")
 
 
 def tls_from_args(ns: argparse.Namespace) -> TlsConfig | None:

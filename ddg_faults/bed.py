@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Literal
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from ddg.tls import TlsConfig
 from ddg_testkit.acl import documented_acl, sentinel_acl
 from ddg_testkit.certs import Pki
 from ddg_testkit.hosts import CLIENT, REDIS, REPLICA, Bed, BedConfig, Impairment
@@ -49,12 +48,14 @@ MasterFault = Literal["kill", "freeze", "link"]
 
 
 def secured(base: Path, config: BedConfig) -> BedConfig:
-    """CONFIG as an operator runs it across hosts: HTTPS with mutual TLS (one certificate for
-    every node host, from a CA made in BASE) and the cluster secret, and Redis as the
-    documented least-ACL user (on the sentinels too, allowed only to find the master)."""
+    """CONFIG as an operator runs it across hosts: HTTPS with mutual TLS (a certificate per
+    node for its name and its host's address, from a CA made in BASE; the observer's names no
+    node) and the cluster secret, and Redis as the documented least-ACL user (on the sentinels
+    too, allowed only to find the master)."""
     pki = Pki(base / "pki")
-    cert, key = pki.issue("nodes", *Bed(config).net.node_addresses)
-    return replace(config, tls=TlsConfig(cert=cert, key=key, ca=pki.ca_file, client_auth=True),
+    bed = Bed(config)
+    return replace(config, tls=pki.client("observer"),
+                   node_tls=lambda name: pki.tls(name, bed.address(name)),
                    redis_args=("--user", ACL_USER, *documented_acl("*", ACL_PASSWORD)),
                    sentinel_args=("--user", ACL_USER, *sentinel_acl(ACL_PASSWORD)),
                    redis_userinfo=f"{ACL_USER}:{ACL_PASSWORD}")

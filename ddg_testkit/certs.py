@@ -1,5 +1,9 @@
 """Certificates for the TLS tests: a CA and certificates it signs, made in memory by trustme
-and written to a test's temp dir (no private key is ever checked in)."""
+and written to a test's temp dir (no private key is ever checked in).
+
+A node's certificate names the node (subjectAltName DNS:<name>): with mutual TLS its peers take
+a message only from the certificate of its sender. A client's (the console's, an operator's)
+names no node, so it can read and use /admin/*, never speak for a member."""
 
 from __future__ import annotations
 
@@ -33,7 +37,14 @@ class Pki:
         leaf.private_key_pem.write_to_path(str(key))
         return cert, key
 
-    def tls(self, name: str = "node", *, client_auth: bool = True) -> TlsConfig:
-        """A node's settings: a loopback certificate from this CA, this CA trusted."""
-        cert, key = self.issue(name)
+    def tls(self, name: str, *addresses: str, client_auth: bool = True) -> TlsConfig:
+        """Node NAME's settings: a certificate from this CA for DNS:NAME and ADDRESSES
+        (default: loopback), this CA trusted. `LocalCluster(node_tls=pki.tls)`."""
+        cert, key = self.issue(name, name, *(addresses or LOOPBACK))
         return TlsConfig(cert=cert, key=key, ca=self.ca_file, client_auth=client_auth)
+
+    def client(self, name: str = "console") -> TlsConfig:
+        """A client's settings (the console's, an operator's): a certificate from this CA that
+        names no node (loopback only), this CA trusted."""
+        cert, key = self.issue(name)
+        return TlsConfig(cert=cert, key=key, ca=self.ca_file)

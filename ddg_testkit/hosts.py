@@ -34,7 +34,7 @@ import select
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,8 +314,10 @@ class BedConfig:
     redis_port: int = 6379
     subnet: str = "10.77.0"
     secret: str = field(default="ddg-netbed-secret", repr=False)  # required off loopback
-    scheme: str = "http"  # of the advertised URLs (https when tls is given)
-    tls: TlsConfig | None = None  # every node's TLS (one certificate for every host's address)
+    scheme: str = "http"  # of the advertised URLs (https when nodes serve TLS)
+    # The TLS of the bed's own calls, and every node's unless node_tls gives a node its own
+    tls: TlsConfig | None = None
+    node_tls: Callable[[str], TlsConfig] | None = None  # SupervisorConfig.node_tls
     node_args: tuple[str, ...] = ()  # more ddg-node flags, e.g. TLS ones
     node_env: tuple[tuple[str, str], ...] = ()
     redis_args: tuple[str, ...] = ()  # more redis-server arguments, e.g. --requirepass
@@ -344,7 +346,7 @@ class BedConfig:
             raise ConfigError(f"subnet must be a private 10.X.Y (a /24), got {self.subnet!r}")
         if self.scheme not in ("http", "https"):
             raise ConfigError(f"scheme must be http or https, got {self.scheme!r}")
-        if self.tls is not None and self.tls.serving:
+        if self.node_tls is not None or (self.tls is not None and self.tls.serving):
             object.__setattr__(self, "scheme", "https")
         if len(self.secret) < 8:
             raise ConfigError("the cluster secret must be at least 8 bytes")
@@ -431,6 +433,7 @@ class Bed:
                  "redis_args": c.redis_args, "redis_userinfo": c.redis_userinfo})
             self._cluster = LocalCluster(
                 host=self.net.addresses[REDIS], secret=c.secret, base_dir=c.base_dir, tls=c.tls,
+                node_tls=c.node_tls,
                 heartbeat_ms=c.heartbeat_ms, election_timeout_ms=c.election_timeout_ms,
                 log_level=c.log_level, temp_prefix="ddg-netbed-", **redis)
             self._inside.callback(self._cluster.close)

@@ -97,9 +97,58 @@ async def test_pings_keep_it_open_and_a_newer_stream_of_the_same_duck_ends_the_o
         done, _ = await asyncio.wait({first}, timeout=0.3)  # six pings' worth
         assert not done, "pings must not end the stream"
         second = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
-        # the older stream ends without a goodbye: its duck had left it (not a hint then)
-        assert await asyncio.wait_for(first, 5) is Ended.LOST
+        # the older stream ends with a goodbye: whoever opened the newer one (its duck, or
+        # someone else in its name), the goose did not crash
+        assert await asyncio.wait_for(first, 5) is Ended.BYE
         assert holds.open == 1
+        holds.stopped_being_goose()
+        assert await asyncio.wait_for(second, 5) is Ended.BYE
+
+
+async def refused(session: ClientSession, url: str) -> str:
+    """Duck d1's next stream, refused: the reason."""
+    async with session.get(f"{url}/raft/hold/d1") as resp:
+        assert resp.status == 429, resp.status
+        return str((await resp.json())["error"])
+
+
+async def test_a_live_stream_is_replaced_at_a_limited_rate(
+        goose: tuple[HoldServer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where anyone on the host may open a duck's stream (an unsigned cluster), a flood of them
+    must not keep replacing the duck's own: after SUPERSEDE_BURST, 429, and the live one stays."""
+    monkeypatch.setattr(hold, "SUPERSEDE_EVERY", 60.0)  # nothing comes back within the test
+    holds, url = goose
+    async with ClientSession() as session:
+        streams = [await open_stream(session, holds, url, tmp_path)]
+        for _ in range(hold.SUPERSEDE_BURST):
+            streams.append(asyncio.create_task(hold_once(session, duck(tmp_path), "g", url)))
+            assert await asyncio.wait_for(streams[-2], 5) is Ended.BYE  # replaced: no hint
+        assert "replaced too often" in await refused(session, url)
+        live = streams[-1]
+        assert not live.done() and holds.open == 1
+        holds.stopped_being_goose()
+        assert await asyncio.wait_for(live, 5) is Ended.BYE
+
+
+async def test_a_stream_whose_duck_has_gone_is_replaced_without_counting(
+        goose: tuple[HoldServer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hold, "SUPERSEDE_BURST", 1)
+    monkeypatch.setattr(hold, "SUPERSEDE_EVERY", 60.0)
+    holds, url = goose
+    async with ClientSession() as session:
+        gone = await open_stream(session, holds, url, tmp_path)
+        gone.cancel()  # its connection closes; the goose notices at its next ping (5 s)
+        await asyncio.gather(gone, return_exceptions=True)
+        await wait_until_async(lambda: holds._streams["d1"][1].transport is None, timeout=5,
+                               what="the goose seeing the connection closed")
+        assert holds.open == 1
+        first = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
+        await wait_until_async(lambda: holds._streams["d1"][1].transport is not None,
+                               timeout=5, what="a live stream again")
+        # replacing the dead one did not count: the one replacement allowed is still there
+        second = asyncio.create_task(hold_once(session, duck(tmp_path), "g", url))
+        assert await asyncio.wait_for(first, 5) is Ended.BYE
+        assert "replaced too often" in await refused(session, url)
         holds.stopped_being_goose()
         assert await asyncio.wait_for(second, 5) is Ended.BYE
 

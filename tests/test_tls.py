@@ -21,7 +21,7 @@ from docblocks import block
 from ddg.config import NodeConfig
 from ddg.errors import ConfigError
 from ddg.server import GuardedServer, ServerLimits, serve
-from ddg.tls import TlsConfig, client_context, peer_verified
+from ddg.tls import TlsConfig, client_context, peer_names, peer_verified
 from ddg_testkit.certs import Pki
 from ddg_testkit.wait import wait_until_async
 
@@ -108,6 +108,33 @@ def test_node_config_with_tls(pki: Pki, tmp_path: Path) -> None:
                    advertise_url="https://127.0.0.1:4001")
     with pytest.raises(ConfigError, match="--advertise-url https://"):
         NodeConfig(name="n1", host="0.0.0.0", port=4001, data_dir=tmp_path, tls=mtls)
+
+
+def test_with_client_auth_a_node_certificate_must_name_the_node(pki: Pki,
+                                                                 tmp_path: Path) -> None:
+    """Its certificate is its client certificate, and peers take a message only from one
+    that names its sender: a node whose own does not would be silently unheard."""
+    n1 = pki.tls("n1")
+    assert n1.cert_names() == {"n1", "localhost"}
+    with pytest.raises(ConfigError, match=r"does not name this node 'n2' \(it has DNS:localhost, "
+                                          r"DNS:n1\).*subjectAltName DNS:n2"):
+        NodeConfig(name="n2", port=4001, data_dir=tmp_path, tls=n1)
+    cert, key = pki.issue("bare", "127.0.0.1")  # an IP, no DNS name at all
+    bare = TlsConfig(cert=cert, key=key, ca=pki.ca_file, client_auth=True)
+    assert bare.cert_names() == frozenset()
+    with pytest.raises(ConfigError, match="it has no DNS name"):
+        NodeConfig(name="n1", port=4001, data_dir=tmp_path, tls=bare)
+    # without client certificates nothing is taken by name: any certificate serves
+    NodeConfig(name="n2", port=4001, data_dir=tmp_path, tls=pki.tls("n1", client_auth=False),
+               secret=b"s3cret-for-tests")
+
+
+def test_peer_names_are_the_dns_names_of_a_verified_certificate() -> None:
+    cert = {"subject": ((("commonName", "n9"),),),
+            "subjectAltName": (("DNS", "n1"), ("IP Address", "127.0.0.1"), ("DNS", "n1.lan"),
+                               ("URI", "spiffe://n2"))}
+    assert peer_names(cert) == {"n1", "n1.lan"}  # not the CN, an IP or a URI
+    assert peer_names({}) == peer_names(None) == frozenset()  # unverified: nobody
 
 
 # ---- contexts and the listener -----------------------------------------------------------

@@ -89,6 +89,14 @@ def test_cert_without_key(pki: Pki, tmp_path: Path) -> None:
     assert "--tls-cert needs --tls-key" in start(tmp_path, "--tls-cert", str(cert))
 
 
+def test_client_auth_with_a_certificate_that_does_not_name_the_node(pki: Pki,
+                                                                      tmp_path: Path) -> None:
+    n1 = pki.tls("n1")
+    err = start(tmp_path, "--name", "n2", "--tls-cert", str(n1.cert), "--tls-key", str(n1.key),
+                "--tls-ca", str(pki.ca_file), "--tls-client-auth")
+    assert "does not name this node 'n2'" in err and "subjectAltName DNS:n2" in err
+
+
 def test_env_fallbacks_are_read(pki: Pki, tmp_path: Path) -> None:
     cert, _ = pki.issue("n1")
     err = start(tmp_path, env={"DDG_TLS_CERT": str(cert), "DDG_TLS_CLIENT_AUTH": "1"})
@@ -102,7 +110,7 @@ def test_env_fallbacks_are_read(pki: Pki, tmp_path: Path) -> None:
 def test_mtls_cluster_with_secret_elects_and_fails_over(make_cluster: Make,
                                                          tmp_path: Path) -> None:
     pki = Pki(tmp_path / "pki")
-    c = make_cluster(tls=pki.tls("node"), secret=SECRET)
+    c = make_cluster(tls=pki.client(), node_tls=pki.tls, secret=SECRET)
     names = c.start(3)
     goose = c.wait_goose(timeout=10)
     st = c.wait_for(lambda: (s := c.status(goose)) and len(s.members) == 3 and s,
@@ -118,11 +126,14 @@ def test_mtls_cluster_with_secret_elects_and_fails_over(make_cluster: Make,
 def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Pki]]:
     """Mutual TLS and no secret: the client certificate is all that keeps strangers out."""
     pki = Pki(tmp_path_factory.mktemp("pki"))
-    c = LocalCluster(tls=pki.tls("node"), allow_fault_injection=True)
+    c = LocalCluster(tls=pki.client(), node_tls=pki.tls, allow_fault_injection=True)
     try:
         c.start_redis()
-        c.start(3)
-        c.wait_goose(timeout=10)
+        names = c.start(3)
+        goose = c.wait_goose(timeout=10)
+        c.wait_for(lambda: all(st is not None and st.goose == goose
+                               for st in c.statuses(names).values()),
+                   timeout=10, what="every node answering and following the goose")
         yield c, pki
     finally:
         c.close()
@@ -201,9 +212,9 @@ def test_a_name_held_by_a_live_https_member_is_refused_as_live(
     """Another data dir claiming a member's name asks the holder with the node's own TLS
     settings: a live holder is named live, never "does not answer ... ddg-node remove"."""
     c, _ = mtls
-    tls = c.config.tls
-    assert tls is not None and tls.cert and tls.key and tls.ca and c.redis_url
     name = c.names[0]
+    tls = c.spec(name).tls
+    assert tls is not None and tls.cert and tls.key and tls.ca and c.redis_url
     claim = ddg("--name", name, "--port", str(free_port()), "--data-dir", str(tmp_path / "d"),
                 "--redis-url", c.redis_url, "--cluster", c.cluster, "--tls-cert", str(tls.cert),
                 "--tls-key", str(tls.key), "--tls-ca", str(tls.ca), "--tls-client-auth")
@@ -221,10 +232,9 @@ def test_a_node_of_another_ca_changes_nothing_and_is_logged_once(
     c, _ = mtls
     names = c.names[:3]
     goose = c.wait_goose(among=names, timeout=5)
-    other = Pki(tmp_path / "other", "other-ca")
-    cert, key = other.issue("stranger")
-    c.add("stranger", extra_args=("--tls-cert", str(cert), "--tls-key", str(key),
-                                  "--tls-ca", str(other.ca_file)))
+    other = Pki(tmp_path / "other", "other-ca").tls("stranger")
+    c.add("stranger", extra_args=("--tls-cert", str(other.cert), "--tls-key", str(other.key),
+                                  "--tls-ca", str(other.ca)))
     try:
         c.wait_for(lambda: all("stranger" in (c.status(n) or NoStatus).members for n in names),
                    timeout=5, what="the members see the stranger")
