@@ -56,8 +56,9 @@ security:
   A node that binds anything but loopback needs a cluster secret (the same on every node):
   DDG_CLUSTER_SECRET or --cluster-secret-file. Keep passwords out of the command line (and
   so out of `ps`): DDG_REDIS_PASSWORD or --redis-password-file. Mutual TLS (--tls-cert,
-  --tls-key, --tls-ca, --tls-client-auth) also satisfies that rule; with --tls-cert the node
-  serves HTTPS and advertises https://.
+  --tls-key, --tls-ca, --tls-client-auth) also satisfies that rule: then each node's
+  certificate must name it (subjectAltName DNS:<name>), as peers take a message only from its
+  sender's certificate. With --tls-cert the node serves HTTPS and advertises https://.
 
 environment (used when the flag is not given):
   DDG_HTTP_PORT, DDG_HOST, DDG_ADVERTISE_URL, DDG_NODE_NAME, DDG_REDIS_URL,

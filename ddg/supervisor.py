@@ -133,7 +133,8 @@ class SupervisorConfig:
     redis_userinfo: str | None = None
     secret: str | None = None
     # The TLS settings of the supervisor's own calls, and every node's unless node_tls is
-    # given: one certificate for all (it must name `host`), a test cluster, not a deployment.
+    # given. Shared by the nodes, one certificate must name `host` and, with mutual TLS, every
+    # node's name: a test cluster, not a deployment.
     tls: TlsConfig | None = None
     # A node's own TLS settings, by its name. With mutual TLS a node's certificate must name it
     # (subjectAltName DNS:<name>): peers take a message only from the certificate of its sender.

@@ -548,6 +548,9 @@ class Checks:
             # Sentinel rewrote node1's file as a replica's, and kept the users (section 4)
             conf = (w.roots["node1"] / "etc/redis/ddg.conf").read_text()
             assert "replicaof 10.0.0.12 6379" in conf and "user ddg on " in conf, conf
+        elif step.id == "operator-refused":  # a certificate of the CA, naming no member
+            out = w.outputs[("operator-refused", "admin")][-1].strip()
+            assert out.endswith(" 403") and "does not name 'node2'" in out, out
         elif step.id == "cert-expiry":
             assert w.outputs[("cert-expiry", "node1")][-1].startswith("notAfter=")
         elif step.id == "roll-stop":

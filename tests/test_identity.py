@@ -203,7 +203,7 @@ async def _flood(c: LocalCluster, names: list[str], stop: threading.Event, codes
 
 
 def test_a_flood_of_crash_hint_streams_costs_no_election(make_cluster: Make) -> None:
-    c = make_cluster()
+    c = make_cluster(**CALM)
     names = c.start(3)
     settled(c, names)
     before = view(c, names)

@@ -337,10 +337,11 @@ async def test_a_connection_evicted_just_before_its_handshake_completes_is_close
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
 async def test_the_documented_openssl_recipe_makes_working_certificates(tmp_path: Path) -> None:
-    """The guide's CA and node1 blocks, as written (they work in ~/ddg-pki)."""
+    """The guide's CA, node1 and operator blocks, as written (they work in ~/ddg-pki): node1's
+    names node1, the operator's no one."""
     (tmp_path / "ddg-pki").mkdir()
     env = {**os.environ, "HOME": str(tmp_path)}
-    for step in (block("ca"), block("node-cert")):
+    for step in (block("ca"), block("node-cert"), block("operator-cert")):
         made = await asyncio.to_thread(subprocess.run, ["bash", "-e", "-c", step.script()],
                                        cwd=tmp_path, env=env, capture_output=True, text=True,
                                        timeout=60)
@@ -348,10 +349,15 @@ async def test_the_documented_openssl_recipe_makes_working_certificates(tmp_path
     pki = tmp_path / "ddg-pki"
     tls = TlsConfig(cert=pki / "node1.crt", key=pki / "node1.key", ca=pki / "ca.crt",
                     client_auth=True)
+    assert tls.cert_names() == {"node1", "node1.example.net"}
+    NodeConfig(name="node1", port=4001, data_dir=tmp_path / "d", tls=tls)  # it names node1
+    operator = TlsConfig(cert=pki / "operator.crt", key=pki / "operator.key", ca=pki / "ca.crt")
+    assert operator.cert_names() == frozenset()
     server = await serve(await _peer_app(), HOST, 0, ssl=tls.server_context())
     try:
-        async with httpx.AsyncClient(verify=client_context(tls), timeout=5) as http:
-            assert (await http.get(f"https://{HOST}:{server.port}/")).text == "verified"
+        for client in (tls, operator):  # both verify as client certificates
+            async with httpx.AsyncClient(verify=client_context(client), timeout=5) as http:
+                assert (await http.get(f"https://{HOST}:{server.port}/")).text == "verified"
     finally:
         await server.close()
 
