@@ -172,6 +172,26 @@ def test_a_graceful_stop_hands_over_with_node_certificates(make_cluster: Make,
     assert "does not name" not in c.log_tail(old, 80) + c.log_tail(new, 80)
 
 
+def test_a_node_whose_certificate_does_not_name_it_is_told_why(make_cluster: Make,
+                                                                tmp_path: Path) -> None:
+    """Without --tls-client-auth a node starts on any certificate of the CA (with it, it would
+    refuse to start: tests/test_tls_integration.py), but its peers do not take it for the
+    member it claims to be: it logs why, once, instead of being silently unheard."""
+    pki = Pki(tmp_path / "pki")
+    c = make_cluster(tls=pki.client(), node_tls=pki.tls, **CALM)
+    names = c.start(3)
+    goose = settled(c, names)
+    odd = make_cluster(redis_url=c.redis_url, cluster=c.cluster, tls=pki.client(), **CALM,
+                       node_tls=lambda name: pki.tls("elsewhere", client_auth=False))
+    odd.add("odd")
+    said = f"{goose} refused this node's crash-hint stream (403): "
+    c.wait_for(lambda: said in odd.log_tail("odd", 80), timeout=15,
+               what="the odd node saying why its goose refuses it")
+    [line] = [ln for ln in odd.log_path("odd").read_text().splitlines() if said in ln]
+    assert "the client certificate does not name 'odd' (it names elsewhere" in line, line
+    assert c.geese(names) == [goose]
+
+
 # ---- a flood of crash-hint streams on an unsigned loopback cluster ---------------------------
 
 
