@@ -12,6 +12,7 @@ from aiohttp import ClientSession, web
 from ddg import hold
 from ddg.config import TIMINGS, NodeConfig, Timing
 from ddg.hold import Ended, Holder, HoldServer, hold_once
+from ddg.ratelimit import TokenBucket
 from ddg_testkit import wait_until_async
 
 Serve = Callable[[HoldServer], Awaitable[str]]
@@ -103,6 +104,20 @@ async def test_pings_keep_it_open_and_a_newer_stream_of_the_same_duck_ends_the_o
         assert holds.open == 1
         holds.stopped_being_goose()
         assert await asyncio.wait_for(second, 5) is Ended.BYE
+
+
+def test_token_bucket_allows_a_burst_then_one_per_interval() -> None:
+    now = [0.0]
+    bucket = TokenBucket(3, 1.0, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] = 0.5
+    assert not bucket.take()  # half a token
+    now[0] = 1.0
+    assert bucket.take() and not bucket.take()
+    now[0] = 100.0  # a long quiet time refills up to the burst, no more
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    with pytest.raises(ValueError):
+        TokenBucket(0, 1.0)
 
 
 async def refused(session: ClientSession, url: str) -> str:
