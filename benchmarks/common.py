@@ -13,7 +13,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -276,15 +275,6 @@ def machine() -> dict[str, str]:
             "kernel": f"{platform.system()} {platform.release()}",
             "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-
-
-def version_of(argv: list[str]) -> str:
-    """The first line a program prints for its version, or '?'."""
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return out.splitlines()[0].strip() if out.strip() else "?"
 
 
 def _ms(x: float | None) -> str:

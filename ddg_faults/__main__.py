@@ -22,8 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ddg.embedded import redis_server
+from ddg.errors import DdgError
 from ddg_testkit import hosts
 from ddg_testkit.hosts import BedConfig
+from ddg_testkit.tools import iptables
 
 from .bed import BedHarness, secured
 from .checker import CheckConfig, quantile, summarize
@@ -198,11 +201,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = missing_prerequisites()
         if reason is None and any(SCENARIOS[n].bed for n in ns.names):
             reason = hosts.missing_prerequisites()
+        if reason is None:
+            try:
+                redis_server()
+            except DdgError as exc:
+                reason = str(exc)
         if reason is not None:
             print(f"ddg_faults: cannot run: {reason}", file=sys.stderr)
             return 3
         reexec_in_private_netns(args)  # does not return
     loopback_up()
+    tools = {"redis-server": redis_server().describe(), "iptables": iptables()[0].describe()}
+    for tool in tools.values():
+        print(f"using {tool}", flush=True)
     outcomes = []
     t0 = time.monotonic()
     for name in ns.names:
@@ -214,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = summary(outcomes)
     s["seconds"] = round(time.monotonic() - t0, 1)
     s["seed"] = ns.seed
+    s["tools"] = tools
 
     def fmt(d: dict[str, Any]) -> str:
         if not d["n"]:

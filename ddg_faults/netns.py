@@ -18,7 +18,8 @@ How a cut link fails is its mode (CutMode): `drop` loses the packets silently (a
 a dead network); `reset` rejects them with a TCP reset and `icmp` with iptables' default ICMP
 port-unreachable, so the sender's connect() is refused and its open connections are reset at
 once: a live peer that looks like a crashed one to anyone watching connections. REJECT is
-valid in the filter table's OUTPUT chain, where every rule here lives.
+valid in the filter table's OUTPUT chain, where every rule here lives. The iptables-restore
+is ddg_testkit.tools.iptables()'s (DDG_IPTABLES, else PATH's iptables and the one beside it).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from ddg_testkit.tools import iptables, iptables_missing
+
 ENV_MARKER = "DDG_FAULTS_NETNS"
 GID_BASE = 42000
-TOOLS = ("unshare", "iptables", "iptables-restore")
 
 CutMode = Literal["drop", "reset", "icmp"]
 CUT_MODES: tuple[CutMode, ...] = get_args(CutMode)
@@ -54,11 +56,9 @@ def missing_prerequisites() -> str | None:
         return "real network faults need Linux network namespaces"
     if os.geteuid() != 0:
         return "real network faults need root (unshare -n and iptables); run as root"
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        return (f"missing {', '.join(missing)}: apt-get install -y iptables util-linux "
-                "(iptables provides iptables-restore)")
-    return None
+    if shutil.which("unshare") is None:
+        return "missing unshare: apt-get install -y util-linux"
+    return iptables_missing()
 
 
 def _ns_inode(pid: str) -> int | None:
@@ -137,7 +137,7 @@ class PortPool:
 
 def _restore(rules: str) -> None:
     require_private_netns()
-    proc = subprocess.run(["iptables-restore", "-w"], input=rules, text=True,
+    proc = subprocess.run([iptables()[1], "-w"], input=rules, text=True,
                           capture_output=True, timeout=20)
     if proc.returncode != 0:
         raise RuntimeError(f"iptables-restore failed: {proc.stderr.strip()}\n{rules}")

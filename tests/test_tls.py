@@ -7,7 +7,6 @@ import asyncio
 import datetime
 import logging
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -22,6 +21,8 @@ from ddg.config import NodeConfig
 from ddg.errors import ConfigError
 from ddg.server import GuardedServer, ServerLimits, serve
 from ddg.tls import TlsConfig, client_context, peer_names, peer_verified
+from ddg.tools import Tool
+from ddg_testkit import tools
 from ddg_testkit.certs import Pki
 from ddg_testkit.wait import wait_until_async
 
@@ -335,12 +336,18 @@ async def test_a_connection_evicted_just_before_its_handshake_completes_is_close
 # ---- the openssl recipe in docs/deploy.md -------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
+OPENSSL = tools.optional(tools.openssl)  # DDG_OPENSSL, else openssl on PATH
+
+
+@pytest.mark.skipif(isinstance(OPENSSL, str), reason=str(OPENSSL))
 async def test_the_documented_openssl_recipe_makes_working_certificates(tmp_path: Path) -> None:
-    """The guide's CA, node1 and operator blocks, as written (they work in ~/ddg-pki): node1's
-    names node1, the operator's no one."""
+    """The guide's CA, node1 and operator blocks, as written (they work in ~/ddg-pki), with
+    the openssl the suite chose first on their PATH: node1's names node1, the operator's no
+    one."""
+    assert isinstance(OPENSSL, Tool)
     (tmp_path / "ddg-pki").mkdir()
-    env = {**os.environ, "HOME": str(tmp_path)}
+    bin_dir = tools.linked(OPENSSL, tmp_path / "bin").parent
+    env = {**os.environ, "HOME": str(tmp_path), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     for step in (block("ca"), block("node-cert"), block("operator-cert")):
         made = await asyncio.to_thread(subprocess.run, ["bash", "-e", "-c", step.script()],
                                        cwd=tmp_path, env=env, capture_output=True, text=True,
