@@ -11,6 +11,7 @@ PATH finds first" by accident), each with its version; pytest's header lists the
 | iptables, iptables-restore | DDG_IPTABLES | iptables on PATH (its backend: `--version`) |
 | openssl (the guide's recipe) | DDG_OPENSSL | openssl on PATH |
 | chromium (the browser test) | DDG_CHROMIUM | chromium on PATH |
+| systemd-analyze (the guide's unit check) | DDG_SYSTEMD_ANALYZE | systemd-analyze on PATH |
 | promtool (the alert rules) | PROMTOOL | promtool on PATH |
 | etcd, etcdctl (benchmarks/etcd.py) | DDG_ETCD, DDG_ETCDCTL | on PATH |
 """
@@ -126,6 +127,12 @@ def chromium() -> Tool:
                      version=_after(r"^Chromium (\S+)"))
 
 
+def systemd_analyze() -> Tool:
+    return find_tool("systemd-analyze", env="DDG_SYSTEMD_ANALYZE",
+                     install="apt-get install systemd (no systemd needs to run)",
+                     version=_after(r"^systemd (\S+)"))
+
+
 def promtool() -> Tool:
     return find_tool("promtool", env="PROMTOOL",
                      install="apt-get install prometheus (or Prometheus' release tarball)",
@@ -154,7 +161,7 @@ def report() -> list[str]:
     finders: list[tuple[str, Callable[[], Tool]]] = [
         ("redis-server", redis_server), ("system redis-server", system_redis_server),
         ("iptables", lambda: iptables()[0]), ("openssl", openssl), ("chromium", chromium),
-        ("promtool", promtool)]
+        ("systemd-analyze", systemd_analyze), ("promtool", promtool)]
     for what, find in finders:
         found = optional(find)
         if isinstance(found, Tool):
