@@ -277,25 +277,33 @@ def machine() -> dict[str, str]:
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
-def _ms(x: float | None) -> str:
+def ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}"
 
 
+STATS_HEAD = f"{'n':>4} {'median':>7} {'p95':>6} {'p99':>6} {'max':>6}"
+
+
+def stats_cells(values: Sequence[float]) -> str:
+    """The STATS_HEAD columns (n, median, p95, p99, max) of VALUES in ms."""
+    s = Stats.of(values)
+    return (f"{s.n if s else 0:>4} {ms(s.median if s else None):>7} "
+            f"{ms(s.p95 if s else None):>6} {ms(s.p99 if s else None):>6} "
+            f"{ms(s.max if s else None):>6}")
+
+
 def failover_table(rows: Sequence[Row]) -> str:
-    head = (f"{'system':<22} {'nodes':>5} {'mode':<8} {'n':>4} {'median':>7} {'p95':>6} "
-            f"{'p99':>6} {'max':>6}   {'poll period med/p99':>19} {'poller CPU':>10}")
+    head = (f"{'system':<22} {'nodes':>5} {'mode':<8} {STATS_HEAD}   "
+            f"{'poll period med/p99':>19} {'poller CPU':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        s = Stats.of(r.times_ms)
         poll = r.poll.summary() if r.poll else None
-        period = (f"{_ms(poll['poll_period_median_ms'])}/{_ms(poll['poll_period_p99_ms'])} ms"
+        period = (f"{ms(poll['poll_period_median_ms'])}/{ms(poll['poll_period_p99_ms'])} ms"
                   if poll else "event (pipe)")
         cpu = (f"{poll['poller_cpu_percent']:.0f}%"
                if poll and poll["poller_cpu_percent"] is not None else "-")
         lines.append(
-            f"{r.system:<22} {r.nodes:>5} {r.mode:<8} {s.n if s else 0:>4} "
-            f"{_ms(s.median if s else None):>7} {_ms(s.p95 if s else None):>6} "
-            f"{_ms(s.p99 if s else None):>6} {_ms(s.max if s else None):>6}   "
+            f"{r.system:<22} {r.nodes:>5} {r.mode:<8} {stats_cells(r.times_ms)}   "
             f"{period:>19} {cpu:>10}" + (f"  {r.note}" if r.note else ""))
     return "\n".join(lines)
 

@@ -29,6 +29,7 @@ from .job import add_job_arguments, job_configs
 from .logs import JsonFormatter
 from .redisconn import RedisOptions
 from .registry import Registry
+from .stopping import exit_now, stop_deadline
 from .tls import TlsConfig, add_tls_arguments, tls_from_args
 from .watchcli import cmd_watch
 
@@ -70,6 +71,8 @@ endpoints: GET / (goose|duck), GET /status (JSON), GET /healthz, GET /metrics (P
 GET /watch (Server-Sent Events); peers POST /raft/vote, /raft/heartbeat, /raft/timeout_now,
 and each duck holds GET /raft/hold/NAME open to its goose (its sudden end: a crash hint).
 SIGTERM or Ctrl-C stops the node gracefully (a goose hands over first); it stays a member.
+A second one, or a stop still running after 3 s (plus the minimum election timeout and
+--exec-grace-ms), ends it at once: exit code 128+signal, or 70 (docs/operations.md).
 """
 
 
@@ -268,7 +271,7 @@ def cmd_run(argv: Sequence[str]) -> int:
                               cluster=config.cluster)
 
     async def run() -> int:
-        node = Node(config)
+        node = Node(config, stop_deadline=stop_deadline(config))
         if json_logs is not None:  # every line carries the term the node is in
             json_logs.term = lambda: None if node.core is None else node.core.term
         try:
@@ -279,7 +282,8 @@ def cmd_run(argv: Sequence[str]) -> int:
             logging.getLogger("ddg.node").critical("%s", exc, extra={"event": "failed"})
             return 1
 
-    return asyncio.run(run())
+    # Everything is closed and logged: skip the interpreter's teardown (ddg/stopping.py).
+    exit_now(asyncio.run(run()))
 
 
 def cmd_remove(argv: Sequence[str]) -> int:

@@ -226,6 +226,7 @@ class NodeProcess:
         # The child gets PARENT_DEATH_SIGNAL when this process dies (see spawn_bound).
         self.die_with_parent = die_with_parent
         self._log: IO[bytes] | None = None
+        self._terminated = False  # the current process was sent SIGTERM
 
     @property
     def pid(self) -> int | None:
@@ -250,6 +251,7 @@ class NodeProcess:
             env["DDG_CLUSTER_SECRET"] = self.spec.secret
         env.update(self.spec.env)
         out: IO[bytes] | int = subprocess.DEVNULL
+        self._terminated = False
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")
@@ -284,7 +286,12 @@ class NodeProcess:
         return self.signal(signal.SIGKILL)
 
     def terminate(self) -> bool:
-        return self.signal(signal.SIGTERM)
+        """SIGTERM, once per process: a node takes a second one as "exit now", cutting its
+        stop short (ddg/stopping.py). True if the process runs (signalled now or before)."""
+        if not self._terminated:
+            self._terminated = self.signal(signal.SIGTERM)
+            return self._terminated
+        return self.running
 
     def wait(self, timeout: float | None = None) -> int | None:
         if self.proc is None:

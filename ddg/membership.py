@@ -30,6 +30,7 @@ from .errors import (
 from .ratelimit import LogThrottle
 from .registry import Member, Membership, Registry
 from .status import RedisInfo
+from .stopping import cancel_and_wait
 from .storage import DataDir
 
 log = logging.getLogger("ddg.membership")
@@ -80,8 +81,7 @@ class MembershipSync:
 
     async def close(self) -> None:
         if self._refreshing is not None:
-            self._refreshing.cancel()
-            await asyncio.gather(self._refreshing, return_exceptions=True)
+            await cancel_and_wait(self._refreshing)
 
     async def _explain(self, exc: NameConflict) -> NameConflict:
         """Say whether the node holding the name is alive: only a dead one may be removed."""

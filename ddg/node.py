@@ -40,6 +40,7 @@ from .ratelimit import LogThrottle
 from .registry import Membership, Registry
 from .server import GuardedServer, ServerLimits, raise_fd_limit, read_body, serve
 from .status import NodeStatus, Role, StorageInfo, TimingInfo
+from .stopping import StopDeadline, cancel_and_wait
 from .storage import DataDir
 from .tls import CERT_DOES_NOT_NAME, CLIENT_CERT_REQUIRED, peer_names, peer_verified
 from .watch import Watchers
@@ -85,11 +86,15 @@ def parse_json(body: bytes) -> Any:
 
 class Node:
     """REGISTRY and DATA may be given (tests run the HTTP contract in-process with them);
-    by default they come from the config."""
+    by default they come from the config. STOP_DEADLINE (the ddg-node process sets it; see
+    ddg/stopping.py): once a stop begins, the process ends within that many seconds, or at
+    a second SIGTERM/SIGINT, whatever a task does."""
 
     def __init__(self, config: NodeConfig, *, rng: random.Random | None = None,
-                 registry: Registry | None = None, data: DataDir | None = None) -> None:
+                 registry: Registry | None = None, data: DataDir | None = None,
+                 stop_deadline: float | None = None) -> None:
         self.config = config
+        self.deadline = None if stop_deadline is None else StopDeadline(stop_deadline)
         self.rng = rng or random.Random()
         self.data = data or DataDir(config.data_dir)
         self.warn = LogThrottle(log, WARN_EVERY)
@@ -164,9 +169,7 @@ class Node:
         for task in (ticker, holder):
             task.add_done_callback(self._loop_ended)
         yield
-        for task in (ticker, holder):
-            task.cancel()
-        await asyncio.gather(ticker, holder, return_exceptions=True)
+        await cancel_and_wait(ticker, holder)
         await self.sync.close()
         await self.peers.close()
 
@@ -236,11 +239,12 @@ class Node:
             await self._hand_over()
             return self.exit_code
         finally:
+            self._begin_stop("the stop began")
             if watcher is not None:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
-            # The handlers stay until the loop closes: a SIGTERM that arrives while the node is
-            # already leaving must not kill it half-way.
+                await cancel_and_wait(watcher)
+            # The signal handlers stay to the end: a SIGTERM that arrives while the node is
+            # already leaving never meets the default action half-way; with a stop deadline
+            # it ends the process at once, on purpose (ddg/stopping.py).
             await self.http.close()
             await self.sync.registry.close()
 
@@ -251,7 +255,13 @@ class Node:
             log.info("received %s: stopping before joining the cluster", name, extra=extra)
         else:
             log.info("received %s: stopping (this node stays a member)", name, extra=extra)
+        self._begin_stop(name)
         self.stop_event.set()
+
+    def _begin_stop(self, why: str) -> None:
+        """Start the stop's deadline (once); from now on SIGTERM and SIGINT end the process."""
+        if self.deadline is not None:
+            self.deadline.begin(why, asyncio.get_running_loop())
 
     async def _hand_over(self) -> None:
         """A goose stopping gracefully hands leadership to an up-to-date duck first."""

@@ -234,14 +234,23 @@ def _str(path: Path | None) -> str | None:
 
 
 def async_client(options: RedisOptions, *, timeout: float) -> aioredis.Redis:
-    """An asyncio client that never retries by itself (callers own their backoff) and waits at
-    most TIMEOUT s for any socket operation; with Sentinel it finds the master on every new
-    connection."""
+    """An asyncio client that never retries by itself (callers own their backoff) and connects
+    within TIMEOUT s; with Sentinel it finds the master on every new connection.
+
+    Its commands have no socket timeout of their own: the caller bounds each call with
+    asyncio.timeout (as Registry does). redis-py enforces a socket timeout on every write with
+    asyncio.wait_for, which on Python 3.11 drops a cancellation that lands in the loop pass
+    where the write completes: a node's registry task then ran on after SIGTERM, and the node
+    never exited."""
     kw = options._kwargs(timeout)
     kw["retry"] = AsyncRetry(NoBackoff(), 0)
+    sentinel_kwargs = options._sentinel_kwargs(kw) if options.sentinel else {}
+    kw["socket_timeout"] = None
     if options.sentinel:
+        # The sentinels keep their share of TIMEOUT: a lookup must move on from one that never
+        # answers.
         sent = AsyncSentinel(list(options.target.sentinels),
-                             sentinel_kwargs={**options._sentinel_kwargs(kw),
+                             sentinel_kwargs={**sentinel_kwargs,
                                               "retry": AsyncRetry(NoBackoff(), 0)}, **kw)
         assert options.target.master is not None
         return sent.master_for(options.target.master)

@@ -336,7 +336,10 @@ class Registry:
             if (why := _tls_refusal(exc)) is not None:
                 raise RegistryAuthError(f"Redis at {self.url}: {why}") from None
             hint = self._reset_hint if "reset by peer" in str(exc) else ""
-            raise RegistryUnavailable(f"redis: {str(exc) or type(exc).__name__}{hint}") from exc
+            # A bare TimeoutError is our own deadline (the client has none on commands).
+            why = str(exc) or (f"no answer within {self.timeout:g} s"
+                               if isinstance(exc, TimeoutError) else type(exc).__name__)
+            raise RegistryUnavailable(f"redis: {why}{hint}") from exc
 
     async def _script(self, script: Any, args: list[Any]) -> Any:
         return await self._call(script(keys=self._keys, args=args))

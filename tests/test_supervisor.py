@@ -138,8 +138,10 @@ def test_close_stops_five_nodes_at_once_and_leaves_nothing(sup: Supervisor) -> N
     t0 = time.monotonic()
     codes = sup.stop_all()
     took = time.monotonic() - t0
-    # One by one, each stop may take up to stop_timeout (5 s); at once, the slowest one.
-    assert took < 5.0, f"stopping 5 nodes took {took:.2f} s"
+    print(f"\nstop_all of 5 nodes (one frozen): {took:.3f} s")
+    # One by one, each stop may take up to stop_timeout (5 s); at once, the slowest one, and
+    # no stop stalls (benchmarks/stops.py: the slowest of 500 exits is well under 1 s).
+    assert took < 2.0, f"stopping 5 nodes took {took:.2f} s"
     assert codes == dict.fromkeys(names, 0), "every node exits 0 on SIGTERM"
     assert all(gone(p) for p in pids.values())
     assert sorted((ex.name, ex.code, ex.expected) for ex in sup.reap()) == [
