@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ddg_testkit import hosts
+from ddg_testkit import faketime, hosts
 from ddg_testkit.hosts import BedConfig
 
 from .bed import BedHarness, secured
@@ -55,6 +55,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="keep node logs and data under this directory")
     p.add_argument("--node-arg", action="append", default=[], metavar="ARG",
                    help="passed to every ddg-node, e.g. --node-arg=--timing=fast (repeatable)")
+    p.add_argument("--clock-rate", action="append", default=[], metavar="NODE=RATE",
+                   help="run NODE on a clock at RATE x real time (libfaketime; apt-get install "
+                        "faketime), e.g. n1=0.5 (repeatable)")
     p.add_argument("--secure", action="store_true",
                    help="bed-*: HTTPS + mutual TLS + secret + the least-ACL Redis user")
     p.add_argument("--sentinels", type=int, default=0, metavar="N",
@@ -73,6 +76,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if not 0 <= ns.sentinels <= 7:
         p.error("--sentinels must be 0-7")
     ns.names = names
+    ns.clock_rates = []
+    for item in ns.clock_rate:
+        node, _, rate = item.partition("=")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = 0.0
+        if not node or not 0.01 <= value <= 100:
+            p.error(f"--clock-rate {item!r} must look like NODE=RATE with RATE 0.01-100, "
+                    "e.g. n1=0.5")
+        ns.clock_rates.append((node, value))
+    if ns.clock_rates and faketime.missing() is not None:
+        p.error(f"--clock-rate: {faketime.missing()}")
     return ns
 
 
@@ -89,7 +105,7 @@ def run_one(name: str, ns: argparse.Namespace) -> Outcome:
                         settle_bound=ns.settle_bound_ms / 1000)
     config = HarnessConfig(nodes=nodes, late=scenario.late, base_dir=base, check=check,
                            split_brain=name == "selftest-split-brain",
-                           node_args=tuple(ns.node_arg))
+                           node_args=tuple(ns.node_arg), clock_rates=tuple(ns.clock_rates))
     pki = tempfile.TemporaryDirectory(prefix="ddg-faults-pki-")
     h: Harness = Harness(config)
     if scenario.bed:
@@ -162,7 +178,8 @@ def summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:
                                    "faults": o.report.figures.faults,
                                    "violations": [f"{v.rule}: {v.message}"
                                                   for v in o.report.violations],
-                                   "failures": o.failures, "crashes": o.crashes}
+                                   "failures": o.failures, "crashes": o.crashes,
+                                   "notes": o.notes}
                       for o in outcomes},
         "faults": sum(f.faults for f in figs),
         "fault_kinds": dict(sorted(kinds.items())),
