@@ -18,7 +18,8 @@ a.peer). A peer *contradicts* this node when that whole interval lies outside [1
 1 + bound]: if the peer's clock is right, this one's is not. It *agrees* when the interval lies
 inside. A node is contradicted when a majority of its cluster's members contradict it; it then
 does not lead (core.py) until, a WINDOW later at the earliest, a peer agrees and no majority
-contradicts it.
+contradicts it. And a duck whose clock runs fast against its goose's beyond the bound (its
+ducks could tell only once it leads) stretches its waits for that goose's lease by as much.
 
 Pure: readings in, verdicts out; no I/O and no clock of its own.
 """
@@ -159,6 +160,7 @@ class ClockCheck:
         self._dirty: set[str] = set()
         self._judged = (-math.inf, math.nan)  # (when all were judged, against which bound)
         self._rounds: dict[int, float] = {}  # heartbeat round -> when this node sent it
+        self.goose: str | None = None  # the last peer whose heartbeats this node heard
 
     def sent(self, seq: int, at: float) -> None:
         """This node (the goose) sent heartbeat round SEQ at AT."""
@@ -177,6 +179,7 @@ class ClockCheck:
         """PEER sent a message at PEER_CLOCK (its clock) that arrived at RECEIVED (ours), taken
         to be at most DELAY in flight."""
         self._add(peer, Reading(lo=received - delay, hi=received, peer=peer_clock, exact=False))
+        self.goose = peer
 
     def _add(self, peer: str, r: Reading) -> None:
         ev = self.peers.get(peer)
@@ -199,6 +202,15 @@ class ClockCheck:
         if 1 - bound <= low and high <= 1 + bound:
             return Verdict.AGREES
         return Verdict.UNDECIDED
+
+    def stretch(self, now: float, bound: float) -> float:
+        """How much longer than its nominal length a wait for the last goose's lease must run
+        on this clock: 1, unless this clock runs fast against that goose's beyond the bound
+        (a node not yet contradicted by a majority: its ducks' evidence comes only when it
+        leads), then by as much as it may run fast. A fast new goose would otherwise answer
+        before the old lease has run out."""
+        b = None if self.goose is None else self.bounds(self.goose, now)
+        return b[1] if b is not None and b[0] > 1 + bound else 1.0
 
     def rates(self, now: float) -> dict[str, float]:
         """This node's clock rate relative to each peer with evidence, for /status and the

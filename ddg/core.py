@@ -373,9 +373,11 @@ class Election:
             self._event("vote_granted", f"voted for {msg.sender} in term {self.term}",
                         debug=True, candidate=msg.sender)
             # A clock its peers contradict cannot say how long ago that was: "just now" makes
-            # the candidate wait the whole lease_wait on its own clock.
+            # the candidate wait the whole lease_wait on its own clock; one that runs fast
+            # against its last goose's says the least it may have been.
             if not self.clock.contradicted:
-                heard_us = max(0, int((now - self.last_heard) * 1e6))
+                heard = (now - self.last_heard) / self._clock_stretch(now)
+                heard_us = max(0, int(heard * 1e6))
             # A vote acknowledges the candidate's "round 0": sticky from here, as after a
             # heartbeat, so the new goose's lease can start when it asked for the votes.
             self.last_heard = now
@@ -401,7 +403,7 @@ class Election:
                 # lease_wait past it (with the drift margin to spare): wait that out.
                 self.goose_not_before = max(
                     self.goose_not_before,
-                    now + self.timing.lease_wait - msg.heard_us / 1e6,
+                    now + self.timing.lease_wait * self._clock_stretch(now) - msg.heard_us / 1e6,
                 )
             if self._has_quorum(self.votes):
                 self._become_goose(now)
@@ -484,7 +486,8 @@ class Election:
         self._trusted_campaign = trusted
         # This node may itself have heard a goose lately (an untrusted hand-over skips the
         # timer): its own "vote" carries the same wait as any voter's.
-        self.goose_not_before = -math.inf if trusted else self.last_heard + self.timing.lease_wait
+        wait = self.timing.lease_wait * self._clock_stretch(now)
+        self.goose_not_before = -math.inf if trusted else self.last_heard + wait
         self.term += 1
         self.voted_for = self.name
         self.state = State.CANDIDATE
@@ -579,6 +582,10 @@ class Election:
 
     def _clock_verdict(self, peer: str, now: float) -> Verdict:
         return self.clock.verdict(peer, now, max_rate_error(self.timing.drift_margin))
+
+    def _clock_stretch(self, now: float) -> float:
+        """A wait for the last goose's lease runs this much longer on this clock (clockrate)."""
+        return self.clock.stretch(now, max_rate_error(self.timing.drift_margin))
 
     def _check_clock(self, now: float) -> None:
         """Judge this node's clock against its peers' readings (ddg/clockrate.py): a clock a

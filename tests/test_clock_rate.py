@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from sim import Net, Sim
+from sim import Net, NoClockCheck, Sim
 
 from ddg.clockrate import (
     WINDOW,
@@ -305,13 +305,6 @@ def test_a_hand_over_prefers_a_duck_whose_clock_agrees() -> None:
 
 # ---- the simulator: hinted cuts ------------------------------------------------------------
 
-class NoClockCheck(Election):
-    """The core before the clock check: it never judges its clock."""
-
-    def _check_clock(self, now: float) -> None:
-        pass
-
-
 def hinted_cuts(rate: float, cls: type[Election], cuts: int, seed: int = 1) -> Sim:
     """Five nodes, n1's clock at RATE. Each round: n1 takes over (its timer made to fire), and
     once it has led for a moment it is cut off while its ducks' crash-hint streams end (they
@@ -357,6 +350,48 @@ def test_in_the_simulator_a_slow_goose_stops_leading_before_a_hinted_cut(seed: i
     assert n1.clock.contradicted
     assert n1.counters.step_downs_by.get(StepDown.CLOCK_RATE, 0) >= 1
     assert n1.counters.elections_won <= 1  # it won once at most, before its ducks told
+
+
+@pytest.mark.parametrize("seed", range(1, 4))
+def test_in_the_simulator_a_fast_node_taking_over_waits_out_the_old_lease(seed: int) -> None:
+    """n1 at 2x takes over after each hinted cut of another goose (first in turn): its wait
+    for the old lease, on its own fast clock, would end too soon. It has followed that goose,
+    whose heartbeats show its clock fast against the goose's: it stretches the wait by that
+    much. (Its ducks then contradict it, and it stops leading.) Without: two geese."""
+    sim = hinted_cuts(2.0, Election, 10, seed)  # the checker raises on any overlap
+    assert sim.core("n1").clock.contradicted
+    with pytest.raises(Exception, match="two nodes report goose at once"):
+        for s in range(seed, seed + 10):
+            hinted_cuts(2.0, NoClockCheck, 10, s)
+
+
+def test_a_duck_fast_against_its_goose_stretches_its_waits() -> None:
+    """A duck whose clock runs at 2x its goose's: as a candidate it waits twice the lease wait
+    on its clock, and a vote it grants reports half the time its clock says."""
+    duck = Election(name="a", timing=T, rng=random.Random(1), now=10.0,
+                    members=frozenset(NAMES))
+    for k in range(40):  # 1 s of the goose's clock: 2 s of the duck's
+        duck.step(Heartbeat(term=1, sender="g", seq=k + 1, sent_us=to_us(500 + 0.025 * k)),
+                  10.0 + 0.05 * k + 0.0005)
+    now = 10.0 + 0.05 * 39 + 0.3
+    assert duck.clock.stretch(now, BOUND) == pytest.approx(2.0, abs=0.15)
+    out = duck.step(VoteRequest(term=2, sender="b"), now)
+    reply = out.reply
+    assert isinstance(reply, VoteResponse) and reply.granted
+    assert reply.heard_us == pytest.approx(0.3e6 / 2, rel=0.1)
+    duck.election_deadline = now + 0.01
+    duck.tick(now + 0.01)  # pre-vote (it voted in term 2 already: term 3)
+    for p in ("c", "d"):
+        duck.step(VoteResponse(term=3, sender=p, granted=True, pre_vote=True), now + 0.011)
+    assert duck.state is State.CANDIDATE
+    assert duck.goose_not_before == pytest.approx(now + 2 * T.lease_wait, abs=0.03)
+    # the same duck with a clock that agrees waits the lease wait
+    calm = Election(name="a", timing=T, rng=random.Random(1), now=10.0,
+                    members=frozenset(NAMES))
+    for k in range(40):
+        calm.step(Heartbeat(term=1, sender="g", seq=k + 1, sent_us=to_us(500 + 0.05 * k)),
+                  10.0 + 0.05 * k + 0.0005)
+    assert calm.clock.stretch(now, BOUND) == 1.0
 
 
 def test_in_the_simulator_a_goose_inside_the_bound_leads_through_hinted_cuts() -> None:

@@ -23,6 +23,7 @@ from sim import (
     Fault,
     InvariantViolation,
     Net,
+    NoClockCheck,
     Sim,
     apply_plan,
     random_plan,
@@ -273,13 +274,6 @@ def test_checker_catches_a_vote_that_is_not_persisted() -> None:
     sim = Sim(3, seed=1, election_cls=Forgetful)
     with pytest.raises(InvariantViolation, match=r"grants .* a vote"):
         sim.run_until(2.0)
-
-
-class NoClockCheck(Election):
-    """A core that never judges its clock against its peers' (as before the clock check)."""
-
-    def _check_clock(self, now: float) -> None:
-        pass
 
 
 @pytest.mark.parametrize("seed", range(4))
