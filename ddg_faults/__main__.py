@@ -89,15 +89,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         ns.clock_rates.append((node, value))
     if ns.clock_rates and faketime.missing() is not None:
         p.error(f"--clock-rate: {faketime.missing()}")
+    if ns.clock_rates and any(SCENARIOS[n].bed for n in names):
+        p.error("--clock-rate runs on the loopback harness only, not the bed-* scenarios")
+    for node, _ in ns.clock_rates:
+        for name in names:
+            if node not in {f"n{i}" for i in range(1, node_count(name, ns) + 1)}:
+                p.error(f"--clock-rate names {node}, but scenario {name} runs "
+                        f"n1-n{node_count(name, ns)}")
     return ns
+
+
+def node_count(name: str, ns: argparse.Namespace) -> int:
+    """How many nodes scenario NAME runs (--nodes changes the size-agnostic ones)."""
+    if ns.nodes is not None and name not in ("initial-election", "re-election",
+                                             "many-elections", "selftest-split-brain"):
+        return int(ns.nodes)
+    return SCENARIOS[name].nodes
 
 
 def run_one(name: str, ns: argparse.Namespace) -> Outcome:
     scenario = SCENARIOS[name]
-    nodes = scenario.nodes
-    if ns.nodes is not None and name not in ("initial-election", "re-election",
-                                             "many-elections", "selftest-split-brain"):
-        nodes = ns.nodes
+    nodes = node_count(name, ns)
     base = ns.keep / name if ns.keep else None
     if base is not None:
         base.mkdir(parents=True, exist_ok=True)

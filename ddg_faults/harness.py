@@ -79,6 +79,10 @@ class Harness:
         self.config = config
         self._cluster: LocalCluster | None = None  # made by start(), on a port of the namespace
         self.names = [f"n{i}" for i in range(1, config.nodes + 1)]
+        unknown = {n for n, _ in config.clock_rates} - set(self.names)
+        if unknown:
+            raise ValueError(f"clock rates for {', '.join(sorted(unknown))}, which are not "
+                             f"nodes here ({self.names[0]}-{self.names[-1]})")
         self.late = self.names[len(self.names) - config.late:] if config.late else []
         self.ports: dict[str, int] = {}
         self.events: list[Event] = []
@@ -117,10 +121,6 @@ class Harness:
             self.firewall.add(n, ports[n])
         self.firewall.install()
         rates = dict(self.config.clock_rates)
-        unknown = set(rates) - set(self.names)
-        if unknown:
-            raise ScenarioFailed(f"--clock-rate names no node of this scenario: "
-                                 f"{', '.join(sorted(unknown))} (it has {', '.join(self.names)})")
         self.observer = Observer({n: f"http://127.0.0.1:{ports[n]}" for n in self.names},
                                  interval=self.config.poll_interval, clock_rates=rates)
         self.observer.start()
