@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .client import NodeClient, Reply
+from .clockrate import max_rate_error
 from .config import (
     DEFAULT_CLUSTER,
     DEFAULT_REDIS_URL,
@@ -33,7 +34,10 @@ from .stopping import exit_now, stop_deadline
 from .tls import TlsConfig, add_tls_arguments, tls_from_args
 from .watchcli import cmd_watch
 
-RUN_EPILOG = """\
+_MARGIN = Timing().drift_margin
+_RATE = f"{max_rate_error(_MARGIN):.1%}"  # the clock-rate bound, stated in --help
+_FACTOR = f"{1 / _MARGIN:g}x"
+RUN_EPILOG = f"""\
 other commands:
   ddg-node remove NAME [--redis-url URL] [--cluster NAME]
                      remove a member from the cluster for good (alive or dead)
@@ -60,6 +64,12 @@ security:
   --tls-key, --tls-ca, --tls-client-auth) also satisfies that rule: then each node's
   certificate must name it (subjectAltName DNS:<name>), as peers take a message only from its
   sender's certificate. With --tls-cert the node serves HTTPS and advertises https://.
+
+clocks:
+  The lease assumes every node's monotonic clock runs within {_RATE} of real time (drift
+  margin {_MARGIN:g}: no clock more than {_FACTOR} as fast as another's; docs/design.md). A node
+  whose clock rate a majority of its peers' clocks contradict logs an error and does not
+  lead until they agree again (/status `clock`, metric ddg_clock_contradicted).
 
 environment (used when the flag is not given):
   DDG_HTTP_PORT, DDG_HOST, DDG_ADVERTISE_URL, DDG_NODE_NAME, DDG_REDIS_URL,

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from .clockrate import ClockCheck, Verdict, max_rate_error, to_us
 from .config import Timing
 from .messages import (
     MAX_TERM,
@@ -57,6 +58,7 @@ class Event:
     text: str
     fields: dict[str, str | int] = field(default_factory=dict)
     debug: bool = False  # routine (a granted vote): logged at DEBUG, so INFO logs stay as they were
+    error: bool = False  # something an operator must fix: logged at ERROR
 
     def __str__(self) -> str:
         return self.text
@@ -78,6 +80,7 @@ class StepDown(StrEnum):
     HIGHER_TERM = "higher_term"
     HANDOVER = "handover"
     REMOVED = "removed"
+    CLOCK_RATE = "clock_rate"  # a majority of its peers contradict its clock's rate
 
 
 @dataclass(slots=True)
@@ -112,6 +115,8 @@ class Snapshot:
     lease_remaining: float | None  # seconds, the goose only
     heard_ago: float | None  # seconds since the goose was heard, when following one
     counters: Counters
+    clock_contradicted: bool = False  # a majority of peers contradict this clock's rate
+    clock_rates: dict[str, float] = field(default_factory=dict)  # its rate / each peer's
 
 
 def quorum_of(n: int) -> int:
@@ -172,6 +177,8 @@ class Election:
         self.acks: dict[int, set[str]] = {}
         self.acked_seq: dict[str, int] = {}
         self.counters = Counters()
+        # Peers' clock readings: a node whose clock a majority contradicts does not lead.
+        self.clock = ClockCheck()
         self._ticked = -math.inf
         self._out = Output()
         self._persisted = hard
@@ -205,7 +212,8 @@ class Election:
             goose=self.known_goose(now), voted_for=self.voted_for, quorum=self.quorum,
             lease_remaining=self.lease_remaining(now),
             heard_ago=now - self.last_heard if following else None,
-            counters=self.counters.copy(),
+            counters=self.counters.copy(), clock_contradicted=self.clock.contradicted,
+            clock_rates=self.clock.rates(now),
         )
 
     def known_goose(self, now: float) -> str | None:
@@ -240,6 +248,7 @@ class Election:
 
     def tick(self, now: float) -> Output:
         self._ticked = now
+        self._check_clock(now)
         if self.state is State.GOOSE:
             if now >= self.step_down_at:
                 self._step_down(now, StepDown.LOST_QUORUM, "lost its quorum: no heartbeat "
@@ -271,6 +280,7 @@ class Election:
                 self._on_ack(msg, now)
             case TimeoutNow():
                 self._on_timeout_now(msg, now)
+        self._check_clock(now)
         return self._flush()
 
     def set_membership(self, members: frozenset[str], version: int, now: float) -> Output:
@@ -323,7 +333,9 @@ class Election:
         peers = [p for p in self.members if p != self.name]
         if self.state is not State.GOOSE or not peers:
             return self._flush()
-        target = max(peers, key=lambda p: (self.acked_seq.get(p, -1), p))
+        # A duck whose clock contradicts this one's would not lead well: others first.
+        target = max(peers, key=lambda p: (self._clock_verdict(p, now) is not Verdict.CONTRADICTS,
+                                            self.acked_seq.get(p, -1), p))
         term = self.term
         self._step_down(now, StepDown.HANDOVER, f"handing over to {target}", to=target)
         self.counters.transfers += 1
@@ -360,7 +372,12 @@ class Election:
             self.voted_for = msg.sender
             self._event("vote_granted", f"voted for {msg.sender} in term {self.term}",
                         debug=True, candidate=msg.sender)
-            heard_us = max(0, int((now - self.last_heard) * 1e6))
+            # A clock its peers contradict cannot say how long ago that was: "just now" makes
+            # the candidate wait the whole lease_wait on its own clock; one that runs fast
+            # against its last goose's says the least it may have been.
+            if not self.clock.contradicted:
+                heard = (now - self.last_heard) / self._clock_stretch(now)
+                heard_us = max(0, int(heard * 1e6))
             # A vote acknowledges the candidate's "round 0": sticky from here, as after a
             # heartbeat, so the new goose's lease can start when it asked for the votes.
             self.last_heard = now
@@ -386,7 +403,7 @@ class Election:
                 # lease_wait past it (with the drift margin to spare): wait that out.
                 self.goose_not_before = max(
                     self.goose_not_before,
-                    now + self.timing.lease_wait - msg.heard_us / 1e6,
+                    now + self.timing.lease_wait * self._clock_stretch(now) - msg.heard_us / 1e6,
                 )
             if self._has_quorum(self.votes):
                 self._become_goose(now)
@@ -401,7 +418,13 @@ class Election:
         self.last_heard = now
         self.counters.heartbeats_received += 1
         self._reset_election_timer(now)
-        self._reply(HeartbeatAck(term=self.term, sender=self.name, seq=msg.seq, success=True))
+        received_us = None  # a goose that sends no clock reading may refuse one (older version)
+        if msg.sent_us is not None:
+            self.clock.heard(msg.sender, peer_clock=msg.sent_us / 1e6, received=now,
+                             delay=self.timing.heartbeat)
+            received_us = to_us(now)
+        self._reply(HeartbeatAck(term=self.term, sender=self.name, seq=msg.seq, success=True,
+                                 received_us=received_us))
 
     def _on_ack(self, msg: HeartbeatAck, now: float) -> None:
         if msg.term > self.term:
@@ -410,6 +433,9 @@ class Election:
         if self.state is not State.GOOSE or msg.term != self.term or not msg.success:
             return
         self.acked_seq[msg.sender] = max(self.acked_seq.get(msg.sender, -1), msg.seq)
+        if msg.received_us is not None:
+            self.clock.acked(msg.sender, seq=msg.seq, peer_clock=msg.received_us / 1e6,
+                             received=now)
         acks = self.acks.get(msg.seq)
         if acks is None:  # a round older than the ones kept: it cannot extend the lease
             return
@@ -426,7 +452,8 @@ class Election:
     def _on_timeout_now(self, msg: TimeoutNow, now: float) -> None:
         # Only from the goose this node follows: the hand-over skips stickiness, which is safe
         # only because that goose stopped answering `goose` before it sent this.
-        if msg.term == self.term and self.state is State.DUCK and msg.sender == self.leader:
+        if (msg.term == self.term and self.state is State.DUCK and msg.sender == self.leader
+                and not self.clock.contradicted):  # a clock its peers contradict does not lead
             self._event("handover", f"{msg.sender} handed leadership over; campaigning now",
                         goose=msg.sender)
             self._campaign(now, transfer=True, trusted=self.trust_transfers)
@@ -434,6 +461,8 @@ class Election:
     # ---- transitions ---------------------------------------------------------------------
 
     def _pre_campaign(self, now: float) -> None:
+        if self._refuse_to_lead(now):
+            return
         if self.term >= MAX_TERM:
             self._reset_election_timer(now)
             self._event("term_exhausted",
@@ -450,14 +479,15 @@ class Election:
         self._broadcast(VoteRequest(term=self.term + 1, sender=self.name, pre_vote=True))
 
     def _campaign(self, now: float, *, transfer: bool, trusted: bool = False) -> None:
-        if self.term >= MAX_TERM:
+        if self.term >= MAX_TERM or self._refuse_to_lead(now):
             return
         if self.state is State.PRE_CANDIDATE:  # a quorum granted the pre-vote
             self.counters.pre_votes_won += 1
         self._trusted_campaign = trusted
         # This node may itself have heard a goose lately (an untrusted hand-over skips the
         # timer): its own "vote" carries the same wait as any voter's.
-        self.goose_not_before = -math.inf if trusted else self.last_heard + self.timing.lease_wait
+        wait = self.timing.lease_wait * self._clock_stretch(now)
+        self.goose_not_before = -math.inf if trusted else self.last_heard + wait
         self.term += 1
         self.voted_for = self.name
         self.state = State.CANDIDATE
@@ -519,6 +549,7 @@ class Election:
     def _broadcast_heartbeat(self, now: float) -> None:
         self.seq += 1
         self.sent_at[self.seq] = now
+        self.clock.sent(self.seq, now)
         self.acks[self.seq] = {self.name}
         self.counters.heartbeats_sent += 1
         self.next_heartbeat = now + self.timing.heartbeat
@@ -531,7 +562,8 @@ class Election:
         if self._has_quorum(self.acks[self.seq]):  # a cluster of one
             self.lease_until = now + self.timing.lease
             self.step_down_at = now + self.timing.quorum_timeout
-        self._broadcast(Heartbeat(term=self.term, sender=self.name, seq=self.seq))
+        self._broadcast(Heartbeat(term=self.term, sender=self.name, seq=self.seq,
+                                  sent_us=to_us(now)))
 
     def _resend_heartbeat(self) -> None:
         """The newest round again, to the ducks that have not acknowledged it (their copy or
@@ -541,8 +573,59 @@ class Election:
         acks = self.acks.get(self.seq)
         if acks is None or self._has_quorum(acks):
             return
+        sent_us = to_us(self.sent_at[self.seq])  # the round's first sending, as its lease
         for peer in sorted(self.members - acks):
-            self._send(peer, Heartbeat(term=self.term, sender=self.name, seq=self.seq))
+            self._send(peer, Heartbeat(term=self.term, sender=self.name, seq=self.seq,
+                                       sent_us=sent_us))
+
+    # ---- clock rate ----------------------------------------------------------------------
+
+    def _clock_verdict(self, peer: str, now: float) -> Verdict:
+        return self.clock.verdict(peer, now, max_rate_error(self.timing.drift_margin))
+
+    def _clock_stretch(self, now: float) -> float:
+        """A wait for the last goose's lease runs this much longer on this clock (clockrate)."""
+        return self.clock.stretch(now, max_rate_error(self.timing.drift_margin))
+
+    def _check_clock(self, now: float) -> None:
+        """Judge this node's clock against its peers' readings (ddg/clockrate.py): a clock a
+        majority of the cluster contradicts may stretch a lease past a rival's wait, so the
+        node stops leading (a candidate gives up, a goose steps down) until a peer agrees."""
+        bound = max_rate_error(self.timing.drift_margin)
+        changed = self.clock.update(self.members - {self.name}, self.quorum, now, bound)
+        rates = self.clock.rates(now) if changed is not None else {}
+        if changed is True:
+            against = self.clock.contradicting(self.members - {self.name}, now, bound)
+            said = ", ".join(f"{p} {rates[p]:.3f}x" for p in against if p in rates)
+            self._event("clock_contradicted",
+                        f"this node's clock rate is contradicted by a majority of the cluster "
+                        f"(its rate relative to {said}; the lease assumes within "
+                        f"{bound:.0%}): not leading until a peer's clock agrees",
+                        error=True, peers=",".join(against))
+        elif changed is False:
+            agree = [p for p in sorted(rates)
+                     if self.clock.verdict(p, now, bound) is Verdict.AGREES]
+            said = ", ".join(f"{p} {rates[p]:.3f}x" for p in agree)
+            self._event("clock_agreed", f"this node's clock rate agrees with its peers again "
+                        f"({said}): it may lead again", peers=",".join(agree))
+        if self.clock.contradicted:
+            self._refuse_to_lead(now)
+
+    def _refuse_to_lead(self, now: float) -> bool:
+        """While the clock is contradicted: no campaign, no candidacy, no goose."""
+        if not self.clock.contradicted:
+            return False
+        if self.state is State.GOOSE:
+            self._step_down(now, StepDown.CLOCK_RATE, "a majority of its peers contradict its "
+                            "clock's rate")
+        elif self.state in (State.PRE_CANDIDATE, State.CANDIDATE):
+            self.state = State.DUCK
+            self.leader = None
+            self._reset_election_timer(now)
+        elif self.state is State.DUCK and now >= self.election_deadline:
+            self.leader = None  # the goose is lost, as for a campaign; none is started
+            self._reset_election_timer(now)
+        return True
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -558,9 +641,10 @@ class Election:
             if peer != self.name:
                 self._send(peer, msg)
 
-    def _event(self, name: str, text: str, *, debug: bool = False, **fields: str | int) -> None:
+    def _event(self, name: str, text: str, *, debug: bool = False, error: bool = False,
+               **fields: str | int) -> None:
         """Log NAME with TEXT; the term the core is in goes with every event."""
-        self._out.events.append(Event(name=name, text=text, debug=debug,
+        self._out.events.append(Event(name=name, text=text, debug=debug, error=error,
                                       fields={"term": self.term, **fields}))
 
     def _send(self, to: str, msg: Message) -> None:

@@ -40,6 +40,9 @@ class Heartbeat:
     term: int
     sender: str
     seq: int  # heartbeat round; the goose's lease starts at the send time of an acked round
+    # The goose's monotonic clock when it sent the round, in microseconds: with the ducks'
+    # readings in their acks, evidence of each node's clock rate (ddg/clockrate.py).
+    sent_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +51,7 @@ class HeartbeatAck:
     sender: str
     seq: int
     success: bool
+    received_us: int | None = None  # the duck's monotonic clock when the heartbeat came, in us
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,15 +81,16 @@ _FIELDS: dict[type[Any], dict[str, type]] = {
     VoteRequest: {"term": int, "sender": str, "pre_vote": bool, "transfer": bool},
     VoteResponse: {"term": int, "sender": str, "granted": bool, "pre_vote": bool,
                    "heard_us": int},
-    Heartbeat: {"term": int, "sender": str, "seq": int},
-    HeartbeatAck: {"term": int, "sender": str, "seq": int, "success": bool},
+    Heartbeat: {"term": int, "sender": str, "seq": int, "sent_us": int},
+    HeartbeatAck: {"term": int, "sender": str, "seq": int, "success": bool,
+                   "received_us": int},
     TimeoutNow: {"term": int, "sender": str},
 }
 _REQUIRED = {"term", "sender", "seq", "granted", "success"}
 
 
 def encode(msg: Message, *, version: int) -> dict[str, Any]:
-    data = asdict(msg)
+    data = {k: v for k, v in asdict(msg).items() if v is not None}  # optional and absent
     data["version"] = version
     return data
 

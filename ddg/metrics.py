@@ -206,6 +206,15 @@ class _StateCollector:
         yield _counter("ddg_elections_started", "Elections (term increases) this node started.",
                        c.elections_started)
         yield _counter("ddg_elections_won", "Elections this node won.", c.elections_won)
+        yield _gauge("ddg_clock_contradicted", "1 while a majority of the cluster's clocks "
+                     "contradict this node's clock rate beyond the bound the lease assumes "
+                     "(it does not lead), else 0.", 1 if st.clock.contradicted else 0)
+        rate = GaugeMetricFamily("ddg_clock_rate_ratio", "This node's clock rate relative to "
+                                 "a peer's, measured from their messages (1: the same rate).",
+                                 labels=["peer"])
+        for peer, value in sorted(st.clock.rates.items()):
+            rate.add_metric([peer], value)
+        yield rate
         steps = CounterMetricFamily("ddg_step_downs", "Times this node stopped being the goose, "
                                     "by reason.", labels=["reason"])
         for reason in StepDown:

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from . import __version__, auth
 from .changes import Changes, View
+from .clockrate import max_rate_error
 from .config import NodeConfig
 from .core import Election, HardState, Output, State, quorum_of
 from .errors import DdgError, MessageError, StorageError
@@ -36,10 +37,10 @@ from .messages import REQUESTS, Message, decode, encode
 from .metrics import NodeMetrics
 from .partitions import Partitions, parse_listener_fault
 from .peers import PeerTransport
-from .ratelimit import LogThrottle
+from .ratelimit import LogThrottle, Throttle
 from .registry import Membership, Registry
 from .server import GuardedServer, ServerLimits, raise_fd_limit, read_body, serve
-from .status import NodeStatus, Role, StorageInfo, TimingInfo
+from .status import ClockInfo, NodeStatus, Role, StorageInfo, TimingInfo
 from .stopping import StopDeadline, cancel_and_wait
 from .storage import DataDir
 from .tls import CERT_DOES_NOT_NAME, CLIENT_CERT_REQUIRED, peer_names, peer_verified
@@ -132,6 +133,7 @@ class Node:
         self._wake = asyncio.Event()
         self._persist_lock = asyncio.Lock()
         self._on_disk: HardState | None = None
+        self._clock_nag: Throttle | None = None  # while peers contradict this node's clock
 
     @property
     def membership(self) -> Membership:
@@ -280,6 +282,7 @@ class Node:
             if core is not None:
                 await self._apply(core.tick(time.monotonic()))
                 self.observe()  # a deadline of the clock alone (a lease edge) changes the role
+                self._remind_clock(core)
                 delay = core.next_deadline() - time.monotonic()
             else:
                 delay = math.inf
@@ -300,8 +303,8 @@ class Node:
             if out.persist is not None and out.persist != self._on_disk:
                 await self._persist(out.persist)
         for event in out.events:
-            log.log(logging.DEBUG if event.debug else logging.INFO, "%s", event.text,
-                    extra={"event": event.name, **event.fields})
+            level = logging.DEBUG if event.debug else logging.ERROR if event.error else logging.INFO
+            log.log(level, "%s", event.text, extra={"event": event.name, **event.fields})
         self.observe()
         if self.core is not None and self.core.state is State.REMOVED:
             self.stop_event.set()
@@ -329,6 +332,22 @@ class Node:
         self._on_disk = hard
         if self.core is not None:
             self.core.persisted(hard)
+
+    def _remind_clock(self, core: Election) -> None:
+        """While peers contradict this node's clock, say so again once every WARN_EVERY (the
+        core's event said it first)."""
+        if not core.clock.contradicted:
+            self._clock_nag = None
+            return
+        if self._clock_nag is None:
+            self._clock_nag = Throttle(WARN_EVERY)
+            self._clock_nag.allow()
+        elif self._clock_nag.allow() is not None:
+            rates = core.clock.rates(time.monotonic())
+            log.error("this node's clock rate is still contradicted by its peers (its rate "
+                      "relative to theirs: %s); not leading",
+                      ", ".join(f"{p} {r:.3f}x" for p, r in rates.items()) or "no recent "
+                      "evidence", extra={"event": "clock_contradicted", "term": core.term})
 
     def observe(self) -> None:
         """Tell the listeners if the role, term, goose or membership changed."""
@@ -417,6 +436,7 @@ class Node:
                               election_timeout_ms=(t.election_timeout_min_ms,
                                                    t.election_timeout_max_ms),
                               lease_ms=round(t.lease * 1000, 1)),
+            clock=ClockInfo(rate_bound=round(max_rate_error(t.drift_margin), 4)),
         )
         if snap is None:
             return shell
@@ -430,7 +450,9 @@ class Node:
             elections_started=c.elections_started, pre_votes_started=c.pre_votes_started,
             elections_won=c.elections_won, step_downs=c.step_downs,
             heartbeats_sent=c.heartbeats_sent, heartbeats_received=c.heartbeats_received,
-            hint_streams=self.holds.open)
+            hint_streams=self.holds.open,
+            clock=ClockInfo(contradicted=snap.clock_contradicted, rate_bound=shell.clock.rate_bound,
+                            rates={p: round(r, 4) for p, r in snap.clock_rates.items()}))
 
     def _client_names(self, request: web.Request) -> frozenset[str]:
         """With mutual TLS: the names the client's verified certificate speaks for; 403 for a

@@ -51,6 +51,15 @@ class TimingInfo:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ClockInfo:
+    """What peers' messages say of this node's clock rate (ddg/clockrate.py)."""
+
+    contradicted: bool = False  # by a majority of the cluster: the node does not lead
+    rate_bound: float = 0.0  # the clock-rate error the lease argument assumes, e.g. 0.111
+    rates: dict[str, float] = field(default_factory=dict)  # its rate / each peer's
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class NodeStatus:
     name: str
     role: Role
@@ -87,6 +96,7 @@ class NodeStatus:
     http: dict[str, int] | None = None  # connection counters of the node's listener
     isolated_from: tuple[str, ...] = ()
     timing: TimingInfo = field(default_factory=TimingInfo)
+    clock: ClockInfo = field(default_factory=ClockInfo)
 
     @property
     def is_goose(self) -> bool:
@@ -117,6 +127,8 @@ class NodeStatus:
             "timing": {"heartbeat_ms": self.timing.heartbeat_ms,
                        "election_timeout_ms": list(self.timing.election_timeout_ms),
                        "lease_ms": self.timing.lease_ms},
+            "clock": {"contradicted": self.clock.contradicted,
+                      "rate_bound": self.clock.rate_bound, "rates": dict(self.clock.rates)},
         }
 
     @classmethod
@@ -135,6 +147,7 @@ class NodeStatus:
         redis = _Reader(r.obj("redis"), "redis.")
         storage = _Reader(r.obj("storage"), "storage.")
         timing = _Reader(r.obj("timing"), "timing.")
+        clock = _Reader(r.obj("clock"), "clock.")
         window = timing.integers("election_timeout_ms")
         http = r.obj("http", optional=True)
         if http is not None and not all(isinstance(v, int) and not isinstance(v, bool)
@@ -168,6 +181,9 @@ class NodeStatus:
                               election_timeout_ms=(window[0], window[1]) if len(window) == 2
                               else (0, 0),
                               lease_ms=timing.number("lease_ms") or 0.0),
+            clock=ClockInfo(contradicted=clock.flag("contradicted", False),
+                            rate_bound=clock.number("rate_bound") or 0.0,
+                            rates=clock.numbers("rates")),
         )
 
 
@@ -240,6 +256,15 @@ class _Reader:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self._fail(key, "a list of strings", value)
         return tuple(sorted(value))
+
+    def numbers(self, key: str) -> dict[str, float]:
+        """An object of finite numbers by name."""
+        value = self.data.get(key) or {}
+        if not isinstance(value, dict) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in value.values()):
+            raise self._fail(key, "an object of numbers", value)
+        return {str(k): float(v) for k, v in value.items()}
 
     def integers(self, key: str) -> list[int]:
         value = self.data.get(key) or []

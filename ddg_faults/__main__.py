@@ -24,7 +24,7 @@ from typing import Any
 
 from ddg.embedded import redis_server
 from ddg.errors import DdgError
-from ddg_testkit import hosts
+from ddg_testkit import faketime, hosts
 from ddg_testkit.hosts import BedConfig
 from ddg_testkit.tools import iptables
 
@@ -58,6 +58,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="keep node logs and data under this directory")
     p.add_argument("--node-arg", action="append", default=[], metavar="ARG",
                    help="passed to every ddg-node, e.g. --node-arg=--timing=fast (repeatable)")
+    p.add_argument("--clock-rate", action="append", default=[], metavar="NODE=RATE",
+                   help="run NODE on a clock at RATE x real time (libfaketime; apt-get install "
+                        "faketime), e.g. n1=0.5 (repeatable)")
     p.add_argument("--secure", action="store_true",
                    help="bed-*: HTTPS + mutual TLS + secret + the least-ACL Redis user")
     p.add_argument("--sentinels", type=int, default=0, metavar="N",
@@ -76,15 +79,40 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if not 0 <= ns.sentinels <= 7:
         p.error("--sentinels must be 0-7")
     ns.names = names
+    ns.clock_rates = []
+    for item in ns.clock_rate:
+        node, _, rate = item.partition("=")
+        try:
+            value = float(rate)
+        except ValueError:
+            value = 0.0
+        if not node or not 0.01 <= value <= 100:
+            p.error(f"--clock-rate {item!r} must look like NODE=RATE with RATE 0.01-100, "
+                    "e.g. n1=0.5")
+        ns.clock_rates.append((node, value))
+    if ns.clock_rates and faketime.missing() is not None:
+        p.error(f"--clock-rate: {faketime.missing()}")
+    if ns.clock_rates and any(SCENARIOS[n].bed for n in names):
+        p.error("--clock-rate runs on the loopback harness only, not the bed-* scenarios")
+    for node, _ in ns.clock_rates:
+        for name in names:
+            if node not in {f"n{i}" for i in range(1, node_count(name, ns) + 1)}:
+                p.error(f"--clock-rate names {node}, but scenario {name} runs "
+                        f"n1-n{node_count(name, ns)}")
     return ns
+
+
+def node_count(name: str, ns: argparse.Namespace) -> int:
+    """How many nodes scenario NAME runs (--nodes changes the size-agnostic ones)."""
+    if ns.nodes is not None and name not in ("initial-election", "re-election",
+                                             "many-elections", "selftest-split-brain"):
+        return int(ns.nodes)
+    return SCENARIOS[name].nodes
 
 
 def run_one(name: str, ns: argparse.Namespace) -> Outcome:
     scenario = SCENARIOS[name]
-    nodes = scenario.nodes
-    if ns.nodes is not None and name not in ("initial-election", "re-election",
-                                             "many-elections", "selftest-split-brain"):
-        nodes = ns.nodes
+    nodes = node_count(name, ns)
     base = ns.keep / name if ns.keep else None
     if base is not None:
         base.mkdir(parents=True, exist_ok=True)
@@ -92,7 +120,7 @@ def run_one(name: str, ns: argparse.Namespace) -> Outcome:
                         settle_bound=ns.settle_bound_ms / 1000)
     config = HarnessConfig(nodes=nodes, late=scenario.late, base_dir=base, check=check,
                            split_brain=name == "selftest-split-brain",
-                           node_args=tuple(ns.node_arg))
+                           node_args=tuple(ns.node_arg), clock_rates=tuple(ns.clock_rates))
     pki = tempfile.TemporaryDirectory(prefix="ddg-faults-pki-")
     h: Harness = Harness(config)
     if scenario.bed:
@@ -165,7 +193,8 @@ def summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:
                                    "faults": o.report.figures.faults,
                                    "violations": [f"{v.rule}: {v.message}"
                                                   for v in o.report.violations],
-                                   "failures": o.failures, "crashes": o.crashes}
+                                   "failures": o.failures, "crashes": o.crashes,
+                                   "notes": o.notes}
                       for o in outcomes},
         "faults": sum(f.faults for f in figs),
         "fault_kinds": dict(sorted(kinds.items())),

@@ -18,10 +18,10 @@ from typing import TypeVar
 import redis
 
 from ddg.redisconn import RedisOptions, sync_client
-from ddg_testkit import LocalCluster, wait_until
+from ddg_testkit import LocalCluster, faketime, wait_until
 
 from .checker import CheckConfig, Event, Observation, Report, Topology, check
-from .netns import CutMode, Firewall, PortPool, reserve_fixed_ports
+from .netns import CutMode, Firewall, PortPool, abort_connections_to, reserve_fixed_ports
 from .observer import Observer
 
 T = TypeVar("T")
@@ -51,6 +51,8 @@ class HarnessConfig:
     # split brain that the checker must report.
     split_brain: bool = False
     node_args: tuple[str, ...] = ()  # more ddg-node flags, e.g. ("--timing", "fast")
+    # Nodes run on a clock at this rate x real time (libfaketime), e.g. (("n1", 0.5),).
+    clock_rates: tuple[tuple[str, float], ...] = ()
     check: CheckConfig = field(default_factory=CheckConfig)
 
 
@@ -65,6 +67,7 @@ class Outcome:
     respawns: list[tuple[float, float]] = field(default_factory=list)
     # Redis master SIGKILLs under Sentinel: (-> replica promoted, -> every live node on it)
     redis_failovers: list[tuple[float, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the scenario measured
 
     @property
     def ok(self) -> bool:
@@ -76,6 +79,10 @@ class Harness:
         self.config = config
         self._cluster: LocalCluster | None = None  # made by start(), on a port of the namespace
         self.names = [f"n{i}" for i in range(1, config.nodes + 1)]
+        unknown = {n for n, _ in config.clock_rates} - set(self.names)
+        if unknown:
+            raise ValueError(f"clock rates for {', '.join(sorted(unknown))}, which are not "
+                             f"nodes here ({self.names[0]}-{self.names[-1]})")
         self.late = self.names[len(self.names) - config.late:] if config.late else []
         self.ports: dict[str, int] = {}
         self.events: list[Event] = []
@@ -113,8 +120,9 @@ class Harness:
         for n in self.names:
             self.firewall.add(n, ports[n])
         self.firewall.install()
+        rates = dict(self.config.clock_rates)
         self.observer = Observer({n: f"http://127.0.0.1:{ports[n]}" for n in self.names},
-                                 interval=self.config.poll_interval)
+                                 interval=self.config.poll_interval, clock_rates=rates)
         self.observer.start()
         t0 = time.monotonic()
         first = [n for n in self.names if n not in self.late]
@@ -123,7 +131,8 @@ class Harness:
             self.cluster.add(n, port=ports[n], preexec_fn=self.firewall.preexec(n),
                              extra_args=self.config.node_args,
                              cluster=f"split-{n}" if split else None,
-                             bootstrap=True if split else None)
+                             bootstrap=True if split else None,
+                             env=faketime.env(rates[n]) if n in rates else None)
         self.wait_for(lambda: set(self.obs().since(t0)) >= set(first),
                       what="every node to answer /status", timeout=30)
         self._record("start", f"{len(first)} nodes", (), False, t0,
@@ -184,6 +193,14 @@ class Harness:
         return self._net("isolate", ",".join(nodes), nodes,
                          replace(self.topology, cut=self.topology.cut | frozenset(new)),
                          mode=mode, new=new)
+
+    def hinted_cut(self, node: str) -> Event:
+        """NODE (the goose) cut off from everyone by TCP resets, and every connection to it
+        aborted, its ducks' crash-hint streams among them: they read an end without a goodbye,
+        as if its process had died, and campaign at once. A false hint: it runs on."""
+        event = self.isolate(node, mode="reset")
+        abort_connections_to(self.ports[node])
+        return event
 
     def partition(self, groups: Sequence[Iterable[str]], *, mode: CutMode = "drop") -> Event:
         sets = [set(g) for g in groups]
@@ -542,4 +559,4 @@ class Harness:
         return Outcome(scenario=scenario, report=report, failures=list(self.failures),
                        crashes=crashes, seconds=time.monotonic() - started,
                        respawns=list(self.respawns),
-                       redis_failovers=list(self.redis_failovers))
+                       redis_failovers=list(self.redis_failovers), notes=list(self.notes))

@@ -117,6 +117,19 @@ def reserve_fixed_ports() -> None:
         f.write(f"{EPHEMERAL[0]} {EPHEMERAL[1]}\n")
 
 
+def abort_connections_to(port: int) -> None:
+    """Abort every established TCP connection to PORT in this namespace (`ss -K`, the kernel's
+    sock_destroy), as the kernel of a process that died closes them: whoever holds one reads
+    its end at once. Needs ss (iproute2) and a kernel with CONFIG_INET_DIAG_DESTROY."""
+    require_private_netns()
+    if shutil.which("ss") is None:
+        raise RuntimeError("ss not found: apt-get install -y iproute2")
+    proc = subprocess.run(["ss", "-K", "-t", "-n", "state", "established", "dport", "=",
+                           f":{port}"], capture_output=True, text=True, timeout=10)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ss -K failed: {proc.stderr.strip()}")
+
+
 class PortPool:
     """Hands out listening ports from FIXED_PORTS that nothing holds now."""
 

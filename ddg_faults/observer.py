@@ -13,15 +13,22 @@ from ddg.tls import TlsConfig
 from .checker import Observation
 
 
-def observation(node: str, sent: float, received: float, reply: Reply) -> Observation:
+def observation(node: str, sent: float, received: float, reply: Reply,
+                rate: float = 1.0) -> Observation:
+    """NODE's answer; its lease read in real milliseconds when its clock runs at RATE x real
+    time (a node on a faked clock: ddg_testkit.faketime)."""
     st = reply.status
     if st is None:
         return Observation(node=node, sent=sent, received=received, role=None,
                            error=reply.error)
+
+    def real(ms: float | None) -> float | None:
+        return None if ms is None else ms / rate
+
     return Observation(
         node=node, sent=sent, received=received, role=st.role.value, term=st.term,
-        goose=st.goose, lease_ms=st.lease_remaining_ms, lease_total_ms=st.timing.lease_ms,
-        pid=st.pid,
+        goose=st.goose, lease_ms=real(st.lease_remaining_ms),
+        lease_total_ms=real(st.timing.lease_ms), pid=st.pid,
     )
 
 
@@ -29,8 +36,10 @@ class Observer:
     """One thread, one event loop, one polling task per node."""
 
     def __init__(self, targets: Mapping[str, str], *, interval: float = 0.02,
-                 timeout: float = 0.5, tls: TlsConfig | None = None) -> None:
+                 timeout: float = 0.5, tls: TlsConfig | None = None,
+                 clock_rates: Mapping[str, float] | None = None) -> None:
         self.targets = dict(targets)  # name -> http://host:port (or https:// with TLS)
+        self.clock_rates = dict(clock_rates or {})  # nodes on a faked clock: its rate
         self.tls = tls
         self.interval = interval
         self.timeout = timeout
@@ -101,7 +110,8 @@ class Observer:
         while True:
             sent = time.monotonic()
             reply = await client.poll(address)
-            obs = observation(node, sent, time.monotonic(), reply)
+            obs = observation(node, sent, time.monotonic(), reply,
+                              self.clock_rates.get(node, 1.0))
             self._record(obs)
             delay = sent + self.interval - time.monotonic()
             if not obs.ok:

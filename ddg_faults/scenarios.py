@@ -8,7 +8,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from ddg.clockrate import max_rate_error
+from ddg.config import Timing
+
 from .bed import impaired_quiet, link_failover, sentinel_failover, soak
+from .checker import goose_runs
 from .harness import Harness
 from .netns import CutMode
 
@@ -316,6 +320,70 @@ def listener_closed(h: Harness, cfg: RunConfig) -> None:
     h.settle()
 
 
+# ---- a clock of another rate (--clock-rate NODE=RATE: libfaketime) --------------------------
+
+
+LEAD = 0.5  # seconds a goose leads before the cut: ten of its rounds (five at half speed)
+
+
+def hinted_cuts(h: Harness, cfg: RunConfig) -> None:
+    """The goose cut off from its ducks by TCP resets, so that their crash-hint streams end:
+    they campaign at once and the new goose relies on the lease wait, not on stickiness. Healed,
+    and again, --steps times (default 10). n1 (put it on a faked clock with --clock-rate
+    n1=RATE) is first in turn after a hint, so it takes over every other time if it may. Each
+    goose leads for LEAD before its cut: a clock outside the bound is caught within its first
+    rounds as goose (docs/design.md, "Clock rate"), and then it must not lead again; inside
+    the bound it must lead. The checker looks for two geese either way."""
+    rates = dict(h.config.clock_rates)
+    odd = "n1"
+    rate = rates.get(odd, 1.0)
+    bound = max_rate_error(Timing().drift_margin)
+    outside = not 1 - bound <= rate <= 1 + bound
+    cuts = cfg.steps or 10
+    of_odd = 0
+    for _ in range(cuts):
+        h.settle()
+        h.hold(LEAD)
+        g = h.settle()
+        of_odd += g == odd
+        h.hinted_cut(g)
+        h.goose(others(h, g))
+        h.hold(0.3)  # both sides answer meanwhile: an overlap would be seen
+        h.heal_network()
+    h.settle()
+    statuses = h.cluster.statuses()
+    st = statuses[odd]
+    runs = [r for r in goose_runs(h.obs().history()) if r.node == odd]
+    led = sorted((r.last.received - r.first.sent) * 1000 for r in runs)
+    measured = sorted(st.clock.rates.values()) if st is not None else []
+    h.notes.append(
+        f"{odd} at {rate:g}x ({'outside' if outside else 'inside'} the bound +-{bound:.1%}): "
+        f"goose at {of_odd} of {cuts} hinted cuts; answered goose in {len(runs)} runs"
+        + (f", the longest {led[-1]:.0f} ms" if led else "")
+        + "; its clock measured against its peers': "
+        + (", ".join(f"{x:.3f}" for x in measured) or "no evidence now")
+        + f"; contradicted: {st.clock.contradicted if st is not None else '?'}")
+    if st is None:
+        h.fail(f"{odd} did not answer /status at the end")
+        return
+    if measured and abs(measured[len(measured) // 2] - rate) > 0.03:
+        h.fail(f"{odd}'s clock was meant to run at {rate:g}x but its peers measure "
+               f"{', '.join(f'{x:.3f}' for x in measured)}: is libfaketime faking "
+               "CLOCK_MONOTONIC?")
+    if outside:
+        if not st.clock.contradicted:
+            h.fail(f"{odd} runs at {rate:g}x, outside the bound, and no majority contradicts it")
+        if of_odd:
+            h.fail(f"{odd} runs at {rate:g}x and was goose at {of_odd} cuts, after leading "
+                   f"for {LEAD:g} s")
+    else:
+        flagged = [n for n, s in statuses.items() if s is not None and s.clock.contradicted]
+        if flagged:
+            h.fail(f"clocks inside the bound, yet contradicted: {', '.join(flagged)}")
+        if not of_odd:  # about every other one: first in turn, it wins most races
+            h.fail(f"{odd} runs at {rate:g}x, inside the bound, but led at none of {cuts} cuts")
+
+
 def split_brain(h: Harness, cfg: RunConfig) -> None:
     """Self-test: two one-node clusters watched as one. The checker must report violations."""
     h.hold(1.0)
@@ -481,6 +549,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              about="FLUSHALL while a fresh node joins, twice"),
     Scenario(name="redis-rollback-join", nodes=5, late=2, run=redis_rollback_join,
              about="Redis back from an old RDB while a fresh node joins"),
+    Scenario(name="hinted-cuts", nodes=5, run=hinted_cuts, in_all=False,
+             about="the goose cut off while its ducks' crash-hint streams end, --steps times "
+                   "(default 10); with --clock-rate n1=RATE on a faked clock"),
     Scenario(name="selftest-split-brain", nodes=2, run=split_brain, in_all=False,
              about="self-test: a real split brain (two clusters), which must be reported"),
     Scenario(name="bed-link-failover", nodes=5, run=link_failover, in_all=False, bed=True,

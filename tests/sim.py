@@ -48,6 +48,17 @@ from ddg.messages import Message, TimeoutNow, VoteResponse
 EPS = 1e-9  # a tick is scheduled this much after its deadline, so float rounding cannot stall it
 
 
+class NoClockCheck(Election):
+    """A core as before the clock-rate check (ddg/clockrate.py): it never judges its clock and
+    never stretches a wait. The negative control of the clock tests."""
+
+    def _check_clock(self, now: float) -> None:
+        pass
+
+    def _clock_stretch(self, now: float) -> float:
+        return 1.0
+
+
 class InvariantViolation(AssertionError):
     pass
 

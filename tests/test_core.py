@@ -314,7 +314,9 @@ def test_a_round_without_a_quorum_goes_again_to_the_ducks_that_did_not_ack() -> 
     assert goose.next_deadline() == pytest.approx(resend)
     out = goose.tick(resend)
     assert sorted(s.to for s in out.sends) == ["n2", "n3", "n5"]
-    assert all(s.msg == Heartbeat(term=1, sender="n1", seq=2) for s in out.sends)
+    # the round's first sending, which its lease counts from
+    assert all(s.msg == Heartbeat(term=1, sender="n1", seq=2, sent_us=round(t2 * 1e6))
+               for s in out.sends)
     assert goose.tick(resend + 0.001).sends == []  # once
     goose.step(HeartbeatAck(term=1, sender="n5", seq=2, success=True), resend + 0.002)
     assert goose.lease_until == pytest.approx(t2 + LEASE)  # from the first sending
@@ -455,7 +457,8 @@ def test_quorum_shrink_lets_a_candidate_win() -> None:
     assert cand.state is State.CANDIDATE  # 2 of 5
     out = cand.set_membership(frozenset({"a", "b", "d"}), 1, 1.02)  # quorum 3 -> 2
     assert cand.state is State.GOOSE and cand.term == 1
-    assert [s.msg for s in out.sends] == [Heartbeat(term=1, sender="a", seq=1)] * 2
+    assert [s.msg for s in out.sends] == [Heartbeat(term=1, sender="a", seq=1,
+                                                    sent_us=1_020_000)] * 2
 
 
 def test_quorum_shrink_lets_a_pre_candidate_campaign() -> None:

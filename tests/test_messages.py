@@ -30,7 +30,9 @@ SAMPLES: list[Message] = [
     VoteResponse(term=3, sender="n2", granted=True),
     VoteResponse(term=3, sender="n2", granted=False, pre_vote=True),
     Heartbeat(term=1, sender="n1", seq=7),
+    Heartbeat(term=1, sender="n1", seq=8, sent_us=123_456_789),
     HeartbeatAck(term=1, sender="n3", seq=7, success=True),
+    HeartbeatAck(term=1, sender="n3", seq=8, success=True, received_us=987_654_321),
     TimeoutNow(term=9, sender="n1"),
 ]
 
@@ -47,6 +49,21 @@ def test_wire_kinds_are_consistent() -> None:
     assert REPLIES[VoteRequest] is VoteResponse and REPLIES[Heartbeat] is HeartbeatAck
     assert REPLIES[TimeoutNow] is None
     assert KIND_OF[Heartbeat] == "heartbeat"
+
+
+def test_clock_readings_are_optional_and_absent_when_unknown() -> None:
+    """A node of an older version sends none and refuses them (strict decoding): absent, not
+    null, when there is no reading."""
+    assert "sent_us" not in encode(Heartbeat(term=1, sender="a", seq=1), version=1)
+    assert "received_us" not in encode(HeartbeatAck(term=1, sender="a", seq=1, success=True),
+                                       version=1)
+    assert encode(Heartbeat(term=1, sender="a", seq=1, sent_us=5), version=1)["sent_us"] == 5
+    for value in (None, -1, 1.5, "5", True, 2**53):
+        with pytest.raises(MessageError, match="'sent_us' must be"):
+            decode(Heartbeat, {"term": 1, "sender": "a", "seq": 1, "sent_us": value})
+        with pytest.raises(MessageError, match="'received_us' must be"):
+            decode(HeartbeatAck, {"term": 1, "sender": "a", "seq": 1, "success": True,
+                                  "received_us": value})
 
 
 def test_version_defaults_to_zero() -> None:

@@ -23,13 +23,14 @@ from sim import (
     Fault,
     InvariantViolation,
     Net,
+    NoClockCheck,
     Sim,
     apply_plan,
     random_plan,
 )
 
 from ddg.config import TIMINGS, Timing
-from ddg.core import Election, HardState, State
+from ddg.core import Election, HardState, State, StepDown
 from ddg.messages import VoteResponse
 
 LIVENESS_BOUND = 2.0  # simulated seconds from the end of faults to a reported goose
@@ -279,12 +280,14 @@ def test_checker_catches_a_vote_that_is_not_persisted() -> None:
 def test_clock_drift_beyond_the_margin_breaks_the_lease(seed: int) -> None:
     """The design assumption, shown: with the longest lease allowed, election_min x 0.8 on the
     goose's clock, against the stickiness, election_min on each duck's, a goose clock 30% slow
-    against ducks 30% fast overlaps; the same schedule at the +-1% the design assumes keeps a
-    margin."""
+    against ducks 30% fast overlaps (a core without the clock check); the same schedule at the
+    +-1% the design assumes keeps a margin. The real core's ducks contradict that goose's clock
+    within its first rounds: it steps down before the cut and cannot campaign again."""
     timing = Timing(election_timeout_min_ms=150, election_timeout_max_ms=160, lease_ms=120)
 
-    def run(slow: float, fast: float) -> Sim:
-        sim = Sim(3, seed=seed, timing=timing, rates={"n1": slow, "n2": fast, "n3": fast})
+    def run(slow: float, fast: float, cls: type[Election] = Election) -> Sim:
+        sim = Sim(3, seed=seed, timing=timing, rates={"n1": slow, "n2": fast, "n3": fast},
+                  election_cls=cls)
         elect_n1(sim)
         sim.isolate("n1")
         sim.core("n2").election_deadline = 1e9  # n3 alone runs: no split vote
@@ -292,10 +295,28 @@ def test_clock_drift_beyond_the_margin_breaks_the_lease(seed: int) -> None:
         return sim
 
     with pytest.raises(InvariantViolation, match="two nodes report goose at once"):
-        run(0.7, 1.3)
+        run(0.7, 1.3, NoClockCheck)
     sim = run(0.99, 1.01)
     assert sim.gooses() == ["n3"]
     assert sim.min_gap() > 0.03  # 0.2 x election_min, less drift, plus the election's RTTs
+    assert not any(sim.core(n).clock.contradicted for n in sim.names)
+    sim = Sim(3, seed=seed, timing=timing, rates={"n1": 0.7, "n2": 1.3, "n3": 1.3})
+    for name in sim.names[1:]:
+        sim.core(name).election_deadline = 1e9
+    sim.run_until(0.3)
+    sim.kick("n1")
+    sim.run_until(0.8)
+    n1 = sim.core("n1")
+    assert n1.clock.contradicted and n1.counters.step_downs_by == {StepDown.CLOCK_RATE: 1}
+    assert n1.counters.elections_won == 1
+    sim.isolate("n1")  # the cut finds it a duck already
+    sim.kick("n1")
+    sim.run_for(1.0)
+    sim.unisolate("n1")
+    sim.run_for(1.0)
+    assert n1.counters.elections_started == 1  # it does not campaign again
+    leaders = [w.node for w in sim.all_windows()]
+    assert leaders[0] == "n1" and "n1" not in leaders[1:]
 
 
 def test_history_and_windows_are_recorded() -> None:
