@@ -106,7 +106,7 @@ def runs(path: Path) -> list[Run]:
         what, term, node, pid, ns = line.split()
         if what == "start":
             out[int(pid)] = Run(term=int(term), node=node, pid=int(pid), start=int(ns))
-        else:
+        elif int(pid) in out:  # (a CMD told to stop as it started may record only its stop)
             out[int(pid)].stop = int(ns)
     return sorted(out.values(), key=lambda r: r.start)
 
