@@ -363,11 +363,13 @@ class Job:
 
     async def _until_exit_or_change(self, proc: Guarded,
                                     term: int) -> int | None:
-        """CMD's exit code, or None as soon as it should no longer run."""
+        """CMD's exit code, or None as soon as it should no longer run, or was told to stop:
+        a SIGTERM cannot be taken back, so a stop goes on even if leadership came back."""
         exited = asyncio.ensure_future(proc.wait())
         try:
             while True:
-                if self._want != term or self._closed:  # even if it has just exited
+                if (self._want != term or self._closed  # even if it has just exited
+                        or self._stopping_since is not None):
                     return None
                 if exited.done():
                     return exited.result()

@@ -440,6 +440,33 @@ async def test_a_job_tree_gets_sigterm_then_sigkill_setsid_escapees_included(
         kill_all([tree.marker])
 
 
+async def test_a_stop_cut_short_by_regained_leadership_still_ends_the_whole_tree(
+        tmp_path: Path) -> None:
+    """Duck for one slow round, then goose again in the same term (a busy goose does this):
+    the SIGTERM went out at once and cannot be taken back, so the node sees the stop through
+    (the escapee, deaf to SIGTERM, gets SIGKILL after the grace) and starts CMD again."""
+    tree = write_tree(tmp_path / "job")
+    job = Job(JobConfig(command=tree.argv, grace_ms=GRACE_MS), node="a", cluster="c")
+    task = asyncio.create_task(job.run())
+    try:
+        job.on_change(change(1, Role.GOOSE, 3))
+        await wait_until_async(tree_running(tree.marker, "a", 3), timeout=10,
+                               what="the job's tree", interval=0.01)
+        first = {p.pid for p in find([tree.marker])}
+        job.on_change(change(2, Role.DUCK, 3))
+        job.on_change(change(3, Role.GOOSE, 3))
+        await wait_until_async(lambda: not first & {p.pid for p in find([tree.marker])},
+                               timeout=5, what="the first tree to go", interval=0.005)
+        await wait_until_async(tree_running(tree.marker, "a", 3), timeout=10,
+                               what="the job's tree again", interval=0.01)
+        assert job.starts == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await job.close()
+        kill_all([tree.marker])
+
+
 async def test_a_guard_killed_by_hand_takes_cmd_and_the_node_says_what_may_be_left(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The residual risk (README): SIGKILL to the guard itself leaves it no time to clean up.
