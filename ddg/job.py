@@ -4,49 +4,51 @@ change (`--on-change CMD`).
 The job: CMD starts when a Change makes this node the goose, with DDG_TERM (the fencing
 token: strictly larger for every new goose), DDG_NODE_NAME and DDG_CLUSTER in its
 environment. The moment a Change says it is no longer the goose (its lease ran out, a higher
-term, a hand-over, removal, the node stopping), the listener itself sends SIGTERM to CMD's
-process group (no await in between), and SIGKILL follows after `grace_ms`: two CMDs overlap
-by at most that grace plus scheduling delay, as long as the old goose's node runs. A frozen
-node (SIGSTOP, a VM pause) cannot stop its CMD: only a fencing token makes that overlap
-harmless (README, "Run something only on the goose"). CMD never outlives its node: the node
-stops it on its way out, and the child asks the kernel to SIGKILL it when the node dies
-(PR_SET_PDEATHSIG, Linux), so even a SIGKILLed node leaves no orphan. (That covers CMD's own
-process; a CMD that forks should `exec` its long-running program, or its children may outlive
-a SIGKILLed node.) A CMD that exits by itself is logged and restarted with the backoff, only
-while this node is still the goose.
+term, a hand-over, removal, the node stopping), the listener itself has SIGTERM sent to every
+process of CMD's tree (no await in between), and SIGKILL follows after `grace_ms`: two CMDs
+overlap by at most that grace plus scheduling delay, as long as the old goose's node runs. A
+frozen node (SIGSTOP, a VM pause) cannot stop its CMD: only a fencing token makes that overlap
+harmless (README, "Run something only on the goose"). A CMD that exits by itself is logged
+and restarted with the backoff, only while this node is still the goose; what it left
+running is killed.
 
-The hook: every role change runs HOOK ROLE TERM GOOSE (keepalived's notify), one at a time,
-killed after `timeout_ms`; runs wait in a bounded queue that drops the oldest. Neither ever
-delays the election: the listeners only signal, append and wake a task.
+Nothing CMD starts outlives the node: CMD runs under a guard (ddg.lifeline), a child
+subreaper that adopts every orphan of the tree (setsid'd and double-forked ones included),
+learns of the node's death at once however it dies, and then kills the whole tree. The node
+talks to it over a socket only the node holds (`Guarded`).
+
+The hook: every role change runs HOOK ROLE TERM GOOSE (keepalived's notify) under a guard
+too, one at a time, killed after `timeout_ms` (with all it started, as when it exits); runs
+wait in a bounded queue that drops the oldest. Neither ever delays the election: the
+listeners only signal, append and wake a task.
 """
-
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from . import lifeline
 from .backoff import Backoff
 from .changes import Change
 from .errors import ConfigError
+from .lifeline import die_with_parent
 from .status import Role
 
 log = logging.getLogger("ddg.job")
 
-PR_SET_PDEATHSIG = 1
-REAP_TIMEOUT = 5.0  # s to wait for a SIGKILLed process to be reaped
 # Variables a job or hook has no business seeing.
 SECRET_ENV = ("DDG_CLUSTER_SECRET", "DDG_REDIS_PASSWORD")
 
@@ -104,40 +106,16 @@ class HookConfig:
 
 # ---- processes --------------------------------------------------------------------------
 
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the kernel SIGKILL the child when the node dies (Linux only).
-
-    libc is looked up here, in the parent: the child runs only the call, with no import or
-    dlopen between fork and exec. The death signal follows the thread that forked, so the
-    child must be started from the event loop's thread (asyncio does).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the node died before prctl: do not run orphaned
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
+# The guard runs without the virtualenv (-S) and ignores PYTHON* variables (-I): stdlib only.
+GUARD = (sys.executable, "-I", "-S", lifeline.__file__)
+START_TIMEOUT = 10.0  # s for a guard to start CMD: a Python start on a loaded host
+REAP_TIMEOUT = lifeline.KILL_DEADLINE + 2.0  # s for a guard told to kill to end
 
 
 def _environment(extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
     env.update(extra)
     return env
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    """SIG to the process group PID leads (start_new_session makes CMD its leader)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 def _describe_exit(code: int) -> str:
@@ -149,26 +127,130 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-async def _spawn(argv: tuple[str, ...], env: dict[str, str],
-                 out: IO[bytes] | None) -> asyncio.subprocess.Process:
-    """ARGV in a session (and process group) of its own, its output to OUT or the node's
-    stderr: the node's terminal signals do not reach it, and its whole group can be killed."""
-    return await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL,
-        stdout=out if out is not None else sys.stderr.fileno(),
-        stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
-        preexec_fn=_die_with_parent(), close_fds=True)
+class Guarded:
+    """CMD under its guard (ddg.lifeline): the guard is the node's child, CMD and everything it
+    starts are the guard's, and the whole tree dies with the node however the node dies. The
+    node talks to the guard over a socket only it holds; nothing here blocks but the awaits."""
 
+    def __init__(self, guard: asyncio.subprocess.Process, chan: socket.socket,
+                 name: str) -> None:
+        self.guard = guard
+        self.name = name
+        self.pid: int | None = None  # CMD's, once the guard has started it
+        self._chan = chan
+        self._buf = bytearray()
+        self._code: int | None = None  # CMD's exit, once the guard has ended
 
-async def _reap(proc: asyncio.subprocess.Process) -> int | None:
-    """SIGKILL the group and wait for the leader, bounded (a process stuck in the kernel)."""
-    _signal_group(proc.pid, signal.SIGKILL)
-    try:
-        async with asyncio.timeout(REAP_TIMEOUT):
-            return await proc.wait()
-    except TimeoutError:
-        log.error("process %d did not end %g s after SIGKILL", proc.pid, REAP_TIMEOUT)
+    def __str__(self) -> str:
+        return f"{self.name} ({'starting' if self.pid is None else f'pid {self.pid}'})"
+
+    @property
+    def running(self) -> bool:
+        """The guard runs: CMD or something it started may still run."""
+        return self.guard.returncode is None
+
+    async def _line(self) -> str | None:
+        loop = asyncio.get_running_loop()
+        while b"\n" not in self._buf:
+            data = await loop.sock_recv(self._chan, 4096)
+            if not data:
+                return None
+            self._buf += data
+        line, _, rest = bytes(self._buf).partition(b"\n")
+        self._buf[:] = rest
+        return line.decode(errors="replace")
+
+    async def started(self) -> None:
+        """Until CMD runs; OSError if it cannot start (the guard then ends by itself)."""
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                line = await self._line()
+        except TimeoutError:
+            raise OSError(f"its guard (pid {self.guard.pid}) did not start it in "
+                          f"{START_TIMEOUT:g} s") from None
+        what, _, rest = (line or "").partition(" ")
+        if what == lifeline.STARTED and rest.isdigit():
+            self.pid = int(rest)
+            return
+        if what == lifeline.FAILED:
+            errno, _, text = rest.partition(" ")
+            raise OSError(int(errno) if errno.isdigit() else 0, text)
+        raise OSError(f"its guard (pid {self.guard.pid}) ended before it started")
+
+    def terminate(self) -> None:
+        """SIGTERM (and SIGCONT) to every process of the tree, now."""
+        with contextlib.suppress(OSError):
+            self._chan.send(lifeline.TERMINATE)
+
+    def kill(self) -> None:
+        """SIGKILL to every process of the tree, now: the guard does what a node's death makes
+        it do, then ends."""
+        with contextlib.suppress(OSError):
+            self._chan.shutdown(socket.SHUT_WR)
+
+    async def wait(self) -> int:
+        """CMD's exit code (negative: the signal) once the guard has ended, which it does only
+        when the whole tree is gone. A guard that ended without saying (someone SIGKILLed it)
+        is logged, and its own code returned."""
+        code = await self.guard.wait()
+        if self._chan.fileno() != -1:
+            self._code = self._exit_told()
+            self._chan.close()
+            if self._code is None:
+                log.error("the guard (pid %d) of %s %s before %s's processes were gone: "
+                          "what %s started may still run", self.guard.pid, self.name,
+                          _describe_exit(code), self.name, self.name)
+        return code if self._code is None else self._code
+
+    def _exit_told(self) -> int | None:
+        """The exit code the guard told, read after it ended (then all it sent is here)."""
+        with contextlib.suppress(OSError):
+            while data := self._chan.recv(4096):
+                self._buf += data
+        for line in self._buf.decode(errors="replace").splitlines():
+            what, _, rest = line.partition(" ")
+            if what == lifeline.EXITED:
+                with contextlib.suppress(ValueError):
+                    return int(rest)
         return None
+
+    async def reap(self) -> int | None:
+        """kill() and wait for the guard, bounded; a guard that does not end is SIGKILLed."""
+        self.kill()
+        try:
+            async with asyncio.timeout(REAP_TIMEOUT):
+                return await self.wait()
+        except TimeoutError:
+            log.error("the guard (pid %d) of %s did not end %g s after it was told to kill "
+                      "the tree: SIGKILL", self.guard.pid, self.name, REAP_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError):
+            self.guard.kill()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REAP_TIMEOUT):
+                return await self.wait()
+        return None
+
+
+async def _spawn(argv: tuple[str, ...], env: dict[str, str], out: IO[bytes] | None) -> Guarded:
+    """ARGV under a guard, in a session of its own (the node's terminal signals do not reach
+    it), its output to OUT or the node's stderr. The guard also gets the parent-death signal,
+    a second messenger after the socket's end."""
+    ours, theirs = socket.socketpair()
+    try:
+        guard = await asyncio.create_subprocess_exec(
+            *GUARD, str(os.getpid()), str(theirs.fileno()), "--", *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out if out is not None else sys.stderr.fileno(),
+            stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=die_with_parent(lifeline.GUARD_DEATH_SIGNAL), close_fds=True,
+            pass_fds=(theirs.fileno(),))
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    ours.setblocking(False)
+    return Guarded(guard, ours, argv[0])
 
 
 # ---- the job ----------------------------------------------------------------------------
@@ -183,7 +265,7 @@ class Job:
         self.cluster = cluster
         self.starts = 0  # CMDs started, since the node started
         self._want: int | None = None  # the term to run CMD for; None: not the goose
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: Guarded | None = None
         self._term = 0  # of _proc
         self._stopping_since: float | None = None  # monotonic: SIGTERM sent to _proc
         self._changed = asyncio.Event()
@@ -193,7 +275,7 @@ class Job:
     @property
     def pid(self) -> int | None:
         proc = self._proc
-        return proc.pid if proc is not None and proc.returncode is None else None
+        return proc.pid if proc is not None and proc.running else None
 
     def on_change(self, change: Change) -> None:
         """A Changes listener: never blocks, never raises."""
@@ -206,15 +288,15 @@ class Job:
         self._changed.set()
 
     def _stop_now(self) -> None:
-        """SIGTERM a CMD that no longer matches the leadership, at once."""
+        """SIGTERM a CMD (and all it started) that no longer matches the leadership, at once."""
         proc = self._proc
-        if (proc is None or proc.returncode is not None or self._want == self._term
+        if (proc is None or not proc.running or self._want == self._term
                 or self._stopping_since is not None):
             return
         self._stopping_since = time.monotonic()
-        _signal_group(proc.pid, signal.SIGTERM)
-        log.info("no longer the goose of term %d: sent SIGTERM to %s (pid %d)", self._term,
-                 self.config.command[0], proc.pid)
+        proc.terminate()
+        log.info("no longer the goose of term %d: sent SIGTERM to %s and all it started",
+                 self._term, proc)
 
     def open_log(self) -> None:
         """Open --exec-log FILE now, so that a bad path stops the node's start."""
@@ -242,10 +324,8 @@ class Job:
                     await self._stop(proc)
                     backoff.reset()
                     continue
-                log.warning("%s (pid %d, term %d) %s", self.config.command[0], proc.pid, term,
-                            _describe_exit(code))
-                await _reap(proc)  # anything it left in its group
-                self._proc = None
+                log.warning("%s, term %d, %s", proc, term, _describe_exit(code))
+                self._proc = None  # its guard killed what it left behind
             if time.monotonic() - started > backoff.maximum:
                 backoff.reset()
             delay = backoff.next()
@@ -257,28 +337,39 @@ class Job:
                 async with asyncio.timeout(delay):
                     await self._changed.wait()
 
-    async def _start(self, term: int) -> asyncio.subprocess.Process | None:
+    async def _start(self, term: int) -> Guarded | None:
         env = _environment({"DDG_TERM": str(term), "DDG_NODE_NAME": self.node,
                             "DDG_CLUSTER": self.cluster})
+        name = self.config.command[0]
         try:
             proc = await _spawn(self.config.command, env, self._out)
         except OSError as exc:
-            log.error("cannot start %s: %s", self.config.command[0], exc.strerror or exc)
+            log.error("cannot start %s: %s", name, exc.strerror or exc)
             return None
+        # Set before CMD runs: a change now SIGTERMs it as soon as it does, close() stops it.
         self._proc, self._term, self._stopping_since = proc, term, None
+        try:
+            await proc.started()
+        except OSError as exc:
+            log.error("cannot start %s: %s", name, exc.strerror or exc)
+            await proc.reap()
+            self._proc = None
+            return None
         self.starts += 1
-        log.info("the goose of term %d: started %s (pid %d)", term, self.config.command[0],
-                 proc.pid)
+        log.info("the goose of term %d: started %s (pid %d; its guard: pid %d)", term, name,
+                 proc.pid, proc.guard.pid)
         self._stop_now()  # leadership may have moved on while it was being started
         return proc
 
-    async def _until_exit_or_change(self, proc: asyncio.subprocess.Process,
+    async def _until_exit_or_change(self, proc: Guarded,
                                     term: int) -> int | None:
-        """CMD's exit code, or None as soon as it should no longer run."""
+        """CMD's exit code, or None as soon as it should no longer run, or was told to stop:
+        a SIGTERM cannot be taken back, so a stop goes on even if leadership came back."""
         exited = asyncio.ensure_future(proc.wait())
         try:
             while True:
-                if self._want != term or self._closed:  # even if it has just exited
+                if (self._want != term or self._closed  # even if it has just exited
+                        or self._stopping_since is not None):
                     return None
                 if exited.done():
                     return exited.result()
@@ -292,25 +383,25 @@ class Job:
             if not exited.done():
                 exited.cancel()
 
-    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM (unless sent already), SIGKILL after the grace, then reap."""
+    async def _stop(self, proc: Guarded) -> None:
+        """SIGTERM to the tree (unless sent already), SIGKILL to what is left of it after the
+        grace; returns when the whole tree is gone."""
         self._stop_now()
         if self._stopping_since is None:  # it matches the leadership again: stop anyway
             self._stopping_since = time.monotonic()
-            _signal_group(proc.pid, signal.SIGTERM)
+            proc.terminate()
         left = self._stopping_since + self.config.grace - time.monotonic()
-        code: int | None = None
-        if proc.returncode is None and left > 0:
+        if proc.running and left > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
-                    code = await proc.wait()
-        if code is None and proc.returncode is None:
-            log.warning("%s (pid %d) still ran %d ms after SIGTERM: SIGKILL",
-                        self.config.command[0], proc.pid, self.config.grace_ms)
-        code = await _reap(proc)
+                    await proc.wait()
+        if proc.running:
+            log.warning("%s or what it started still ran %d ms after SIGTERM: SIGKILL", proc,
+                        self.config.grace_ms)
+        code = await proc.reap()
         took = (time.monotonic() - self._stopping_since) * 1000
-        log.info("%s (pid %d, term %d) stopped in %.0f ms: %s", self.config.command[0],
-                 proc.pid, self._term, took, "?" if code is None else _describe_exit(code))
+        log.info("%s, term %d, stopped in %.0f ms: %s", proc, self._term, took,
+                 "?" if code is None else _describe_exit(code))
         self._proc, self._stopping_since = None, None
 
     async def close(self) -> None:
@@ -319,10 +410,10 @@ class Job:
         self._want = None
         self._changed.set()
         proc = self._proc
-        if proc is not None and proc.returncode is None:
+        if proc is not None and proc.running:
             await self._stop(proc)
         elif proc is not None:
-            _signal_group(proc.pid, signal.SIGKILL)
+            await proc.reap()
         if self._out is not None:
             self._out.close()
             self._out = None
@@ -342,7 +433,7 @@ class Hooks:
         self.ran = 0
         self._queue: deque[Change] = deque()
         self._wake = asyncio.Event()
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: Guarded | None = None
 
     def on_change(self, change: Change) -> None:
         """A Changes listener: appends, drops the oldest if full, never blocks."""
@@ -383,22 +474,27 @@ class Hooks:
         timeout = self.config.timeout_ms / 1000
         try:
             async with asyncio.timeout(timeout):
-                code = await proc.wait()
-        except TimeoutError:
+                await proc.started()
+                code = await proc.wait()  # its guard killed what it left behind
+        except TimeoutError:  # (an OSError too)
             log.warning("on-change hook %s %s took over %g s: killed", name, " ".join(args),
                         timeout)
-            await _reap(proc)
+            await proc.reap()
+            self._proc = None
+            return
+        except OSError as exc:
+            log.error("cannot run the on-change hook %s: %s", name, exc.strerror or exc)
+            await proc.reap()
             self._proc = None
             return
         self._proc = None
-        _signal_group(proc.pid, signal.SIGKILL)  # whatever it left behind in its group
         if code != 0:
             log.warning("on-change hook %s %s %s", name, " ".join(args), _describe_exit(code))
 
     async def close(self) -> None:
         proc = self._proc
-        if proc is not None and proc.returncode is None:
-            await _reap(proc)
+        if proc is not None:
+            await proc.reap()
 
 
 # ---- wiring -----------------------------------------------------------------------------

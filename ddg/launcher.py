@@ -2,13 +2,13 @@
 (NodeProcess). `ddg.supervisor.Supervisor` owns many of these; use it unless a test needs a
 process the supervisor must not know about (an impostor under a taken name, say).
 
-Also the parent-death lifeline (`spawn_bound`) that the supervisor uses for every child it
-starts when told to `die_with_parent`: nodes and the embedded redis-server alike.
+Also the parent-death lifeline (`spawn_bound`, on ddg.lifeline's `die_with_parent`) that the
+supervisor uses for every child it starts when told to `die_with_parent`: nodes and the
+embedded redis-server alike.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import queue
 import signal
@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
 from .errors import ConfigError, DdgError
+from .lifeline import PreexecFn as PreexecFn  # the supervisor's too
+from .lifeline import die_with_parent
 from .tls import TlsConfig
 
 T = TypeVar("T")
-PreexecFn = Callable[[], object]
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 TLS_ENV = ("DDG_TLS_CERT", "DDG_TLS_KEY", "DDG_TLS_CA", "DDG_TLS_CLIENT_AUTH")
 
 # What a child started with die_with_parent gets when this process dies. SIGKILL, not SIGTERM:
@@ -39,53 +39,6 @@ TLS_ENV = ("DDG_TLS_CERT", "DDG_TLS_KEY", "DDG_TLS_CA", "DDG_TLS_CLIENT_AUTH")
 # a word, which is all this is. (A console served by `ddg-console --web` binds itself to the
 # server with SIGTERM instead: it has cleanup to do, and then its own nodes follow it.)
 PARENT_DEATH_SIGNAL = signal.SIGKILL
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return fn
-
-
-# Looked up once, in the parent: between fork and exec the child only calls it (no dlopen).
-_PRCTL = _load_prctl()
-
-
-def die_with_parent(sig: int = PARENT_DEATH_SIGNAL,
-                    then: PreexecFn | None = None) -> Callable[[], None]:
-    """A preexec_fn: the child gets SIG as soon as this process dies, however it dies (SIGKILL
-    included). Call it in the parent right before the spawn: it notes the parent's pid.
-
-    THEN (the caller's own preexec, e.g. a setgid) runs first: a change of credentials clears
-    the death signal, so prctl must come after it. If the parent died between fork and prctl,
-    the kernel sent nothing (the child already has a new parent); getppid() tells, and the child
-    ends itself instead of running orphaned. The signal follows the *thread* that forked: see
-    spawn_bound(). A no-op where the platform has no such signal (not Linux).
-    """
-    parent = os.getpid()
-
-    def preexec() -> None:
-        if then is not None:
-            then()
-        if not bind_to_parent(parent, sig):
-            os.kill(os.getpid(), sig)
-            os._exit(128 + sig)
-
-    return preexec
-
-
-def bind_to_parent(parent: int, sig: int) -> bool:
-    """Have the kernel send SIG to the calling process when its parent dies; False if its
-    parent is not PARENT any more (it died already: nothing will be sent, act now). True where
-    the platform has no parent-death signal."""
-    if _PRCTL is None:
-        return True
-    _PRCTL(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    return os.getppid() == parent
 
 
 class _Spawner:
@@ -143,7 +96,7 @@ def spawn_bound(argv: list[str], *, preexec_fn: PreexecFn | None = None,
     PARENT_DEATH_SIGNAL), forked from the long-lived spawner thread; PREEXEC_FN runs first."""
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(argv, preexec_fn=die_with_parent(sig, preexec_fn),
+        return subprocess.Popen(argv, preexec_fn=die_with_parent(sig, then=preexec_fn),
                                 **popen)
 
     return _SPAWNER.call(start)

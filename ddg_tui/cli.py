@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from ddg.config import DEFAULT_CLUSTER
 from ddg.errors import ConfigError, DdgError
-from ddg.launcher import bind_to_parent
+from ddg.lifeline import bind_to_parent
 from ddg.redisconn import RedisOptions, mask_url
 from ddg.tls import add_tls_arguments, tls_from_args
 

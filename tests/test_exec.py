@@ -5,7 +5,8 @@ of what is still running.
 The guarantee: while the old goose's node runs, its CMD gets SIGTERM the moment it stops being
 the goose (its lease ran out, a higher term, a hand-over, removal, SIGTERM to the node) and
 SIGKILL a grace later, and the new goose's CMD starts only after an election, so two CMDs
-overlap by at most the grace; a SIGKILLed node's CMD dies with it (PR_SET_PDEATHSIG). What it
+overlap by at most the grace; a dead node's CMD, and everything CMD started, dies with it (its
+guard, ddg.lifeline: test_a_forking_job_and_its_hooks_never_outlive_their_node). What it
 is not: a node that is frozen (SIGSTOP, a paused VM) cannot stop its CMD, which runs on beside
 the new goose's until the node resumes; only the fencing token (DDG_TERM) makes that safe
 (test_a_frozen_node_cannot_stop_its_job_and_the_fencing_token_tells_the_writes_apart).
@@ -19,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shlex
+import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -33,13 +37,26 @@ import pytest
 from ddg import cli
 from ddg.changes import Change, View
 from ddg.errors import ConfigError
-from ddg.job import HookConfig, Hooks, Job, JobConfig
+from ddg.job import GUARD, HookConfig, Hooks, Job, JobConfig
 from ddg.status import Role
 from ddg_testkit import LocalCluster, wait_until, wait_until_async
+from ddg_testkit.jobtree import (
+    TREE_SIZE,
+    Sampler,
+    find,
+    kill_all,
+    kill_geese,
+    tree_running,
+    write_tree,
+)
 from ddg_testkit.procs import alive, gone
 
 Make = Callable[..., LocalCluster]
 GRACE_MS = 100
+# How long a dead node's job and hooks may outlive it here. The goal is 100 ms (measured by
+# benchmarks/exec_kill.py: tens of ms on 2 shared, loaded cores, worst seen 140 ms); this bound
+# leaves a busy CI machine room, and still fails on a process that survives.
+GONE_BOUND_MS = 1000
 
 # The CMD: records "start|stop TERM NODE PID MONOTONIC_NS" (CLOCK_MONOTONIC is system-wide, so
 # the records of all nodes' CMDs compare); SIGTERM records stop and exits. One process, no
@@ -69,6 +86,17 @@ class Run:
     stop: int | None = None
 
 
+def oom_score_adj(pid: int) -> str:
+    return Path(f"/proc/{pid}/oom_score_adj").read_text().strip()
+
+
+def may_lower_oom_score() -> bool:
+    """CAP_SYS_RESOURCE (24) in our effective set: root in a container may lack it."""
+    status = Path("/proc/self/status").read_text()
+    eff = next(ln.split()[1] for ln in status.splitlines() if ln.startswith("CapEff:"))
+    return bool(int(eff, 16) >> 24 & 1)
+
+
 def runs(path: Path) -> list[Run]:
     """The CMDs in the order they started, with their stops."""
     out: dict[int, Run] = {}
@@ -78,27 +106,9 @@ def runs(path: Path) -> list[Run]:
         what, term, node, pid, ns = line.split()
         if what == "start":
             out[int(pid)] = Run(term=int(term), node=node, pid=int(pid), start=int(ns))
-        else:
+        elif int(pid) in out:  # (a CMD told to stop as it started may record only its stop)
             out[int(pid)].stop = int(ns)
     return sorted(out.values(), key=lambda r: r.start)
-
-
-
-
-
-
-def processes_with(marker: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmdline and alive(int(entry)):
-            pids.append(int(entry))
-    return pids
 
 
 def exec_args(tmp: Path, *extra: str) -> list[str]:
@@ -167,7 +177,7 @@ def test_the_job_follows_the_goose_through_kills(make_cluster: Make, tmp_path: P
                    what=f"{goose} back, following {new}")
     done = runs(path)
     c.close()
-    assert processes_with(marker) == [], "a CMD outlived the cluster"
+    assert find([marker]) == [], "a CMD outlived the cluster"
     terms = [r.term for r in done]
     assert terms == sorted(set(terms)), f"terms do not strictly increase: {terms}"
     assert len(done) >= kills + 1, done
@@ -201,21 +211,22 @@ def test_a_partitioned_goose_stops_its_job_before_the_new_one_starts(
           "CMD started")
     assert new.term > old.term
     assert stopped <= new.start + GRACE_MS * 1_000_000, f"overlap {-margin_ms:.1f} ms"
-    # the hook ran for each role change of the old goose: goose, then no longer
+    # the hook ran for each role change of the old goose: goose, then no longer. (On a busy
+    # machine a goose may answer duck for one slow round and goose again in the same term
+    # before the partition: each is a role change, with its run.)
 
     def hooked() -> list[list[str]] | None:
         lines = (tmp_path / "hooks.txt").read_text().splitlines()
         mine = [ln.split(" ") for ln in lines if ln.startswith(goose + " ")]
         roles = [m[1] for m in mine]
-        return mine if "goose" in roles and roles[roles.index("goose") + 1:] else None
+        return mine if "goose" in roles and roles[-1] != "goose" else None
 
     mine = wait_until(hooked, timeout=5, what="the old goose's hooks")
     assert ["goose", str(old.term), goose] in [m[1:] for m in mine], mine
-    after = [m[1] for m in mine][[m[1] for m in mine].index("goose") + 1:]
-    assert "goose" not in after, mine
+    assert all(int(m[2]) <= old.term for m in mine if m[1] == "goose"), mine
     httpx.post(c.address(goose) + "/admin/heal", json={}, timeout=5)
     c.close()
-    assert processes_with(str(tmp_path / "job.py")) == [], "a CMD outlived the cluster"
+    assert find([str(tmp_path / "job.py")]) == [], "a CMD outlived the cluster"
 
 
 @pytest.mark.integration
@@ -246,7 +257,46 @@ def test_a_frozen_node_cannot_stop_its_job_and_the_fencing_token_tells_the_write
     print(f"\nthawed goose: its CMD stopped {took_ms:.1f} ms after SIGCONT")
     assert took_ms < 1000
     c.close()
-    assert processes_with(str(tmp_path / "job.py")) == [], "a CMD outlived the cluster"
+    assert find([str(tmp_path / "job.py")]) == [], "a CMD outlived the cluster"
+
+
+@pytest.mark.integration
+def test_a_forking_job_and_its_hooks_never_outlive_their_node(make_cluster: Make,
+                                                              tmp_path: Path) -> None:
+    """The issue's job: its long-lived program started without `exec`, a grandchild that calls
+    setsid() and forks again; the same tree as an --on-change hook. The goose's node is killed
+    (SIGKILL as the OOM killer does, and a crash); a sampler reads /proc every 10 ms. Every
+    process of the dead node's job and hooks is gone at once, no moment has two instances of
+    the job, and a graceful stop of every node leaves nothing. DDG_EXEC_TREE_KILLS (default 8)
+    sizes it; benchmarks/exec_kill.py runs the issue's 30 and prints the figures."""
+    kills = int(os.environ.get("DDG_EXEC_TREE_KILLS", "8"))
+    job, hook = write_tree(tmp_path / "job"), write_tree(tmp_path / "hook")
+    markers = [job.marker, hook.marker]
+    c = make_cluster()
+    args = ["--on-change", shlex.join(hook.argv), "--on-change-timeout-ms", "3000",
+            "--exec-grace-ms", str(GRACE_MS), "--exec", "--", *job.argv]
+    names = [c.add(extra_args=args).name for _ in range(3)]
+    sampler = Sampler(job.marker).start()
+    try:
+        done = kill_geese(c, names, job, hook, kills,
+                          signals=(signal.SIGKILL, signal.SIGKILL, signal.SIGSEGV))
+        sampler.stop()
+        c.close()  # a graceful stop of every node: the last goose's job tree goes too
+        after_close = find(markers)
+    finally:
+        sampler.stop()
+        c.close()
+        kill_all(markers)
+    gone = [k.gone.all_ms for k in done if k.gone.all_ms is not None]
+    print(f"\n{kills} goose kills: job and hooks (guards included) gone "
+          f"{min(gone, default=0):.1f}-{max(gone, default=0):.1f} ms after the signal; "
+          f"{sum(k.hooked for k in done)} kills hit a running hook tree; {sampler.samples} "
+          f"samples, {len(sampler.doubles)} with two instances")
+    assert [k for k in done if k.gone.left] == [], "processes outlived their node"
+    assert sampler.doubles == [], "two instances of the job ran at once"
+    assert after_close == [], "processes outlived a graceful stop"
+    assert any(k.hooked for k in done), "no kill found a hook running"
+    assert max(gone) < GONE_BOUND_MS, gone
 
 
 def test_bad_exec_flags_fail_at_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -353,6 +403,148 @@ async def test_hooks_run_one_at_a_time_are_killed_on_timeout_and_drop_the_oldest
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await hooks.close()
+
+
+async def test_a_job_tree_gets_sigterm_then_sigkill_setsid_escapees_included(
+        tmp_path: Path) -> None:
+    """No longer the goose: SIGTERM to every process of the tree, not only CMD's group (its
+    program records it), SIGKILL after the grace to what ignores it (the escapee, which left
+    the group and the session)."""
+    tree = write_tree(tmp_path / "job")
+    job = Job(JobConfig(command=tree.argv, grace_ms=GRACE_MS), node="a", cluster="c")
+    task = asyncio.create_task(job.run())
+    try:
+        job.on_change(change(1, Role.GOOSE, 3))
+        await wait_until_async(tree_running(tree.marker, "a", 3), timeout=10,
+                               what="the job's tree", interval=0.01)
+        program = await wait_until_async(
+            lambda: next((int(r[1]) for r in tree.records() if r[0] == "program"), None),
+            timeout=10, what="the program's record", interval=0.01)
+        procs = find([tree.marker])
+        ours = oom_score_adj(os.getpid())
+        # The guard keeps clear of the OOM killer where it may; CMD's tree does not.
+        assert [oom_score_adj(p.pid) for p in procs if not p.guard] == [ours] * TREE_SIZE
+        guard = next(p.pid for p in procs if p.guard)
+        assert oom_score_adj(guard) == ("-1000" if may_lower_oom_score() else ours)
+        t0 = time.monotonic()
+        job.on_change(change(2, Role.DUCK, 4))
+        await wait_until_async(lambda: not find([tree.marker]), timeout=5,
+                               what="the whole tree to go", interval=0.005)
+        took = time.monotonic() - t0
+        assert ["sigterm", str(program)] in [r[:2] for r in tree.records()]
+        assert GRACE_MS / 1000 * 0.9 <= took < 1.0, f"gone after {took * 1000:.0f} ms"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await job.close()
+        kill_all([tree.marker])
+
+
+async def test_a_stop_cut_short_by_regained_leadership_still_ends_the_whole_tree(
+        tmp_path: Path) -> None:
+    """Duck for one slow round, then goose again in the same term (a busy goose does this):
+    the SIGTERM went out at once and cannot be taken back, so the node sees the stop through
+    (the escapee, deaf to SIGTERM, gets SIGKILL after the grace) and starts CMD again."""
+    tree = write_tree(tmp_path / "job")
+    job = Job(JobConfig(command=tree.argv, grace_ms=GRACE_MS), node="a", cluster="c")
+    task = asyncio.create_task(job.run())
+    try:
+        job.on_change(change(1, Role.GOOSE, 3))
+        await wait_until_async(tree_running(tree.marker, "a", 3), timeout=10,
+                               what="the job's tree", interval=0.01)
+        first = {p.pid for p in find([tree.marker])}
+        job.on_change(change(2, Role.DUCK, 3))
+        job.on_change(change(3, Role.GOOSE, 3))
+        await wait_until_async(lambda: not first & {p.pid for p in find([tree.marker])},
+                               timeout=5, what="the first tree to go", interval=0.005)
+        await wait_until_async(tree_running(tree.marker, "a", 3), timeout=10,
+                               what="the job's tree again", interval=0.01)
+        assert job.starts == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await job.close()
+        kill_all([tree.marker])
+
+
+async def test_a_guard_killed_by_hand_takes_cmd_and_the_node_says_what_may_be_left(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The residual risk (README): SIGKILL to the guard itself leaves it no time to clean up.
+    CMD dies with it (its own parent-death signal); the node logs an error; what CMD started
+    runs on, which is what this test cleans up after."""
+    tree = write_tree(tmp_path / "job")
+    job = Job(JobConfig(command=tree.argv, grace_ms=GRACE_MS, restart_min_ms=10_000),
+              node="a", cluster="c")
+    task = asyncio.create_task(job.run())
+    try:
+        job.on_change(change(1, Role.GOOSE, 3))
+        await wait_until_async(tree_running(tree.marker, "a", 3), timeout=10,
+                               what="the job's tree", interval=0.01)
+        cmd = job.pid
+        assert cmd is not None
+        guard = next(p.pid for p in find([tree.marker]) if p.guard)
+        os.kill(guard, signal.SIGKILL)
+        await wait_until_async(lambda: gone(cmd), timeout=5, what="CMD to die with its guard",
+                               interval=0.005)
+        await wait_until_async(lambda: "may still run" in caplog.text, timeout=5,
+                               what="the error")
+        assert f"the guard (pid {guard}) of sh killed by SIGKILL" in caplog.text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await job.close()
+        kill_all([tree.marker])
+
+
+async def test_a_hook_leaves_nothing_when_it_exits_or_times_out(tmp_path: Path) -> None:
+    """A hook that exits leaving a setsid'd, double-forked child, and one that runs past its
+    timeout: in both cases the whole tree is gone when the run ends."""
+    quick = write_tree(tmp_path / "quick", life=0)
+    slow = write_tree(tmp_path / "slow")
+    runs = [Hooks(HookConfig(command=quick.argv, timeout_ms=10_000), node="a", cluster="c"),
+            Hooks(HookConfig(command=slow.argv, timeout_ms=2000), node="a", cluster="c")]
+    tasks = [asyncio.create_task(h.run()) for h in runs]
+    try:
+        for hooks in runs:
+            hooks.on_change(change(1, Role.GOOSE, 3))
+        for tree in (quick, slow):
+            await wait_until_async(lambda t=tree: any(r[0] == "escapee" for r in t.records()),
+                                   timeout=10, what=f"{tree.dir.name}'s escapee")
+        await wait_until_async(lambda: not find([quick.marker, slow.marker]), timeout=5,
+                               what="both hooks' trees to go", interval=0.005)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for hooks in runs:
+            await hooks.close()
+        kill_all([quick.marker, slow.marker])
+
+
+async def test_a_command_that_cannot_start_is_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    job = Job(JobConfig(command=(str(tmp_path / "missing"),), restart_min_ms=10_000),
+              node="a", cluster="c")
+    task = asyncio.create_task(job.run())
+    try:
+        job.on_change(change(1, Role.GOOSE, 3))
+        await wait_until_async(lambda: "cannot start" in caplog.text, timeout=10,
+                               what="the error")
+        assert f"cannot start {tmp_path / 'missing'}: No such file or directory" in caplog.text
+        assert job.pid is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await job.close()
+
+
+def test_the_guard_refuses_a_bad_command_line() -> None:
+    """Only ddg-node starts the guard; anyone else gets one line and exit 2, and nothing runs."""
+    for argv in ([], ["1", "2", "x", "true"], ["x", "3", "--", "true"],
+                 [str(os.getpid()), "99", "--", "true"]):
+        done = subprocess.run([*GUARD, *argv], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2, argv
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
 
 
 def test_job_configs_are_validated() -> None:
