@@ -11,6 +11,10 @@ class ConfigError(DdgError, ValueError):
     """A setting is missing, malformed or out of range."""
 
 
+class TimingMismatch(ConfigError):
+    """Timing flags that disagree with the cluster's timing record: the node does not start."""
+
+
 class RegistryError(DdgError):
     """The Redis registry could not be read or changed."""
 

@@ -20,7 +20,8 @@ def observation(node: str, sent: float, received: float, reply: Reply) -> Observ
                            error=reply.error)
     return Observation(
         node=node, sent=sent, received=received, role=st.role.value, term=st.term,
-        goose=st.goose, lease_ms=st.lease_remaining_ms, lease_total_ms=st.timing.lease_ms,
+        goose=st.goose, lease_ms=st.lease_remaining_ms,
+        lease_total_ms=st.timing.longest_lease_ms or st.timing.lease_ms,
         pid=st.pid,
     )
 
