@@ -38,7 +38,7 @@ from .errors import (
 from .job import add_job_arguments, job_configs
 from .logs import JsonFormatter
 from .redisconn import RedisOptions
-from .registry import Registry, TimingState
+from .registry import Membership, Registry, TimingState
 from .tls import TlsConfig, add_tls_arguments, tls_from_args
 from .watchcli import cmd_watch
 
@@ -363,18 +363,28 @@ async def fetch_statuses(addresses: dict[str, str], request_timeout: float,
     return dict(zip(addresses, replies, strict=True))
 
 
-def cmd_status(argv: Sequence[str]) -> int:
-    p = _Parser(prog="ddg-node status", description="Show every member's answer, one row each.")
-    _common(p)
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Columns as wide as their widest cell, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _polling(p: argparse.ArgumentParser) -> None:
+    """The options of a command that asks every member for its /status."""
     p.add_argument("--timeout", type=float, default=1.0, help="per-node timeout in s")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_tls_arguments(p, node=False)
-    ns = p.parse_args(argv)
+
+
+def read_cluster(ns: argparse.Namespace) -> tuple[Membership, TimingState, dict[str, Reply]]:
+    """The membership and timing record from Redis, and every member's /status answer."""
     options = redis_options(ns)
     tls = tls_from_args(ns)
+    cluster = check_name("cluster name", ns.cluster)
 
-    async def go() -> tuple[Any, TimingState, dict[str, Reply]]:
-        registry = Registry(options, check_name("cluster name", ns.cluster), timeout=2.0)
+    async def go() -> tuple[Membership, TimingState, dict[str, Reply]]:
+        registry = Registry(options, cluster, timeout=2.0)
         try:
             membership = await registry.read()
             timing = await registry.read_timing()
@@ -383,7 +393,16 @@ def cmd_status(argv: Sequence[str]) -> int:
         addresses = {n: m.address for n, m in sorted(membership.members.items())}
         return membership, timing, await fetch_statuses(addresses, ns.timeout, tls)
 
-    membership, timing, replies = _redis(options, go)
+    result: tuple[Membership, TimingState, dict[str, Reply]] = _redis(options, go)
+    return result
+
+
+def cmd_status(argv: Sequence[str]) -> int:
+    p = _Parser(prog="ddg-node status", description="Show every member's answer, one row each.")
+    _common(p)
+    _polling(p)
+    ns = p.parse_args(argv)
+    membership, timing, replies = read_cluster(ns)
     if ns.json:
         members = {n: r.status.to_json() if r.status is not None else {"error": r.error}
                    for n, r in replies.items()}
@@ -399,9 +418,7 @@ def cmd_status(argv: Sequence[str]) -> int:
         rows.append((name, membership.members[name].address, st.role if st else "-",
                      str(st.term) if st else "-", (st.goose if st else None) or "-",
                      r.error or ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print_table(rows)
     silent = [n for n, r in replies.items() if r.status is None]
     for name in silent:
         print(f"{name} does not answer; if it is gone for good: ddg-node remove {name}"
@@ -464,34 +481,18 @@ def cmd_config(argv: Sequence[str]) -> int:
 def cmd_config_show(argv: Sequence[str]) -> int:
     p = _config_parser("show", "The cluster's timing (from Redis), any change in progress, "
                                "and the timing each member answers with.")
-    p.add_argument("--timeout", type=float, default=1.0, help="per-node timeout in s")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    add_tls_arguments(p, node=False)
+    _polling(p)
     ns = p.parse_args(argv)
-    options = redis_options(ns)
-    tls = tls_from_args(ns)
-    cluster = check_name("cluster name", ns.cluster)
-
-    async def go() -> tuple[TimingState, dict[str, Reply]]:
-        registry = Registry(options, cluster, timeout=2.0)
-        try:
-            membership = await registry.read()
-            state = await registry.read_timing()
-        finally:
-            await registry.close()
-        if membership.cluster_id is None and not membership.members:
-            raise NoCluster(f"cluster {cluster!r} does not exist in Redis at {options.shown}")
-        addresses = {n: m.address for n, m in sorted(membership.members.items())}
-        return state, await fetch_statuses(addresses, ns.timeout, tls)
-
-    state, replies = _redis(options, go)
-    members = {}
-    for name, r in replies.items():
-        st = r.status
-        members[name] = ({"error": r.error} if st is None else
-                         {"epoch": st.timing.epoch, "timings": list(st.timing.timings),
-                          "confirmed": name in state.confirmed})
+    cluster = ns.cluster
+    membership, state, replies = read_cluster(ns)
+    if membership.cluster_id is None and not membership.members:
+        raise CliError(f"cluster {cluster!r} does not exist in Redis at "
+                       f"{redis_options(ns).shown}")
     if ns.json:
+        members = {name: {"error": r.error} if r.status is None else
+                   {"epoch": r.status.timing.epoch, "timings": list(r.status.timing.timings),
+                    "confirmed": name in state.confirmed}
+                   for name, r in replies.items()}
         print(json.dumps({"cluster": cluster, "record": timing_json(state), "members": members},
                          indent=2))
         return 0
@@ -505,16 +506,15 @@ def cmd_config_show(argv: Sequence[str]) -> int:
             print(f"  every node runs the joint timing until all confirm: "
                   f"{_joint_values(rec.joint)}")
     rows = [("MEMBER", "EPOCH", "CONFIRMED", "RUNS")]
-    for name, m in members.items():
-        if "error" in m:
-            rows.append((name, "-", "yes" if name in state.confirmed else "no",
-                         f"does not answer: {m['error']}"))
+    for name, r in replies.items():
+        st = r.status
+        confirmed = "yes" if name in state.confirmed else "no"
+        if st is None:
+            rows.append((name, "-", confirmed, f"does not answer: {r.error}"))
         else:
-            rows.append((name, str(m["epoch"] if m["epoch"] is not None else "-"),
-                         "yes" if m["confirmed"] else "no", " + ".join(m["timings"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+            epoch = "-" if st.timing.epoch is None else str(st.timing.epoch)
+            rows.append((name, epoch, confirmed, " + ".join(st.timing.timings)))
+    print_table(rows)
     return 0
 
 

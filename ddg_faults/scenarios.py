@@ -448,13 +448,14 @@ def chaos(h: Harness, cfg: RunConfig) -> None:
 
 def timing_change(h: Harness, cfg: RunConfig) -> None:
     """`ddg-node config set` default -> fast -> default ...: first on a quiet cluster (a change
-    alone must start no election), then at random moments among goose kills (SIGKILL, with
-    and without an instant restart) and partitions. Every change completes once the faults
-    are healed."""
+    alone must start no election: 4 changes with --steps, one per 10 s of --seconds), then at
+    random moments among goose kills (SIGKILL, with and without an instant restart) and
+    partitions. Every change completes once the faults are healed."""
     goose = h.settle()
     term = h.term_of(goose)
     t0 = time.monotonic()
-    quiet = ("fast", "default", "fast", "default")
+    pairs = 2 if cfg.steps is not None or cfg.seconds is None else max(2, int(cfg.seconds / 20))
+    quiet = ("fast", "default") * pairs
     busy = 0
     for name in quiet:
         # From the command until every node runs the new timing alone: an election begun in

@@ -379,6 +379,12 @@ def false_hint_setup(sim: Sim) -> None:
     elect_n1(sim)
     sim.cut("n1", "n3")
     sim.run_for(0.2)
+    cut_goose_right_after_an_ack(sim)
+
+
+def cut_goose_right_after_an_ack(sim: Sim) -> None:
+    """About 1 ms after n2 acked one of n1's rounds, n1 is cut off and both ducks' streams to
+    it end (a false crash hint); n3 campaigns at once."""
     heard = sim.core("n2").last_heard
     while sim.core("n2").last_heard == heard:
         sim.run_for(0.0002)
@@ -542,8 +548,8 @@ def _cut_goose_after_change(ct: ClusterTiming, *, after: float, seed: int,
                             goose_off_redis: bool = False) -> Sim:
     """SLOW cluster, n1 its goose; n3 stops hearing n1, n2 still acks. The operator changes
     to FAST; AFTER seconds later, right after n2 acked a round, n1 is cut off and both ducks'
-    crash-hint streams end: n3 wins n2's vote at once. It may answer `goose` only after n1's
-    last lease, which began under SLOW (600 ms)."""
+    crash-hint streams end: n3 (or n2) is elected at once. It may answer `goose` only after
+    n1's last lease, which began under SLOW (600 ms)."""
     sim = Sim(3, seed=seed, net=Net(lat_min=0.0002, lat_max=0.001), cluster_timing=ct)
     for name in ("n2", "n3"):
         sim.core(name).election_deadline = 1e9
@@ -557,14 +563,7 @@ def _cut_goose_after_change(ct: ClusterTiming, *, after: float, seed: int,
     sim.run_for(0.2)
     ct.change(FAST)
     sim.run_for(after)
-    heard = sim.core("n2").last_heard
-    while sim.core("n2").last_heard == heard:
-        sim.run_for(0.0002)
-    sim.run_for(0.001)
-    sim.isolate("n1")
-    sim.hint("n2", "n1")
-    sim.hint("n3", "n1")
-    sim.kick("n3")
+    cut_goose_right_after_an_ack(sim)
     sim.run_for(2.0)
     return sim
 
@@ -575,12 +574,12 @@ def test_a_goose_cut_off_during_a_change_is_waited_out(seed: int) -> None:
     the joint timing, which waits out SLOW's lease), and 1 s after it with the goose cut off
     from Redis (it never confirms, so the change cannot finish without it)."""
     sim = _cut_goose_after_change(ClusterTiming(SLOW), after=0.15, seed=seed)
-    old, new = sim.all_windows()[-2:]
-    assert (old.node, new.node) == ("n1", "n3") and new.start > old.end
+    old, new = sim.all_windows()[-2:]  # n2 or n3 wins: both lost their stream to n1
+    assert old.node == "n1" and new.node in ("n2", "n3") and new.start > old.end
     ct = ClusterTiming(SLOW)
     sim = _cut_goose_after_change(ct, after=1.0, seed=seed, goose_off_redis=True)
     assert ct.record is not None and ct.record.changing  # waiting for n1
-    assert sim.gooses() == ["n3"]
+    assert sim.gooses() in (["n2"], ["n3"])
 
 
 @pytest.mark.parametrize("seed", range(3))
