@@ -187,6 +187,7 @@ class ClusterTiming:
             return
         self.record = record
         self.confirmed = None
+        self.persisted = False  # not confirmed before it is on disk
         self.waiting_for = ()
         log.info("cluster timing: %s", record.describe(),
                  extra={"event": "timing", "epoch": record.epoch})

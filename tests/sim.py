@@ -14,7 +14,10 @@ replays exactly. The simulator plays the part of node.py for N nodes:
   and drains the inbox with the clock reading of the resume time, in a random order;
 * the network drops, duplicates and delays messages (uniform latency, sometimes a long one, so
   they also reorder) and can cut any set of directed links; a link cut while a message is in
-  flight loses it (node.py checks the partition on send and on receipt).
+  flight loses it (node.py checks the partition on send and on receipt);
+* with a ClusterTiming, the registry's timing record is part of the world: nodes run its
+  (joint) timing and follow online changes as ddg/clustertiming.py does (see the class);
+  without one every node runs its own timing (Sim(timings=...) mismatches them).
 
 Invariants, checked after every event (and at every lease boundary, where a goose's reported
 role changes without any event):

@@ -183,6 +183,24 @@ def test_redis_losing_the_record_gets_it_back_and_an_old_cluster_gets_one(
         r.delete("ddg:ddg:timing", "ddg:ddg:timing_seen")
     c.wait_for(lambda: record(c) == TimingRecord(3, (FAST,), FAST), timeout=10,
                what="a member to put the record back")
+    # Redis gone: a node (re)started runs the record in its data dir, and refuses flags that
+    # disagree with it; Redis back empty gets the record back from the members.
+    c.kill_redis()
+    c.terminate("n1")
+    c.wait("n1", 10)
+    refused = ddg("--name", "n1", "--port", str(c.spec("n1").port), "--redis-url", url,
+                  "--data-dir", str(c.data_dir("n1")), "--timing", "default")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    err = refused.stderr.strip().splitlines()[-1]  # after the log line about Redis
+    assert err.startswith("ddg-node: error: this node's timing flags say default, but cluster "
+                          "timing in this node's data dir is fast (epoch 3)"), refused.stderr
+    c.restart("n1")
+    c.wait_for(lambda: (s := c.status("n1")) is not None and s.timing.epoch == 3
+               and s.timing.timings == ("fast",), timeout=10, what="n1 on its data dir's record")
+    c.start_redis()
+    c.wait_for(lambda: record(c) == TimingRecord(3, (FAST,), FAST), timeout=15,
+               what="the members to put the record back in an empty Redis")
+    runs(c, names, 3, ("fast",))
     # A cluster made before timing records: nodes without one run their flags' timing
     # (the default here) and the goose writes a record of it.
     for n in names:
