@@ -40,6 +40,9 @@ def refuse(flags: Timing, record: TimingRecord, where: str) -> TimingMismatch:
 
 
 class ClusterTiming:
+    """The record this node runs on, and the steps that keep it in line with the registry's.
+    The node hands it its core's hooks (APPLY, SETTLED, ...) once the core runs."""
+
     def __init__(self, *, config: NodeConfig, registry: Registry, data: DataDir,
                  warn: LogThrottle) -> None:
         self.config = config

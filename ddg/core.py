@@ -318,6 +318,8 @@ class Election:
         old = self.timing
         self.timing = timing
         if _values(old) == _values(timing):
+            # Another set with the same values (a timing between the others joined): a lease
+            # granted before is one the new set would grant, nothing to wait out.
             return self._flush()
         self._earlier_lease = max(old.lease, self._earlier_lease if not self.timing_settled(now)
                                   else 0.0)
