@@ -39,6 +39,10 @@ class NoCluster(RegistryError):
     """The registry holds no cluster yet: only a node started with --bootstrap may create it."""
 
 
+class NoTimingRecord(NoCluster):
+    """The cluster exists but its timing record does not (yet): a new node waits for it."""
+
+
 class RegistryFull(RegistryError):
     """The cluster already has the most members a registry may hold."""
 

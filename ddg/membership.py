@@ -22,6 +22,7 @@ from .errors import (
     ClusterMismatch,
     NameConflict,
     NoCluster,
+    NoTimingRecord,
     RegistryAuthError,
     RegistryDataError,
     RegistryError,
@@ -130,7 +131,9 @@ class MembershipSync:
             except (RegistryFull, RegistryAuthError):
                 raise
             except NoCluster as exc:
-                self.joining = "waiting for the cluster to exist in Redis"
+                self.joining = ("waiting for the cluster's timing record"
+                                if isinstance(exc, NoTimingRecord)
+                                else "waiting for the cluster to exist in Redis")
                 self._redis_up()
                 self._warn.warning("no-cluster", "%s", exc)
             except RegistryError as exc:
@@ -153,9 +156,11 @@ class MembershipSync:
         itself; a fresh node joins only a cluster that exists (docs/design.md, Bootstrap)."""
         member = self._member()
         current = await self.registry.read()
+        timing = None
         if self.timing is not None and current.cluster_id is not None:
             # Timing flags that disagree refuse to start: before the node becomes a member.
-            self.timing.check_join((await self.registry.read_timing()).record)
+            timing = await self.registry.read_timing()
+            self.timing.check_join(timing.record)
         if cached is not None and cached.cluster_id is not None:
             await self._reconcile(cached, current)
             joined = await self.registry.add(member, cluster_id=cached.cluster_id)
@@ -177,6 +182,14 @@ class MembershipSync:
             elif self.config.bootstrap:
                 log.info("--bootstrap ignored: cluster %r exists (id %s); joining it",
                          self.config.cluster, current.cluster_id)
+            if timing is not None and timing.record is None and timing.problem is None:
+                # A new node must not run its own timing beside the cluster's: Redis lost the
+                # record (its members put it back within a refresh), or the cluster was made
+                # by an older version (its goose writes one once it runs this version).
+                raise NoTimingRecord(
+                    f"cluster {self.config.cluster!r} in Redis at {self.registry.url} has no "
+                    "timing record: waiting for its members to put it back (a cluster made by "
+                    "an older version gets one from its goose once that runs this version)")
             joined = await self.registry.add(member, cluster_id=None)
         if joined.timing_problem is not None:
             raise RegistryDataError(joined.timing_problem)

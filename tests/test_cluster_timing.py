@@ -258,3 +258,31 @@ def config_bad_input_is_one_line_and_changes_nothing(
     assert "cannot reach Redis" in one_line_error(
         ddg("config", "set", "--timing", "fast", "--redis-url", gone))
     assert record(c) == before
+
+
+def test_a_fresh_node_waits_for_the_timing_record_redis_lost(make_cluster: Make) -> None:
+    """Redis lost the timing record (its members, frozen, cannot put it back yet) and a node
+    with a fresh data dir starts: it must not run its own default beside a fast cluster; it
+    waits, and joins on the cluster's once the members are back."""
+    c = make_cluster()
+    names = [c.add(extra_args=("--timing", "fast")).name for _ in range(3)]
+    settled(c, names)
+    runs(c, names, 1, ("fast",))
+    for n in names:
+        c.pause(n)
+    url = c.redis_url
+    assert url is not None
+    with redis.Redis.from_url(url) as r:
+        r.delete("ddg:ddg:timing", "ddg:ddg:timing_seen")
+    fresh = c.add("n4").name  # no timing flags
+    try:
+        c.wait_for(lambda: (s := c.status(fresh)) is not None and s.state == "joining"
+                   and "timing record" in (s.joining or ""), timeout=15,
+                   what=f"{fresh} to wait for the timing record")
+    finally:
+        for n in names:
+            c.resume(n)
+    runs(c, [*names, fresh], 1, ("fast",))
+    log = c.log_tail(fresh, 200)
+    assert "running on cluster timing fast (epoch 1)" in log
+    assert "running on this node's" not in log  # never on its own default
