@@ -1,4 +1,5 @@
-"""`ddg-node`: run a node, or `remove` / `status` a cluster's members."""
+"""`ddg-node`: run a node, or `remove` / `status` a cluster's members, or show and change its
+timing (`config`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,17 +21,25 @@ from .config import (
     DEFAULT_CLUSTER,
     DEFAULT_REDIS_URL,
     TIMINGS,
+    JointTiming,
     NodeConfig,
     Timing,
+    TimingRecord,
     check_name,
     default_data_dir,
     parse_timeout_range,
 )
-from .errors import ConfigError, DdgError, RegistryError, RegistryUnavailable
+from .errors import (
+    ConfigError,
+    DdgError,
+    NoCluster,
+    RegistryError,
+    RegistryUnavailable,
+)
 from .job import add_job_arguments, job_configs
 from .logs import JsonFormatter
 from .redisconn import RedisOptions
-from .registry import Registry
+from .registry import Membership, Registry, TimingState
 from .stopping import exit_now, stop_deadline
 from .tls import TlsConfig, add_tls_arguments, tls_from_args
 from .watchcli import cmd_watch
@@ -45,6 +55,10 @@ other commands:
                      one row per member: address, role, term, goose it follows
   ddg-node watch [URL] [--json] [--tls-ca FILE]
                      a node's changes as they happen (GET /watch), one line each
+  ddg-node config show [--redis-url URL] [--cluster NAME] [--json]
+                     the cluster's timing, and any change in progress
+  ddg-node config set --timing fast [--wait]   (or --heartbeat-ms, --election-timeout-ms,
+                     --lease-ms) change the timing of the running cluster, safely online
 
 run something only on the goose:
   ddg-node [flags] --exec -- CMD ARGS...   CMD runs while this node is the goose, with
@@ -56,6 +70,11 @@ starting a cluster:
   that one, later) joins the cluster it finds in Redis. A node with a fresh data dir never
   forms a cluster of its own from an empty Redis: it waits for the cluster's members to
   restore the registry (etcd's --initial-cluster-state new|existing).
+
+timing is the cluster's:
+  --bootstrap writes the timing flags (or the default) into the cluster's record; every node
+  runs the record's timing. A node started with timing flags that disagree with it refuses to
+  start; without them it runs the cluster's. `ddg-node config set` changes it online.
 
 security:
   A node that binds anything but loopback needs a cluster secret (the same on every node):
@@ -172,21 +191,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=_env("DDG_DATA_DIR"),
                    help="where term and vote are kept (env DDG_DATA_DIR; default "
                         "$XDG_STATE_HOME/ddg/CLUSTER/NAME)")
-    p.add_argument("--timing", choices=sorted(TIMINGS), default=_env("DDG_TIMING", "default"),
-                   help="named election timing: default (heartbeat 50 ms, election timeout "
-                        "150-300 ms, lease 80 ms) or fast (15, 60-120, 30: for a small cluster "
-                        "on a LAN with spare CPU, 3.3x the heartbeats; see the README's "
-                        "figures). The flags below "
-                        "override its parts (env DDG_TIMING; default %(default)s)")
-    p.add_argument("--heartbeat-ms", type=int, default=None,
-                   help="goose heartbeat interval (default: from --timing)")
-    p.add_argument("--election-timeout-ms", default=None, metavar="MIN-MAX",
-                   help="randomized election timeout range (default: from --timing)")
-    p.add_argument("--lease-ms", type=int, default=None,
-                   help="how long after a round a quorum acknowledged the goose answers "
-                        "`goose`; a new goose waits lease / 0.8 after the last heartbeat its "
-                        "voters heard (default: from --timing). Use the same timing on every "
-                        "node")
+    _timing_flags(p, node=True)
     p.add_argument("--cluster-secret", default=None,
                    help="sign peer messages with this shared secret (env DDG_CLUSTER_SECRET; "
                         "prefer the env or --cluster-secret-file: flags show in `ps`)")
@@ -206,11 +211,44 @@ def run_parser() -> argparse.ArgumentParser:
     return p
 
 
-def timing_from_args(ns: argparse.Namespace) -> Timing:
-    """The --timing preset with any of --heartbeat-ms, --election-timeout-ms, --lease-ms."""
-    base = TIMINGS.get(ns.timing)
-    if base is None:  # from DDG_TIMING: argparse checks only what is on the command line
-        raise ConfigError(f"timing {ns.timing!r} must be one of {', '.join(sorted(TIMINGS))}")
+def _timing_flags(p: argparse.ArgumentParser, *, node: bool) -> None:
+    """--timing and its parts: for a node, what --bootstrap writes and what must match the
+    cluster's; for `config set`, the cluster's new timing."""
+    if node:
+        env = _env("DDG_TIMING")
+        about = ("for --bootstrap: the new cluster's timing; otherwise it must match the "
+                 "cluster's, which a node without timing flags just runs (env DDG_TIMING)")
+    else:
+        env = None
+        about = "the parts not given are the cluster's current timing's"
+    p.add_argument("--timing", choices=sorted(TIMINGS), default=env,
+                   help="named election timing: default (heartbeat 50 ms, election timeout "
+                        "150-300 ms, lease 80 ms) or fast (15, 60-120, 30: for a small cluster "
+                        "on a LAN with spare CPU, 3.3x the heartbeats; see the README's "
+                        f"figures). The flags below override its parts; {about}")
+    p.add_argument("--heartbeat-ms", type=int, default=None,
+                   help="goose heartbeat interval (default: from --timing)")
+    p.add_argument("--election-timeout-ms", default=None, metavar="MIN-MAX",
+                   help="randomized election timeout range (default: from --timing)")
+    p.add_argument("--lease-ms", type=int, default=None,
+                   help="how long after a round a quorum acknowledged the goose answers "
+                        "`goose`; a new goose waits lease / 0.8 after the last heartbeat its "
+                        "voters heard (default: from --timing)")
+
+
+def timing_given(ns: argparse.Namespace) -> bool:
+    return any(v is not None for v in (ns.timing, ns.heartbeat_ms, ns.election_timeout_ms,
+                                       ns.lease_ms))
+
+
+def timing_from_args(ns: argparse.Namespace, base: Timing | None = None) -> Timing:
+    """The --timing preset (else BASE, else the default) with any of --heartbeat-ms,
+    --election-timeout-ms, --lease-ms."""
+    if ns.timing is not None or base is None:
+        name = ns.timing or "default"
+        base = TIMINGS.get(name)
+        if base is None:  # from DDG_TIMING: argparse checks only what is on the command line
+            raise ConfigError(f"timing {name!r} must be one of {', '.join(sorted(TIMINGS))}")
     lo, hi = (base.election_timeout_min_ms, base.election_timeout_max_ms)
     if ns.election_timeout_ms is not None:
         lo, hi = parse_timeout_range(ns.election_timeout_ms)
@@ -244,7 +282,8 @@ def config_from_args(ns: argparse.Namespace) -> NodeConfig:
     return NodeConfig(
         job=job, on_change=on_change,
         name=name, host=ns.host, port=port, redis_url=ns.redis_url, cluster=cluster,
-        data_dir=data_dir, timing=timing, secret=secret.encode() if secret else None,
+        data_dir=data_dir, timing=timing, timing_explicit=timing_given(ns),
+        secret=secret.encode() if secret else None,
         redis_password=redis_password(ns), redis_ca_file=_path(ns.redis_ca),
         redis_cert_file=_path(ns.redis_cert), redis_key_file=_path(ns.redis_key),
         advertise_url=ns.advertise_url,
@@ -323,6 +362,8 @@ def _redis(options: RedisOptions, fn: Any) -> Any:
         return asyncio.run(fn())
     except RegistryUnavailable as exc:
         raise CliError(f"cannot reach Redis at {options.shown}: {exc}") from None
+    except NoCluster as exc:
+        raise CliError(str(exc)) from None
     except RegistryError as exc:
         raise CliError(f"registry problem: {exc}") from None
 
@@ -337,30 +378,51 @@ async def fetch_statuses(addresses: dict[str, str], request_timeout: float,
     return dict(zip(addresses, replies, strict=True))
 
 
-def cmd_status(argv: Sequence[str]) -> int:
-    p = _Parser(prog="ddg-node status", description="Show every member's answer, one row each.")
-    _common(p)
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Columns as wide as their widest cell, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _polling(p: argparse.ArgumentParser) -> None:
+    """The options of a command that asks every member for its /status."""
     p.add_argument("--timeout", type=float, default=1.0, help="per-node timeout in s")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_tls_arguments(p, node=False)
-    ns = p.parse_args(argv)
+
+
+def read_cluster(ns: argparse.Namespace) -> tuple[Membership, TimingState, dict[str, Reply]]:
+    """The membership and timing record from Redis, and every member's /status answer."""
     options = redis_options(ns)
     tls = tls_from_args(ns)
+    cluster = check_name("cluster name", ns.cluster)
 
-    async def go() -> tuple[Any, dict[str, Reply]]:
-        registry = Registry(options, check_name("cluster name", ns.cluster), timeout=2.0)
+    async def go() -> tuple[Membership, TimingState, dict[str, Reply]]:
+        registry = Registry(options, cluster, timeout=2.0)
         try:
             membership = await registry.read()
+            timing = await registry.read_timing()
         finally:
             await registry.close()
         addresses = {n: m.address for n, m in sorted(membership.members.items())}
-        return membership, await fetch_statuses(addresses, ns.timeout, tls)
+        return membership, timing, await fetch_statuses(addresses, ns.timeout, tls)
 
-    membership, replies = _redis(options, go)
+    result: tuple[Membership, TimingState, dict[str, Reply]] = _redis(options, go)
+    return result
+
+
+def cmd_status(argv: Sequence[str]) -> int:
+    p = _Parser(prog="ddg-node status", description="Show every member's answer, one row each.")
+    _common(p)
+    _polling(p)
+    ns = p.parse_args(argv)
+    membership, timing, replies = read_cluster(ns)
     if ns.json:
         members = {n: r.status.to_json() if r.status is not None else {"error": r.error}
                    for n, r in replies.items()}
-        print(json.dumps({"version": membership.version, "members": members}, indent=2))
+        print(json.dumps({"version": membership.version, "members": members,
+                          "timing": timing_json(timing)}, indent=2))
         return 0
     if not membership.members:
         print(f"cluster {ns.cluster} has no members (version {membership.version})")
@@ -371,19 +433,194 @@ def cmd_status(argv: Sequence[str]) -> int:
         rows.append((name, membership.members[name].address, st.role if st else "-",
                      str(st.term) if st else "-", (st.goose if st else None) or "-",
                      r.error or ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print_table(rows)
     silent = [n for n, r in replies.items() if r.status is None]
     for name in silent:
         print(f"{name} does not answer; if it is gone for good: ddg-node remove {name}"
               f"{'' if ns.cluster == DEFAULT_CLUSTER else ' --cluster ' + ns.cluster}")
+    print(f"timing: {timing_line(timing)}")
+    return 0
+
+
+# ---- the cluster's timing ---------------------------------------------------------------
+
+
+def timing_line(state: TimingState) -> str:
+    """One line: the cluster's timing, any change in progress and whom it waits for."""
+    rec = state.record
+    if rec is None:
+        return (f"unusable record ({state.problem})" if state.problem else
+                "no record yet (a cluster made by an older version: its goose writes one)")
+    line = rec.describe()
+    if rec.changing:
+        line += (f"; waiting for {', '.join(state.waiting_for)} to confirm"
+                 if state.waiting_for else "; every member confirmed: finishing")
+    return line
+
+
+def _joint_json(t: JointTiming) -> dict[str, Any]:
+    return {"heartbeat_ms": round(t.heartbeat * 1000, 3),
+            "election_timeout_ms": [round(t.election_min * 1000, 3),
+                                    round(t.election_max * 1000, 3)],
+            "lease_ms": round(t.lease * 1000, 3), "lease_wait_ms": round(t.lease_wait * 1000, 3)}
+
+
+def timing_json(state: TimingState) -> dict[str, Any] | None:
+    rec = state.record
+    if rec is None:
+        return None if state.problem is None else {"problem": state.problem}
+    return {"epoch": rec.epoch, "changing": rec.changing,
+            "target": {"label": rec.target.label, **rec.target.to_json()},
+            "timings": [{"label": t.label, **t.to_json()} for t in rec.timings],
+            "in_force": _joint_json(rec.joint), "fingerprint": rec.fingerprint,
+            "confirmed": sorted(state.confirmed), "waiting_for": list(state.waiting_for)}
+
+
+def _config_parser(sub: str, description: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=f"ddg-node config {sub}", description=description)
+    _common(p)
+    return p
+
+
+def cmd_config(argv: Sequence[str]) -> int:
+    if not argv or argv[0] not in ("show", "set"):
+        p = _Parser(prog="ddg-node config",
+                    description="Show or change the cluster's timing: `ddg-node config show`, "
+                                "`ddg-node config set --timing fast`.")
+        p.add_argument("what", choices=("show", "set"))
+        p.parse_args(argv[:1])
+        return 2
+    return (cmd_config_show if argv[0] == "show" else cmd_config_set)(argv[1:])
+
+
+def cmd_config_show(argv: Sequence[str]) -> int:
+    p = _config_parser("show", "The cluster's timing (from Redis), any change in progress, "
+                               "and the timing each member answers with.")
+    _polling(p)
+    ns = p.parse_args(argv)
+    cluster = ns.cluster
+    membership, state, replies = read_cluster(ns)
+    if membership.cluster_id is None and not membership.members:
+        raise CliError(f"cluster {cluster!r} does not exist in Redis at "
+                       f"{redis_options(ns).shown}")
+    if ns.json:
+        members = {name: {"error": r.error} if r.status is None else
+                   {"epoch": r.status.timing.epoch, "timings": list(r.status.timing.timings),
+                    "confirmed": name in state.confirmed}
+                   for name, r in replies.items()}
+        print(json.dumps({"cluster": cluster, "record": timing_json(state), "members": members},
+                         indent=2))
+        return 0
+    rec = state.record
+    print(f"cluster {cluster}: {timing_line(state)}")
+    if rec is not None:
+        for t in rec.timings:
+            mark = "target" if t == rec.target else "in force"
+            print(f"  {mark:8}  {t.label}: {_values(t)}")
+        if rec.changing:
+            print(f"  every node runs the joint timing until all confirm: "
+                  f"{_joint_values(rec.joint)}")
+    rows = [("MEMBER", "EPOCH", "CONFIRMED", "RUNS")]
+    for name, r in replies.items():
+        st = r.status
+        confirmed = "yes" if name in state.confirmed else "no"
+        if st is None:
+            rows.append((name, "-", confirmed, f"does not answer: {r.error}"))
+        else:
+            epoch = "-" if st.timing.epoch is None else str(st.timing.epoch)
+            rows.append((name, epoch, confirmed, " + ".join(st.timing.timings)))
+    print_table(rows)
+    return 0
+
+
+def _values(t: Timing) -> str:
+    return (f"heartbeat {t.heartbeat_ms} ms, election timeout {t.election_timeout_min_ms}-"
+            f"{t.election_timeout_max_ms} ms, lease {t.lease * 1000:g} ms (a new goose waits "
+            f"{t.lease_wait * 1000:g} ms)")
+
+
+def _joint_values(t: JointTiming) -> str:
+    return (f"heartbeat {t.heartbeat * 1000:g} ms, election timeout {t.election_min * 1000:g}-"
+            f"{t.election_max * 1000:g} ms, lease {t.lease * 1000:g} ms, wait "
+            f"{t.lease_wait * 1000:g} ms")
+
+
+def cmd_config_set(argv: Sequence[str]) -> int:
+    p = _config_parser("set", "Change the running cluster's timing. The nodes run the new and "
+                              "the old together (the safe combination of both) until every "
+                              "member has confirmed, then the new one alone: no election, no "
+                              "restart. A member that is down holds the change until it is "
+                              "back or removed.")
+    _timing_flags(p, node=False)
+    p.add_argument("--wait", action="store_true",
+                   help="wait until every node runs the new timing alone")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="with --wait: give up after this many seconds (default %(default)s)")
+    ns = p.parse_args(argv)
+    if not timing_given(ns):
+        p.error("give the new timing: --timing NAME, or any of --heartbeat-ms, "
+                "--election-timeout-ms, --lease-ms")
+    if not 0 < ns.timeout <= 3600:
+        p.error("--timeout must be more than 0 and at most 3600 s")
+    options = redis_options(ns)
+    cluster = check_name("cluster name", ns.cluster)
+    if ns.timing is not None:
+        timing_from_args(ns)  # a bad value is an error before Redis is asked
+
+    async def go() -> tuple[str, TimingRecord]:
+        registry = Registry(options, cluster, timeout=2.0)
+        try:
+            before, changed = await registry.change_timing(
+                lambda target: timing_from_args(ns, base=target))
+        finally:
+            await registry.close()
+        if changed is None:
+            what = "a change to it is in progress" if before.changing else "nothing to do"
+            return (f"cluster {cluster} already has timing {before.target.label} as its "
+                    f"target (epoch {before.epoch}): {what}"), before
+        return (f"cluster {cluster}: timing change to {changed.target.label} as epoch "
+                f"{changed.epoch}; every node runs it with "
+                f"{', '.join(t.label for t in before.timings)} until all confirm"), changed
+
+    message, record = _redis(options, go)
+    print(message)
+    if not ns.wait:
+        return 0
+    return _wait_for_timing(options, cluster, record, ns.timeout)
+
+
+def _wait_for_timing(options: RedisOptions, cluster: str, record: TimingRecord,
+                     timeout: float) -> int:
+    """Until the record is RECORD's target alone (a later change by someone else: said)."""
+    async def go() -> tuple[bool, str]:
+        registry = Registry(options, cluster, timeout=2.0)
+        deadline = time.monotonic() + timeout
+        line = ""
+        try:
+            while time.monotonic() < deadline:
+                state = await registry.read_timing()
+                rec = state.record
+                line = timing_line(state)
+                if rec is not None and rec.target != record.target:
+                    return False, f"the timing was changed again meanwhile: {line}"
+                if rec is not None and not rec.changing and rec.epoch > record.epoch - 1:
+                    return True, f"every member runs {rec.target.label} (epoch {rec.epoch})"
+                await asyncio.sleep(0.05)
+        finally:
+            await registry.close()
+        return False, f"not done after {timeout:g} s: {line}"
+
+    done, line = _redis(options, go)
+    if not done:
+        raise CliError(line)
+    print(line)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"remove": cmd_remove, "status": cmd_status, "watch": cmd_watch}
+    commands = {"remove": cmd_remove, "status": cmd_status, "watch": cmd_watch,
+                "config": cmd_config}
     try:
         if args and args[0] in commands:
             return commands[args[0]](args[1:])

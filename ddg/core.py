@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from .clockrate import ClockCheck, Verdict, max_rate_error, to_us
-from .config import Timing
+from .config import JointTiming, Timing
 from .messages import (
     MAX_TERM,
     MAX_TERM_JUMP,
@@ -123,6 +123,11 @@ def quorum_of(n: int) -> int:
     return n // 2 + 1
 
 
+def _values(t: Timing | JointTiming) -> tuple[float, ...]:
+    return (t.heartbeat, t.election_min, t.election_max, t.lease, t.lease_wait,
+            t.quorum_timeout, t.hint_step)
+
+
 class Election:
     """One node's view of the election. Every public method takes `now` (monotonic seconds)."""
 
@@ -130,7 +135,7 @@ class Election:
         self,
         *,
         name: str,
-        timing: Timing,
+        timing: Timing | JointTiming,
         rng: random.Random,
         now: float,
         members: frozenset[str],
@@ -140,7 +145,12 @@ class Election:
     ) -> None:
         hard = hard or HardState()
         self.name = name
-        self.timing = timing
+        # Every timing value is read through this one attribute: set_timing() swaps it.
+        self.timing: Timing | JointTiming = timing
+        # A lease this node may hold that was granted under an earlier timing has surely
+        # ended from here on (set_timing()); a new process holds none.
+        self.timing_settles_at = -math.inf
+        self._earlier_lease = 0.0  # the longest lease an earlier timing could have granted
         self.rng = rng
         self.term = hard.term
         self.voted_for = hard.voted_for
@@ -308,6 +318,48 @@ class Election:
         elif self.state is State.CANDIDATE and self._has_quorum(self.votes):
             self._become_goose(now)
         return self._flush()
+
+    def set_timing(self, timing: Timing | JointTiming, now: float) -> Output:
+        """Run on TIMING from now on (the cluster's record changed: docs/design.md, "Timing is
+        cluster state"). Safe at any moment: a lease already granted keeps its end, and a
+        round (or a campaign) sent under a shorter lease never earns a longer one; timers are
+        drawn from the new values at their next reset, so a change alone starts no election.
+        Stickiness and the waits read the new values at once."""
+        old = self.timing
+        self.timing = timing
+        if _values(old) == _values(timing):
+            # Another set with the same values (a timing between the others joined): a lease
+            # granted before is one the new set would grant, nothing to wait out.
+            return self._flush()
+        self._earlier_lease = max(old.lease, self._earlier_lease if not self.timing_settled(now)
+                                  else 0.0)
+        self.timing_settles_at = max(self.timing_settles_at, now + old.lease_wait)
+        if timing.lease > old.lease:
+            # Acks of rounds already sent would otherwise earn the longer lease: forget those
+            # rounds (the next round comes within a heartbeat); a campaign under way keeps
+            # the lease it started with.
+            self.sent_at.clear()
+            self.acks.clear()
+            if self.state is State.CANDIDATE:
+                self.campaign_at -= timing.lease - old.lease
+        self._event("timing_changed", "now running on the cluster's timing: heartbeat "
+                    f"{timing.heartbeat * 1000:g} ms, election timeout "
+                    f"{timing.election_min * 1000:g}-{timing.election_max * 1000:g} ms, lease "
+                    f"{timing.lease * 1000:g} ms")
+        return self._flush()
+
+    def timing_settled(self, now: float) -> bool:
+        """Whether every lease this node held under a timing before the current one has
+        surely ended (it may then confirm the current one)."""
+        return now >= self.timing_settles_at
+
+    def longest_lease(self, now: float) -> float:
+        """The longest lease this node may hold now: the current timing's, or an earlier
+        one's until its leases have surely ended (what an observer needs to tell when the
+        round behind a `goose` answer was sent)."""
+        if self.timing_settled(now):
+            return self.timing.lease
+        return max(self.timing.lease, self._earlier_lease)
 
     def goose_lost(self, goose: str, now: float) -> Output:
         """The connection this duck holds to GOOSE ended without a goodbye: its process has

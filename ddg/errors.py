@@ -11,6 +11,10 @@ class ConfigError(DdgError, ValueError):
     """A setting is missing, malformed or out of range."""
 
 
+class TimingMismatch(ConfigError):
+    """Timing flags that disagree with the cluster's timing record: the node does not start."""
+
+
 class RegistryError(DdgError):
     """The Redis registry could not be read or changed."""
 
@@ -33,6 +37,10 @@ class ClusterMismatch(RegistryError):
 
 class NoCluster(RegistryError):
     """The registry holds no cluster yet: only a node started with --bootstrap may create it."""
+
+
+class NoTimingRecord(NoCluster):
+    """The cluster exists but its timing record does not (yet): a new node waits for it."""
 
 
 class RegistryFull(RegistryError):

@@ -32,7 +32,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from . import auth
 from .backoff import Backoff
-from .config import NodeConfig, Timing
+from .config import JointTiming, NodeConfig, Timing
 from .ratelimit import LogThrottle, TokenBucket
 
 HELLO = b"hold"  # then the goose's timing (timing_tag), and a newline
@@ -52,24 +52,35 @@ class Ended(Enum):
     FAILED = "failed"  # never opened (refused, timed out, not the goose): no hint
 
 
-def timing_tag(t: Timing) -> str:
-    """The timing that the safety argument needs the same on every node (docs/design.md)."""
+TAG_SEPARATOR = "; "  # between the timings of a joint timing (a change in progress)
+
+
+def timing_tag(t: Timing | JointTiming) -> str:
+    """The timings a node runs on, as the safety argument compares them: during a change,
+    each timing of the joint set (docs/design.md, "Timing is cluster state")."""
+    if isinstance(t, JointTiming):
+        return TAG_SEPARATOR.join(timing_tag(x) for x in t.timings)
     return (f"heartbeat={t.heartbeat_ms} election={t.election_timeout_min_ms}-"
             f"{t.election_timeout_max_ms} lease={t.lease * 1000:g} margin={t.drift_margin:g}")
 
 
 class HoldServer:
     """The goose's side: streams stay open while this node is goose, then end with `bye`.
-    The first line carries its timing, so that a duck can say when theirs differ."""
+    The first line carries its timing, so that a duck can say if theirs share none."""
 
-    def __init__(self, timing: Timing) -> None:
-        self._hello = HELLO + b" " + timing_tag(timing).encode() + b"\n"
+    def __init__(self, timing: Timing | JointTiming) -> None:
+        self._hello = b""
+        self.announce(timing)
         self._tenure = asyncio.Event()  # set: this node is not (or no longer) the goose
         self._tenure.set()
         # duck -> (set to end its stream, the stream's request)
         self._streams: dict[str, tuple[asyncio.Event, web.Request]] = {}
         self._replaced: dict[str, TokenBucket] = {}  # duck -> its live stream's replacements
         self._closing = False
+
+    def announce(self, timing: Timing | JointTiming) -> None:
+        """The timing the next streams' first line carries (the cluster's changed)."""
+        self._hello = HELLO + b" " + timing_tag(timing).encode() + b"\n"
 
     def became_goose(self) -> None:
         if not self._closing and self._tenure.is_set():
@@ -150,14 +161,16 @@ async def _first(*aws: Awaitable[object]) -> None:
 
 async def hold_once(session: ClientSession, config: NodeConfig, goose: str, address: str,
                     *, on_hello: Callable[[str], None] | None = None,
-                    warn: LogThrottle | None = None) -> Ended:
+                    warn: LogThrottle | None = None,
+                    connect: float | None = None) -> Ended:
     """Open a stream to GOOSE at ADDRESS and wait for it to end; how it ended. ON_HELLO gets
-    the timing the goose announced; WARN says why a goose refuses to hold it."""
+    the timing the goose announced; WARN says why a goose refuses to hold it; CONNECT bounds
+    the opening (default: an election timeout)."""
     path = PATH + config.name
     headers = {}
     if config.secret is not None:
         headers = auth.sign_headers(config.secret, "GET", path, b"", recipient=goose)
-    connect = config.timing.election_min
+    connect = connect or config.timing.election_min
     timeout = ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=None)
     opened = False
     try:
@@ -203,7 +216,7 @@ class Holder:
         self._on_lost = on_lost
         self._target: str | None = None
         self._changed = asyncio.Event()
-        self._mine = timing_tag(config.timing)
+        self.timing: Timing | JointTiming = config.timing  # in force; the node sets it
         self._told: set[tuple[str, str]] = set()
 
     def follow(self, goose: str | None) -> None:
@@ -213,7 +226,7 @@ class Holder:
             self._changed.set()
 
     async def run(self) -> None:
-        backoff = Backoff(initial=self.config.timing.heartbeat, maximum=1.0)
+        backoff = Backoff(initial=self.timing.heartbeat, maximum=1.0)
         last: str | None = None
         while True:
             self._changed.clear()
@@ -240,18 +253,24 @@ class Holder:
                     await self._changed.wait()
 
     def _compare(self, goose: str, theirs: str) -> None:
-        if theirs != self._mine and (goose, theirs) not in self._told:
+        """A goose whose timings share none with this node's: the cluster's record cannot do
+        that (a node of a version before it can), and the leases can overlap."""
+        mine = timing_tag(self.timing)
+        if not set(theirs.split(TAG_SEPARATOR)).isdisjoint(mine.split(TAG_SEPARATOR)):
+            return
+        if (goose, theirs) not in self._told:
             self._told.add((goose, theirs))
-            log.error("goose %s runs another timing (%s) than this node (%s): every node of "
-                      "a cluster must run the same, or two geese can overlap; restart them all "
-                      "with one timing (docs/design.md, Limits)", goose, theirs, self._mine,
-                      extra={"event": "timing_mismatch", "goose": goose})
+            log.error("goose %s runs another timing (%s) than this node (%s), sharing none: "
+                      "two geese can overlap; is it a node of a version from before timing "
+                      "was cluster state, started with other flags? (docs/design.md)",
+                      goose, theirs, mine, extra={"event": "timing_mismatch", "goose": goose})
 
     async def _hold(self, session: ClientSession, goose: str, address: str) -> Ended:
         """Hold until the stream ends or the goose we follow changes (then: FAILED)."""
         task = asyncio.ensure_future(hold_once(
             session, self.config, goose, address,
-            on_hello=lambda theirs: self._compare(goose, theirs), warn=self._warn))
+            on_hello=lambda theirs: self._compare(goose, theirs), warn=self._warn,
+            connect=self.timing.election_min))
         changed = asyncio.ensure_future(self._changed.wait())
         try:
             await asyncio.wait({task, changed}, return_when=asyncio.FIRST_COMPLETED)

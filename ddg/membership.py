@@ -16,12 +16,15 @@ from collections.abc import Awaitable, Callable
 
 from .backoff import Backoff
 from .client import NodeClient
-from .config import NodeConfig
+from .clustertiming import ClusterTiming
+from .config import NodeConfig, TimingRecord
 from .errors import (
     ClusterMismatch,
     NameConflict,
     NoCluster,
+    NoTimingRecord,
     RegistryAuthError,
+    RegistryDataError,
     RegistryError,
     RegistryFull,
     RegistryUnavailable,
@@ -53,7 +56,7 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
 class MembershipSync:
     def __init__(self, *, config: NodeConfig, registry: Registry, data: DataDir,
                  rng: random.Random, on_change: OnChange, warn: LogThrottle,
-                 on_error: OnError | None = None) -> None:
+                 on_error: OnError | None = None, timing: ClusterTiming | None = None) -> None:
         self.config = config
         self.registry = registry
         self.data = data
@@ -68,6 +71,9 @@ class MembershipSync:
         self.redis_error: str | None = "not connected yet"
         self.registry_problem: str | None = None  # bad data, another cluster, refused login
         self.joining: str | None = None  # why the node has not joined yet
+        # The cluster's timing: checked before joining, read with each refresh.
+        self.timing = timing
+        self.joined_timing: TimingRecord | None = None  # the record the join returned
         self._refreshing: asyncio.Task[None] | None = None
 
     def info(self) -> RedisInfo:
@@ -125,7 +131,9 @@ class MembershipSync:
             except (RegistryFull, RegistryAuthError):
                 raise
             except NoCluster as exc:
-                self.joining = "waiting for the cluster to exist in Redis"
+                self.joining = ("waiting for the cluster's timing record"
+                                if isinstance(exc, NoTimingRecord)
+                                else "waiting for the cluster to exist in Redis")
                 self._redis_up()
                 self._warn.warning("no-cluster", "%s", exc)
             except RegistryError as exc:
@@ -148,9 +156,14 @@ class MembershipSync:
         itself; a fresh node joins only a cluster that exists (docs/design.md, Bootstrap)."""
         member = self._member()
         current = await self.registry.read()
+        timing = None
+        if self.timing is not None and current.cluster_id is not None:
+            # Timing flags that disagree refuse to start: before the node becomes a member.
+            timing = await self.registry.read_timing()
+            self.timing.check_join(timing.record)
         if cached is not None and cached.cluster_id is not None:
             await self._reconcile(cached, current)
-            await self.registry.add(member, cluster_id=cached.cluster_id)
+            joined = await self.registry.add(member, cluster_id=cached.cluster_id)
         else:
             if current.cluster_id is None:
                 # A cache from before cluster ids: the cluster existed, so it may be re-made.
@@ -160,7 +173,8 @@ class MembershipSync:
                         f"cluster {self.config.cluster!r} does not exist in Redis at "
                         f"{self.registry.url}: waiting for its members to restore it, or start "
                         "its first node with --bootstrap")
-                cid, created = await self.registry.create(member)
+                cid, created = await self.registry.create(
+                    member, TimingRecord.first(self.config.timing))
                 if created:
                     log.warning("created cluster %r (id %s) in Redis at %s",
                                 self.config.cluster, cid, self.registry.url,
@@ -168,7 +182,18 @@ class MembershipSync:
             elif self.config.bootstrap:
                 log.info("--bootstrap ignored: cluster %r exists (id %s); joining it",
                          self.config.cluster, current.cluster_id)
-            await self.registry.add(member, cluster_id=None)
+            if timing is not None and timing.record is None and timing.problem is None:
+                # A new node must not run its own timing beside the cluster's: Redis lost the
+                # record (its members put it back within a refresh), or the cluster was made
+                # by an older version (its goose writes one once it runs this version).
+                raise NoTimingRecord(
+                    f"cluster {self.config.cluster!r} in Redis at {self.registry.url} has no "
+                    "timing record: waiting for its members to put it back (a cluster made by "
+                    "an older version gets one from its goose once that runs this version)")
+            joined = await self.registry.add(member, cluster_id=None)
+        if joined.timing_problem is not None:
+            raise RegistryDataError(joined.timing_problem)
+        self.joined_timing = joined.timing
         membership = await self.registry.read()
         if self.config.name not in membership.members or membership.cluster_id is None:
             # Flushed between the add and the read: nothing here is ours to trust yet.
@@ -207,6 +232,8 @@ class MembershipSync:
                 async for _ in self.registry.changes(self.config.refresh_interval):
                     try:
                         await self._refresh()
+                        if self.timing is not None:
+                            self.timing.refresh_soon()  # a task of its own: never delays this
                     except RegistryUnavailable:
                         raise
                     except RegistryError as exc:

@@ -27,7 +27,8 @@ from aiohttp import web
 from . import __version__, auth
 from .changes import Changes, View
 from .clockrate import max_rate_error
-from .config import NodeConfig
+from .clustertiming import ClusterTiming
+from .config import JointTiming, NodeConfig
 from .core import Election, HardState, Output, State, quorum_of
 from .errors import DdgError, MessageError, StorageError
 from .hold import Holder, HoldServer
@@ -40,7 +41,7 @@ from .peers import PeerTransport
 from .ratelimit import LogThrottle, Throttle
 from .registry import Membership, Registry
 from .server import GuardedServer, ServerLimits, raise_fd_limit, read_body, serve
-from .status import ClockInfo, NodeStatus, Role, StorageInfo, TimingInfo
+from .status import ClockInfo, NodeStatus, Role, StorageInfo
 from .stopping import StopDeadline, cancel_and_wait
 from .storage import DataDir
 from .tls import CERT_DOES_NOT_NAME, CLIENT_CERT_REQUIRED, peer_names, peer_verified
@@ -102,10 +103,13 @@ class Node:
         self.metrics = NodeMetrics(
             name=config.name, status=self.status,
             counters=lambda: None if self.core is None else self.core.counters)
+        registry = registry or Registry(config.redis, config.cluster)
+        self.timing = ClusterTiming(config=config, registry=registry, data=self.data,
+                                    warn=self.warn)
         self.sync = MembershipSync(
-            config=config, rng=self.rng, data=self.data, warn=self.warn,
-            registry=registry or Registry(config.redis, config.cluster),
-            on_change=self._membership_changed, on_error=self.metrics.registry_error)
+            config=config, rng=self.rng, data=self.data, warn=self.warn, registry=registry,
+            on_change=self._membership_changed, on_error=self.metrics.registry_error,
+            timing=self.timing)
         self.partitions = Partitions()
         self.peers = PeerTransport(
             config=config, rng=self.rng, address_of=self._address_of,
@@ -173,6 +177,7 @@ class Node:
         yield
         await cancel_and_wait(ticker, holder)
         await self.sync.close()
+        await self.timing.close()
         await self.peers.close()
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
@@ -195,6 +200,7 @@ class Node:
         hard = self.data.load_hard_state()
         self._on_disk = hard
         cached = self.data.load_membership()
+        self.timing.cached = self.data.load_timing()
         self.sync.node_id = self.data.node_id()
         soft, hard_fds = raise_fd_limit()
         try:
@@ -217,11 +223,18 @@ class Node:
             if membership is None:  # stopped while waiting for Redis
                 return self.exit_code
             self.sync.membership = membership
+            timing = await self.timing.start(self.sync.joined_timing)
             self.core = Election(
-                name=self.config.name, timing=self.config.timing, rng=self.rng,
+                name=self.config.name, timing=timing, rng=self.rng,
                 now=time.monotonic(), members=membership.names, version=membership.version,
                 hard=hard, trust_transfers=self.config.authenticated,
             )
+            self._timing_changed_to(timing)
+            core = self.core
+            self.timing.apply = self._set_timing
+            self.timing.settled = lambda: core.timing_settled(time.monotonic())
+            self.timing.settles_at = lambda: core.timing_settles_at
+            self.timing.is_goose = lambda: core.state is State.GOOSE
             self.observe()
             watcher = asyncio.create_task(self.sync.watch(), name="registry")
             watcher.add_done_callback(self._loop_ended)
@@ -288,7 +301,7 @@ class Node:
                 delay = math.inf
             self._wake.clear()
             # Cap the sleep so a missed wake-up costs at most one heartbeat interval.
-            delay = min(max(delay, 0.0), self.config.timing.heartbeat)
+            delay = min(max(delay, 0.0), self.heartbeat)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -326,7 +339,7 @@ class Node:
         took = (time.monotonic() - t0) * 1000
         self.metrics.fsync_took(took / 1000)
         self.fsync_last_ms, self.fsync_max_ms = took, max(self.fsync_max_ms, took)
-        if took > self.config.timing.heartbeat_ms:
+        if took > self.heartbeat * 1000:
             self.warn.warning("fsync", "writing the term and vote took %.0f ms (a slow disk "
                               "delays votes and heartbeats)", took)
         self._on_disk = hard
@@ -386,6 +399,22 @@ class Node:
         if self.core is not None:
             await self._apply(self.core.goose_lost(goose, time.monotonic()))
 
+    @property
+    def heartbeat(self) -> float:
+        """The heartbeat in force (the cluster's timing, once the core runs)."""
+        return (self.core.timing if self.core is not None else self.config.timing).heartbeat
+
+    async def _set_timing(self, timing: JointTiming) -> None:
+        """The cluster's timing record changed (ddg/clustertiming.py)."""
+        if self.core is not None:
+            await self._apply(self.core.set_timing(timing, time.monotonic()))
+        self._timing_changed_to(timing)
+
+    def _timing_changed_to(self, timing: JointTiming) -> None:
+        self.holds.announce(timing)
+        self.holder.timing = timing
+        self.peers.timing = timing
+
     async def _membership_changed(self, membership: Membership) -> None:
         if self.core is not None:
             await self._apply(self.core.set_membership(membership.names, membership.version,
@@ -411,7 +440,6 @@ class Node:
         """One reading of the core and the shell, at one instant."""
         now = time.monotonic()
         snap = self.core.snapshot(now) if self.core is not None else None
-        t = self.config.timing
         members = self.membership.names
 
         def ms(seconds: float | None) -> float | None:
@@ -432,11 +460,12 @@ class Node:
                 fsync_max_ms=round(self.fsync_max_ms, 2)),
             http=self.http.stats.as_dict() if self.http is not None else None,
             isolated_from=tuple(self.partitions.isolated_from(members, self.config.name)),
-            timing=TimingInfo(heartbeat_ms=t.heartbeat_ms,
-                              election_timeout_ms=(t.election_timeout_min_ms,
-                                                   t.election_timeout_max_ms),
-                              lease_ms=round(t.lease * 1000, 1)),
-            clock=ClockInfo(rate_bound=round(max_rate_error(t.drift_margin), 4)),
+            timing=self.timing.info(
+                None if self.core is None else self.core.timing,
+                None if self.core is None else self.core.longest_lease(now)),
+            clock=ClockInfo(rate_bound=round(max_rate_error(
+                (self.core.timing if self.core is not None else self.config.timing).drift_margin),
+                4)),
         )
         if snap is None:
             return shell

@@ -29,7 +29,7 @@ from aiohttp import (
 
 from . import auth
 from .backoff import Backoff
-from .config import NodeConfig
+from .config import JointTiming, NodeConfig, Timing
 from .core import Send
 from .errors import MessageError
 from .messages import KIND_OF, REPLIES, Heartbeat, Message, TimeoutNow, decode, encode
@@ -73,13 +73,17 @@ class PeerTransport:
         self._on_reply = on_reply
         self._warn = warn
         self._metrics = metrics
-        self._timeout = ClientTimeout(total=config.timing.election_min)
+        # The timing in force (the cluster's: the node sets it as it changes).
+        self.timing: Timing | JointTiming = config.timing
         self._session: ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: dict[str, int] = {}
         self._outgoing = 0
         self._backoff: dict[str, Backoff] = {}
         self._retry_at: dict[str, float] = {}
+
+    def _timeout(self) -> ClientTimeout:
+        return ClientTimeout(total=self.timing.election_min)
 
     async def start(self) -> None:
         # Peers at https:// addresses are verified against --tls-ca, and shown our certificate.
@@ -139,7 +143,7 @@ class PeerTransport:
         sent_at = time.monotonic()
         try:
             async with self._session.post(address + path, data=body, headers=headers,
-                                          timeout=self._timeout) as resp:
+                                          timeout=self._timeout()) as resp:
                 if resp.status != 200:
                     reason = (await resp.text())[:200]
                     log.debug("%s %s -> %d %s", send.to, kind, resp.status, reason)
@@ -185,7 +189,7 @@ class PeerTransport:
             self._metrics.peer_failed(peer, reason)
         backoff = self._backoff.get(peer)
         if backoff is None:
-            self._backoff[peer] = Backoff(initial=self.config.timing.heartbeat,
+            self._backoff[peer] = Backoff(initial=self.timing.heartbeat,
                                           maximum=PEER_BACKOFF_MAX, rng=self.rng)
             return  # one failure is a lost packet, not a dead peer
         self._retry_at[peer] = time.monotonic() + backoff.next()

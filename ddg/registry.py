@@ -5,6 +5,8 @@ Schema, for cluster C (see docs/design.md):
   ddg:C:version   int   bumped by every change, never reused
   ddg:C:id        str   the cluster's id, written once by the node that bootstraps it
   ddg:C:removed   zset  node ids removed on purpose (score: the version), the last 100
+  ddg:C:timing    str   the cluster's timing record (ddg.config.TimingRecord, canonical JSON)
+  ddg:C:timing_seen  hash  member name -> the fingerprint of the timing record it confirmed
   ddg:C:events    pub/sub channel, one JSON message per change
 """
 
@@ -17,21 +19,23 @@ import math
 import re
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
-from .config import NAME_RE
+from .config import MAX_JOINT, NAME_RE, Timing, TimingRecord
 from .errors import (
     ClusterMismatch,
+    ConfigError,
     NameConflict,
     NoCluster,
     NotAMember,
     RegistryAuthError,
     RegistryDataError,
+    RegistryError,
     RegistryFull,
     RegistryUnavailable,
 )
@@ -43,6 +47,13 @@ T = TypeVar("T")
 
 MAX_MEMBERS = 100  # a leader election needs a handful; beyond this a registry is garbage
 CLUSTER_ID_RE = re.compile(r"[0-9a-f]{32}")
+# A cluster's keys (its events channel is no key), in the order the scripts' KEYS use them.
+CLUSTER_KEYS = ("members", "version", "id", "removed", "timing", "timing_seen")
+
+
+def cluster_keys(cluster: str) -> list[str]:
+    return [f"ddg:{cluster}:{k}" for k in CLUSTER_KEYS]
+
 
 # Read everything in one round trip, with the key types, so that a key of the wrong type is a
 # clear registry problem rather than a script error.
@@ -57,8 +68,9 @@ if it == 'string' then id = redis.call('GET', KEYS[4]) end
 return {mt, vt, it, v, id, members}
 """
 
-# KEYS: members, version, channel, id, removed. ARGV: name, entry, node_id, address, cluster
-# id the node already belongs to (or ''), max members.
+# KEYS: members, version, channel, id, removed, timing, timing_seen. ARGV: name, entry,
+# node_id, address, cluster id the node already belongs to (or ''), max members. The reply
+# carries the timing record as it was at the add: a node runs on nothing older.
 _ADD = """
 local id = redis.call('GET', KEYS[4])
 if not id then return {-2, ''} end
@@ -70,29 +82,31 @@ if cur then
       or (obj['node_id'] == nil and obj['address'] == ARGV[4]))
   if not mine then return {-1, cur} end
   if obj['address'] == ARGV[4] and obj['node_id'] == ARGV[3] then
-    return {0, redis.call('GET', KEYS[2]) or '0', id}
+    return {0, redis.call('GET', KEYS[2]) or '0', id, redis.call('GET', KEYS[6])}
   end
   -- the same data dir at a new address (the node moved), or a pre-identity entry: adopt it
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   local v = redis.call('INCR', KEYS[2])
   redis.call('PUBLISH', KEYS[3], cjson.encode({op='move', name=ARGV[1], version=v}))
-  return {1, tostring(v), id}
+  return {1, tostring(v), id, redis.call('GET', KEYS[6])}
 end
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[6]) then return {-4, ''} end
 redis.call('ZREM', KEYS[5], ARGV[3])
+redis.call('HDEL', KEYS[7], ARGV[1])  -- another node's confirmation under this name
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local v = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', KEYS[3], cjson.encode({op='join', name=ARGV[1], version=v}))
-return {1, tostring(v), id}
+return {1, tostring(v), id, redis.call('GET', KEYS[6])}
 """
 
 # The one way a cluster comes to exist: a node started with --bootstrap, on a registry that
-# holds no cluster id. Entries already there (a cluster from before cluster ids) are kept.
-# ARGV: new cluster id, name, entry.
+# holds no cluster id. Entries already there (a cluster from before cluster ids) are kept, and
+# so is a timing record. ARGV: new cluster id, name, entry, timing record.
 _CREATE = """
 local id = redis.call('GET', KEYS[4])
 if id then return {0, id} end
 redis.call('SET', KEYS[4], ARGV[1])
+if not redis.call('GET', KEYS[6]) then redis.call('SET', KEYS[6], ARGV[4]) end
 redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3])
 local v = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', KEYS[3], cjson.encode({op='create', name=ARGV[2], version=v}))
@@ -107,6 +121,7 @@ if not cur then
   return {0, redis.call('GET', KEYS[2]) or '0'}
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[7], ARGV[1])
 local v = redis.call('INCR', KEYS[2])
 local ok, obj = pcall(cjson.decode, cur)
 if ok and type(obj) == 'table' and type(obj['node_id']) == 'string' then
@@ -136,6 +151,76 @@ redis.call('SET', KEYS[4], ARGV[1])
 redis.call('PUBLISH', KEYS[3], cjson.encode({op='restore', version=v}))
 return {1, string.format('%d', v)}
 """
+
+# The timing record with its confirmations and the members' names, in one round trip.
+_READ_TIMING = """
+local tt = redis.call('TYPE', KEYS[6])['ok']
+local st = redis.call('TYPE', KEYS[7])['ok']
+local mt = redis.call('TYPE', KEYS[1])['ok']
+local rec, seen, names = false, {}, {}
+if tt == 'string' then rec = redis.call('GET', KEYS[6]) end
+if st == 'hash' then seen = redis.call('HGETALL', KEYS[7]) end
+if mt == 'hash' then
+  local flat = redis.call('HGETALL', KEYS[1])
+  for i = 1, #flat, 2 do names[#names + 1] = flat[i] end
+end
+return {tt, st, mt, rec, seen, names}
+"""
+
+# Write a timing record over the one the caller read (ARGV[1], '' for none), or nothing if
+# it changed since. ARGV: expected, new record, new epoch, 1 if the cluster must exist.
+_PUT_TIMING = """
+if ARGV[4] == '1' and not redis.call('GET', KEYS[4]) then return {-2} end
+local cur = redis.call('GET', KEYS[6]) or ''
+if cur ~= ARGV[1] then return {0, cur} end
+redis.call('SET', KEYS[6], ARGV[2])
+redis.call('PUBLISH', KEYS[3], cjson.encode({op='timing', epoch=tonumber(ARGV[3])}))
+return {1}
+"""
+
+# A member confirms the record whose fingerprint is ARGV[2] (ARGV[1]: its name; '' to only
+# try the next step); then, if the record is still ARGV[3] and every member has confirmed it,
+# it becomes ARGV[4] (its target alone). Replies 1 when it did, else 0 and who has not.
+_CONFIRM = """
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[7], ARGV[1], ARGV[2]) end
+if ARGV[4] == '' or not redis.call('GET', KEYS[4]) then return {0} end
+if redis.call('GET', KEYS[6]) ~= ARGV[3] then return {0} end
+local flat = redis.call('HGETALL', KEYS[1])
+if #flat == 0 then return {0} end
+local missing = {0}
+for i = 1, #flat, 2 do
+  if redis.call('HGET', KEYS[7], flat[i]) ~= ARGV[2] then missing[#missing + 1] = flat[i] end
+end
+if #missing > 1 then return missing end
+redis.call('SET', KEYS[6], ARGV[4])
+redis.call('PUBLISH', KEYS[3], cjson.encode({op='timing', epoch=tonumber(ARGV[5])}))
+return {1}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TimingState:
+    """The cluster's timing as the registry holds it: the record (None: none, as in a cluster
+    made by an older version), its raw text (what a write compares against), which members
+    have confirmed it and which have not."""
+
+    record: TimingRecord | None
+    raw: str | None
+    confirmed: frozenset[str] = frozenset()
+    waiting_for: tuple[str, ...] = ()  # members that have not confirmed the record
+    problem: str | None = None  # a record no node wrote: not used
+
+    def confirmed_by(self, name: str) -> bool:
+        return name in self.confirmed
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """What a join (add) returns: the membership version and the timing record at that moment."""
+
+    version: int
+    timing: TimingRecord | None
+    timing_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +313,16 @@ def _text(raw: Any, what: str) -> str:
     return str(raw)
 
 
+def _parse_timing(raw: Any, key: str) -> tuple[TimingRecord | None, str | None]:
+    """The timing record, or None and why not: a record no node wrote is not used."""
+    if raw is None or raw is False:
+        return None, None
+    try:
+        return TimingRecord.from_json(_text(raw, key)), None
+    except RegistryDataError as exc:
+        return None, f"{key}: {exc}"
+
+
 def parse_registry(key_types: tuple[str, str, str], version: Any, cluster_id: Any,
                    flat: list[Any], keys: tuple[str, str, str]) -> Membership:
     """Validate what _READ returned; any problem raises RegistryDataError naming it."""
@@ -303,16 +398,21 @@ class Registry:
         self.version_key = prefix + "version"
         self.id_key = prefix + "id"
         self.removed_key = prefix + "removed"
+        self.timing_key = prefix + "timing"
+        self.seen_key = prefix + "timing_seen"
         self.channel = prefix + "events"
         self._redis = async_client(options, timeout=timeout)
         self._keys = [self.members_key, self.version_key, self.channel, self.id_key,
-                      self.removed_key]
+                      self.removed_key, self.timing_key, self.seen_key]
         # EVALSHA with a fallback to EVAL: the script text crosses the wire once.
         self._read = self._redis.register_script(_READ)
         self._add = self._redis.register_script(_ADD)
         self._create = self._redis.register_script(_CREATE)
         self._remove = self._redis.register_script(_REMOVE)
         self._restore = self._redis.register_script(_RESTORE)
+        self._read_timing = self._redis.register_script(_READ_TIMING)
+        self._put_timing = self._redis.register_script(_PUT_TIMING)
+        self._confirm = self._redis.register_script(_CONFIRM)
 
     async def _call(self, aw: Awaitable[T]) -> T:
         try:
@@ -355,17 +455,19 @@ class Registry:
         return parse_registry(types, version, cid, list(flat),
                               (self.members_key, self.version_key, self.id_key))
 
-    async def create(self, member: Member) -> tuple[str, bool]:
-        """Bootstrap: make the cluster with MEMBER as its first member, unless one exists.
-        Returns the cluster id and whether this call created it."""
+    async def create(self, member: Member, timing: TimingRecord) -> tuple[str, bool]:
+        """Bootstrap: make the cluster with MEMBER as its first member and TIMING as its timing
+        record, unless one exists. Returns the cluster id and whether this call created it."""
         new_id = uuid.uuid4().hex
-        code, cid = await self._script(self._create, [new_id, member.name, member.to_json()])
+        code, cid = await self._script(self._create, [new_id, member.name, member.to_json(),
+                                                      timing.to_json()])
         return check_cluster_id(_text(cid, "cluster id")), int(code) == 1
 
-    async def add(self, member: Member, *, cluster_id: str | None) -> int:
+    async def add(self, member: Member, *, cluster_id: str | None) -> Joined:
         """Register MEMBER (idempotent for the same data dir) in the cluster the registry holds,
-        which must be CLUSTER_ID when the node already belongs to one; returns the version."""
-        code, value, *_ = await self._script(self._add, [
+        which must be CLUSTER_ID when the node already belongs to one; returns the version
+        and the timing record, read in the same script."""
+        code, value, *rest = await self._script(self._add, [
             member.name, member.to_json(), member.node_id or "", member.address,
             cluster_id or "", MAX_MEMBERS])
         code = int(code)
@@ -392,7 +494,9 @@ class Registry:
                 f" by another node (another data dir); if that node is gone for good, "
                 f"`ddg-node remove {member.name}` first, else choose another --name",
                 name=member.name, address=address)
-        return check_version(int(_text(value, "version")))
+        raw = rest[1] if len(rest) > 1 else None
+        record, problem = _parse_timing(raw, self.timing_key)
+        return Joined(check_version(int(_text(value, "version"))), record, problem)
 
     async def remove(self, name: str) -> int:
         code, value = await self._script(self._remove, [name])
@@ -421,6 +525,80 @@ class Registry:
                 f"{_text(value, 'id')[:32]}) than this node's ({snapshot.cluster_id}); not "
                 "restoring over it")
         return check_version(int(_text(value, "version"))) if int(code) == 1 else 0
+
+    async def read_timing(self) -> TimingState:
+        """The timing record, its confirmations and the members, in one round trip."""
+        reply = await self._script(self._read_timing, [])
+        try:
+            tt, st, mt, raw, seen_flat, names = reply
+            types = (_text(tt, "type"), _text(st, "type"), _text(mt, "type"))
+        except (TypeError, ValueError):
+            raise RegistryDataError("unexpected reply to the timing read") from None
+        for typ, want, key in zip(types, ("string", "hash", "hash"),
+                                  (self.timing_key, self.seen_key, self.members_key),
+                                  strict=True):
+            if typ not in (want, "none"):
+                raise RegistryDataError(f"{key} is a {typ}, not a {want}")
+        record, problem = _parse_timing(raw, self.timing_key)
+        text = None if raw in (None, False) else _text(raw, self.timing_key)
+        seen = {_text(seen_flat[i], "a name"): _text(seen_flat[i + 1], "a fingerprint")
+                for i in range(0, len(seen_flat) - 1, 2)}
+        members = sorted(_text(n, "a member name") for n in names)
+        fp = None if record is None else record.fingerprint
+        confirmed = frozenset(n for n in members if fp is not None and seen.get(n) == fp)
+        return TimingState(record=record, raw=text, confirmed=confirmed,
+                           waiting_for=tuple(n for n in members if n not in confirmed),
+                           problem=problem)
+
+    async def put_timing(self, expected: str | None, record: TimingRecord, *,
+                         cluster_must_exist: bool = False) -> bool:
+        """Write RECORD over EXPECTED (the raw text read; None: no record). False if the
+        record changed since (nothing written): read again."""
+        reply = await self._script(self._put_timing, [
+            expected or "", record.to_json(), record.epoch, "1" if cluster_must_exist else "0"])
+        code = int(reply[0])
+        if code == -2:
+            raise NoCluster(f"Redis at {self.url} holds no cluster {self.cluster!r}")
+        return code == 1
+
+    async def change_timing(self, make: Callable[[Timing], Timing]
+                            ) -> tuple[TimingRecord, TimingRecord | None]:
+        """An operator's change (`ddg-node config set`): MAKE gives the new timing from the
+        current target; it joins the timings in force as the next epoch. Returns the record
+        read and the one written (None: the target is that timing already). ConfigError for a
+        bad timing or too many in force; NoCluster without a record."""
+        for _ in range(5):  # another write between our read and ours: read again
+            state = await self.read_timing()
+            rec = state.record
+            if rec is None:
+                raise NoCluster(
+                    f"cluster {self.cluster!r} has no timing record ("
+                    + (state.problem or "a cluster that does not exist, or one made by an "
+                       "older version: its goose writes one once it runs this version") + ")")
+            new = make(rec.target).resolved()
+            if new == rec.target:
+                return rec, None
+            if len(rec.timings) >= MAX_JOINT:
+                raise ConfigError(
+                    f"{len(rec.timings)} timings are in force already (at most {MAX_JOINT}): "
+                    "let the change in progress finish first (ddg-node config show says whom "
+                    "it waits for)")
+            changed = rec.changed_to(new)
+            if await self.put_timing(state.raw, changed, cluster_must_exist=True):
+                return rec, changed
+        raise RegistryError("the timing record kept changing under this change; try again")
+
+    async def confirm_timing(self, name: str | None, record: TimingRecord,
+                             raw: str | None) -> tuple[bool, tuple[str, ...] | None]:
+        """NAME (None: nobody) confirms RECORD; then, if the registry still holds RAW (RECORD's
+        text there) and every member has confirmed it, finalize it. Returns whether this
+        finalized, and the members that have not confirmed (None: not known)."""
+        final = record.finalized() if record.changing and raw is not None else None
+        reply = await self._script(self._confirm, [
+            name or "", record.fingerprint, raw or "",
+            "" if final is None else final.to_json(), 0 if final is None else final.epoch])
+        missing = tuple(sorted(_text(n, "a member name") for n in reply[1:]))
+        return int(reply[0]) == 1, missing or None
 
     async def changes(self, interval: float) -> AsyncIterator[None]:
         """Yield on each change notification, and every INTERVAL seconds without one.

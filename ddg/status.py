@@ -45,9 +45,27 @@ class StorageInfo:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TimingInfo:
+    """The timing the node runs on now: during a change, the joint combination of every
+    timing in force (docs/design.md, "Timing is cluster state")."""
+
     heartbeat_ms: int = 0
     election_timeout_ms: tuple[int, int] = (0, 0)
     lease_ms: float = 0.0
+    lease_wait_ms: float | None = None
+    # The longest lease the node may hold now: lease_ms, or an earlier timing's for a moment
+    # after a change (the round behind a `goose` answer was sent up to this long before it).
+    longest_lease_ms: float | None = None
+    epoch: int | None = None  # of the cluster's timing record it runs; None: none (flags)
+    target: str | None = None  # where the cluster goes: "fast", or the values
+    timings: tuple[str, ...] = ()  # in force: more than one while a change is in progress
+    confirmed: bool = False  # this node confirmed the epoch
+    waiting_for: tuple[str, ...] = ()  # members that have not confirmed it (in a change)
+    source: str | None = None  # "cluster" (the record) or "flags" (a cluster without one)
+    problem: str | None = None  # the registry's record is unusable
+
+    @property
+    def changing(self) -> bool:
+        return len(self.timings) > 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -126,7 +144,14 @@ class NodeStatus:
             "isolated_from": list(self.isolated_from),
             "timing": {"heartbeat_ms": self.timing.heartbeat_ms,
                        "election_timeout_ms": list(self.timing.election_timeout_ms),
-                       "lease_ms": self.timing.lease_ms},
+                       "lease_ms": self.timing.lease_ms,
+                       "lease_wait_ms": self.timing.lease_wait_ms,
+                       "longest_lease_ms": self.timing.longest_lease_ms,
+                       "epoch": self.timing.epoch, "target": self.timing.target,
+                       "timings": list(self.timing.timings),
+                       "confirmed": self.timing.confirmed,
+                       "waiting_for": list(self.timing.waiting_for),
+                       "source": self.timing.source, "problem": self.timing.problem},
             "clock": {"contradicted": self.clock.contradicted,
                       "rate_bound": self.clock.rate_bound, "rates": dict(self.clock.rates)},
         }
@@ -180,7 +205,16 @@ class NodeStatus:
             timing=TimingInfo(heartbeat_ms=timing.integer("heartbeat_ms", 0),
                               election_timeout_ms=(window[0], window[1]) if len(window) == 2
                               else (0, 0),
-                              lease_ms=timing.number("lease_ms") or 0.0),
+                              lease_ms=timing.number("lease_ms") or 0.0,
+                              lease_wait_ms=timing.number("lease_wait_ms"),
+                              longest_lease_ms=timing.number("longest_lease_ms"),
+                              epoch=timing.opt_integer("epoch"),
+                              target=timing.opt_text("target"),
+                              timings=timing.texts("timings", keep_order=True),
+                              confirmed=timing.flag("confirmed", False),
+                              waiting_for=timing.texts("waiting_for"),
+                              source=timing.opt_text("source"),
+                              problem=timing.opt_text("problem")),
             clock=ClockInfo(contradicted=clock.flag("contradicted", False),
                             rate_bound=clock.number("rate_bound") or 0.0,
                             rates=clock.numbers("rates")),
@@ -251,11 +285,11 @@ class _Reader:
             raise self._fail(key, "a boolean", value)
         return value
 
-    def texts(self, key: str) -> tuple[str, ...]:
+    def texts(self, key: str, *, keep_order: bool = False) -> tuple[str, ...]:
         value = self.data.get(key) or []
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self._fail(key, "a list of strings", value)
-        return tuple(sorted(value))
+        return tuple(value) if keep_order else tuple(sorted(value))
 
     def numbers(self, key: str) -> dict[str, float]:
         """An object of finite numbers by name."""

@@ -1,5 +1,6 @@
-"""The node's data dir: its term and vote (durable before they are acted on), a lock, and the
-last membership it read (so it can keep electing, and restore Redis, while Redis is empty)."""
+"""The node's data dir: its term and vote (durable before they are acted on), a lock, the
+last membership it read (so it can keep electing, and restore Redis, while Redis is empty) and
+the cluster's timing record it runs on (written before the node confirms it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .config import TimingRecord
 from .core import HardState
 from .errors import RegistryDataError, StorageError
 from .messages import MAX_TERM
@@ -64,6 +66,10 @@ class DataDir:
     @property
     def members_file(self) -> Path:
         return self.path / "members.json"
+
+    @property
+    def timing_file(self) -> Path:
+        return self.path / "timing.json"
 
     @property
     def node_file(self) -> Path:
@@ -127,3 +133,15 @@ class DataDir:
 
     def save_membership(self, membership: Membership) -> None:
         _write_atomic(self.members_file, membership.to_json())
+
+    def load_timing(self) -> TimingRecord | None:
+        data = _read(self.timing_file)
+        if data is None:
+            return None
+        try:
+            return TimingRecord.from_json(json.dumps(data))
+        except RegistryDataError as exc:
+            raise StorageError(f"{self.timing_file} is corrupt: {exc}") from exc
+
+    def save_timing(self, record: TimingRecord) -> None:
+        _write_atomic(self.timing_file, json.loads(record.to_json()))

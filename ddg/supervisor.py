@@ -43,15 +43,14 @@ from .embedded import EmbeddedRedis, free_port
 from .errors import ConfigError, DdgError, NotAMember, RegistryError
 from .launcher import NodeProcess, NodeSpec, PreexecFn
 from .redisconn import RedisOptions, check_redis_url, sync_client
-from .registry import Registry
+from .registry import Registry, cluster_keys
 from .tls import TlsConfig
 from .tools import Tool
 
 OWNER_FILE = ".owner"  # in a die_with_parent temp dir: "<pid> <start time>" of its owner
 
-# The registry's keys of one cluster (ddg.registry.Registry); its events channel is no key.
-_CLUSTER_KEYS = ("members", "version", "id", "removed")
-# Deletes a cluster's keys only when it has no member left (none of ours, nobody else's).
+# Deletes a cluster's keys (KEYS: cluster_keys(), the members first) only when it has no member
+# left (none of ours, nobody else's).
 _DROP_EMPTY_CLUSTER = """
 if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HLEN', KEYS[1]) > 0 then return -1 end
 return redis.call('DEL', unpack(KEYS))
@@ -581,10 +580,6 @@ class Supervisor:
     def _external(self) -> redis.Redis:
         return sync_client(self._options(), timeout=2.0)
 
-    @staticmethod
-    def _keys_of(cluster: str) -> list[str]:
-        return [f"ddg:{cluster}:{k}" for k in _CLUSTER_KEYS]
-
     def _note_cluster(self, cluster: str) -> None:
         """Before our first node in CLUSTER on an external Redis: note whether the cluster is
         there. A Redis that does not answer counts as holding it (its keys are never deleted)."""
@@ -593,7 +588,7 @@ class Supervisor:
         self._checked_clusters.add(cluster)
         client = self._external()
         try:
-            if client.exists(*self._keys_of(cluster)) == 0:
+            if client.exists(*cluster_keys(cluster)) == 0:
                 self._new_clusters.add(cluster)
         except redis.RedisError:
             pass
@@ -609,7 +604,7 @@ class Supervisor:
         try:
             drop = client.register_script(_DROP_EMPTY_CLUSTER)
             for cluster in sorted(self._new_clusters):
-                drop(keys=self._keys_of(cluster))
+                drop(keys=cluster_keys(cluster))
         except redis.RedisError:
             pass
         finally:

@@ -219,6 +219,8 @@ def summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         # Sentinel failovers: master SIGKILL -> replica promoted, and -> every live node on it
         "redis_promoted": dist([a for o in outcomes for a, _ in o.redis_failovers]),
         "redis_nodes_on_new_master": dist([b for o in outcomes for _, b in o.redis_failovers]),
+        "timing_changes": sum(o.timing_changes for o in outcomes),
+        "timing_finalized": sum(o.timing_finalized for o in outcomes),
         "ok": all(o.ok for o in outcomes),
     }
 
@@ -283,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if s["kill_restart"]["n"]:
         print(f"kill-restart gap (SIGKILL -> new process spawned): {fmt(s['kill_restart'])}; "
               f"until it answers: {fmt(s['kill_restart_answering'])}")
+    if s["timing_changes"]:
+        print(f"timing changes (ddg-node config set): {s['timing_changes']}; waited for to "
+              f"complete: {s['timing_finalized']}")
     if s["redis_promoted"]["n"]:
         print(f"Sentinel failover (master SIGKILL -> replica promoted): "
               f"{fmt(s['redis_promoted'])}; -> every live node on the new master: "

@@ -50,7 +50,7 @@ class Observation:
     term: int | None = None
     goose: str | None = None  # the goose this node names
     lease_ms: float | None = None  # lease_remaining_ms
-    lease_total_ms: float | None = None  # timing.lease_ms
+    lease_total_ms: float | None = None  # timing.longest_lease_ms (or lease_ms: older nodes)
     pid: int | None = None
     error: str | None = None
 

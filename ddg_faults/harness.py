@@ -8,6 +8,7 @@ those already open go on, so every link can still carry messages) and the way a 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -17,7 +18,9 @@ from typing import TypeVar
 
 import redis
 
+from ddg.config import TIMINGS, TimingRecord
 from ddg.redisconn import RedisOptions, sync_client
+from ddg.registry import Registry, TimingState
 from ddg_testkit import LocalCluster, faketime, wait_until
 
 from .checker import CheckConfig, Event, Observation, Report, Topology, check
@@ -68,6 +71,8 @@ class Outcome:
     # Redis master SIGKILLs under Sentinel: (-> replica promoted, -> every live node on it)
     redis_failovers: list[tuple[float, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the scenario measured
+    timing_changes: int = 0  # `ddg-node config set` changes the scenario made
+    timing_finalized: int = 0  # of those, completed (every member ran the target alone)
 
     @property
     def ok(self) -> bool:
@@ -95,6 +100,8 @@ class Harness:
         self.closed_listeners: dict[str, float] = {}
         self.respawns: list[tuple[float, float]] = []
         self.redis_failovers: list[tuple[float, float]] = []  # see Outcome
+        self.timing_changes = 0
+        self.timing_finalized = 0
         self.initial = Topology(nodes=frozenset(self.names), live=frozenset())
         self.topology = self.initial
         self.firewall: Firewall | None = None
@@ -397,6 +404,83 @@ class Harness:
         return self._record("start-redis", f"empty, port {self.cluster.redis_port}", (), False,
                             start, replace(self.topology, redis="up"))
 
+    # ---- the operator: the cluster's timing ------------------------------------------------
+
+    def _registry(self) -> Registry:
+        return Registry(RedisOptions(url=self.cluster.redis_url or ""),
+                        self.cluster.config.cluster, timeout=2.0)
+
+    def timing(self) -> TimingState:
+        async def read() -> TimingState:
+            registry = self._registry()
+            try:
+                return await registry.read_timing()
+            finally:
+                await registry.close()
+        return asyncio.run(read())
+
+    def set_timing(self, name: str) -> Event:
+        """`ddg-node config set --timing NAME`, as the command does it (not a fault)."""
+        start = time.monotonic()
+        target = TIMINGS[name]
+
+        async def change() -> tuple[TimingRecord, TimingRecord | None]:
+            registry = self._registry()
+            try:
+                return await registry.change_timing(lambda _: target)
+            finally:
+                await registry.close()
+        before, changed = asyncio.run(change())
+        if changed is None:
+            detail = f"{name}: the target already (epoch {before.epoch})"
+        else:
+            self.timing_changes += 1
+            detail = f"-> {name} as epoch {changed.epoch}"
+        return self._record("timing", detail, (), False, start, self.topology)
+
+    def timing_done(self, name: str, timeout: float = 15.0) -> tuple[TimingRecord, float]:
+        """Wait until the record names NAME alone and every live node runs it, confirmed.
+        Returns the record and when every live node was first seen running it."""
+        want = TIMINGS[name].resolved()
+        adopted: list[float] = []
+
+        def done() -> TimingRecord | None:
+            rec = self.timing().record
+            if rec is None or rec.changing or rec.target != want:
+                return None
+            sts = self.cluster.statuses(self.topology.live)
+            if not adopted and all(s is not None and s.timing.epoch == rec.epoch
+                                   for s in sts.values()):
+                adopted.append(time.monotonic())
+            if all(s is not None and s.timing.epoch == rec.epoch and s.timing.confirmed
+                   for s in sts.values()):
+                return rec
+            return None
+        rec = self.wait_for(done, what=f"every live node to run timing {name} alone",
+                            timeout=timeout)
+        self.timing_finalized += 1
+        return rec, adopted[0] if adopted else time.monotonic()
+
+    def goose_answering(self, at: float) -> bool:
+        """Whether some node's latest answer sent before AT said goose (a busy machine may
+        have let the lease lapse, or the goose step down, just before)."""
+        latest: dict[str, str | None] = {}
+        for o in self.obs().history():
+            if o.ok and o.sent < at:
+                latest[o.node] = o.role
+        return "goose" in latest.values()
+
+    def elections_between(self, start: float, end: float) -> str | None:
+        """The first answer sent in [START, END] in a term above any answered before START,
+        described (None: no election began in between)."""
+        hist = [o for o in self.obs().history() if o.ok and o.term is not None]
+        before = max((o.term or 0 for o in hist if o.received < start), default=0)
+        for o in hist:
+            if start <= o.sent <= end and (o.term or 0) > before:
+                return (f"{o.node} answered {o.role} in term {o.term} (term {before} before) at "
+                        f"+{(o.sent - start) * 1000:.0f} ms")
+        return None
+
     # ---- heal everything -----------------------------------------------------------------
 
     def heal_all(self) -> None:
@@ -559,4 +643,6 @@ class Harness:
         return Outcome(scenario=scenario, report=report, failures=list(self.failures),
                        crashes=crashes, seconds=time.monotonic() - started,
                        respawns=list(self.respawns),
-                       redis_failovers=list(self.redis_failovers), notes=list(self.notes))
+                       redis_failovers=list(self.redis_failovers), notes=list(self.notes),
+                       timing_changes=self.timing_changes,
+                       timing_finalized=self.timing_finalized)

@@ -28,7 +28,7 @@ def observation(node: str, sent: float, received: float, reply: Reply,
     return Observation(
         node=node, sent=sent, received=received, role=st.role.value, term=st.term,
         goose=st.goose, lease_ms=real(st.lease_remaining_ms),
-        lease_total_ms=real(st.timing.lease_ms), pid=st.pid,
+        lease_total_ms=real(st.timing.longest_lease_ms or st.timing.lease_ms), pid=st.pid,
     )
 
 

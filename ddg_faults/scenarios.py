@@ -511,6 +511,76 @@ def chaos(h: Harness, cfg: RunConfig) -> None:
         goose = h.settle()
 
 
+# ---- timing as cluster state: changed online (docs/design.md, "Timing is cluster state") ----
+
+
+def timing_change(h: Harness, cfg: RunConfig) -> None:
+    """`ddg-node config set` default -> fast -> default ...: first on a quiet cluster (a change
+    alone must start no election: 4 changes with --steps, one per 10 s of --seconds), then at
+    random moments among goose kills (SIGKILL, with and without an instant restart) and
+    partitions. Every change completes once the faults are healed."""
+    goose = h.settle()
+    term = h.term_of(goose)
+    t0 = time.monotonic()
+    pairs = 2 if cfg.steps is not None or cfg.seconds is None else max(2, int(cfg.seconds / 20))
+    quiet = ("fast", "default") * pairs
+    busy = 0
+    for name in quiet:
+        # From the command until every node runs the new timing alone: an election begun in
+        # there is the change's, if the goose was answering when it began. (A machine too
+        # busy for fast can elect on its own while running it: fast's margin, not the
+        # change's; the notes say so.)
+        h.wait_for(lambda: h.goose_answering(time.monotonic()), what="a goose answering")
+        start = time.monotonic()
+        h.set_timing(name)
+        _, adopted = h.timing_done(name)
+        during = h.elections_between(start, adopted)
+        if during is not None and h.goose_answering(start):
+            h.fail(f"a timing change to {name} alone started an election: {during}")
+        busy += during is not None
+    moved, lapses, answers = h.moved(goose, term, t0)
+    h.notes.append(f"{len(quiet)} changes on a quiet cluster in {time.monotonic() - t0:.1f} s: "
+                   f"no election during a change"
+                   + (f" ({busy} began with the goose's lease lapsed)" if busy else "") + "; "
+                   + (
+                       f"goose {goose} and term {term} unchanged throughout" if moved is None
+                       else f"while running fast alone between changes: {moved}")
+                   + f" ({lapses} lease lapses in {answers} of the goose's answers)")
+    rng = random.Random(cfg.seed)
+    deadline = time.monotonic() + (cfg.seconds if cfg.seconds is not None else 30.0)
+    target = "default"
+    steps = 0
+    while (steps < cfg.steps) if cfg.steps is not None else (time.monotonic() < deadline):
+        steps += 1
+        goose = h.current_goose()
+        kind = rng.choice(["kill", "kill-restart", "isolate", "partition", "goose-plus-one"])
+        if kind == "kill":
+            h.kill(goose)
+        elif kind == "kill-restart":
+            h.kill_restart(goose)
+        elif kind == "isolate":
+            h.isolate(goose)
+        elif kind == "partition":
+            h.partition([rng.sample(h.names, rng.randint(1, len(h.names) // 2))])
+        else:
+            h.partition([[goose, rng.choice(others(h, goose))]])
+        hold = rng.uniform(0.2, 1.2)
+        split = rng.uniform(0.0, hold)
+        h.hold(split)
+        if rng.random() < 0.8:  # a change while the fault is in force
+            target = "fast" if target == "default" else "default"
+            h.set_timing(target)
+        h.hold(hold - split)
+        h.heal_all()
+        if rng.random() < 0.3:  # and one on the healed cluster, not waited for
+            target = "fast" if target == "default" else "default"
+            h.set_timing(target)
+    h.heal_all()
+    rec, _ = h.timing_done(target)
+    h.notes.append(f"{steps} fault steps; {h.timing_changes} timing changes in all, the last "
+                   f"to {target} (epoch {rec.epoch}), each completed once its faults healed")
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario(name="initial-election", nodes=3, run=initial_election,
              about="MIT TestInitialElection3A"),
@@ -543,6 +613,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              about="the goose closes its listening socket and runs on"),
     Scenario(name="chaos", nodes=5, run=chaos,
              about="random faults from --seed for --seconds (or --steps)"),
+    Scenario(name="timing-change", nodes=5, run=timing_change, in_all=False,
+             about="`config set` default <-> fast, quiet then among goose kills and "
+                   "partitions, for --seconds (or --steps)"),
     Scenario(name="redis-empty-join", nodes=5, late=2, run=redis_empty_join,
              about="Redis restarts empty; two fresh nodes join at once"),
     Scenario(name="flushall-join", nodes=5, late=2, run=flushall_join,

@@ -11,14 +11,23 @@ from ddg.client import AdminResult, Reply
 from ddg.core import quorum_of
 from ddg.errors import DdgError, NotAMember, RegistryUnavailable
 from ddg.registry import Member, Membership
-from ddg.status import NodeStatus, Role
+from ddg.status import NodeStatus, Role, TimingInfo
 from ddg_tui.source import Exit, Started
 
 GOOSE = Role.GOOSE
+DEFAULT_TIMING = TimingInfo(heartbeat_ms=50, election_timeout_ms=(150, 300), lease_ms=80.0,
+                            lease_wait_ms=100.0, epoch=1, target="default",
+                            timings=("default",), confirmed=True, source="cluster")
+# A change to fast in progress (the joint timing of both), waiting for n1.
+CHANGING_TIMING = TimingInfo(heartbeat_ms=15, election_timeout_ms=(150, 300), lease_ms=30.0,
+                             lease_wait_ms=100.0, epoch=4, target="fast",
+                             timings=("default", "fast"), confirmed=True,
+                             waiting_for=("n1",), source="cluster")
 
 
 def _status(name: str, role: str, term: int, goose: str | None, members: list[str],
             **extra: Any) -> NodeStatus:
+    extra.setdefault("timing", DEFAULT_TIMING)
     return NodeStatus(
         name=name, role=Role(role), term=term, goose=goose, cluster="demo",
         address=f"http://127.0.0.1:{7100 + int(name[1:])}", pid=40000 + int(name[1:]),
@@ -151,16 +160,22 @@ def healthy_cluster(n: int = 3, *, goose: str = "n1", term: int = 3) -> FakeSour
 
 
 def troubled_cluster() -> FakeSource:
-    """Five nodes: n1 down, n2 and n3 both answer goose, n4 isolated, n5 a candidate."""
+    """Five nodes: n1 down, n2 and n3 both answer goose, n4 isolated, n5 a candidate; a timing
+    change to fast waits for n1, and n4 has not seen it."""
     src = healthy_cluster(5, goose="n2", term=6)
     names = sorted(src.members)
     src.replies["n1"] = Reply(error="connection refused", latency_ms=0.3)
-    src.replies["n3"] = Reply(status=_status("n3", GOOSE, 5, "n3", names), latency_ms=2.1)
+    st2 = src.replies["n2"].status
+    assert st2 is not None
+    src.replies["n2"] = Reply(status=replace(st2, timing=CHANGING_TIMING), latency_ms=1.8)
+    src.replies["n3"] = Reply(status=_status("n3", GOOSE, 5, "n3", names,
+                                             timing=CHANGING_TIMING), latency_ms=2.1)
     st4 = src.replies["n4"].status
     assert st4 is not None
     src.replies["n4"] = Reply(
-        status=replace(st4, isolated_from=("n1", "n2", "n3", "n5"), heartbeat_age_ms=812.0),
+        status=replace(st4, isolated_from=("n1", "n2", "n3", "n5"), heartbeat_age_ms=812.0,
+                       timing=replace(DEFAULT_TIMING, epoch=3)),
         latency_ms=1.9)
-    src.replies["n5"] = Reply(status=_status("n5", "candidate", 7, None, names),
-                              latency_ms=3.3)
+    src.replies["n5"] = Reply(status=_status("n5", "candidate", 7, None, names,
+                                             timing=CHANGING_TIMING), latency_ms=3.3)
     return src

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len
 
 from ddg.core import quorum_of
-from ddg.status import Role
+from ddg.status import NodeStatus, Role
 
 from .fmt import fmt_ms
 
@@ -64,6 +64,40 @@ class HeaderView:
     banner: str | None = None
     banner_level: Severity = "error"
     security: str | None = None  # the nodes' mode: hmac, mtls, insecure-loopback or mixed
+    timing: TimingView | None = None  # the cluster's timing, as its newest node reports it
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TimingView:
+    """The cluster's timing: its target, and while a change is in progress what runs beside
+    it and which members have not confirmed it yet."""
+
+    epoch: int | None
+    target: str
+    others: tuple[str, ...] = ()  # the other timings in force (a change in progress)
+    waiting_for: tuple[str, ...] = ()
+
+    @property
+    def changing(self) -> bool:
+        return bool(self.others)
+
+
+def timing_view(statuses: Iterable[NodeStatus]) -> TimingView | None:
+    """From the node that runs the newest record (the goose first among equals: it reads the
+    registry like the others, and says whom a change waits for)."""
+    best: NodeStatus | None = None
+    for st in statuses:
+        if st.timing.target is None:
+            continue  # a node of a version from before timing records
+        key = (st.timing.epoch or 0, st.role == GOOSE)
+        if best is None or key > (best.timing.epoch or 0, best.role == GOOSE):
+            best = st
+    if best is None:
+        return None
+    t = best.timing
+    return TimingView(epoch=t.epoch, target=t.target or "?",
+                      others=tuple(x for x in t.timings if x != t.target),
+                      waiting_for=t.waiting_for)
 
 
 def signal_name(number: int) -> str:
@@ -134,6 +168,8 @@ def header_view(m: ClusterModel, now: float) -> HeaderView:
         banner=banner,
         banner_level=level,
         security=("mixed" if len(modes) > 1 else next(iter(modes)) if modes else None),
+        timing=timing_view(o.reply.status for o in m.last_ok.values()
+                           if o.reply.status is not None),
     )
 
 
@@ -169,6 +205,10 @@ def row_view(m: ClusterModel, name: str, now: float) -> RowView:
         if m.version is not None and st.membership_version is not None \
                 and st.membership_version < m.version:
             notes.append(f"membership v{st.membership_version} < v{m.version}")
+        newest = max((o.reply.status.timing.epoch or 0 for o in m.last_ok.values()
+                      if o.reply.status is not None), default=0)
+        if st.timing.epoch is not None and st.timing.epoch < newest:
+            notes.append(f"timing epoch {st.timing.epoch} < {newest}")
         if proc is None and st.pid is not None:
             base["pid"] = st.pid
         role = str(st.role)
@@ -312,5 +352,13 @@ def header_parts(h: HeaderView, *, mode: str, mode_short: str, location: str,
         if h.max_term is not None:
             two.append(Part.of(f"highest term seen {h.max_term}", short=f"max term {h.max_term}",
                                drop=2))
+    t = h.timing
+    if t is not None and t.changing:
+        waiting = f" · waiting for {', '.join(t.waiting_for)}" if t.waiting_for else ""
+        two.append(Part((("timing ", ""), (f"{' + '.join(t.others)} → {t.target}",
+                                           "bold #ff8c00"), (waiting, "#ff8c00")),
+                        short=(("timing → ", ""), (t.target, "bold #ff8c00")), drop=2))
+    elif t is not None:
+        two.append(Part.of(f"timing {t.target}", short=t.target, drop=2))
     two.append(Part.of(poll, "dim", short=poll_short, drop=1))
     return one, two

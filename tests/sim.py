@@ -14,7 +14,10 @@ replays exactly. The simulator plays the part of node.py for N nodes:
   and drains the inbox with the clock reading of the resume time, in a random order;
 * the network drops, duplicates and delays messages (uniform latency, sometimes a long one, so
   they also reorder) and can cut any set of directed links; a link cut while a message is in
-  flight loses it (node.py checks the partition on send and on receipt).
+  flight loses it (node.py checks the partition on send and on receipt);
+* with a ClusterTiming, the registry's timing record is part of the world: nodes run its
+  (joint) timing and follow online changes as ddg/clustertiming.py does (see the class);
+  without one every node runs its own timing (Sim(timings=...) mismatches them).
 
 Invariants, checked after every event (and at every lease boundary, where a goose's reported
 role changes without any event):
@@ -41,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ddg.config import Timing
+from ddg.config import JointTiming, Timing, TimingRecord, reconcile
 from ddg.core import Election, HardState, Output, State
 from ddg.messages import Message, TimeoutNow, VoteResponse
 
@@ -115,6 +118,12 @@ class SimNode:
     paused: bool = False
     inbox: list[Envelope] = field(default_factory=list)
     tick_gen: int = 0
+    timing: Timing | None = None  # its own timing: today's per-node flags (no ClusterTiming)
+    # With ClusterTiming: the record it runs on, the one on its disk, and (in its process's
+    # memory) the fingerprint it confirmed.
+    record: TimingRecord | None = None
+    disk_record: TimingRecord | None = None
+    confirmed: str | None = None
 
     def local(self, t: float) -> float:
         return self.rate * t + self.offset
@@ -138,6 +147,8 @@ class Sim:
         rates: dict[str, float] | None = None,
         trust_transfers: bool = False,
         crash_hints: bool = True,
+        timings: dict[str, Timing] | None = None,
+        cluster_timing: ClusterTiming | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         # A crashed process's kernel closes its connections: its ducks learn of it at once
@@ -168,7 +179,13 @@ class Sim:
             if rates and name in rates:
                 rate = rates[name]
             offset = self.rng.uniform(0.0, max_offset)
-            self.nodes[name] = SimNode(name, rate, offset, random.Random(self.rng.getrandbits(64)))
+            self.nodes[name] = SimNode(name, rate, offset, random.Random(self.rng.getrandbits(64)),
+                                       timing=(timings or {}).get(name))
+        # The registry's timing record and the nodes' part in it (None: every node runs its
+        # own timing, as before timing was cluster state).
+        self.ct = cluster_timing
+        if cluster_timing is not None:
+            cluster_timing.attach(self)
         for name in names:
             self._boot(self.nodes[name])
         self._check()
@@ -209,10 +226,15 @@ class Sim:
         node.incarnation += 1
         node.paused = False
         node.inbox.clear()
+        timing: Timing | JointTiming = node.timing or self.timing
+        if self.ct is not None:
+            timing = self.ct.boot(node)
         node.core = self.election_cls(
-            name=node.name, timing=self.timing, rng=node.rng, now=node.local(self.t),
+            name=node.name, timing=timing, rng=node.rng, now=node.local(self.t),
             members=self.members, hard=node.disk, trust_transfers=self.trust_transfers,
         )
+        if self.ct is not None:
+            self.ct.booted(node)
         self._schedule_tick(node)
 
     def _schedule_tick(self, node: SimNode) -> None:
@@ -591,3 +613,233 @@ def _unpartition(sim: Sim, side: set[str], rest: set[str]) -> None:
         for b in rest:
             sim.uncut(a, b)
             sim.uncut(b, a)
+
+
+# ---- timing as cluster state ---------------------------------------------------------------
+
+
+class ClusterTiming:
+    """The registry's timing record (`ddg:C:timing`, `ddg:C:timing_seen`) as one shared object,
+    and each node's part in it as ddg/clustertiming.py plays it: a node reads the record on a
+    change notification (lost while it is cut off from Redis) and every REFRESH seconds, each
+    request and reply delayed like a round trip to Redis; it decides with ddg.config.reconcile,
+    persists what it adopts before confirming, runs on the record's joint timing, confirms
+    once its old leases have surely ended, and tries to finalize. A crash loses the process's
+    memory, not its disk; a restarted node runs on its disk's record and confirms at once
+    (a new process holds no lease). Redis can lose the record (flush) or go back in time.
+
+    The flags make deliberately broken variants for negative controls: JOINT False switches
+    a node straight to the target, CONFIRM_WAIT False confirms without waiting out the old
+    leases, FINALIZE_ALL False finalizes once any member confirmed."""
+
+    def __init__(self, first: Timing, *, refresh: float = 0.5, joint: bool = True,
+                 confirm_wait: bool = True, finalize_all: bool = True) -> None:
+        self.record: TimingRecord | None = TimingRecord.first(first)
+        self.seen: dict[str, str] = {}
+        self.refresh = refresh
+        self.joint = joint
+        self.confirm_wait = confirm_wait
+        self.finalize_all = finalize_all
+        self.cut: Counter[str] = Counter()  # nodes cut off from Redis (refcounted)
+        self.changes: list[Timing] = []  # the operator's that Redis took, in order
+        self.lost_data = False  # a flush or rollback: a change may have been lost with it
+        self.finalized = 0
+        self.sim: Sim | None = None
+
+    # ---- wiring ----------------------------------------------------------------------------
+
+    def attach(self, sim: Sim) -> None:
+        self.sim = sim
+        for node in sim.nodes.values():
+            node.disk_record = self.record  # bootstrapped and joined under the first record
+
+    def _sim(self) -> Sim:
+        assert self.sim is not None
+        return self.sim
+
+    def timing_of(self, record: TimingRecord) -> Timing | JointTiming:
+        return record.joint if self.joint else record.target
+
+    def boot(self, node: SimNode) -> Timing | JointTiming:
+        """A (re)started process: it runs on its disk's record."""
+        assert node.disk_record is not None
+        node.record = node.disk_record
+        node.confirmed = None
+        return self.timing_of(node.record)
+
+    def booted(self, node: SimNode) -> None:
+        self._confirm(node.name, node.incarnation)  # a new process holds no lease
+        self._schedule_refresh(node.name, node.incarnation)
+
+    # ---- faults and the operator ---------------------------------------------------------
+
+    def change(self, target: Timing) -> None:
+        """`ddg-node config set`: the new timing joins those in force (refused while Redis
+        holds no record)."""
+        rec = self.record
+        if rec is None:
+            return
+        self.changes.append(target)
+        if rec.target == target.resolved() and not rec.changing:
+            return
+        self.record = rec.changed_to(target)
+        self._publish()
+
+    def flush(self) -> None:
+        """Redis lost its data (FLUSHALL, a restart with no RDB)."""
+        self.record, self.seen = None, {}
+        self.lost_data = True
+
+    def snapshot(self) -> tuple[TimingRecord | None, dict[str, str]]:
+        return self.record, dict(self.seen)
+
+    def rollback(self, snap: tuple[TimingRecord | None, dict[str, str]]) -> None:
+        """Redis back from an old RDB."""
+        self.record, self.seen = snap[0], dict(snap[1])
+        self.lost_data = True
+        self._publish()
+
+    def cut_off(self, a: str) -> None:
+        self.cut[a] += 1
+
+    def reconnect(self, a: str) -> None:
+        if self.cut[a] > 0:
+            self.cut[a] -= 1
+
+    # ---- the registry's side (each call is one atomic script) --------------------------------
+
+    def _publish(self) -> None:
+        sim = self._sim()
+        for name, node in sim.nodes.items():
+            if not self.cut[name]:
+                sim.at(sim.t + sim.rng.uniform(0.0005, 0.02), self._read, name, node.incarnation)
+
+    def _cas(self, expected: TimingRecord | None, new: TimingRecord) -> bool:
+        if self.record != expected:
+            return False
+        self.record = new
+        self._publish()
+        return True
+
+    def _confirm_and_finalize(self, name: str | None, fingerprint: str,
+                              expected: TimingRecord) -> None:
+        if name is not None:
+            self.seen[name] = fingerprint
+        rec = self.record
+        if rec != expected or not rec.changing:
+            return
+        confirmed = [self.seen.get(m) == fingerprint for m in self._sim().members]
+        if all(confirmed) or (not self.finalize_all and any(confirmed)):
+            self.record = rec.finalized()
+            self.finalized += 1
+            self._publish()
+
+    # ---- the node's side ---------------------------------------------------------------------
+
+    def _alive(self, name: str, inc: int) -> SimNode | None:
+        node = self._sim().nodes[name]
+        if node.core is None or node.paused or node.incarnation != inc or self.cut[name]:
+            return None
+        return node
+
+    def _call(self, name: str, inc: int, script: Callable[[], Any],
+              then: Callable[[Any], None] | None = None) -> None:
+        """A round trip to Redis: the script runs when the request arrives, THEN when (and if)
+        the reply does."""
+        sim = self._sim()
+
+        def run() -> None:
+            if self._alive(name, inc) is None:
+                return
+            result = script()
+            if then is not None:
+                sim.at(sim.t + self._latency(), reply, result)
+
+        def reply(result: Any) -> None:
+            if self._alive(name, inc) is not None and then is not None:
+                then(result)
+
+        sim.at(sim.t + self._latency(), run)
+
+    def _latency(self) -> float:
+        rng = self._sim().rng
+        return rng.uniform(0.02, 0.1) if rng.random() < 0.05 else rng.uniform(0.0003, 0.003)
+
+    def _schedule_refresh(self, name: str, inc: int) -> None:
+        sim = self._sim()
+        sim.at(sim.t + sim.rng.uniform(0.5, 1.0) * self.refresh, self._periodic, name, inc)
+
+    def _periodic(self, name: str, inc: int) -> None:
+        node = self._sim().nodes[name]
+        if node.core is None or node.incarnation != inc:
+            return  # a new process has its own
+        self._read(name, inc)
+        self._schedule_refresh(name, inc)
+
+    def _read(self, name: str, inc: int) -> None:
+        if self._alive(name, inc) is None:
+            return
+        self._call(name, inc, lambda: (self.record, self.seen.get(name)),
+                   lambda r: self._on_read(name, inc, *r))
+
+    def _on_read(self, name: str, inc: int, theirs: TimingRecord | None,
+                 seen: str | None) -> None:
+        node = self._sim().nodes[name]
+        assert node.record is not None and node.core is not None
+        step = reconcile(node.record, theirs, node.record.timings)
+        if step.write is not None:
+            new = step.write
+            self._call(name, inc, lambda: self._cas(theirs, new),
+                       lambda ok: self._adopt(name, step.adopt) if ok and step.adopt else None)
+        elif step.adopt is not None:
+            self._adopt(name, step.adopt)
+        elif theirs is not None and theirs == node.record:
+            fp = theirs.fingerprint
+            if node.confirmed == fp and seen != fp:
+                self._confirm(name, inc)  # Redis lost it
+            elif node.confirmed == fp and theirs.changing:
+                self._call(name, inc, lambda: self._confirm_and_finalize(None, fp, theirs))
+            elif node.confirmed != fp and node.core.timing_settled(node.local(self._sim().t)):
+                self._confirm(name, inc)
+
+    def _adopt(self, name: str, record: TimingRecord) -> None:
+        sim = self._sim()
+        node = sim.nodes[name]
+        assert node.core is not None and node.record is not None
+        if record == node.record or record.epoch < node.record.epoch:
+            return
+        node.disk_record = record  # persisted before it is confirmed
+        node.record = record
+        node.confirmed = None
+        sim._apply(node, node.core.set_timing(self.timing_of(record), node.local(sim.t)), None)
+        sim._schedule_tick(node)
+        settles = node.to_global(node.core.timing_settles_at) if self.confirm_wait else sim.t
+        sim.at(max(settles, sim.t) + EPS, self._confirm, name, node.incarnation)
+
+    def _confirm(self, name: str, inc: int) -> None:
+        node = self._alive(name, inc)
+        if node is None or node.record is None:
+            return
+        assert node.core is not None
+        if self.confirm_wait and not node.core.timing_settled(node.local(self._sim().t)):
+            return  # a later adoption moved the wait on; its own confirm comes then
+        record = node.record
+        fp = record.fingerprint
+
+        def done(_: object) -> None:
+            if node.record == record:
+                node.confirmed = fp
+
+        self._call(name, inc, lambda: self._confirm_and_finalize(name, fp, record), done)
+
+    # ---- queries -------------------------------------------------------------------------------
+
+    def settled(self) -> bool:
+        """Every node runs the registry's record, which names one timing: the last one asked
+        for, unless Redis lost data since (it may have lost that change)."""
+        rec = self.record
+        if rec is None or rec.changing:
+            return False
+        if self.changes and not self.lost_data and rec.target != self.changes[-1].resolved():
+            return False
+        return all(n.record == rec for n in self._sim().nodes.values())

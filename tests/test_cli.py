@@ -107,6 +107,8 @@ def test_status_remove_and_startup_errors(make_cluster: Make, tmp_path: Path) ->
     table = ddg("status", "--redis-url", url)
     assert table.returncode == 0, table.stderr
     rows = table.stdout.strip().splitlines()
+    assert rows[-1] == "timing: default (epoch 1)"  # the cluster's, under the table
+    rows = rows[:-1]
     assert rows[0].split() == ["NAME", "ADDRESS", "ROLE", "TERM", "GOOSE", "ERROR"]
     assert sorted(r.split()[0] for r in rows[1:]) == names
     assert sum(r.split()[2] == "goose" for r in rows[1:]) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ddg.registry import Member, Membership
-from ddg.status import RedisInfo, Role
+from ddg.status import RedisInfo, Role, TimingInfo
 from ddg_tui.model import (
     ClusterModel,
     NodeStatus,
@@ -251,10 +251,28 @@ def test_status_parsing() -> None:
         "isolated_from": [], "state": "leader", "timing": {},
     })
     assert (st.role, st.term, st.members, st.lease_remaining_ms) == ("goose", 4, ("a", "b"), 88.5)
+    # a node from before timing records: the new timing fields take their defaults
+    assert (st.timing.epoch, st.timing.target, st.timing.timings, st.timing.waiting_for) == (
+        None, None, (), ())
     for bad in ({"name": "a", "role": "king", "term": 1}, {"name": "a", "role": "duck"},
                 {"role": "duck", "term": 1}, [1, 2], {"name": "a", "role": "duck", "term": "1"}):
         with pytest.raises(StatusFormatError):
             NodeStatus.from_json(bad)
+
+
+def test_timing_in_status_round_trips_and_is_parsed_strictly() -> None:
+    timing = TimingInfo(heartbeat_ms=15, election_timeout_ms=(150, 300), lease_ms=30.0,
+                        lease_wait_ms=100.0, longest_lease_ms=80.0, epoch=2, target="fast",
+                        timings=("default", "fast"), confirmed=True, waiting_for=("n3",),
+                        source="cluster")
+    st = NodeStatus(name="a", role=Role.DUCK, term=1, timing=timing)
+    again = NodeStatus.from_json(st.to_json())
+    assert again.timing == timing and again.timing.changing
+    data = st.to_json()
+    for key, bad in [("waiting_for", "n3"), ("epoch", "2"), ("confirmed", 1),
+                     ("timings", [1])]:
+        with pytest.raises(StatusFormatError, match=f"timing.{key}"):
+            NodeStatus.from_json({**data, "timing": {**data["timing"], key: bad}})
 
 
 def test_formatting() -> None:

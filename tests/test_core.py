@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from sim import Sim
 
-from ddg.config import Timing
+from ddg.config import TIMINGS, JointTiming, Timing
 from ddg.core import Election, HardState, Output, State, StepDown, quorum_of
 from ddg.messages import Heartbeat, HeartbeatAck, Message, TimeoutNow, VoteRequest, VoteResponse
 
@@ -534,3 +534,60 @@ def test_heartbeat_replayed_to_a_restarted_node_is_harmless() -> None:
         out = reborn.step(hb, 1.2)
         assert out.reply == HeartbeatAck(term=1, sender="n2", seq=1, success=True)
     assert reborn.hard_state == c.disk["n2"]
+
+
+# ---- set_timing: the cluster's timing changes under a running core -------------------------
+
+FAST = TIMINGS["fast"]
+JOINT = JointTiming.of([T, FAST])
+
+
+def test_a_timing_change_keeps_the_granted_lease_and_shortens_the_next() -> None:
+    goose = Cluster(3).elect("n1", 1.0)
+    until = goose.lease_until
+    out = goose.set_timing(JOINT, 1.01)
+    assert [e.name for e in out.events] == ["timing_changed"] and out.sends == []
+    assert goose.lease_until == until  # granted: kept to its end
+    assert goose.timing is JOINT and goose.is_goose(1.01)
+    goose.tick(1.05)  # the next round, under the joint timing's lease
+    goose.step(HeartbeatAck(term=1, sender="n2", seq=goose.seq, success=True), 1.051)
+    assert goose.lease_until == pytest.approx(max(until, 1.05 + JOINT.lease))
+    assert goose.next_heartbeat == pytest.approx(1.05 + JOINT.heartbeat)
+    # its old leases (under T) have surely ended a wait of T after the change
+    assert not goose.timing_settled(1.01 + WAIT - 0.001)
+    assert goose.timing_settled(1.01 + WAIT)
+
+
+def test_a_longer_lease_is_not_earned_by_rounds_sent_before_the_change() -> None:
+    goose = Cluster(3).elect("n1", 1.0)
+    goose.set_timing(FAST, 1.0)
+    goose.tick(goose.next_heartbeat)  # a round under fast's 30 ms lease
+    sent, seq = goose.sent_at[goose.seq], goose.seq
+    goose.set_timing(T, sent + 0.001)  # to default's 80 ms before its acks arrive
+    goose.step(HeartbeatAck(term=1, sender="n2", seq=seq, success=True), sent + 0.002)
+    assert goose.lease_until <= sent + FAST.lease + 1e-9
+    # a candidate keeps the lease its campaign started with
+    cand = make("n1", ["n1", "n2", "n3"], now=0.0, seed=1)
+    cand.set_timing(FAST, 0.0)
+    cand.election_deadline = 0.5
+    cand.tick(0.5)
+    for voter in ("n2",):
+        cand.step(VoteResponse(term=1, sender=voter, granted=True, pre_vote=True), 0.5)
+    assert cand.state is State.CANDIDATE
+    cand.set_timing(T, 0.501)
+    cand.step(VoteResponse(term=1, sender="n2", granted=True), 0.502)
+    assert cand.state is State.GOOSE
+    assert cand.lease_until == pytest.approx(0.5 + FAST.lease)
+
+
+def test_a_timing_change_alone_moves_no_timer_and_stickiness_reads_the_new_value() -> None:
+    c = Cluster(3)
+    c.elect("n1", 1.0)
+    duck = c.nodes["n2"]
+    deadline = duck.election_deadline
+    assert duck.sticky(1.0 + FAST.election_min + 0.01)  # default: sticky for 150 ms
+    out = duck.set_timing(FAST, 1.0)
+    assert duck.election_deadline == deadline and out.sends == [] and duck.state is State.DUCK
+    assert not duck.sticky(1.0 + FAST.election_min + 0.01)
+    assert duck.set_timing(JointTiming.of([FAST]), 1.1).events == []  # the same values
+    assert duck.timing_settled(1.0 + WAIT)

@@ -142,6 +142,33 @@ def test_every_scenario_under_real_faults(tmp_path: Path) -> None:
 
 
 @pytest.mark.faults
+@pytest.mark.timeout(150)
+def test_timing_changes_online_under_goose_kills_and_partitions(tmp_path: Path) -> None:
+    """`ddg-node config set` default -> fast -> default on five real nodes: four changes on a
+    quiet cluster (none may start an election), then six steps of goose kills and partitions
+    with changes at random moments in them; the checker finds nothing and every change
+    completes. About 25 s; the long run (docs/faults.md) is `--seconds 300`."""
+    reason = netns.missing_prerequisites()
+    if reason is not None:
+        pytest.skip(f"real network faults not possible here: {reason}")
+    out = tmp_path / "faults.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddg_faults", "--scenario", "timing-change", "--steps", "6",
+         "--seed", "1", "--json", str(out), "--keep", str(tmp_path / "k")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    if proc.returncode == 3:
+        pytest.skip(f"real network faults not possible here: {proc.stderr.strip()}")
+    assert out.exists(), proc.stdout[-5000:] + proc.stderr[-5000:]
+    result = json.loads(out.read_text())
+    assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-3000:]
+    assert (result["violations"], result["failures"], result["crashes"]) == (0, 0, 0)
+    assert result["faults"] >= 6
+    assert result["timing_changes"] >= 8  # four quiet, four or more among the faults
+    assert "no election during a change" in proc.stdout
+
+
+@pytest.mark.faults
 @pytest.mark.timeout(90)
 def test_a_real_split_brain_is_reported(tmp_path: Path) -> None:
     """Negative control: two one-node clusters watched as one cluster must fail the check."""

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import ClientSession, web
 
 from ddg import hold
-from ddg.config import TIMINGS, NodeConfig, Timing
+from ddg.config import TIMINGS, JointTiming, NodeConfig, Timing
 from ddg.hold import Ended, Holder, HoldServer, hold_once
 from ddg.ratelimit import TokenBucket
 from ddg_testkit import wait_until_async
@@ -214,3 +214,25 @@ async def test_a_goose_with_another_timing_is_reported_once(
             holds.became_goose()
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "goose g runs another timing (heartbeat=15" in errors[0]
+
+
+async def test_a_goose_in_a_timing_change_shares_a_timing_and_is_not_reported(
+        serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """During a change the goose runs the joint timing of default and fast; a duck still on
+    default (or already on fast) shares one with it: nothing to report."""
+    holds = HoldServer(JointTiming.of([Timing(), TIMINGS["fast"]]))
+    holds.became_goose()
+    url = await serve(holds)
+    for mine in (Timing(), TIMINGS["fast"]):
+        holder = Holder(config=duck(tmp_path), session=lambda: None,
+                        address_of=lambda n: url, blocked=lambda n: False,
+                        on_lost=lambda n: asyncio.sleep(0))
+        holder.timing = mine
+        async with ClientSession() as session:
+            task = asyncio.create_task(holder._hold(session, "g", url))
+            await wait_until_async(lambda: holds.open == 1, timeout=5, what="the stream open")
+            holds.stopped_being_goose()
+            assert await asyncio.wait_for(task, 5) is Ended.BYE
+            holds.became_goose()
+    holds.announce(TIMINGS["fast"])  # the change completed: fast alone
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []

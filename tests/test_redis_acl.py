@@ -62,6 +62,13 @@ def test_the_documented_acl_is_enough(server: EmbeddedRedis,
                 await source.close()
         assert asyncio.run(console_reads()) == set(names)
 
+        # the cluster's timing, changed online, under the same least ACL
+        changed = cli("config", "set", "--timing", "fast", "--wait", "--redis-url", url,
+                      "--cluster", "acl")
+        assert changed.returncode == 0, changed.stderr
+        shown = cli("config", "show", "--redis-url", url, "--cluster", "acl")
+        assert shown.returncode == 0 and "cluster acl: fast (epoch 3)" in shown.stdout, shown
+
         duck = next(n for n in names if n != goose)
         removed = cli("remove", duck, "--redis-url", url, "--cluster", "acl")
         assert removed.returncode == 0, removed.stderr

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from sim import (
     FAULT_KINDS,
     GOOD_NET,
+    ClusterTiming,
     Fault,
     InvariantViolation,
     Net,
@@ -399,6 +400,12 @@ def false_hint_setup(sim: Sim) -> None:
     elect_n1(sim)
     sim.cut("n1", "n3")
     sim.run_for(0.2)
+    cut_goose_right_after_an_ack(sim)
+
+
+def cut_goose_right_after_an_ack(sim: Sim) -> None:
+    """About 1 ms after n2 acked one of n1's rounds, n1 is cut off and both ducks' streams to
+    it end (a false crash hint); n3 campaigns at once."""
     heard = sim.core("n2").last_heard
     while sim.core("n2").last_heard == heard:
         sim.run_for(0.0002)
@@ -463,3 +470,166 @@ def test_false_hints_and_faults_never_make_two_geese() -> None:
         sim.run_until(4.0)
         hints += sim.stats["hints"]
     assert hints > 200  # delivered to a duck that had a goose to lose
+
+
+# ---- timing as cluster state: online changes (docs/design.md, "Timing is cluster state") ----
+
+DEFAULT, FAST = TIMINGS["default"], TIMINGS["fast"]
+# A slow timing (a lease 20x fast's), so that an unsafe transition overlaps by far.
+SLOW = Timing(heartbeat_ms=100, election_timeout_min_ms=1000, election_timeout_max_ms=1200,
+              lease_ms=600)
+CUSTOM = Timing(heartbeat_ms=30, election_timeout_min_ms=100, election_timeout_max_ms=250,
+                lease_ms=70)
+
+
+def timing_plan(sim: Sim, ct: ClusterTiming, rng: random.Random, span: float, count: int,
+                timings: list[Timing]) -> None:
+    """Operator changes at random moments, and Redis trouble: nodes cut off from it (they see
+    changes late), Redis emptied or sent back in time (nodes restore what they know)."""
+    snaps = []
+    for _ in range(count):
+        at = rng.uniform(0.0, span)
+        kind = rng.choices(["change", "redis-cut", "flush", "snapshot", "rollback"],
+                           [6, 3, 1, 1, 1])[0]
+        if kind == "change":
+            sim.at(at, ct.change, rng.choice(timings))
+        elif kind == "redis-cut":
+            name = rng.choice(sim.names)
+            sim.at(at, ct.cut_off, name)
+            sim.at(at + rng.uniform(0.05, 1.5), ct.reconnect, name)
+        elif kind == "flush":
+            sim.at(at, ct.flush)
+        elif kind == "snapshot":
+            sim.at(at, lambda: snaps.append(ct.snapshot()))
+        else:
+            sim.at(at, lambda: ct.rollback(snaps[-1]) if snaps else None)
+
+
+def run_with_changes(seed: int, n: int, *, first: Timing = DEFAULT,
+                     timings: tuple[Timing, ...] = (DEFAULT, FAST), faults: int = 25,
+                     net: Net = GOOD_NET) -> tuple[Sim, ClusterTiming]:
+    rng = random.Random(seed)
+    ct = ClusterTiming(first)
+    sim = Sim(n, seed=seed, net=net, cluster_timing=ct)
+    apply_plan(sim, random_plan(rng, n, 3.0, faults))
+    timing_plan(sim, ct, rng, 3.0, 12, list(timings))
+    sim.run_until(3.5)
+    sim.net = Net()
+    sim.heal_all()
+    ct.cut.clear()
+    # every change finishes: the nodes confirm, one finalizes, all run the last target
+    sim.run_until(3.5 + SETTLE + 2 * max(t.lease_wait for t in timings))
+    assert not sim.anomalies, sim.anomalies[:3]
+    assert ct.settled(), (ct.record, {m: nd.record for m, nd in sim.nodes.items()})
+    assert_settled(sim, 3.5)
+    return sim, ct
+
+
+def test_timing_changes_at_random_moments_under_faults_keep_one_goose() -> None:
+    """Changes both ways (and a custom timing) at random moments, among crashes, pauses,
+    partitions, false crash hints, lossy links, nodes cut off from Redis and a Redis that
+    loses its data: the checker finds nothing, and every change completes once faults end."""
+    totals: Counter[str] = Counter()
+    finalized = 0
+    for seed in range(40):
+        n = (3, 5, 5, 4)[seed % 4]
+        net = Net(drop=0.05, dup=0.1, lat_max=0.03, slow=0.05)
+        sim, ct = run_with_changes(seed, n, timings=(DEFAULT, FAST, CUSTOM), net=net)
+        totals.update(sim.stats)
+        finalized += ct.finalized
+    assert finalized > 60
+    for kind in ("crashes", "pauses", "hints", "transfers"):
+        assert totals[kind] > 20, (kind, totals)
+
+
+def test_a_timing_change_alone_starts_no_election() -> None:
+    """default -> fast -> default -> ..., at random moments, on a quiet cluster: the goose and
+    its term stay; every change is finalized."""
+    for seed in range(6):
+        rng = random.Random(seed)
+        ct = ClusterTiming(DEFAULT)
+        sim = Sim(5, seed=seed, net=Net(lat_max=0.005), cluster_timing=ct)
+        sim.run_until(1.0)
+        [goose] = sim.gooses()
+        term = sim.core(goose).term
+        pre_votes = {nm: sim.core(nm).counters.pre_votes_started for nm in sim.names}
+        t = 1.0
+        for i in range(8):
+            t += rng.uniform(0.05, 0.8)  # sometimes during the previous change
+            sim.at(t, ct.change, (FAST, DEFAULT)[i % 2])
+        sim.run_until(t + 1.0)
+        assert ct.settled() and ct.record is not None and ct.record.target == DEFAULT.resolved()
+        assert sim.gooses() == [goose]
+        assert all(sim.core(nm).term == term for nm in sim.names)
+        assert {nm: sim.core(nm).counters.pre_votes_started for nm in sim.names} == pre_votes
+        assert ct.finalized >= 4
+
+
+def _cut_goose_after_change(ct: ClusterTiming, *, after: float, seed: int,
+                            goose_off_redis: bool = False) -> Sim:
+    """SLOW cluster, n1 its goose; n3 stops hearing n1, n2 still acks. The operator changes
+    to FAST; AFTER seconds later, right after n2 acked a round, n1 is cut off and both ducks'
+    crash-hint streams end: n3 (or n2) is elected at once. It may answer `goose` only after
+    n1's last lease, which began under SLOW (600 ms)."""
+    sim = Sim(3, seed=seed, net=Net(lat_min=0.0002, lat_max=0.001), cluster_timing=ct)
+    for name in ("n2", "n3"):
+        sim.core(name).election_deadline = 1e9
+    sim.run_until(1.3)
+    sim.kick("n1")
+    sim.run_until(1.8)
+    assert sim.gooses() == ["n1"]
+    sim.cut("n1", "n3")
+    if goose_off_redis:
+        ct.cut_off("n1")
+    sim.run_for(0.2)
+    ct.change(FAST)
+    sim.run_for(after)
+    cut_goose_right_after_an_ack(sim)
+    sim.run_for(2.0)
+    return sim
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_goose_cut_off_during_a_change_is_waited_out(seed: int) -> None:
+    """The transition under the worst timing of a cut: 150 ms after the change (the nodes run
+    the joint timing, which waits out SLOW's lease), and 1 s after it with the goose cut off
+    from Redis (it never confirms, so the change cannot finish without it)."""
+    sim = _cut_goose_after_change(ClusterTiming(SLOW), after=0.15, seed=seed)
+    old, new = sim.all_windows()[-2:]  # n2 or n3 wins: both lost their stream to n1
+    assert old.node == "n1" and new.node in ("n2", "n3") and new.start > old.end
+    ct = ClusterTiming(SLOW)
+    sim = _cut_goose_after_change(ct, after=1.0, seed=seed, goose_off_redis=True)
+    assert ct.record is not None and ct.record.changing  # waiting for n1
+    assert sim.gooses() in (["n2"], ["n3"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_checker_catches_unsafe_timing_changes(seed: int) -> None:
+    """Negative controls, each against the schedule above, each caught: switching straight to
+    the target (no joint timing), confirming without waiting out the old leases, finalizing
+    before every member confirmed."""
+    with pytest.raises(InvariantViolation, match="two nodes report goose at once"):
+        _cut_goose_after_change(ClusterTiming(SLOW, joint=False), after=0.15, seed=seed)
+    with pytest.raises(InvariantViolation, match="two nodes report goose at once"):
+        _cut_goose_after_change(ClusterTiming(SLOW, confirm_wait=False), after=0.15, seed=seed)
+    with pytest.raises(InvariantViolation, match="two nodes report goose at once"):
+        _cut_goose_after_change(ClusterTiming(SLOW, finalize_all=False), after=1.0, seed=seed,
+                                goose_off_redis=True)
+
+
+@pytest.mark.parametrize(("timings", "seeds"), [
+    ({"n3": FAST}, range(3)),  # the issue's: one node on fast in a default cluster
+    ({"n1": Timing(lease_ms=120)}, range(3)),  # the goose alone on a longer lease
+], ids=["one-node-fast", "goose-lease-120"])
+def test_checker_catches_per_node_timing(timings: dict[str, Timing], seeds: range) -> None:
+    """Negative control: today's per-node timing, mismatched, under a false crash hint right
+    after an ack (the issue's measurement) fails the same checker; one timing passes."""
+    net = Net(lat_min=0.0002, lat_max=0.001)
+    for seed in seeds:
+        sim = Sim(3, seed=seed, net=net, timings=timings)
+        with pytest.raises(InvariantViolation, match="two nodes report goose at once"):
+            false_hint_setup(sim)
+            sim.run_for(1.0)
+        sim = Sim(3, seed=seed, net=net)
+        false_hint_setup(sim)
+        sim.run_for(1.0)
