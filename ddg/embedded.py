@@ -80,14 +80,21 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
+# Ports free_port() has handed out in this process: a node given one may not have bound it yet
+# when the next is picked, so "bindable now" alone could hand the same port out twice.
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A free port below the kernel's ephemeral range, so that no outgoing connection can take
-    it between now and the bind (or while a killed node waits to restart on it)."""
+    it between now and the bind (or while a killed node waits to restart on it), and never one
+    this process handed out before."""
     lo, _hi = _ephemeral_range()
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(10000, max(10001, lo))
-        if _bindable(host, port):
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

@@ -199,3 +199,24 @@ def test_protected_mode_is_reported_not_waited_out(
                 assert r.pid is not None and _exe(r.pid) == os.path.realpath(system.path)
     finally:
         net.close()
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node given a port may not have bound it yet when the next node's port is picked (CI:
+    two nodes of one cluster got the same port, and the second failed 'Address already in
+    use'). A random source that keeps proposing the same free port must not get it twice."""
+    from ddg import embedded
+
+    monkeypatch.setattr(embedded, "_handed_out", set(), raising=False)
+    calls = 0
+
+    def proposal(lo: int, hi: int) -> int:
+        nonlocal calls
+        calls += 1
+        return 23456 if calls <= 3 else 23456 + calls
+
+    monkeypatch.setattr(embedded.random, "Random", lambda: type("R", (), {
+        "randrange": staticmethod(proposal)})())
+    first, second = embedded.free_port(), embedded.free_port()
+    assert first == 23456
+    assert second != first
