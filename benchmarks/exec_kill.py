@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             c.start_redis()
             names = [c.add(extra_args=node_args).name for _ in range(args.nodes)]
+            c.wait_joined(names, timeout=30)
             sampler.start()
 
             def progress(k: Kill) -> None:

@@ -87,7 +87,8 @@ return {mt, vt, it, v, id, members, floor, mine}
 # the members that have not confirmed it}.
 _GATE = """
 local function gate()
-  local names = redis.call('HKEYS', KEYS[1])
+  local flat, names = redis.call('HGETALL', KEYS[1]), {}
+  for i = 1, #flat, 2 do names[#names + 1] = flat[i] end
   if #names == 0 then return nil end
   local v = redis.call('GET', KEYS[2]) or '0'
   local sum = 0

@@ -169,6 +169,33 @@ def test_timing_changes_online_under_goose_kills_and_partitions(tmp_path: Path) 
 
 
 @pytest.mark.faults
+@pytest.mark.timeout(120)
+def test_a_join_waits_for_the_goose_that_missed_the_one_before(tmp_path: Path) -> None:
+    """The bug as found (docs/design.md, "One change at a time is safe"): n1 alone is goose,
+    cut off from Redis by iptables; n2 joins, then n3. Before membership confirmations n3
+    joined at once and {n2, n3} elected a second goose of term 1 beside n1 (same-term,
+    lease-overlap and span-overlap violations, run on the build before); now n3 waits,
+    saying for whom, and joins once n1 is back and confirmed version 2. Then n4 and n5 join
+    past a goose cut off from Redis and from one duck. About 10 s."""
+    reason = netns.missing_prerequisites()
+    if reason is not None:
+        pytest.skip(f"real network faults not possible here: {reason}")
+    out = tmp_path / "faults.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddg_faults", "--scenario", "join-lag", "--json", str(out),
+         "--keep", str(tmp_path / "k")], cwd=REPO, capture_output=True, text=True, timeout=100,
+    )
+    if proc.returncode == 3:
+        pytest.skip(f"real network faults not possible here: {proc.stderr.strip()}")
+    assert out.exists(), proc.stdout[-5000:] + proc.stderr[-5000:]
+    result = json.loads(out.read_text())
+    assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-3000:]
+    assert (result["violations"], result["failures"], result["crashes"]) == (0, 0, 0)
+    assert "n3 waited, joining: 'waiting for n1 to confirm membership version 2" in proc.stdout
+    assert "n4 and n5 joined past" in proc.stdout
+
+
+@pytest.mark.faults
 @pytest.mark.timeout(90)
 def test_a_real_split_brain_is_reported(tmp_path: Path) -> None:
     """Negative control: two one-node clusters watched as one cluster must fail the check."""
