@@ -29,7 +29,7 @@ from typing import Any
 from ddg_testkit import LocalCluster
 
 from . import common
-from .common import Stats
+from .common import stats_line
 
 POLL = 0.005  # s between two /status rounds while waiting for a join
 
@@ -85,14 +85,6 @@ def burst(rounds: int, n: int = 5) -> list[float]:
     return took
 
 
-def row(what: str, values: Sequence[float]) -> str:
-    s = Stats.of(values)
-    if s is None:
-        return f"{what:<34} n=0"
-    return (f"{what:<34} n={s.n:<3} median {s.median:7.0f}  p95 {s.p95:7.0f}  "
-            f"max {s.max:7.0f}  min {s.min:7.0f} ms")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks.joins", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,9 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     joins, removes = single(ns.single)
     bursts = burst(ns.burst)
     print(f"joins and removals, {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(row("join, settled 3-node cluster", joins))
-    print(row("ddg-node remove, settled cluster", removes))
-    print(row("5 nodes at once, until all joined", bursts))
+    print(stats_line("join, settled 3-node cluster", joins))
+    print(stats_line("ddg-node remove, settled cluster", removes))
+    print(stats_line("5 nodes at once, until all joined", bursts))
     if ns.json is not None:
         out: dict[str, Any] = {"machine": common.machine(), "single_join_ms": joins,
                                "remove_ms": removes, "burst_5_ms": bursts}

@@ -635,10 +635,79 @@ def _unpartition(sim: Sim, side: set[str], rest: set[str]) -> None:
             sim.uncut(b, a)
 
 
+# ---- the registry in Redis, as the nodes reach it ------------------------------------------
+
+
+class RegistryModel:
+    """What the two registry models share: Redis state as one shared object that a node
+    reaches in round trips (each request and reply delayed like one), reading it on a change
+    notification and every REFRESH seconds; nothing reaches a node cut off from Redis (CUT,
+    refcounted), frozen, or gone since it asked."""
+
+    def __init__(self, refresh: float) -> None:
+        self.refresh = refresh
+        self.cut: Counter[str] = Counter()  # nodes cut off from Redis (refcounted)
+        self.sim: Sim | None = None
+
+    def _sim(self) -> Sim:
+        assert self.sim is not None
+        return self.sim
+
+    def cut_off(self, a: str) -> None:
+        self.cut[a] += 1
+
+    def reconnect(self, a: str) -> None:
+        if self.cut[a] > 0:
+            self.cut[a] -= 1
+
+    def _alive(self, name: str, inc: int) -> SimNode | None:
+        node = self._sim().nodes[name]
+        if node.core is None or node.paused or node.incarnation != inc or self.cut[name]:
+            return None
+        return node
+
+    def _latency(self) -> float:
+        rng = self._sim().rng
+        return rng.uniform(0.02, 0.1) if rng.random() < 0.05 else rng.uniform(0.0003, 0.003)
+
+    def _call(self, name: str, inc: int, script: Callable[[], Any],
+              then: Callable[[Any], None] | None = None) -> None:
+        """A round trip to Redis: the script runs when the request arrives, THEN when (and if)
+        the reply does."""
+        sim = self._sim()
+
+        def run() -> None:
+            if self._alive(name, inc) is None:
+                return
+            result = script()
+            if then is not None:
+                sim.at(sim.t + self._latency(), reply, result)
+
+        def reply(result: Any) -> None:
+            if self._alive(name, inc) is not None and then is not None:
+                then(result)
+
+        sim.at(sim.t + self._latency(), run)
+
+    def _schedule_refresh(self, name: str, inc: int) -> None:
+        sim = self._sim()
+        sim.at(sim.t + sim.rng.uniform(0.5, 1.0) * self.refresh, self._periodic, name, inc)
+
+    def _periodic(self, name: str, inc: int) -> None:
+        node = self._sim().nodes[name]
+        if node.core is None or node.incarnation != inc:
+            return  # a new process has its own
+        self._read(name, inc)
+        self._schedule_refresh(name, inc)
+
+    def _read(self, name: str, inc: int) -> None:
+        raise NotImplementedError
+
+
 # ---- timing as cluster state ---------------------------------------------------------------
 
 
-class ClusterTiming:
+class ClusterTiming(RegistryModel):
     """The registry's timing record (`ddg:C:timing`, `ddg:C:timing_seen`) as one shared object,
     and each node's part in it as ddg/clustertiming.py plays it: a node reads the record on a
     change notification (lost while it is cut off from Redis) and every REFRESH seconds, each
@@ -654,17 +723,15 @@ class ClusterTiming:
 
     def __init__(self, first: Timing, *, refresh: float = 0.5, joint: bool = True,
                  confirm_wait: bool = True, finalize_all: bool = True) -> None:
+        super().__init__(refresh)
         self.record: TimingRecord | None = TimingRecord.first(first)
         self.seen: dict[str, str] = {}
-        self.refresh = refresh
         self.joint = joint
         self.confirm_wait = confirm_wait
         self.finalize_all = finalize_all
-        self.cut: Counter[str] = Counter()  # nodes cut off from Redis (refcounted)
         self.changes: list[Timing] = []  # the operator's that Redis took, in order
         self.lost_data = False  # a flush or rollback: a change may have been lost with it
         self.finalized = 0
-        self.sim: Sim | None = None
 
     # ---- wiring ----------------------------------------------------------------------------
 
@@ -672,10 +739,6 @@ class ClusterTiming:
         self.sim = sim
         for node in sim.nodes.values():
             node.disk_record = self.record  # bootstrapped and joined under the first record
-
-    def _sim(self) -> Sim:
-        assert self.sim is not None
-        return self.sim
 
     def timing_of(self, record: TimingRecord) -> Timing | JointTiming:
         return record.joint if self.joint else record.target
@@ -719,13 +782,6 @@ class ClusterTiming:
         self.lost_data = True
         self._publish()
 
-    def cut_off(self, a: str) -> None:
-        self.cut[a] += 1
-
-    def reconnect(self, a: str) -> None:
-        if self.cut[a] > 0:
-            self.cut[a] -= 1
-
     # ---- the registry's side (each call is one atomic script) --------------------------------
 
     def _publish(self) -> None:
@@ -755,46 +811,6 @@ class ClusterTiming:
             self._publish()
 
     # ---- the node's side ---------------------------------------------------------------------
-
-    def _alive(self, name: str, inc: int) -> SimNode | None:
-        node = self._sim().nodes[name]
-        if node.core is None or node.paused or node.incarnation != inc or self.cut[name]:
-            return None
-        return node
-
-    def _call(self, name: str, inc: int, script: Callable[[], Any],
-              then: Callable[[Any], None] | None = None) -> None:
-        """A round trip to Redis: the script runs when the request arrives, THEN when (and if)
-        the reply does."""
-        sim = self._sim()
-
-        def run() -> None:
-            if self._alive(name, inc) is None:
-                return
-            result = script()
-            if then is not None:
-                sim.at(sim.t + self._latency(), reply, result)
-
-        def reply(result: Any) -> None:
-            if self._alive(name, inc) is not None and then is not None:
-                then(result)
-
-        sim.at(sim.t + self._latency(), run)
-
-    def _latency(self) -> float:
-        rng = self._sim().rng
-        return rng.uniform(0.02, 0.1) if rng.random() < 0.05 else rng.uniform(0.0003, 0.003)
-
-    def _schedule_refresh(self, name: str, inc: int) -> None:
-        sim = self._sim()
-        sim.at(sim.t + sim.rng.uniform(0.5, 1.0) * self.refresh, self._periodic, name, inc)
-
-    def _periodic(self, name: str, inc: int) -> None:
-        node = self._sim().nodes[name]
-        if node.core is None or node.incarnation != inc:
-            return  # a new process has its own
-        self._read(name, inc)
-        self._schedule_refresh(name, inc)
 
     def _read(self, name: str, inc: int) -> None:
         if self._alive(name, inc) is None:
@@ -878,7 +894,7 @@ class OlderVersionsCounted(Election):
         return super().step(msg, now, None)
 
 
-class ClusterMembership:
+class ClusterMembership(RegistryModel):
     """The registry's membership (`ddg:C:members`, `:version`, `:version_seen`, `:term_floor`)
     as one shared object, and each node's part in it as ddg/membership.py plays it.
 
@@ -904,26 +920,24 @@ class ClusterMembership:
     def __init__(self, first: set[str] | frozenset[str] | list[str], *, refresh: float = 1.0,
                  lost: float = 0.0, gate: bool = True, confirm_wait: bool = True,
                  floor: bool = True) -> None:
+        super().__init__(refresh)
         self.exists = True
         self.version = 1
         self.members = frozenset(first)
         self.floor = 0
         self.seen: dict[str, Confirmation] = {}
         self.tombstones: set[str] = set()
-        self.refresh = refresh
         self.lost = lost  # the chance that a node misses a change notification (a broken
         # subscription, a loaded host): it sees the change at its next refresh
         self.gate = gate
         self.confirm_wait = confirm_wait
         self.use_floor = floor
-        self.cut: Counter[str] = Counter()  # nodes cut off from Redis (refcounted)
         self.gone: set[str] = set()  # removed on purpose: its operator stopped it
         self.joining: set[str] = set()
         self.history: list[tuple[int, frozenset[str]]] = [(1, self.members)]
         self.held_back = 0  # change attempts the gate refused
         self.given_up: list[str] = []  # removes that gave up waiting
         self.lost_data = False
-        self.sim: Sim | None = None
 
     # ---- wiring ----------------------------------------------------------------------------
 
@@ -931,10 +945,6 @@ class ClusterMembership:
         self.sim = sim
         for name in self.members:  # bootstrapped: their data dirs hold version 1
             sim.nodes[name].disk_members = (self.version, self.members)
-
-    def _sim(self) -> Sim:
-        assert self.sim is not None
-        return self.sim
 
     def may_boot(self, name: str) -> bool:
         """A crashed member may start again; a node that never joined, or was removed, not."""
@@ -1006,12 +1016,8 @@ class ClusterMembership:
 
         attempt()
 
-    def cut_off(self, a: str) -> None:
-        self.cut[a] += 1
-
     def reconnect(self, a: str) -> None:
-        if self.cut[a] > 0:
-            self.cut[a] -= 1
+        super().reconnect(a)
         if not self.cut[a]:
             sim = self._sim()
             node = sim.nodes[a]
@@ -1105,51 +1111,12 @@ class ClusterMembership:
 
     # ---- the node's side ---------------------------------------------------------------------
 
-    def _alive(self, name: str, inc: int) -> SimNode | None:
-        node = self._sim().nodes[name]
-        if node.core is None or node.paused or node.incarnation != inc or self.cut[name]:
-            return None
-        return node
-
-    def _latency(self) -> float:
-        rng = self._sim().rng
-        return rng.uniform(0.02, 0.1) if rng.random() < 0.05 else rng.uniform(0.0003, 0.003)
-
     def _round_trip(self, script: Callable[[], Any], then: Callable[[Any], None]) -> None:
         """An operator's or a joining process's call: the script runs when the request
         arrives, THEN when the reply does."""
         sim = self._sim()
         sim.at(sim.t + self._latency(),
                lambda: sim.at(sim.t + self._latency(), then, script()))
-
-    def _call(self, name: str, inc: int, script: Callable[[], Any],
-              then: Callable[[Any], None] | None = None) -> None:
-        """A member's call: lost if its process is gone, frozen or cut off by then."""
-        sim = self._sim()
-
-        def run() -> None:
-            if self._alive(name, inc) is None:
-                return
-            result = script()
-            if then is not None:
-                sim.at(sim.t + self._latency(), reply, result)
-
-        def reply(result: Any) -> None:
-            if self._alive(name, inc) is not None and then is not None:
-                then(result)
-
-        sim.at(sim.t + self._latency(), run)
-
-    def _schedule_refresh(self, name: str, inc: int) -> None:
-        sim = self._sim()
-        sim.at(sim.t + sim.rng.uniform(0.5, 1.0) * self.refresh, self._periodic, name, inc)
-
-    def _periodic(self, name: str, inc: int) -> None:
-        node = self._sim().nodes[name]
-        if node.core is None or node.incarnation != inc:
-            return  # a new process has its own
-        self._read(name, inc)
-        self._schedule_refresh(name, inc)
 
     def _read(self, name: str, inc: int) -> None:
         if self._alive(name, inc) is None:
