@@ -339,11 +339,16 @@ class Membership:
         return m.address if m else None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """members.json: with the term floor, which a node restarted on it while Redis is
+        away must honour as it did when it adopted this version."""
+        out: dict[str, Any] = {
             "version": self.version,
             "cluster_id": self.cluster_id,
             "members": {n: m.to_dict() for n, m in sorted(self.members.items())},
         }
+        if self.term_floor:
+            out["term_floor"] = self.term_floor
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Membership:
@@ -354,7 +359,10 @@ class Membership:
         cluster_id = data.get("cluster_id")
         if cluster_id is not None:
             cluster_id = check_cluster_id(cluster_id)
-        return cls(check_version(data["version"]), members, cluster_id)
+        floor = data.get("term_floor", 0)
+        if isinstance(floor, bool) or not isinstance(floor, int) or not 0 <= floor <= MAX_TERM:
+            raise RegistryDataError(f"term_floor {floor!r} is not a term")
+        return cls(check_version(data["version"]), members, cluster_id, term_floor=floor)
 
 
 def check_version(value: Any) -> int:

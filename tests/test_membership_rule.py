@@ -16,7 +16,7 @@ import pytest
 
 from ddg.config import Timing, TimingRecord
 from ddg.embedded import EmbeddedRedis
-from ddg.errors import ChangeWaiting, NotAMember
+from ddg.errors import ChangeWaiting, NotAMember, RegistryDataError
 from ddg.registry import Member, Membership, Registry, cluster_keys, members_hash
 
 pytestmark = pytest.mark.integration
@@ -180,3 +180,17 @@ def test_ddg_node_remove_waits_then_fails_with_one_line_writing_nothing(redis_ur
     forced = cli("remove", "b", "--redis-url", redis_url, "--cluster", cluster, "--force")
     assert forced.returncode == 0, forced.stderr
     assert asyncio.run(members()) == (3, ["a"])
+
+
+def test_members_json_keeps_the_term_floor() -> None:
+    """A node restarted while Redis is away starts on members.json: the floor of the version
+    it holds comes with it (a file from before has none)."""
+    m = Membership(4, {"a": member("a", 1)}, "c" * 32, term_floor=9)
+    back = Membership.from_json(m.to_json())
+    assert back == m and back.term_floor == 9
+    plain = Membership(4, {"a": member("a", 1)}, "c" * 32)
+    assert "term_floor" not in plain.to_json()
+    assert Membership.from_json(plain.to_json()).term_floor == 0
+    for bad in (-1, True, "9", 2**53):
+        with pytest.raises(RegistryDataError, match="term_floor"):
+            Membership.from_json({**m.to_json(), "term_floor": bad})

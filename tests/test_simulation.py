@@ -789,8 +789,8 @@ def test_a_goose_that_missed_two_changes_cannot_lead_beside_the_new_majority() -
                 scenario(seed, core, **kw)
             except InvariantViolation:
                 counts[name] += 1
-    assert counts["gate only"] == counts["no older-version check"] == 12, counts
-    assert counts["no wait"] >= 1 and counts["no floor"] >= 8, counts
+    assert counts["gate only"] == counts["no older-version check"] == counts["no floor"] == 12
+    assert counts["no wait"] >= 1, counts  # 2 of the 12: the lease must still run
 
 
 def membership_plan(sim: Sim, cm: ClusterMembership, rng: random.Random, span: float,
