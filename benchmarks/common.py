@@ -67,6 +67,15 @@ class Stats:
                    mean=statistics.fmean(values))
 
 
+def stats_line(name: str, values: Sequence[float]) -> str:
+    """One line of figures (ms): n, median, p95, p99, max, min."""
+    s = Stats.of(values)
+    if s is None:
+        return f"{name}: no samples"
+    return (f"{name}: n={s.n} median {s.median:.1f} ms, p95 {s.p95:.1f} ms, "
+            f"p99 {s.p99:.1f} ms, max {s.max:.1f} ms (min {s.min:.1f})")
+
+
 @dataclass(kw_only=True, slots=True)
 class PollCost:
     """What the outside poller costs and adds: its own CPU while it polls, and the period at

@@ -28,19 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Stats, machine, write_json
+from benchmarks.common import machine, stats_line, write_json
 from ddg_testkit import LocalCluster
 from ddg_testkit.jobtree import Kill, Sampler, find, kill_all, kill_geese, write_tree
 
 GRACE_MS = 100
-
-
-def _stats(name: str, values: list[float]) -> str:
-    s = Stats.of(values)
-    if s is None:
-        return f"{name}: no samples"
-    return (f"{name}: n={s.n} median {s.median:.1f} ms, p95 {s.p95:.1f} ms, "
-            f"p99 {s.p99:.1f} ms, max {s.max:.1f} ms (min {s.min:.1f})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             c.start_redis()
             names = [c.add(extra_args=node_args).name for _ in range(args.nodes)]
+            c.wait_joined(names, timeout=30)
             sampler.start()
 
             def progress(k: Kill) -> None:
@@ -88,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.kills} SIGKILLs of the goose's node on {args.nodes} nodes in {took:.0f} s "
           f"(load average at the end: {machine()['load_average']})")
     print(f"two job instances at once: {len(sampler.doubles)} of {sampler.samples} samples "
-          f"({_stats('sample period', periods)})")
+          f"({stats_line('sample period', periods)})")
     print(f"processes that outlived their node: {len(survivors)}; left after a graceful stop "
           f"of every node: {len(after_stop)}; stray at the very end: {len(stray)}")
     print(f"kills that found a hook tree running: {sum(k.hooked for k in done)}")
     print("node SIGKILL to the last process gone, per kill (the pids that ran looked at every "
           "~0.2 ms, then /proc scans for any they missed):")
-    print("  " + _stats("job and hook trees", tree))
-    print("  " + _stats("and their guards", every))
+    print("  " + stats_line("job and hook trees", tree))
+    print("  " + stats_line("and their guards", every))
     if args.json is not None:
         write_json(args.json, {
             "machine": info, "kills": args.kills, "nodes": args.nodes,

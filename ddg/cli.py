@@ -30,6 +30,7 @@ from .config import (
     parse_timeout_range,
 )
 from .errors import (
+    ChangeWaiting,
     ConfigError,
     DdgError,
     NoCluster,
@@ -49,8 +50,9 @@ _RATE = f"{max_rate_error(_MARGIN):.1%}"  # the clock-rate bound, stated in --he
 _FACTOR = f"{1 / _MARGIN:g}x"
 RUN_EPILOG = f"""\
 other commands:
-  ddg-node remove NAME [--redis-url URL] [--cluster NAME]
-                     remove a member from the cluster for good (alive or dead)
+  ddg-node remove NAME [--redis-url URL] [--cluster NAME] [--timeout S]
+                     remove a member from the cluster for good (alive or dead), once a
+                     majority confirmed the current membership version
   ddg-node status [--redis-url URL] [--cluster NAME] [--json] [--tls-ca FILE]
                      one row per member: address, role, term, goose it follows
   ddg-node watch [URL] [--json] [--tls-ca FILE]
@@ -338,17 +340,35 @@ def cmd_run(argv: Sequence[str]) -> int:
 def cmd_remove(argv: Sequence[str]) -> int:
     p = _Parser(prog="ddg-node remove",
                 description="Remove a member from the cluster's registry, alive or dead. A "
-                            "live node notices within a heartbeat or two and exits.")
+                            "live node notices within a heartbeat or two and exits. The "
+                            "registry takes the removal once a majority of the members have "
+                            "confirmed the current membership version (milliseconds on a "
+                            "healthy cluster, one change at a time): this waits for that.")
     p.add_argument("name")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="wait at most this long for a majority of the members to confirm "
+                        "the current membership version; then fail, removing nothing "
+                        "(default %(default)s)")
+    p.add_argument("--force", action="store_true",
+                   help="remove without that confirmation: ONLY for members that are down for "
+                        "good (their hosts gone), when a majority of the cluster is lost and "
+                        "cannot confirm any more. A member that is only cut off may then lead "
+                        "beside the rest: two geese")
     _common(p)
     ns = p.parse_args(argv)
     check_name("node name", ns.name)
+    if not 0 <= ns.timeout <= 3600:
+        raise CliError(f"--timeout must be between 0 and 3600 seconds, not {ns.timeout:g}")
     options = redis_options(ns)
 
     async def go() -> int:
         registry = Registry(options, check_name("cluster name", ns.cluster), timeout=2.0)
         try:
-            return await registry.remove(ns.name)
+            return await registry.remove(ns.name, wait=ns.timeout, force=ns.force)
+        except ChangeWaiting as exc:
+            raise CliError(f"{ns.name} not removed (nothing written) after {ns.timeout:g} s: "
+                           f"{exc}; if a majority of the members is down for good, see "
+                           "--force") from None
         finally:
             await registry.close()
 

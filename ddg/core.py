@@ -142,8 +142,11 @@ class Election:
         version: int = 0,
         hard: HardState | None = None,
         trust_transfers: bool = False,
+        term_floor: int = 0,
     ) -> None:
-        hard = hard or HardState()
+        on_disk = hard = hard or HardState()
+        if term_floor > hard.term:  # the membership's term floor (set_membership): the
+            hard = HardState(term_floor, None)  # first Output persists it
         self.name = name
         # Every timing value is read through this one attribute: set_timing() swaps it.
         self.timing: Timing | JointTiming = timing
@@ -157,6 +160,10 @@ class Election:
         self.members = members
         self.version = version
         self.state = State.DUCK if name in members else State.REMOVED
+        # The shell confirms a membership version to the registry only from here on: by then
+        # every lease this node (or a process before it) acknowledged under an older version
+        # has surely ended (docs/design.md, "One change at a time is safe").
+        self.membership_settles_at = now + self.timing.lease_wait
         self.leader: str | None = None
         # Starting counts as having heard a goose: a node that acked a goose's heartbeat just
         # before it crashed must not vote for a rival until that goose's lease has run out.
@@ -191,7 +198,7 @@ class Election:
         self.clock = ClockCheck()
         self._ticked = -math.inf
         self._out = Output()
-        self._persisted = hard
+        self._persisted = on_disk
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -271,13 +278,18 @@ class Election:
             self._pre_campaign(now)
         return self._flush()
 
-    def step(self, msg: Message, now: float) -> Output:
-        """Handle one message. A request's answer is in Output.reply."""
+    def step(self, msg: Message, now: float, version: int | None = None) -> Output:
+        """Handle one message. A request's answer is in Output.reply. VERSION is the
+        membership version the sender ran when it sent MSG (None: not known)."""
         if self.state is State.REMOVED or msg.sender not in self.members or msg.sender == self.name:
             return self._flush()
         if msg.term > self.term + MAX_TERM_JUMP:
             self._out.refused = (f"term {msg.term} is more than {MAX_TERM_JUMP} above this "
                                  f"node's term {self.term}; no run of elections gets there")
+            return self._flush()
+        if version is not None and version < self.version \
+                and isinstance(msg, VoteRequest | Heartbeat):
+            self._refuse_older(msg, version)
             return self._flush()
         match msg:
             case VoteRequest():
@@ -293,13 +305,22 @@ class Election:
         self._check_clock(now)
         return self._flush()
 
-    def set_membership(self, members: frozenset[str], version: int, now: float) -> Output:
-        """Adopt a newer registry version. Safe one change at a time (docs/design.md)."""
+    def set_membership(self, members: frozenset[str], version: int, now: float,
+                       term_floor: int = 0) -> Output:
+        """Adopt a newer registry version, with the registry's TERM_FLOOR: no term at or below
+        it may be won under this version. Safe because the registry writes a change only once
+        a majority of the members confirmed the version before it (docs/design.md, "One
+        change at a time is safe")."""
         if version <= self.version and members == self.members:
             return self._flush()
         if version < self.version:
             return self._flush()
         self.members, self.version = members, version
+        # Acks and votes given under the older version count toward leases that end within
+        # lease_wait; only then may the shell confirm this one.
+        self.membership_settles_at = max(
+            self.membership_settles_at,
+            now + self.timing.lease_wait * self._clock_stretch(now))
         if self.name not in members:
             if self.state is State.GOOSE:
                 self.counters.stepped_down(StepDown.REMOVED)
@@ -312,6 +333,21 @@ class Election:
         if self.state is State.REMOVED:
             self.state = State.DUCK
             self._reset_election_timer(now)
+        if term_floor > self.term:
+            self._event("term_floor", f"membership version {version} carries term "
+                        f"{term_floor}: moving up from term {self.term}", version=version,
+                        floor=term_floor)
+            self._become_duck(now, term_floor, leader=None)
+            return self._flush()
+        if term_floor == self.term and self.state is State.CANDIDATE:
+            # A term-`floor` goose may have been won under a membership two changes back:
+            # this campaign must not win the same term under this one.
+            self.state = State.DUCK
+            self.votes = set()
+            self._reset_election_timer(now)
+            self._event("campaign_abandoned", f"membership version {version} carries this "
+                        f"term ({term_floor}): giving up the campaign", version=version)
+            return self._flush()
         # A smaller quorum may already be met by the votes in hand.
         if self.state is State.PRE_CANDIDATE and self._has_quorum(self.votes):
             self._campaign(now, transfer=False)
@@ -347,6 +383,10 @@ class Election:
                     f"{timing.election_min * 1000:g}-{timing.election_max * 1000:g} ms, lease "
                     f"{timing.lease * 1000:g} ms")
         return self._flush()
+
+    def membership_settled(self, now: float) -> bool:
+        """Whether the shell may confirm the membership version this node runs."""
+        return now >= self.membership_settles_at
 
     def timing_settled(self, now: float) -> bool:
         """Whether every lease this node held under a timing before the current one has
@@ -399,6 +439,21 @@ class Election:
         self._persisted = hard
 
     # ---- handlers ------------------------------------------------------------------------
+
+    def _refuse_older(self, msg: VoteRequest | Heartbeat, version: int) -> None:
+        """A candidate or goose on an older membership version than this node's gets no vote
+        and no acknowledgement (its reply carries the newer version: it reads the registry).
+        A quorum it counts is then of nodes at its version or older, which is what keeps a
+        node that missed two changes from leading (docs/design.md)."""
+        self._event("older_version", f"refused {msg.sender}'s {type(msg).__name__}: it runs "
+                    f"membership version {version}, this node {self.version}", debug=True,
+                    peer=msg.sender, version=version)
+        if isinstance(msg, VoteRequest):
+            self._reply(VoteResponse(term=self.term, sender=self.name, granted=False,
+                                     pre_vote=msg.pre_vote))
+        else:
+            self._reply(HeartbeatAck(term=self.term, sender=self.name, seq=msg.seq,
+                                     success=False))
 
     def _on_vote_request(self, msg: VoteRequest, now: float) -> None:
         if msg.term > self.term and self.sticky(now) and not msg.transfer:

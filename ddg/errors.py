@@ -47,6 +47,18 @@ class RegistryFull(RegistryError):
     """The cluster already has the most members a registry may hold."""
 
 
+class ChangeWaiting(RegistryError):
+    """A join or removal the registry holds back: the current membership version is not yet
+    confirmed by a majority of its members. Nothing was written; try again later."""
+
+    def __init__(self, message: str, *, version: int = 0, members: int = 0,
+                 waiting_for: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.version = version
+        self.members = members
+        self.waiting_for = waiting_for
+
+
 class NameConflict(RegistryError):
     """The name is already registered by another node (another data dir)."""
 

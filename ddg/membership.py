@@ -1,15 +1,18 @@
 """The node's view of the membership, kept in step with the Redis registry.
 
 Joining (and creating the cluster with --bootstrap), putting back what Redis lost, watching
-for changes (pub/sub, and a re-read every refresh interval), and saying once per distinct
-problem when Redis is down or its data unusable. Nothing in the election waits on this: the
-node keeps electing on the last membership it knew (docs/design.md, "Bootstrap").
+for changes (pub/sub, and a re-read every refresh interval), confirming the version the core
+runs (a change is written only once a majority confirmed the version before it), and saying
+once per distinct problem when Redis is down or its data unusable. Nothing in the election
+waits on this: the node keeps electing on the last membership it knew (docs/design.md,
+"Bootstrap" and "One change at a time is safe").
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +22,7 @@ from .client import NodeClient
 from .clustertiming import ClusterTiming
 from .config import NodeConfig, TimingRecord
 from .errors import (
+    ChangeWaiting,
     ClusterMismatch,
     NameConflict,
     NoCluster,
@@ -40,6 +44,8 @@ log = logging.getLogger("ddg.membership")
 
 OnChange = Callable[[Membership], Awaitable[None]]
 OnError = Callable[[RegistryError], None]
+Running = Callable[[], tuple[int, frozenset[str], int]]  # the core's version, members, term
+WAIT_LOG_EVERY = 5.0  # seconds between two lines about a change the registry holds back
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -75,6 +81,14 @@ class MembershipSync:
         self.timing = timing
         self.joined_timing: TimingRecord | None = None  # the record the join returned
         self._refreshing: asyncio.Task[None] | None = None
+        self._waiting = LogThrottle(log, WAIT_LOG_EVERY)
+        # Confirmations (set by the node once its core runs): what the core runs, and from
+        # when on every lease acknowledged under an older version has surely ended.
+        self.running: Running | None = None
+        self.settles_at: Callable[[], float] = lambda: math.inf
+        self.confirmed: str | None = None  # the confirmation this process made (prefix)
+        self._saved: tuple[int, frozenset[str]] | None = None  # what members.json holds
+        self._confirming: asyncio.Task[None] | None = None
 
     def info(self) -> RedisInfo:
         return RedisInfo(connected=self.redis_ok, error=self.redis_error,
@@ -86,8 +100,9 @@ class MembershipSync:
             self.refresh_soon()
 
     async def close(self) -> None:
-        if self._refreshing is not None:
-            await cancel_and_wait(self._refreshing)
+        tasks = [t for t in (self._refreshing, self._confirming) if t is not None]
+        if tasks:
+            await cancel_and_wait(*tasks)
 
     async def _explain(self, exc: NameConflict) -> NameConflict:
         """Say whether the node holding the name is alive: only a dead one may be removed."""
@@ -130,6 +145,15 @@ class MembershipSync:
                 raise await self._explain(exc) from None
             except (RegistryFull, RegistryAuthError):
                 raise
+            except ChangeWaiting as exc:
+                # Joins as soon as the registry lets it: ask again in a moment.
+                self._redis_up()
+                self.joining = (f"waiting for {', '.join(exc.waiting_for)} to confirm "
+                                f"membership version {exc.version} (a majority of its "
+                                f"{exc.members} members must, before this node is added)")
+                self._waiting.warning("join", "not added yet: %s", exc)
+                await wait_event(stop, self.rng.uniform(0.05, 0.1))
+                continue
             except NoCluster as exc:
                 self.joining = ("waiting for the cluster's timing record"
                                 if isinstance(exc, NoTimingRecord)
@@ -141,6 +165,7 @@ class MembershipSync:
                 if known and cached is not None and self.config.name in cached.members:
                     log.warning("registry unusable (%s); electing on the cached membership "
                                 "(version %d) until it is back", exc, cached.version)
+                    self._saved = (cached.version, cached.names)  # members.json holds it
                     return cached
                 self.joining = "waiting for Redis"
                 self._warn.warning("join", "waiting for the registry at %s (%s)",
@@ -194,7 +219,7 @@ class MembershipSync:
         if joined.timing_problem is not None:
             raise RegistryDataError(joined.timing_problem)
         self.joined_timing = joined.timing
-        membership = await self.registry.read()
+        membership = await self.registry.read(self.config.name)
         if self.config.name not in membership.members or membership.cluster_id is None:
             # Flushed between the add and the read: nothing here is ours to trust yet.
             raise RegistryUnavailable("the registry lost this node's entry while it joined")
@@ -222,7 +247,7 @@ class MembershipSync:
                             f"version {current.version}, this node knew {snapshot.version}",
                             len(snapshot.members), version,
                             extra={"event": "registry_restored", "membership_version": version})
-            current = await self.registry.read()
+            current = await self.registry.read(self.config.name)
         return current
 
     async def watch(self) -> None:
@@ -258,40 +283,103 @@ class MembershipSync:
             self._registry_trouble(exc)
 
     async def _refresh(self) -> None:
-        current = await self.registry.read()
+        name = self.config.name
+        current = await self.registry.read(name)
         self._redis_up()
         current = await self._reconcile(self.membership, current)
         if not self.registered:
-            await self.registry.add(self._member(), cluster_id=self.membership.cluster_id)
+            if not await self._add_back(current, "this node started while Redis was away"):
+                return
             self.registered = True
-            current = await self.registry.read()
+            current = await self.registry.read(name)
         self._registry_fine()
         if current.version < self.membership.version:
             return  # a restore that lost a race; the next read sees the winner
-        if (self.config.name not in current.members and self.config.name in self.membership.members
+        if (name not in current.members and name in self.membership.members
                 and not await self.registry.was_removed(self.node_id)):
             # A member restored a membership older than this node's join: put it back.
-            log.warning("membership version %d lost this node's entry (restored from an older "
-                        "membership, not removed); adding it back", current.version)
-            await self.registry.add(self._member(), cluster_id=self.membership.cluster_id)
-            current = await self.registry.read()
-            if self.config.name not in current.members:
+            if not await self._add_back(current, f"membership version {current.version} lost "
+                                        "this node's entry (restored from an older "
+                                        "membership, not removed)"):
+                return
+            current = await self.registry.read(name)
+            if name not in current.members:
                 return  # flushed again: the next refresh tries again
-        if (current.version == self.membership.version and current.names == self.membership.names
+        if not (current.version == self.membership.version
+                and current.names == self.membership.names
                 and current.members == self.membership.members):
+            self.membership = current
+            self._save_membership(current)
+            log.info("membership version %d: %s", current.version,
+                     ",".join(sorted(current.names)),
+                     extra={"event": "membership_changed",
+                            "membership_version": current.version,
+                            "members": sorted(current.names)})
+            await self._on_change(current)
+        elif not current.confirmed_in(current.confirmation) and self._is_confirmed(current):
+            self.confirmed = None  # Redis lost it (flushed, an old RDB): again, at once
+        self.confirm_soon()
+
+    async def _add_back(self, current: Membership, why: str) -> bool:
+        """Add this node again (through the registry's rule for changes); False while the
+        registry holds it back (the next refresh tries again)."""
+        try:
+            await self.registry.add(self._member(), cluster_id=self.membership.cluster_id)
+        except ChangeWaiting as exc:
+            self._waiting.warning("add-back", "%s; adding it back once the registry lets it: "
+                                  "%s", why, exc)
+            return False
+        if self.config.name not in current.members:
+            log.warning("%s: added it back", why)
+        return True
+
+    # ---- confirmations (docs/design.md, "One change at a time is safe") ------------------
+
+    def _is_confirmed(self, membership: Membership) -> bool:
+        return self.confirmed is not None and membership.confirmed_in(self.confirmed)
+
+    def confirm_soon(self) -> None:
+        """Confirm the membership the core runs, once it is on disk and the core says every
+        lease acknowledged under an older version has ended; one task at a time."""
+        if self.running is None or self._is_confirmed(self.membership):
             return
-        self.membership = current
-        self._save_membership(current)
-        log.info("membership version %d: %s", current.version, ",".join(sorted(current.names)),
-                 extra={"event": "membership_changed", "membership_version": current.version,
-                        "members": sorted(current.names)})
-        await self._on_change(current)
+        if self._confirming is None or self._confirming.done():
+            self._confirming = asyncio.create_task(self._confirm_when_settled(),
+                                                   name="membership-confirm")
+
+    async def _confirm_when_settled(self) -> None:
+        while self.running is not None:
+            delay = self.settles_at() - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue  # an adoption meanwhile moves the moment on
+            membership = self.membership
+            version, names, term = self.running()
+            if (version, names) != (membership.version, membership.names) \
+                    or self._saved != (version, names) or self._is_confirmed(membership):
+                return  # not the core's, or not on disk: the next adoption or refresh tries
+            try:
+                ok = await self.registry.confirm_version(self.config.name,
+                                                         membership.confirmation_by(term))
+            except RegistryError as exc:
+                self._warn.warning("confirm", "cannot confirm membership version %d yet (%s); "
+                                   "trying again on the next registry read", version, exc)
+                return
+            if ok and self.membership is membership:
+                self.confirmed = membership.confirmation_by(term)
+                log.debug("confirmed membership version %d", version)
+            if self.membership is membership:
+                return
 
     def _save_membership(self, membership: Membership) -> None:
         try:
             self.data.save_membership(membership)
         except StorageError as exc:
-            log.warning("%s (the cache only helps restarts while Redis is down)", exc)
+            log.warning("%s (the cache only helps restarts while Redis is down; this node "
+                        "confirms membership version %d only once it is written)", exc,
+                        membership.version)
+            return
+        self._saved = (membership.version, membership.names)
 
     def _redis_up(self) -> None:
         if not self.redis_ok:

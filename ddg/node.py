@@ -113,7 +113,7 @@ class Node:
         self.partitions = Partitions()
         self.peers = PeerTransport(
             config=config, rng=self.rng, address_of=self._address_of,
-            version=lambda: self.sync.membership.version, blocked=self.partitions.blocked,
+            version=self._version, blocked=self.partitions.blocked,
             on_reply=self._on_reply, warn=self.warn, metrics=self.metrics)
         self.holds = HoldServer(config.timing)
         self.holder = Holder(config=config, session=lambda: self.peers.session,
@@ -145,6 +145,11 @@ class Node:
 
     def _address_of(self, name: str) -> str | None:
         return self.sync.membership.address_of(name)
+
+    def _version(self) -> int:
+        """The membership version the core runs: what every message says (a peer refuses a
+        candidate or goose of an older one)."""
+        return self.core.version if self.core is not None else self.sync.membership.version
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -228,6 +233,7 @@ class Node:
                 name=self.config.name, timing=timing, rng=self.rng,
                 now=time.monotonic(), members=membership.names, version=membership.version,
                 hard=hard, trust_transfers=self.config.authenticated,
+                term_floor=membership.term_floor,
             )
             self._timing_changed_to(timing)
             core = self.core
@@ -235,6 +241,9 @@ class Node:
             self.timing.settled = lambda: core.timing_settled(time.monotonic())
             self.timing.settles_at = lambda: core.timing_settles_at
             self.timing.is_goose = lambda: core.state is State.GOOSE
+            self.sync.running = lambda: (core.version, core.members, core.term)
+            self.sync.settles_at = lambda: core.membership_settles_at
+            self.sync.confirm_soon()
             self.observe()
             watcher = asyncio.create_task(self.sync.watch(), name="registry")
             watcher.add_done_callback(self._loop_ended)
@@ -418,7 +427,7 @@ class Node:
     async def _membership_changed(self, membership: Membership) -> None:
         if self.core is not None:
             await self._apply(self.core.set_membership(membership.names, membership.version,
-                                                       time.monotonic()))
+                                                       time.monotonic(), membership.term_floor))
 
     # ---- HTTP ----------------------------------------------------------------------------
 
@@ -539,7 +548,7 @@ class Node:
         if self.partitions.blocked(msg.sender):
             return json_error(503, "partitioned by fault injection")
         self.peers.alive(msg.sender)
-        out = core.step(msg, time.monotonic())
+        out = core.step(msg, time.monotonic(), version)
         if out.refused:
             self.warn.warning(f"refused:{msg.sender}", "not believing %s: %s", msg.sender,
                               out.refused)
@@ -547,8 +556,8 @@ class Node:
         await self._apply(out)
         if out.reply is None:  # TimeoutNow has no answer but an acknowledgement
             return web.json_response({"term": core.term, "sender": self.config.name,
-                                      "version": self.membership.version})
-        return web.json_response(encode(out.reply, version=self.membership.version))
+                                      "version": core.version})
+        return web.json_response(encode(out.reply, version=core.version))
 
     async def handle_hold(self, request: web.Request) -> web.StreamResponse:
         """A duck's crash-hint stream (ddg/hold.py): open while this node is the goose. A new

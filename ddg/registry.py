@@ -7,12 +7,15 @@ Schema, for cluster C (see docs/design.md):
   ddg:C:removed   zset  node ids removed on purpose (score: the version), the last 100
   ddg:C:timing    str   the cluster's timing record (ddg.config.TimingRecord, canonical JSON)
   ddg:C:timing_seen  hash  member name -> the fingerprint of the timing record it confirmed
+  ddg:C:version_seen  hash  member name -> "VERSION:MEMBERS:TERM", the membership it runs
+  ddg:C:term_floor  int  no term at or below it may be won under the newest version
   ddg:C:events    pub/sub channel, one JSON message per change
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -28,6 +31,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, RedisError,
 
 from .config import MAX_JOINT, NAME_RE, Timing, TimingRecord
 from .errors import (
+    ChangeWaiting,
     ClusterMismatch,
     ConfigError,
     NameConflict,
@@ -39,16 +43,18 @@ from .errors import (
     RegistryFull,
     RegistryUnavailable,
 )
-from .messages import MAX_VERSION
+from .messages import MAX_TERM, MAX_VERSION
 from .redisconn import RedisOptions, async_client
 
 log = logging.getLogger("ddg.registry")
 T = TypeVar("T")
 
 MAX_MEMBERS = 100  # a leader election needs a handful; beyond this a registry is garbage
+CHANGE_RETRY = 0.05  # seconds between two tries of a change the registry holds back
 CLUSTER_ID_RE = re.compile(r"[0-9a-f]{32}")
 # A cluster's keys (its events channel is no key), in the order the scripts' KEYS use them.
-CLUSTER_KEYS = ("members", "version", "id", "removed", "timing", "timing_seen")
+CLUSTER_KEYS = ("members", "version", "id", "removed", "timing", "timing_seen",
+                "version_seen", "term_floor")
 
 
 def cluster_keys(cluster: str) -> list[str]:
@@ -56,22 +62,64 @@ def cluster_keys(cluster: str) -> list[str]:
 
 
 # Read everything in one round trip, with the key types, so that a key of the wrong type is a
-# clear registry problem rather than a script error.
+# clear registry problem rather than a script error; with ARGV[1] (a name), that member's
+# confirmation too.
 _READ = """
 local mt = redis.call('TYPE', KEYS[1])['ok']
 local vt = redis.call('TYPE', KEYS[2])['ok']
 local it = redis.call('TYPE', KEYS[4])['ok']
-local members, v, id = {}, false, false
+local members, v, id, floor, mine = {}, false, false, false, false
 if mt == 'hash' then members = redis.call('HGETALL', KEYS[1]) end
 if vt == 'string' then v = redis.call('GET', KEYS[2]) end
 if it == 'string' then id = redis.call('GET', KEYS[4]) end
-return {mt, vt, it, v, id, members}
+if redis.call('TYPE', KEYS[9])['ok'] == 'string' then floor = redis.call('GET', KEYS[9]) end
+if ARGV[1] and ARGV[1] ~= '' and redis.call('TYPE', KEYS[8])['ok'] == 'hash' then
+  mine = redis.call('HGET', KEYS[8], ARGV[1])
+end
+return {mt, vt, it, v, id, members, floor, mine}
 """
 
-# KEYS: members, version, channel, id, removed, timing, timing_seen. ARGV: name, entry,
-# node_id, address, cluster id the node already belongs to (or ''), max members. The reply
-# carries the timing record as it was at the add: a node runs on nothing older.
-_ADD = """
+# The one rule every change to the set of names passes (docs/design.md, "One change at a
+# time is safe"): a majority of the current members have confirmed the current version
+# ("VERSION:MEMBERS:TERM" in KEYS[8], MEMBERS the members_hash of their names). The change
+# then raises the term floor (KEYS[9]) to the highest TERM among those confirmations.
+# Returns nil when the change may go, else the reply: {-5, version, member count, names of
+# the members that have not confirmed it}.
+_GATE = """
+local function gate()
+  local flat, names = redis.call('HGETALL', KEYS[1]), {}
+  for i = 1, #flat, 2 do names[#names + 1] = flat[i] end
+  if #names == 0 then return nil end
+  local v = redis.call('GET', KEYS[2]) or '0'
+  local sum = 0
+  for _, n in ipairs(names) do
+    sum = sum + tonumber(string.sub(redis.sha1hex(n), 1, 10), 16)
+  end
+  local want = v .. ':' .. string.format('%d', sum) .. ':'
+  local have, top, missing = 0, 0, {}
+  for _, n in ipairs(names) do
+    local c = redis.call('HGET', KEYS[8], n)
+    if c and string.sub(c, 1, #want) == want then
+      have = have + 1
+      local t = tonumber(string.sub(c, #want + 1)) or 0
+      if t > top then top = t end
+    else
+      missing[#missing + 1] = n
+    end
+  end
+  if have * 2 <= #names then return {-5, v, #names, unpack(missing)} end
+  if top > (tonumber(redis.call('GET', KEYS[9]) or '0') or 0) then
+    redis.call('SET', KEYS[9], string.format('%d', top))
+  end
+  return nil
+end
+"""
+
+# KEYS: members, version, channel, id, removed, timing, timing_seen, version_seen, term_floor.
+# ARGV: name, entry, node_id, address, cluster id the node already belongs to (or ''), max
+# members. The reply carries the timing record as it was at the add: a node runs on nothing
+# older. A new name (not a move of a member's data dir) passes the gate.
+_ADD = _GATE + """
 local id = redis.call('GET', KEYS[4])
 if not id then return {-2, ''} end
 if ARGV[5] ~= '' and id ~= ARGV[5] then return {-3, id} end
@@ -91,8 +139,11 @@ if cur then
   return {1, tostring(v), id, redis.call('GET', KEYS[6])}
 end
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[6]) then return {-4, ''} end
+local wait = gate()
+if wait then return wait end
 redis.call('ZREM', KEYS[5], ARGV[3])
-redis.call('HDEL', KEYS[7], ARGV[1])  -- another node's confirmation under this name
+redis.call('HDEL', KEYS[7], ARGV[1])  -- another node's confirmations under this name
+redis.call('HDEL', KEYS[8], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local v = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', KEYS[3], cjson.encode({op='join', name=ARGV[1], version=v}))
@@ -114,14 +165,20 @@ return {1, ARGV[1]}
 """
 
 # A tombstone tells a member that finds itself missing that it was removed on purpose, not
-# lost by a restore from a membership older than its join.
-_REMOVE = """
+# lost by a restore from a membership older than its join. ARGV: name, '1' to skip the gate
+# (an operator's `--force`, for members that are down for good).
+_REMOVE = _GATE + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then
   return {0, redis.call('GET', KEYS[2]) or '0'}
 end
+if ARGV[2] ~= '1' then
+  local wait = gate()
+  if wait then return wait end
+end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[7], ARGV[1])
+redis.call('HDEL', KEYS[8], ARGV[1])
 local v = redis.call('INCR', KEYS[2])
 local ok, obj = pcall(cjson.decode, cur)
 if ok and type(obj) == 'table' and type(obj['node_id']) == 'string' then
@@ -150,6 +207,13 @@ redis.call('SET', KEYS[2], string.format('%d', v))
 redis.call('SET', KEYS[4], ARGV[1])
 redis.call('PUBLISH', KEYS[3], cjson.encode({op='restore', version=v}))
 return {1, string.format('%d', v)}
+"""
+
+# A member confirms the membership it runs (ARGV[2], "VERSION:MEMBERS:TERM"); only a member.
+_CONFIRM_VERSION = """
+if not redis.call('HGET', KEYS[1], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[8], ARGV[1], ARGV[2])
+return 1
 """
 
 # The timing record with its confirmations and the members' names, in one round trip.
@@ -240,26 +304,51 @@ class Member:
         return json.dumps(self.to_dict())
 
 
+def members_hash(names: frozenset[str] | set[str] | dict[str, Any]) -> str:
+    """What a confirmation says about the set of names it saw (as _GATE computes it, in any
+    order): a confirmation of the same version number from a forked history (Redis lost
+    data) does not count."""
+    return str(sum(int(hashlib.sha1(n.encode()).hexdigest()[:10], 16) for n in names))
+
+
 @dataclass(frozen=True, slots=True)
 class Membership:
     version: int = 0
     members: dict[str, Member] = field(default_factory=dict)
     cluster_id: str | None = None  # None: Redis holds no cluster (or a cache from before ids)
+    # From a registry read (not cached in members.json): the term floor of the newest change,
+    # and the reader's own confirmation ("VERSION:MEMBERS:TERM"; None: none there).
+    term_floor: int = field(default=0, compare=False)
+    confirmation: str | None = field(default=None, compare=False)
 
     @property
     def names(self) -> frozenset[str]:
         return frozenset(self.members)
+
+    def confirmation_by(self, term: int) -> str:
+        """The confirmation of this membership by a node in TERM."""
+        return f"{self.version}:{members_hash(self.names)}:{term}"
+
+    def confirmed_in(self, confirmation: str | None) -> bool:
+        """Whether CONFIRMATION (whatever its term) is of this membership."""
+        want = f"{self.version}:{members_hash(self.names)}:"
+        return confirmation is not None and confirmation.startswith(want)
 
     def address_of(self, name: str) -> str | None:
         m = self.members.get(name)
         return m.address if m else None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """members.json: with the term floor, which a node restarted on it while Redis is
+        away must honour as it did when it adopted this version."""
+        out: dict[str, Any] = {
             "version": self.version,
             "cluster_id": self.cluster_id,
             "members": {n: m.to_dict() for n, m in sorted(self.members.items())},
         }
+        if self.term_floor:
+            out["term_floor"] = self.term_floor
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Membership:
@@ -270,7 +359,10 @@ class Membership:
         cluster_id = data.get("cluster_id")
         if cluster_id is not None:
             cluster_id = check_cluster_id(cluster_id)
-        return cls(check_version(data["version"]), members, cluster_id)
+        floor = data.get("term_floor", 0)
+        if isinstance(floor, bool) or not isinstance(floor, int) or not 0 <= floor <= MAX_TERM:
+            raise RegistryDataError(f"term_floor {floor!r} is not a term")
+        return cls(check_version(data["version"]), members, cluster_id, term_floor=floor)
 
 
 def check_version(value: Any) -> int:
@@ -324,7 +416,8 @@ def _parse_timing(raw: Any, key: str) -> tuple[TimingRecord | None, str | None]:
 
 
 def parse_registry(key_types: tuple[str, str, str], version: Any, cluster_id: Any,
-                   flat: list[Any], keys: tuple[str, str, str]) -> Membership:
+                   flat: list[Any], keys: tuple[str, str, str], *, term_floor: Any = None,
+                   confirmation: Any = None) -> Membership:
     """Validate what _READ returned; any problem raises RegistryDataError naming it."""
     for typ, want, key in zip(key_types, ("hash", "string", "string"), keys, strict=True):
         if typ not in (want, "none"):
@@ -349,7 +442,14 @@ def parse_registry(key_types: tuple[str, str, str], version: Any, cluster_id: An
             raise RegistryDataError(f"member {name!r}: entry is not JSON ({exc})") from None
     if members and v == 0:
         raise RegistryDataError(f"{keys[0]} has members but {keys[1]} is missing")
-    return Membership(v, members, cid)
+    floor = 0
+    if term_floor not in (None, False):
+        text = _text(term_floor, "the term floor")
+        if not text.isascii() or not text.isdigit() or int(text) > MAX_TERM:
+            raise RegistryDataError(f"the term floor is {text[:40]!r}, not a term")
+        floor = int(text)
+    mine = None if confirmation in (None, False) else _text(confirmation, "a confirmation")
+    return Membership(v, members, cid, term_floor=floor, confirmation=mine)
 
 
 # How Redis words an ACL refusal inside a script (6.x and 7.x).
@@ -400,10 +500,13 @@ class Registry:
         self.removed_key = prefix + "removed"
         self.timing_key = prefix + "timing"
         self.seen_key = prefix + "timing_seen"
+        self.version_seen_key = prefix + "version_seen"
+        self.floor_key = prefix + "term_floor"
         self.channel = prefix + "events"
         self._redis = async_client(options, timeout=timeout)
         self._keys = [self.members_key, self.version_key, self.channel, self.id_key,
-                      self.removed_key, self.timing_key, self.seen_key]
+                      self.removed_key, self.timing_key, self.seen_key, self.version_seen_key,
+                      self.floor_key]
         # EVALSHA with a fallback to EVAL: the script text crosses the wire once.
         self._read = self._redis.register_script(_READ)
         self._add = self._redis.register_script(_ADD)
@@ -413,6 +516,7 @@ class Registry:
         self._read_timing = self._redis.register_script(_READ_TIMING)
         self._put_timing = self._redis.register_script(_PUT_TIMING)
         self._confirm = self._redis.register_script(_CONFIRM)
+        self._confirm_version = self._redis.register_script(_CONFIRM_VERSION)
 
     async def _call(self, aw: Awaitable[T]) -> T:
         try:
@@ -444,16 +548,18 @@ class Registry:
     async def _script(self, script: Any, args: list[Any]) -> Any:
         return await self._call(script(keys=self._keys, args=args))
 
-    async def read(self) -> Membership:
-        """The membership; RegistryDataError if the keys hold anything a node did not write."""
-        reply = await self._script(self._read, [])
+    async def read(self, name: str | None = None) -> Membership:
+        """The membership (with NAME's confirmation); RegistryDataError if the keys hold
+        anything a node did not write."""
+        reply = await self._script(self._read, [name or ""])
         try:
-            mt, vt, it, version, cid, flat = reply
+            mt, vt, it, version, cid, flat, floor, mine = reply
             types = (_text(mt, "type"), _text(vt, "type"), _text(it, "type"))
         except (TypeError, ValueError):
             raise RegistryDataError("unexpected reply to the registry read") from None
         return parse_registry(types, version, cid, list(flat),
-                              (self.members_key, self.version_key, self.id_key))
+                              (self.members_key, self.version_key, self.id_key),
+                              term_floor=floor, confirmation=mine)
 
     async def create(self, member: Member, timing: TimingRecord) -> tuple[str, bool]:
         """Bootstrap: make the cluster with MEMBER as its first member and TIMING as its timing
@@ -483,6 +589,8 @@ class Registry:
         if code == -4:
             raise RegistryFull(f"cluster {self.cluster!r} already has {MAX_MEMBERS} members, "
                                "the most it may have")
+        if code == -5:
+            raise self._waiting(value, rest)
         if code == -1:
             address: str | None
             try:
@@ -498,11 +606,40 @@ class Registry:
         record, problem = _parse_timing(raw, self.timing_key)
         return Joined(check_version(int(_text(value, "version"))), record, problem)
 
-    async def remove(self, name: str) -> int:
-        code, value = await self._script(self._remove, [name])
-        if int(code) == 0:
-            raise NotAMember(f"{name!r} is not a member of cluster {self.cluster!r}")
-        return int(_text(value, "version"))
+    def _waiting(self, version: Any, rest: list[Any]) -> ChangeWaiting:
+        """The gate's reply (_GATE): the version, the member count, who has not confirmed."""
+        v = int(_text(version, "version"))
+        count = int(rest[0]) if rest else 0
+        names = tuple(sorted(_text(n, "a member name") for n in rest[1:]))
+        return ChangeWaiting(
+            f"membership version {v} is not yet confirmed by a majority of the cluster's "
+            f"{count} members (not by {', '.join(names) or 'anyone'}); a member is added or "
+            "removed only after that (docs/design.md, \"One change at a time is safe\"; a "
+            "node of a version before membership confirmations never confirms)",
+            version=v, members=count, waiting_for=names)
+
+    async def remove(self, name: str, *, wait: float = 0.0, force: bool = False) -> int:
+        """Remove NAME; returns the new version. While the current version is not confirmed
+        by a majority, tries again for up to WAIT seconds, then raises ChangeWaiting (nothing
+        written). FORCE skips that rule: only for members that are down for good (a cluster
+        that lost its majority for good has no other way back), else two geese are possible.
+        """
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            code, value, *rest = await self._script(self._remove, [name, "1" if force else ""])
+            code = int(code)
+            if code == 0:
+                raise NotAMember(f"{name!r} is not a member of cluster {self.cluster!r}")
+            if code != -5:
+                return int(_text(value, "version"))
+            if asyncio.get_running_loop().time() + CHANGE_RETRY > deadline:
+                raise self._waiting(value, rest)
+            await asyncio.sleep(CHANGE_RETRY)
+
+    async def confirm_version(self, name: str, confirmation: str) -> bool:
+        """NAME runs the membership CONFIRMATION names (Membership.confirmation_by); False if
+        NAME is not a member (nothing written)."""
+        return int(await self._script(self._confirm_version, [name, confirmation])) == 1
 
     async def was_removed(self, node_id: str) -> bool:
         """Whether NODE_ID was removed on purpose (its tombstone is there)."""

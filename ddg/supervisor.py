@@ -479,16 +479,19 @@ class Supervisor:
         proc.stop(self.config.stop_timeout if timeout is None else timeout)
         return proc.returncode
 
-    def remove(self, name: str) -> subprocess.CompletedProcess[str]:
-        """`ddg-node remove NAME`, the real CLI. A node of ours exits by itself when it sees
-        that; that exit is expected."""
+    def remove(self, name: str, *, timeout: float = 10.0,
+               force: bool = False) -> subprocess.CompletedProcess[str]:
+        """`ddg-node remove NAME --timeout TIMEOUT [--force]`, the real CLI: it waits up to
+        TIMEOUT s for a majority of the members to confirm the current version. A node of
+        ours exits by itself when it sees that; that exit is expected."""
         url = self.start_redis()
         cluster = self.config.cluster
         if name in self._nodes:
             cluster = self._expect(name).spec.cluster
         return subprocess.run(
             [sys.executable, "-m", "ddg", "remove", name, "--redis-url", url,
-             "--cluster", cluster], capture_output=True, text=True, timeout=30,
+             "--cluster", cluster, "--timeout", f"{timeout:g}", *(["--force"] if force else [])],
+            capture_output=True, text=True, timeout=timeout + 30,
         )
 
     def forget(self, name: str) -> None:
@@ -627,7 +630,8 @@ class Supervisor:
                 try:
                     for name in names:
                         try:
-                            await registry.remove(name)
+                            # stopped for good: nothing of theirs can confirm any more
+                            await registry.remove(name, force=True)
                         except NotAMember:
                             continue
                         except RegistryError:

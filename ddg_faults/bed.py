@@ -100,7 +100,8 @@ class BedHarness(Harness):
         self.wait_for(lambda: set(nodes) <= set(self.obs().since(start)),
                       what=f"{','.join(nodes)} to answer after starting", timeout=20)
         return self._record("join", ",".join(nodes), nodes, False, start,
-                            replace(self.topology, live=self.topology.live | set(nodes)))
+                            replace(self.topology, nodes=self.topology.nodes | set(nodes),
+                                    live=self.topology.live | set(nodes)))
 
     def remove(self, node: str) -> Event:
         """`ddg-node remove NODE` from the client host; NODE sees it and exits 0 by itself.

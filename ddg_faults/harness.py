@@ -102,7 +102,9 @@ class Harness:
         self.redis_failovers: list[tuple[float, float]] = []  # see Outcome
         self.timing_changes = 0
         self.timing_finalized = 0
-        self.initial = Topology(nodes=frozenset(self.names), live=frozenset())
+        # The members: the late nodes only once they join (a quorum is of the members).
+        self.initial = Topology(nodes=frozenset(n for n in self.names if n not in self.late),
+                                live=frozenset())
         self.topology = self.initial
         self.firewall: Firewall | None = None
         self.observer: Observer | None = None
@@ -274,7 +276,8 @@ class Harness:
         self.wait_for(lambda: set(nodes) <= set(self.obs().since(start)),
                       what=f"{','.join(nodes)} to answer after starting", timeout=20)
         return self._record("join", ",".join(nodes), nodes, False, start,
-                            replace(self.topology, live=self.topology.live | set(nodes)))
+                            replace(self.topology, nodes=self.topology.nodes | set(nodes),
+                                    live=self.topology.live | set(nodes)))
 
     def members_converged(self, nodes: Iterable[str] | None = None) -> None:
         """Wait until every live node's membership is exactly NODES (default: the live ones)."""

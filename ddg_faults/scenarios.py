@@ -201,6 +201,57 @@ def goose_cut_from_redis(h: Harness, cfg: RunConfig) -> None:
     h.settle()
 
 
+# ---- membership changes past a goose that misses them (docs/design.md, "One change at a
+# time is safe") ------------------------------------------------------------------------------
+
+
+def _member(h: Harness, node: str) -> None:
+    """Until NODE has joined: it runs as a member (`/status` no longer says `joining`)."""
+    h.wait_for(lambda: (st := h.cluster.status(node)) is not None and st.joining is None
+               and node in st.members, what=f"{node} to join", timeout=15)
+
+
+def join_lag(h: Harness, cfg: RunConfig) -> None:
+    """The goose cut off from Redis (it misses every change notification and refresh) while
+    nodes join. First n1, alone and goose of a cluster of one: n2 joins, then n3 would make
+    {n2, n3} a quorum of three beside n1 (two geese, before membership confirmations), so n3
+    waits until n1 is back and has confirmed version 2. Then, three members, the goose also
+    cut off from one duck while n4 and n5 join: the other duck refuses its heartbeats once
+    it runs a newer version, and the new majority elects only after that lease."""
+    a, b, c, d = h.late
+    g = h.settle()
+    h.cut_redis(g)
+    h.join(a)
+    _member(h, a)
+    h.join(b)
+    h.hold(2.0)  # the fault lasts: n3 must still be waiting, n1 the only goose
+    st = h.cluster.status(b)
+    said = st.joining if st is not None else "no answer"
+    if st is None or st.joining is None or g not in st.joining or "version 2" not in st.joining:
+        h.fail(f"{b} should wait for {g} to confirm membership version 2; its /status "
+               f"joining: {said}")
+    back = time.monotonic()
+    h.heal_network()
+    _member(h, b)
+    h.notes.append(f"{b} waited, joining: {said!r}; it joined {time.monotonic() - back:.2f} s "
+                   f"after {g} was back on Redis")
+    h.members_converged()
+    g = h.settle()
+    duck = others(h, g, c, d)[0]
+    h.cut_redis(g)
+    h.cut([(g, duck)])
+    h.join(c)
+    _member(h, c)
+    h.join(d)
+    _member(h, d)
+    new = h.goose(exclude=[g])
+    h.notes.append(f"{c} and {d} joined past {g} (cut off from Redis and from {duck}); "
+                   f"{new} leads the five")
+    h.heal_all()
+    h.members_converged()
+    h.settle()
+
+
 # ---- Redis loses the cluster while fresh nodes join (docs/design.md, "Bootstrap") ----------
 
 
@@ -616,6 +667,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario(name="timing-change", nodes=5, run=timing_change, in_all=False,
              about="`config set` default <-> fast, quiet then among goose kills and "
                    "partitions, for --seconds (or --steps)"),
+    Scenario(name="join-lag", nodes=5, late=4, run=join_lag, in_all=False,
+             about="the goose misses membership changes (cut off from Redis) while nodes "
+                   "join: the next join waits for its confirmation"),
     Scenario(name="redis-empty-join", nodes=5, late=2, run=redis_empty_join,
              about="Redis restarts empty; two fresh nodes join at once"),
     Scenario(name="flushall-join", nodes=5, late=2, run=flushall_join,

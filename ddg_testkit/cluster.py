@@ -54,9 +54,27 @@ class LocalCluster(Supervisor):
         self._loop = _LoopThread()
         self._client = NodeClient(timeout=0.5, max_connections=64, tls=self.config.tls)
 
-    def start(self, n: int) -> list[str]:
-        """Add N nodes; returns their names."""
-        return [self.add().name for _ in range(n)]
+    def start(self, n: int, *, joined: bool = True, timeout: float | None = None) -> list[str]:
+        """Add N nodes; returns their names. With JOINED (the default), once each of them is
+        a member and sees the others: the registry adds one member at a time, each once a
+        majority confirmed the version before (docs/design.md), so nodes started at once
+        join one after another, and a test that stops one too early would leave the rest
+        waiting."""
+        names = [self.add().name for _ in range(n)]
+        if joined and names:
+            self.wait_joined(names, timeout=10.0 + 2.0 * n if timeout is None else timeout)
+        return names
+
+    def wait_joined(self, names: Iterable[str], *, timeout: float = 10.0) -> None:
+        """Until each of NAMES is a member (not `joining`) and lists all of NAMES."""
+        want = set(names)
+
+        def joined() -> bool:
+            sts = self.statuses(want)
+            return all(st is not None and st.joining is None and want <= set(st.members)
+                       for st in sts.values())
+
+        self.wait_for(joined, timeout=timeout, what=f"{','.join(sorted(want))} to join")
 
     def close(self, timeout: float | None = None) -> list[str]:
         try:
@@ -126,7 +144,8 @@ class LocalCluster(Supervisor):
         for name, st in self.statuses().items():
             brief = "unreachable" if st is None else (
                 f"role={st.role} term={st.term} goose={st.goose} "
-                f"members={','.join(st.members)}")
+                f"members={','.join(st.members)}"
+                + (f" joining: {st.joining}" if st.joining else ""))
             out.append(f"--- {name} (pid {self.pid(name)}, running {self.running(name)}): "
                        f"{brief}\n{self.log_tail(name) or '(no log)'}")
         return "\n".join(out)

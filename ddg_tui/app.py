@@ -21,7 +21,13 @@ from textual.widgets import Input
 from textual.worker import Worker, WorkerState
 
 from ddg.backoff import Backoff
-from ddg.errors import DdgError, NotAMember, RegistryError, RegistryUnavailable
+from ddg.errors import (
+    ChangeWaiting,
+    DdgError,
+    NotAMember,
+    RegistryError,
+    RegistryUnavailable,
+)
 
 from .config import PollSettings
 from .keys import console_keys, footer_keys, palette_keys
@@ -672,6 +678,9 @@ class ConsoleApp(App[int]):
             return
         except RegistryUnavailable as exc:
             self.report(f"remove {name} failed, Redis unreachable: {exc}", "error", node=name)
+            return
+        except ChangeWaiting as exc:
+            self.report(f"{name} not removed (nothing written): {exc}", "warning", node=name)
             return
         except RegistryError as exc:
             self.report(f"remove {name} failed: {exc}", "error", node=name)

@@ -10,6 +10,8 @@ from ddg.redisconn import RedisOptions
 from ddg.registry import Membership, Registry
 from ddg.tls import TlsConfig
 
+REMOVE_WAIT = 5.0  # seconds a removal waits for the registry to take it
+
 
 class LiveSource:
     """ClusterSource backed by a Registry and the one node client."""
@@ -33,7 +35,9 @@ class LiveSource:
         return self.registry.changes(interval)
 
     async def remove(self, name: str) -> int:
-        return await self.registry.remove(name)
+        # A removal waits for a majority to confirm the current version (milliseconds on a
+        # healthy cluster); beyond REMOVE_WAIT the console says who has not (ChangeWaiting).
+        return await self.registry.remove(name, wait=REMOVE_WAIT)
 
     async def status(self, address: str) -> Reply:
         return await self.nodes.poll(address)

@@ -104,6 +104,7 @@ class Envelope:
     reply: bool  # a reply to an earlier request from dst
     src_inc: int  # the sender's incarnation when it sent this
     dst_inc: int  # for a reply: the requester's incarnation when it asked (else 0)
+    version: int = 0  # the sender's membership version when it sent this (node.py sends it)
 
 
 @dataclass
@@ -124,6 +125,10 @@ class SimNode:
     record: TimingRecord | None = None
     disk_record: TimingRecord | None = None
     confirmed: str | None = None
+    # With ClusterMembership: members.json (version, members), and the (version, members)
+    # this process confirmed.
+    disk_members: tuple[int, frozenset[str]] | None = None
+    confirmed_members: tuple[int, frozenset[str]] | None = None
 
     def local(self, t: float) -> float:
         return self.rate * t + self.offset
@@ -149,6 +154,7 @@ class Sim:
         crash_hints: bool = True,
         timings: dict[str, Timing] | None = None,
         cluster_timing: ClusterTiming | None = None,
+        membership: ClusterMembership | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         # A crashed process's kernel closes its connections: its ducks learn of it at once
@@ -186,8 +192,14 @@ class Sim:
         self.ct = cluster_timing
         if cluster_timing is not None:
             cluster_timing.attach(self)
+        # The registry's membership and the nodes' part in it (None: every node is a member
+        # from the start and stays one, unless a test calls set_membership).
+        self.cm = membership
+        if membership is not None:
+            membership.attach(self)
         for name in names:
-            self._boot(self.nodes[name])
+            if membership is None or name in membership.members:
+                self._boot(self.nodes[name])
         self._check()
 
     # ---- scheduling ----------------------------------------------------------------------
@@ -229,12 +241,18 @@ class Sim:
         timing: Timing | JointTiming = node.timing or self.timing
         if self.ct is not None:
             timing = self.ct.boot(node)
+        members, version, floor = self.members, 0, 0
+        if self.cm is not None:
+            members, version, floor = self.cm.boot(node)
         node.core = self.election_cls(
             name=node.name, timing=timing, rng=node.rng, now=node.local(self.t),
-            members=self.members, hard=node.disk, trust_transfers=self.trust_transfers,
+            members=members, version=version, hard=node.disk,
+            trust_transfers=self.trust_transfers, term_floor=floor,
         )
         if self.ct is not None:
             self.ct.booted(node)
+        if self.cm is not None:
+            self.cm.booted(node)
         self._schedule_tick(node)
 
     def _schedule_tick(self, node: SimNode) -> None:
@@ -281,7 +299,7 @@ class Sim:
     def _receive(self, node: SimNode, env: Envelope) -> None:
         assert node.core is not None
         self.stats["delivered"] += 1
-        out = node.core.step(env.msg, node.local(self.t))
+        out = node.core.step(env.msg, node.local(self.t), version=env.version)
         self._apply(node, out, None if env.reply else env)
 
     def _apply(self, node: SimNode, out: Output, request: Envelope | None) -> None:
@@ -319,7 +337,8 @@ class Sim:
             self.stats["lost"] += 1
             return
         copies = 2 if rng.random() < net.dup else 1
-        env = Envelope(node.name, to, msg, reply, node.incarnation, dst_inc)
+        assert node.core is not None
+        env = Envelope(node.name, to, msg, reply, node.incarnation, dst_inc, node.core.version)
         for _ in range(copies):
             if rng.random() < net.slow:
                 latency = rng.uniform(net.lat_max, net.slow_max)
@@ -401,7 +420,7 @@ class Sim:
 
     def restart(self, a: str) -> None:
         node = self.nodes[a]
-        if node.core is None:
+        if node.core is None and (self.cm is None or self.cm.may_boot(a)):
             self._boot(node)
 
     def pause(self, a: str) -> None:
@@ -455,11 +474,12 @@ class Sim:
         self._receive(node, env)
         self._schedule_tick(node)
 
-    def set_membership(self, a: str, members: frozenset[str], version: int) -> None:
+    def set_membership(self, a: str, members: frozenset[str], version: int,
+                       term_floor: int = 0) -> None:
         node = self.nodes[a]
         if node.core is not None and not node.paused:
-            self._apply(node, node.core.set_membership(members, version, node.local(self.t)),
-                        None)
+            self._apply(node, node.core.set_membership(members, version, node.local(self.t),
+                                                       term_floor), None)
             self._schedule_tick(node)
 
     def kick(self, a: str) -> None:
@@ -615,10 +635,79 @@ def _unpartition(sim: Sim, side: set[str], rest: set[str]) -> None:
             sim.uncut(b, a)
 
 
+# ---- the registry in Redis, as the nodes reach it ------------------------------------------
+
+
+class RegistryModel:
+    """What the two registry models share: Redis state as one shared object that a node
+    reaches in round trips (each request and reply delayed like one), reading it on a change
+    notification and every REFRESH seconds; nothing reaches a node cut off from Redis (CUT,
+    refcounted), frozen, or gone since it asked."""
+
+    def __init__(self, refresh: float) -> None:
+        self.refresh = refresh
+        self.cut: Counter[str] = Counter()  # nodes cut off from Redis (refcounted)
+        self.sim: Sim | None = None
+
+    def _sim(self) -> Sim:
+        assert self.sim is not None
+        return self.sim
+
+    def cut_off(self, a: str) -> None:
+        self.cut[a] += 1
+
+    def reconnect(self, a: str) -> None:
+        if self.cut[a] > 0:
+            self.cut[a] -= 1
+
+    def _alive(self, name: str, inc: int) -> SimNode | None:
+        node = self._sim().nodes[name]
+        if node.core is None or node.paused or node.incarnation != inc or self.cut[name]:
+            return None
+        return node
+
+    def _latency(self) -> float:
+        rng = self._sim().rng
+        return rng.uniform(0.02, 0.1) if rng.random() < 0.05 else rng.uniform(0.0003, 0.003)
+
+    def _call(self, name: str, inc: int, script: Callable[[], Any],
+              then: Callable[[Any], None] | None = None) -> None:
+        """A round trip to Redis: the script runs when the request arrives, THEN when (and if)
+        the reply does."""
+        sim = self._sim()
+
+        def run() -> None:
+            if self._alive(name, inc) is None:
+                return
+            result = script()
+            if then is not None:
+                sim.at(sim.t + self._latency(), reply, result)
+
+        def reply(result: Any) -> None:
+            if self._alive(name, inc) is not None and then is not None:
+                then(result)
+
+        sim.at(sim.t + self._latency(), run)
+
+    def _schedule_refresh(self, name: str, inc: int) -> None:
+        sim = self._sim()
+        sim.at(sim.t + sim.rng.uniform(0.5, 1.0) * self.refresh, self._periodic, name, inc)
+
+    def _periodic(self, name: str, inc: int) -> None:
+        node = self._sim().nodes[name]
+        if node.core is None or node.incarnation != inc:
+            return  # a new process has its own
+        self._read(name, inc)
+        self._schedule_refresh(name, inc)
+
+    def _read(self, name: str, inc: int) -> None:
+        raise NotImplementedError
+
+
 # ---- timing as cluster state ---------------------------------------------------------------
 
 
-class ClusterTiming:
+class ClusterTiming(RegistryModel):
     """The registry's timing record (`ddg:C:timing`, `ddg:C:timing_seen`) as one shared object,
     and each node's part in it as ddg/clustertiming.py plays it: a node reads the record on a
     change notification (lost while it is cut off from Redis) and every REFRESH seconds, each
@@ -634,17 +723,15 @@ class ClusterTiming:
 
     def __init__(self, first: Timing, *, refresh: float = 0.5, joint: bool = True,
                  confirm_wait: bool = True, finalize_all: bool = True) -> None:
+        super().__init__(refresh)
         self.record: TimingRecord | None = TimingRecord.first(first)
         self.seen: dict[str, str] = {}
-        self.refresh = refresh
         self.joint = joint
         self.confirm_wait = confirm_wait
         self.finalize_all = finalize_all
-        self.cut: Counter[str] = Counter()  # nodes cut off from Redis (refcounted)
         self.changes: list[Timing] = []  # the operator's that Redis took, in order
         self.lost_data = False  # a flush or rollback: a change may have been lost with it
         self.finalized = 0
-        self.sim: Sim | None = None
 
     # ---- wiring ----------------------------------------------------------------------------
 
@@ -652,10 +739,6 @@ class ClusterTiming:
         self.sim = sim
         for node in sim.nodes.values():
             node.disk_record = self.record  # bootstrapped and joined under the first record
-
-    def _sim(self) -> Sim:
-        assert self.sim is not None
-        return self.sim
 
     def timing_of(self, record: TimingRecord) -> Timing | JointTiming:
         return record.joint if self.joint else record.target
@@ -699,13 +782,6 @@ class ClusterTiming:
         self.lost_data = True
         self._publish()
 
-    def cut_off(self, a: str) -> None:
-        self.cut[a] += 1
-
-    def reconnect(self, a: str) -> None:
-        if self.cut[a] > 0:
-            self.cut[a] -= 1
-
     # ---- the registry's side (each call is one atomic script) --------------------------------
 
     def _publish(self) -> None:
@@ -735,46 +811,6 @@ class ClusterTiming:
             self._publish()
 
     # ---- the node's side ---------------------------------------------------------------------
-
-    def _alive(self, name: str, inc: int) -> SimNode | None:
-        node = self._sim().nodes[name]
-        if node.core is None or node.paused or node.incarnation != inc or self.cut[name]:
-            return None
-        return node
-
-    def _call(self, name: str, inc: int, script: Callable[[], Any],
-              then: Callable[[Any], None] | None = None) -> None:
-        """A round trip to Redis: the script runs when the request arrives, THEN when (and if)
-        the reply does."""
-        sim = self._sim()
-
-        def run() -> None:
-            if self._alive(name, inc) is None:
-                return
-            result = script()
-            if then is not None:
-                sim.at(sim.t + self._latency(), reply, result)
-
-        def reply(result: Any) -> None:
-            if self._alive(name, inc) is not None and then is not None:
-                then(result)
-
-        sim.at(sim.t + self._latency(), run)
-
-    def _latency(self) -> float:
-        rng = self._sim().rng
-        return rng.uniform(0.02, 0.1) if rng.random() < 0.05 else rng.uniform(0.0003, 0.003)
-
-    def _schedule_refresh(self, name: str, inc: int) -> None:
-        sim = self._sim()
-        sim.at(sim.t + sim.rng.uniform(0.5, 1.0) * self.refresh, self._periodic, name, inc)
-
-    def _periodic(self, name: str, inc: int) -> None:
-        node = self._sim().nodes[name]
-        if node.core is None or node.incarnation != inc:
-            return  # a new process has its own
-        self._read(name, inc)
-        self._schedule_refresh(name, inc)
 
     def _read(self, name: str, inc: int) -> None:
         if self._alive(name, inc) is None:
@@ -843,3 +879,324 @@ class ClusterTiming:
         if self.changes and not self.lost_data and rec.target != self.changes[-1].resolved():
             return False
         return all(n.record == rec for n in self._sim().nodes.values())
+
+
+# ---- membership as registry state ------------------------------------------------------------
+
+Confirmation = tuple[int, frozenset[str], int]  # a member's (version, members, term)
+
+
+class OlderVersionsCounted(Election):
+    """A core that answers a candidate or goose of an older membership version like any other
+    (as before membership confirmations): the negative control of the version check."""
+
+    def step(self, msg: Message, now: float, version: int | None = None) -> Output:
+        return super().step(msg, now, None)
+
+
+class ClusterMembership(RegistryModel):
+    """The registry's membership (`ddg:C:members`, `:version`, `:version_seen`, `:term_floor`)
+    as one shared object, and each node's part in it as ddg/membership.py plays it.
+
+    The registry's side, one atomic script each: a join (the joining process tries to add
+    itself until the registry lets it, then starts), an operator's remove (retried until the
+    registry lets it, or given up), a member's confirmation, a restore (Redis lost data: a
+    member puts back what it knew, merged, under a newer version; never held back), a read.
+    A change to the set of names is written only when a majority of the current members have
+    confirmed the current version (the gate); it raises the term floor to the highest term
+    among those confirmations.
+
+    A node's side: it reads the registry on a change notification (lost while it is cut off
+    from Redis) and every REFRESH seconds, each request and reply delayed like a round trip.
+    It adopts a newer version (core.set_membership with the floor), writes it to its disk
+    (members.json) and confirms it once core.membership_settled(); it confirms again when
+    Redis lost its confirmation, puts back its membership when Redis lost data, and adds
+    itself back (through the gate) when a restore lost its entry. A restarted process starts
+    on the registry's membership (its disk's while cut off from Redis).
+
+    Negative controls: GATE False writes every change at once (the build before the fix);
+    CONFIRM_WAIT False confirms on adoption; FLOOR False keeps no term floor."""
+
+    def __init__(self, first: set[str] | frozenset[str] | list[str], *, refresh: float = 1.0,
+                 lost: float = 0.0, gate: bool = True, confirm_wait: bool = True,
+                 floor: bool = True) -> None:
+        super().__init__(refresh)
+        self.exists = True
+        self.version = 1
+        self.members = frozenset(first)
+        self.floor = 0
+        self.seen: dict[str, Confirmation] = {}
+        self.tombstones: set[str] = set()
+        self.lost = lost  # the chance that a node misses a change notification (a broken
+        # subscription, a loaded host): it sees the change at its next refresh
+        self.gate = gate
+        self.confirm_wait = confirm_wait
+        self.use_floor = floor
+        self.gone: set[str] = set()  # removed on purpose: its operator stopped it
+        self.joining: set[str] = set()
+        self.history: list[tuple[int, frozenset[str]]] = [(1, self.members)]
+        self.held_back = 0  # change attempts the gate refused
+        self.given_up: list[str] = []  # removes that gave up waiting
+        self.lost_data = False
+
+    # ---- wiring ----------------------------------------------------------------------------
+
+    def attach(self, sim: Sim) -> None:
+        self.sim = sim
+        for name in self.members:  # bootstrapped: their data dirs hold version 1
+            sim.nodes[name].disk_members = (self.version, self.members)
+
+    def may_boot(self, name: str) -> bool:
+        """A crashed member may start again; a node that never joined, or was removed, not."""
+        return name not in self.gone and self._sim().nodes[name].disk_members is not None
+
+    def boot(self, node: SimNode) -> tuple[frozenset[str], int, int]:
+        """A (re)started process: the registry's membership (put back first if Redis lost it),
+        or its disk's while cut off from Redis."""
+        disk = node.disk_members
+        assert disk is not None
+        if not self.cut[node.name]:
+            self._restore(disk)
+            if node.name in self.members:
+                node.disk_members = (self.version, self.members)
+                node.confirmed_members = None
+                return self.members, self.version, self.floor if self.use_floor else 0
+        node.confirmed_members = None
+        return disk[1], disk[0], 0
+
+    def booted(self, node: SimNode) -> None:
+        assert node.core is not None
+        self._confirm_at(node, node.core.membership_settles_at)
+        self._schedule_refresh(node.name, node.incarnation)
+
+    # ---- the operator and Redis --------------------------------------------------------------
+
+    def join(self, name: str) -> None:
+        """Start NAME's first process: it adds itself when the registry lets it, then runs."""
+        node = self._sim().nodes[name]
+        assert node.core is None and node.disk_members is None, name
+        self.joining.add(name)
+        self._try_join(name)
+
+    def _try_join(self, name: str) -> None:
+        sim = self._sim()
+        if name not in self.joining:
+            return
+        if self.cut[name]:
+            sim.at(sim.t + 0.1, self._try_join, name)
+            return
+
+        def added(result: str) -> None:
+            if result != "ok" or name not in self.members:  # held back, or flushed since:
+                sim.at(sim.t + sim.rng.uniform(0.05, 0.1), self._try_join, name)  # again
+                return
+            self.joining.discard(name)
+            node = sim.nodes[name]
+            node.disk_members = (self.version, self.members)
+            sim._boot(node)
+            sim._check()
+
+        self._round_trip(lambda: self._add(name), added)
+
+    def remove(self, name: str, timeout: float = 5.0, *, force: bool = False) -> None:
+        """`ddg-node remove NAME`: retried while the registry holds it back, up to TIMEOUT;
+        FORCE (`--force`, for a member down for good) skips the gate."""
+        sim = self._sim()
+        deadline = sim.t + timeout
+
+        def attempt() -> None:
+            self._round_trip(lambda: self._remove(name, force=force), done)
+
+        def done(result: str) -> None:
+            if result == "wait":
+                if sim.t + 0.1 > deadline:
+                    self.given_up.append(name)
+                else:
+                    sim.at(sim.t + 0.1, attempt)
+
+        attempt()
+
+    def reconnect(self, a: str) -> None:
+        super().reconnect(a)
+        if not self.cut[a]:
+            sim = self._sim()
+            node = sim.nodes[a]
+            if node.core is not None:  # the watcher's resubscription reads at once
+                self._read(a, node.incarnation)
+
+    def flush(self) -> None:
+        """FLUSHALL, or Redis restarted with no RDB."""
+        self.exists, self.version, self.members, self.floor = False, 0, frozenset(), 0
+        self.seen, self.tombstones = {}, set()
+        self.lost_data = True
+
+    def snapshot(self) -> tuple[Any, ...]:
+        return (self.exists, self.version, self.members, self.floor, dict(self.seen),
+                set(self.tombstones))
+
+    def rollback(self, snap: tuple[Any, ...]) -> None:
+        """Redis back from an old RDB."""
+        self.exists, self.version, self.members, self.floor = snap[:4]
+        self.seen, self.tombstones = dict(snap[4]), set(snap[5])
+        self.lost_data = True
+        self._publish()
+
+    # ---- the registry's side (each call is one atomic script) --------------------------------
+
+    def _publish(self) -> None:
+        sim = self._sim()
+        for name, node in sim.nodes.items():
+            if not self.cut[name] and node.core is not None and sim.rng.random() >= self.lost:
+                sim.at(sim.t + sim.rng.uniform(0.0005, 0.02), self._read, name, node.incarnation)
+
+    def _confirmed(self) -> list[str]:
+        want = (self.version, self.members)
+        return [m for m in self.members if (c := self.seen.get(m)) is not None and c[:2] == want]
+
+    def _may_change(self) -> bool:
+        """The gate; when it opens, the term floor rises to the highest term among the
+        confirmations it counted (before the change drops any of them, as _GATE does)."""
+        confirmed = self._confirmed()
+        if not self.gate or not self.members or len(confirmed) >= len(self.members) // 2 + 1:
+            self.floor = max([self.floor, *(self.seen[m][2] for m in confirmed)])
+            return True
+        self.held_back += 1
+        return False
+
+    def _change(self, members: frozenset[str]) -> None:
+        self.version += 1
+        self.members = members
+        self.history.append((self.version, members))
+        self._publish()
+
+    def _add(self, name: str) -> str:
+        if not self.exists:
+            return "no-cluster"
+        if name in self.members:
+            return "ok"
+        if not self._may_change():
+            return "wait"
+        self.tombstones.discard(name)
+        self.seen.pop(name, None)
+        self._change(self.members | {name})
+        return "ok"
+
+    def _remove(self, name: str, *, force: bool = False) -> str:
+        if name not in self.members:
+            return "not-a-member"
+        if not force and not self._may_change():
+            return "wait"
+        self.seen.pop(name, None)
+        self.tombstones.add(name)
+        self.gone.add(name)
+        self._change(self.members - {name})
+        return "ok"
+
+    def _restore(self, snap: tuple[int, frozenset[str]]) -> None:
+        version, members = snap
+        if not members:
+            return  # a node restores only a membership it was part of
+        fork = self.exists and self.version == version and self.members != members
+        if self.exists and (self.version > version or (self.version == version and not fork)):
+            return
+        self.members = (self.members | members) if self.exists else members
+        self.version = max(self.version, version) + 1
+        self.exists = True
+        self.history.append((self.version, self.members))
+        self._publish()
+
+    def _confirm_script(self, name: str, c: Confirmation) -> None:
+        if name in self.members:
+            self.seen[name] = c
+
+    # ---- the node's side ---------------------------------------------------------------------
+
+    def _round_trip(self, script: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        """An operator's or a joining process's call: the script runs when the request
+        arrives, THEN when the reply does."""
+        sim = self._sim()
+        sim.at(sim.t + self._latency(),
+               lambda: sim.at(sim.t + self._latency(), then, script()))
+
+    def _read(self, name: str, inc: int) -> None:
+        if self._alive(name, inc) is None:
+            return
+        self._call(name, inc, lambda: (self.exists, self.version, self.members, self.floor,
+                                       self.seen.get(name), name in self.tombstones),
+                   lambda r: self._on_read(name, inc, *r))
+
+    def _on_read(self, name: str, inc: int, exists: bool, version: int,
+                 members: frozenset[str], floor: int, seen: Confirmation | None,
+                 tombstone: bool) -> None:
+        sim = self._sim()
+        node = sim.nodes[name]
+        core = node.core
+        assert core is not None
+        if core.state is State.REMOVED:
+            return  # it exits
+        mine = (core.version, core.members)
+        if not exists or version < core.version or (version == core.version
+                                                    and members != core.members):
+            self._call(name, inc, lambda: self._restore(mine))
+            return
+        if name not in members and name in core.members and not tombstone:
+            self._call(name, inc, lambda: self._add(name))  # a restore lost its entry
+            return
+        if (version, members) != mine:
+            now = node.local(sim.t)
+            sim._apply(node, core.set_membership(members, version, now,
+                                                 floor if self.use_floor else 0), None)
+            if core.state is State.REMOVED:  # it exits (0), its streams end with `bye`
+                node.core = None
+                node.tick_gen += 1
+                sim._check()
+                return
+            sim._schedule_tick(node)
+            node.disk_members = (version, members)
+            node.confirmed_members = None
+            self._confirm_at(node, core.membership_settles_at)
+            return
+        if node.confirmed_members != mine:
+            self._confirm(name, inc)
+        elif seen is None or seen[:2] != mine:
+            self._confirm(name, inc)  # Redis lost it
+
+    def _confirm_at(self, node: SimNode, local: float) -> None:
+        sim = self._sim()
+        at = max(node.to_global(local), sim.t) if self.confirm_wait else sim.t
+        sim.at(at + EPS, self._confirm, node.name, node.incarnation)
+
+    def _confirm(self, name: str, inc: int) -> None:
+        node = self._alive(name, inc)
+        if node is None:
+            return
+        core = node.core
+        assert core is not None
+        now = node.local(self._sim().t)
+        if core.state is State.REMOVED:
+            return
+        if self.confirm_wait and not core.membership_settled(now):
+            return  # a later adoption moved the wait on; its own confirm comes then
+        mine = (core.version, core.members)
+        if node.disk_members != mine:
+            return
+        c = (core.version, core.members, core.term)
+
+        def done(_: object) -> None:
+            if node.core is core and (core.version, core.members) == mine:
+                node.confirmed_members = mine
+
+        self._call(name, inc, lambda: self._confirm_script(name, c), done)
+
+    # ---- queries -------------------------------------------------------------------------------
+
+    def settled(self) -> bool:
+        """Every live member runs the registry's membership and nobody waits to join."""
+        if self.joining or not self.exists:
+            return False
+        sim = self._sim()
+        for name in self.members:
+            core = sim.nodes[name].core
+            if core is None or (core.version, core.members) != (self.version, self.members):
+                return False
+        return True

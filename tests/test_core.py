@@ -472,6 +472,73 @@ def test_quorum_shrink_lets_a_pre_candidate_campaign() -> None:
     assert out.persist == HardState(1, "a")
 
 
+# ---- membership versions (docs/design.md, "One change at a time is safe") --------------------
+
+def test_a_candidate_or_goose_of_an_older_version_gets_no_vote_and_no_ack() -> None:
+    duck = Election(name="d", timing=T, rng=random.Random(0), now=0.0,
+                    members=frozenset({"g", "d", "x"}), version=5)
+    for pre in (True, False):
+        out = duck.step(VoteRequest(term=1, sender="x", pre_vote=pre), 1.0, version=4)
+        assert out.reply == VoteResponse(term=0, sender="d", granted=False, pre_vote=pre)
+        assert duck.term == 0 and duck.voted_for is None
+    out = duck.step(Heartbeat(term=1, sender="g", seq=1), 1.0, version=4)
+    assert out.reply == HeartbeatAck(term=0, sender="d", seq=1, success=False)
+    assert duck.leader is None and duck.term == 0
+    # the same version, a newer one, or none known: as always
+    for seq, version in ((2, 5), (3, 9), (4, None)):
+        reply = duck.step(Heartbeat(term=1, sender="g", seq=seq), 1.0, version).reply
+        assert isinstance(reply, HeartbeatAck) and reply.success
+    # a goose acked by a duck of a newer version counts it as before
+    c = Cluster(3)
+    goose = c.elect("n1", 1.0)
+    goose.step(HeartbeatAck(term=1, sender="n2", seq=goose.seq, success=True), 1.01, 7)
+    assert goose.is_goose(1.01)
+
+
+def test_a_membership_version_carries_a_term_floor() -> None:
+    """A newer version raises the term to its floor (a goose below it steps down), and a
+    candidate of the floor's own term gives up: that term may have been won two changes
+    back. A new process starts at the floor (persisted with its first output)."""
+    c = Cluster(3)
+    goose = c.elect("n1", 1.0)
+    out = goose.set_membership(frozenset(c.names), 1, 1.01, term_floor=1)
+    assert goose.state is State.GOOSE and out.persist is None  # at the floor: nothing to do
+    out = goose.set_membership(frozenset(c.names), 2, 1.02, term_floor=3)
+    assert goose.state is State.DUCK and goose.term == 3 and goose.voted_for is None
+    assert out.persist == HardState(3, None)
+    assert goose.counters.step_downs_by == {StepDown.HIGHER_TERM: 1}
+    cand = make("a", ["a", "b", "c", "d", "e"])
+    cand.election_deadline = 1.0
+    cand.tick(1.0)
+    for voter in ("b", "c"):
+        cand.step(VoteResponse(term=1, sender=voter, granted=True, pre_vote=True), 1.0)
+    assert cand.state is State.CANDIDATE and cand.term == 1
+    out = cand.set_membership(frozenset({"a", "b", "c", "d", "e", "f"}), 1, 1.01,
+                              term_floor=1)
+    assert cand.state is State.DUCK and cand.term == 1 and cand.voted_for == "a"
+    assert [e.name for e in out.events] == ["campaign_abandoned"]
+    fresh = Election(name="n", timing=T, rng=random.Random(0), now=0.0,
+                     members=frozenset({"n", "m"}), hard=HardState(2, "m"), term_floor=7)
+    assert fresh.term == 7 and fresh.voted_for is None
+    assert fresh.tick(0.0).persist == HardState(7, None)
+    kept = Election(name="n", timing=T, rng=random.Random(0), now=0.0,
+                    members=frozenset({"n", "m"}), hard=HardState(9, "m"), term_floor=7)
+    assert kept.hard_state == HardState(9, "m") and kept.tick(0.0).persist is None
+
+
+def test_a_version_is_settled_a_lease_wait_after_it_is_adopted() -> None:
+    """The shell confirms a version only once every lease acked under an older one has
+    ended: lease_wait after the adoption, or after a new process started."""
+    duck = make("d", ["g", "d"], now=10.0)
+    assert not duck.membership_settled(10.0 + WAIT - 1e-6)
+    assert duck.membership_settled(10.0 + WAIT)
+    duck.set_membership(frozenset({"g", "d", "x"}), 2, 20.0)
+    assert duck.membership_settles_at == 20.0 + WAIT
+    assert not duck.membership_settled(20.05) and duck.membership_settled(20.0 + WAIT)
+    duck.set_membership(frozenset({"g", "d", "x"}), 1, 30.0)  # older: ignored
+    assert duck.membership_settles_at == 20.0 + WAIT
+
+
 # ---- duplicates and reordering -----------------------------------------------------------
 
 def test_duplicated_vote_responses_count_once() -> None:

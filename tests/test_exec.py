@@ -154,6 +154,7 @@ def test_the_job_follows_the_goose_through_kills(make_cluster: Make, tmp_path: P
     args = exec_args(tmp_path)
     path, marker = tmp_path / "runs.txt", str(tmp_path / "job.py")
     names = [c.add(extra_args=args).name for _ in range(n)]
+    c.wait_joined(names)  # one join at a time: all in before a goose is killed
     ends: dict[int, int] = {}  # pid -> when its node was SIGKILLed
     gone_after_ms: list[float] = []
     for i in range(kills):
@@ -197,6 +198,7 @@ def test_a_partitioned_goose_stops_its_job_before_the_new_one_starts(
     args = exec_args(tmp_path, "--on-change", f"sh {hook}")
     path = tmp_path / "runs.txt"
     names = [c.add(extra_args=args).name for _ in range(3)]
+    c.wait_joined(names)
     goose = c.wait_goose(timeout=10)
     old = current_run(c, path, goose)
     resp = httpx.post(c.address(goose) + "/admin/partition", json={"all": True}, timeout=5)
@@ -239,6 +241,7 @@ def test_a_frozen_node_cannot_stop_its_job_and_the_fencing_token_tells_the_write
     c = make_cluster()
     path = tmp_path / "runs.txt"
     names = [c.add(extra_args=exec_args(tmp_path)).name for _ in range(3)]
+    c.wait_joined(names)
     goose = c.wait_goose(timeout=10)
     old = current_run(c, path, goose)
     c.pause(goose)
@@ -276,6 +279,7 @@ def test_a_forking_job_and_its_hooks_never_outlive_their_node(make_cluster: Make
     args = ["--on-change", shlex.join(hook.argv), "--on-change-timeout-ms", "3000",
             "--exec-grace-ms", str(GRACE_MS), "--exec", "--", *job.argv]
     names = [c.add(extra_args=args).name for _ in range(3)]
+    c.wait_joined(names)
     sampler = Sampler(job.marker).start()
     try:
         done = kill_geese(c, names, job, hook, kills,

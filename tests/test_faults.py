@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,25 @@ BUDGET = 300  # seconds for the whole run: about 100 s on 2 cores (40 s of it th
 # the false hints of a crash, in `all` and so in CI (about 40 s of the run)
 CRASH_HINTS = ("isolate-goose-reject", "one-way-reject", "goose-plus-one-reject",
                "fast-kill-restart", "listener-closed")
+
+
+def run_faults(tmp_path: Path, *args: str, timeout: float) -> tuple[str, dict[str, Any]]:
+    """`python -m ddg_faults ARGS --json --keep`: its stdout and JSON result, after checking
+    that it ran and exited 0 (a machine that cannot make real faults skips)."""
+    reason = netns.missing_prerequisites()
+    if reason is not None:
+        pytest.skip(f"real network faults not possible here: {reason}")
+    out = tmp_path / "faults.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddg_faults", *args, "--json", str(out), "--keep",
+         str(tmp_path / "k")], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode == 3:
+        pytest.skip(f"real network faults not possible here: {proc.stderr.strip()}")
+    assert out.exists(), proc.stdout[-5000:] + proc.stderr[-5000:]
+    result = json.loads(out.read_text())
+    assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-3000:]
+    return proc.stdout, result
 
 
 def test_iptables_is_never_touched_outside_a_private_namespace(
@@ -117,20 +137,8 @@ def test_chaos_mixes_the_false_hints_of_a_crash_with_the_other_faults() -> None:
 @pytest.mark.faults
 @pytest.mark.timeout(BUDGET + 30)
 def test_every_scenario_under_real_faults(tmp_path: Path) -> None:
-    reason = netns.missing_prerequisites()
-    if reason is not None:
-        pytest.skip(f"real network faults not possible here: {reason}")
-    out = tmp_path / "faults.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ddg_faults", "--scenario", "all", "--seconds",
-         str(CHAOS_SECONDS), "--seed", "1", "--json", str(out), "--keep", str(tmp_path / "k")],
-        cwd=REPO, capture_output=True, text=True, timeout=BUDGET,
-    )
-    if proc.returncode == 3:
-        pytest.skip(f"real network faults not possible here: {proc.stderr.strip()}")
-    assert out.exists(), proc.stdout[-5000:] + proc.stderr[-5000:]
-    result = json.loads(out.read_text())
-    assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-3000:]
+    _, result = run_faults(tmp_path, "--scenario", "all", "--seconds", str(CHAOS_SECONDS),
+                           "--seed", "1", timeout=BUDGET)
     assert result["violations"] == 0
     assert result["crashes"] == 0
     assert result["failures"] == 0
@@ -148,24 +156,27 @@ def test_timing_changes_online_under_goose_kills_and_partitions(tmp_path: Path) 
     quiet cluster (none may start an election), then six steps of goose kills and partitions
     with changes at random moments in them; the checker finds nothing and every change
     completes. About 25 s; the long run (docs/faults.md) is `--seconds 300`."""
-    reason = netns.missing_prerequisites()
-    if reason is not None:
-        pytest.skip(f"real network faults not possible here: {reason}")
-    out = tmp_path / "faults.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ddg_faults", "--scenario", "timing-change", "--steps", "6",
-         "--seed", "1", "--json", str(out), "--keep", str(tmp_path / "k")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    if proc.returncode == 3:
-        pytest.skip(f"real network faults not possible here: {proc.stderr.strip()}")
-    assert out.exists(), proc.stdout[-5000:] + proc.stderr[-5000:]
-    result = json.loads(out.read_text())
-    assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-3000:]
+    stdout, result = run_faults(tmp_path, "--scenario", "timing-change", "--steps", "6",
+                                "--seed", "1", timeout=120)
     assert (result["violations"], result["failures"], result["crashes"]) == (0, 0, 0)
     assert result["faults"] >= 6
     assert result["timing_changes"] >= 8  # four quiet, four or more among the faults
-    assert "no election during a change" in proc.stdout
+    assert "no election during a change" in stdout
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(120)
+def test_a_join_waits_for_the_goose_that_missed_the_one_before(tmp_path: Path) -> None:
+    """The bug as found (docs/design.md, "One change at a time is safe"): n1 alone is goose,
+    cut off from Redis by iptables; n2 joins, then n3. Before membership confirmations n3
+    joined at once and {n2, n3} elected a second goose of term 1 beside n1 (same-term,
+    lease-overlap and span-overlap violations, run on the build before); now n3 waits,
+    saying for whom, and joins once n1 is back and confirmed version 2. Then n4 and n5 join
+    past a goose cut off from Redis and from one duck. About 10 s."""
+    stdout, result = run_faults(tmp_path, "--scenario", "join-lag", timeout=100)
+    assert (result["violations"], result["failures"], result["crashes"]) == (0, 0, 0)
+    assert "n3 waited, joining: 'waiting for n1 to confirm membership version 2" in stdout
+    assert "n4 and n5 joined past" in stdout
 
 
 @pytest.mark.faults

@@ -34,7 +34,7 @@ class StaticRegistry:
     def __init__(self, membership: Membership) -> None:
         self.membership = membership
 
-    async def read(self) -> Membership:
+    async def read(self, name: str | None = None) -> Membership:
         return self.membership
 
     async def close(self) -> None:

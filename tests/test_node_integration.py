@@ -73,7 +73,11 @@ def test_kill_goose_fails_over_and_restarted_goose_rejoins_as_duck(make_cluster:
     assert c.status(new).term == term, "the rejoining node must not force an election"
 
 
-def test_minority_never_has_a_goose_and_remove_restores_quorum(make_cluster: Make) -> None:
+def test_minority_never_has_a_goose_and_only_a_forced_remove_restores_quorum(
+        make_cluster: Make) -> None:
+    """Two of five alive: no goose; `ddg-node remove` of a dead member is refused (the
+    majority that must confirm each change is gone), with one line, writing nothing; the
+    operator's --force (for members down for good) restores a quorum."""
     c = make_cluster()
     names = c.start(5)
     c.wait_for(lambda: all((s := c.status(n)) and len(s.members) == 5 for n in names),
@@ -87,12 +91,39 @@ def test_minority_never_has_a_goose_and_remove_restores_quorum(make_cluster: Mak
         c.wait(n, 5)
     samples = watch(c, 1.5, alive)
     assert not any("goose" in s.values() for s in samples), "2 of 5 must never elect"
+    version = c.status(alive[0]).membership_version
+    refused = c.remove(dead[0], timeout=0.3)
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert f"{dead[0]} not removed (nothing written)" in refused.stderr
+    assert "--force" in refused.stderr
+    assert list(c.status(alive[0]).members) == names
+    assert c.status(alive[0]).membership_version == version
     for n in dead[:2]:
-        result = c.remove(n)
+        result = c.remove(n, force=True)
         assert result.returncode == 0, result.stderr
         assert f"removed {n}" in result.stdout
     # 2 of 3 members alive: a quorum again
     c.wait_goose(among=alive, timeout=5)
+
+
+def test_dead_minority_is_removed_one_change_at_a_time(make_cluster: Make) -> None:
+    """Two of five dead: each removal waits for the three alive to confirm the version the
+    one before wrote, then goes through; no --force needed."""
+    c = make_cluster()
+    names = c.start(5)
+    goose = c.wait_goose(timeout=8)
+    dead = [n for n in names if n != goose][:2]
+    for n in dead:
+        c.kill(n)
+        c.wait(n, 5)
+    for n in dead:
+        result = c.remove(n)
+        assert result.returncode == 0, result.stderr
+    rest = [n for n in names if n not in dead]
+    c.wait_for(lambda: all((s := c.status(n)) and list(s.members) == rest for n in rest),
+               timeout=5, what="the three see three members")
+    assert c.wait_goose(among=rest, timeout=5) == goose
 
 
 @pytest.mark.parametrize("signed", [True, False])

@@ -93,7 +93,9 @@ def test_a_missing_permission_is_one_clear_line(server: EmbeddedRedis, tmp_path:
     url = f"redis://weak@127.0.0.1:{server.port}/0"
     node = cli("--name", "n1", "--port", str(free_port()), "--redis-url", url, "--cluster",
                "acl", "--data-dir", str(tmp_path / "n1"), "--bootstrap")
-    for out in (node, cli("remove", "n1", "--redis-url", url, "--cluster", "acl")):
+    # --force: n1 never ran (it could not start), so it never confirmed a version; without
+    # it the removal would wait for that confirmation instead of reaching the refused command
+    for out in (node, cli("remove", "n1", "--redis-url", url, "--cluster", "acl", "--force")):
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 1, out.stderr
         assert len(lines) == 1 and lines[0].startswith("ddg-node: error:"), out.stderr
