@@ -1,11 +1,11 @@
 """The peer rows of the failover benchmark: a real etcd cluster, and `etcdctl elect` on it.
 
-etcd: 5 members on 127.0.0.1 (distinct ports, a temp dir), with ddg's default timing from
-ddg.config.Timing: --election-timeout = the election timeout's minimum (etcd randomizes each
-timeout in [T, 2T), as ddg's default range is [min, 2 x min]); --heartbeat-interval = the
-heartbeat, except that etcd refuses an election timeout under 5 heartbeats, so with ddg's
-50/150 ms it beats every 150/5 = 30 ms (the election timeout, which governs the failover, is
-kept equal; etcd's steady-state CPU is then that of a faster heartbeat than ddg's). And
+etcd: 5 members on 127.0.0.1 (distinct ports, a temp dir), with ddg's default timing
+(ddg.election.timing.Timing): --election-timeout = the election timeout's minimum (etcd randomizes
+each timeout in [T, 2T), as ddg's default range is [min, 2 x min]); --heartbeat-interval = the
+heartbeat, except that etcd refuses an election timeout under 5 heartbeats, so with ddg's 50/150 ms
+it beats every 150/5 = 30 ms (the election timeout, which governs the failover, is kept equal;
+etcd's steady-state CPU is then that of a faster heartbeat than ddg's). And
 --pre-vote=true (ddg pre-votes too). Its leader is hit like ddg's goose
 (crash: SIGKILL, freeze: SIGSTOP, graceful: SIGTERM, on which etcd transfers its leadership)
 and the time is kill -> another member reports itself leader (POST /v3/maintenance/status on
@@ -45,11 +45,11 @@ from typing import IO, Any
 
 import httpx
 
-from ddg.config import Timing
-from ddg.embedded import free_port
+from ddg.election.timing import Timing
 from ddg.errors import DdgError
-from ddg.launcher import spawn_bound
-from ddg.tools import Tool
+from ddg.local.embedded import free_port
+from ddg.local.launcher import spawn_bound
+from ddg.local.tools import Tool
 from ddg_testkit import tools
 from ddg_testkit.procs import stop
 

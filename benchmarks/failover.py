@@ -40,10 +40,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ddg.client import NodeClient
-from ddg.embedded import redis_server
-from ddg.status import NodeStatus, Role
-from ddg.tls import TlsConfig
+from ddg.client import NodeClient, NodeStatus, Role
+from ddg.local.embedded import redis_server
+from ddg.net.tls import TlsConfig
 from ddg_testkit import LocalCluster
 from ddg_testkit.certs import LOOPBACK, Pki
 from ddg_testkit.hosts import Bed, BedConfig

@@ -10,7 +10,7 @@ settles on one goose, before the next stop):
 Each figure is one process: from just before its SIGTERM to its exit, as the kernel reports
 it (a pidfd turns readable), not as a poll sees it. The table also gives the time from the
 node's `stopped` log line to its exit (the interpreter's own way out), and how many exits were
-not clean (a code other than 0: 70 is a stop its deadline had to force, see ddg/stopping.py).
+not clean (a code other than 0: 70 is a stop its deadline had to force, see ddg/node/stopping.py).
 The default counts make 500 stops: 200 single, 30 rounds of all (150), 30 of frozen (150).
 
     .venv/bin/python -m benchmarks.stops [--single 200] [--all 30] [--frozen 30]
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddg.status import Role
+from ddg.client import Role
 from ddg_testkit import LocalCluster
 
 from . import common

@@ -1,4 +1,5 @@
-"""DuckDuckGoose: Raft-style leader election; one goose, every other node a duck."""
+"""DuckDuckGoose: Raft-style leader election; one goose, every other node a duck.
+Its packages, bottom up: errors, util, election, net, registry, client, ops, node, local, cli."""
 
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ class MessageError(DdgError):
 
 
 class ToolError(DdgError):
-    """An external program the project runs is missing or unusable (ddg.tools)."""
+    """An external program the project runs is missing or unusable (ddg.local.tools)."""
 
 
 class EmbeddedRedisError(DdgError):

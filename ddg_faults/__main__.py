@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ddg.embedded import redis_server
 from ddg.errors import DdgError
+from ddg.local.embedded import redis_server
 from ddg_testkit import faketime, hosts
 from ddg_testkit.hosts import BedConfig
 from ddg_testkit.tools import iptables

@@ -38,7 +38,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ddg.core import quorum_of
+from ddg.election.core import quorum_of
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

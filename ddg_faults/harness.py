@@ -18,9 +18,10 @@ from typing import TypeVar
 
 import redis
 
-from ddg.config import TIMINGS, TimingRecord
-from ddg.redisconn import RedisOptions, sync_client
-from ddg.registry import Registry, TimingState
+from ddg.election.timing import TIMINGS, TimingRecord
+from ddg.registry.records import TimingState
+from ddg.registry.redisconn import RedisOptions, sync_client
+from ddg.registry.registry import Registry
 from ddg_testkit import LocalCluster, faketime, wait_until
 
 from .checker import CheckConfig, Event, Observation, Report, Topology, check

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 
 from ddg.client import NodeClient, Reply
-from ddg.tls import TlsConfig
+from ddg.net.tls import TlsConfig
 
 from .checker import Observation
 

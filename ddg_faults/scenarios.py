@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ddg.clockrate import max_rate_error
-from ddg.config import Timing
+from ddg.election.clockrate import max_rate_error
+from ddg.election.timing import Timing
 
 from .bed import impaired_quiet, link_failover, sentinel_failover, soak
 from .checker import goose_runs

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trustme
 
-from ddg.tls import TlsConfig
+from ddg.net.tls import TlsConfig
 
 LOOPBACK = ("127.0.0.1", "localhost")
 

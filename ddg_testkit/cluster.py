@@ -9,10 +9,9 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-from ddg.client import AdminResult, NodeClient
+from ddg.client import AdminResult, NodeClient, NodeStatus, Role
 from ddg.errors import ConfigError
-from ddg.status import NodeStatus, Role
-from ddg.supervisor import Supervisor, SupervisorConfig
+from ddg.local.supervisor import Supervisor, SupervisorConfig
 
 from .wait import wait_until
 

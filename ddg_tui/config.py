@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ddg.config import DEFAULT_CLUSTER, check_name
+from ddg.election.names import check_name
 from ddg.errors import ConfigError
-from ddg.redisconn import check_redis_url
-from ddg.tls import TlsConfig
+from ddg.net.tls import TlsConfig
+from ddg.registry.keys import DEFAULT_CLUSTER
+from ddg.registry.redisconn import check_redis_url
 
 MAX_DEMO_NODES = 15
 

@@ -1,5 +1,5 @@
 """The console's demo cluster: N ddg-node processes on an embedded Redis (or one the operator
-named), owned by a `ddg.supervisor.Supervisor`. This module only adapts the supervisor to the
+named), owned by a `ddg.local.supervisor.Supervisor`. This module only adapts the supervisor to the
 console's Fleet protocol; processes, Redis and the temp dir are the supervisor's.
 
 `Demo.close()` stops everything it started, takes its nodes out of a Redis it did not start
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ddg.errors import ConfigError
-from ddg.supervisor import Supervisor, SupervisorConfig
-from ddg.tools import Tool
+from ddg.local.supervisor import Supervisor, SupervisorConfig
+from ddg.local.tools import Tool
 
 from .source import Exit, Started
 

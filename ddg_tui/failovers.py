@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ddg.status import Role
+from ddg.client import Role
 
 from .fmt import fmt_ms, summarize_durations
 

@@ -10,9 +10,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from ddg.client import AdminResult, Reply
-from ddg.registry import Member, Membership
-from ddg.status import NodeStatus, Role, StatusFormatError
+from ddg.client import AdminResult, NodeStatus, Reply, Role, StatusFormatError
+from ddg.registry.records import Member, Membership
 
 from .failovers import Failover, GooseSpan, GooseTracker, summarize_failovers
 from .fmt import fmt_ms, fmt_uptime, natural_key

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ddg.client import AdminResult, NodeClient, Reply
-from ddg.redisconn import RedisOptions
-from ddg.registry import Membership, Registry
-from ddg.tls import TlsConfig
+from ddg.net.tls import TlsConfig
+from ddg.registry.records import Membership
+from ddg.registry.redisconn import RedisOptions
+from ddg.registry.registry import Registry
 
 REMOVE_WAIT = 5.0  # seconds a removal waits for the registry to take it
 

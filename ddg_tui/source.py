@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from ddg.registry import Membership
+from ddg.registry.records import Membership
 
 from .model import AdminResult, Reply
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len
 
-from ddg.core import quorum_of
-from ddg.status import NodeStatus, Role
+from ddg.client import NodeStatus, Role
+from ddg.election.core import quorum_of
 
 from .fmt import fmt_ms
 

@@ -1,4 +1,4 @@
-"""A deterministic discrete-event simulator for the pure election core (ddg.core.Election).
+"""A deterministic discrete-event simulator for the pure election core (ddg.election.core.Election).
 
 Everything is driven by one seeded Random and a global fake clock, so a seed (plus a fault plan)
 replays exactly. The simulator plays the part of node.py for N nodes:
@@ -16,7 +16,7 @@ replays exactly. The simulator plays the part of node.py for N nodes:
   they also reorder) and can cut any set of directed links; a link cut while a message is in
   flight loses it (node.py checks the partition on send and on receipt);
 * with a ClusterTiming, the registry's timing record is part of the world: nodes run its
-  (joint) timing and follow online changes as ddg/clustertiming.py does (see the class);
+  (joint) timing and follow online changes as ddg/node/clustertiming.py does (see the class);
   without one every node runs its own timing (Sim(timings=...) mismatches them).
 
 Invariants, checked after every event (and at every lease boundary, where a goose's reported
@@ -44,16 +44,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ddg.config import JointTiming, Timing, TimingRecord, reconcile
-from ddg.core import Election, HardState, Output, State
-from ddg.messages import Message, TimeoutNow, VoteResponse
+from ddg.election.core import Election, HardState, Output, State
+from ddg.election.messages import Message, TimeoutNow, VoteResponse
+from ddg.election.timing import JointTiming, Timing, TimingRecord, reconcile
 
 EPS = 1e-9  # a tick is scheduled this much after its deadline, so float rounding cannot stall it
 
 
 class NoClockCheck(Election):
-    """A core as before the clock-rate check (ddg/clockrate.py): it never judges its clock and
-    never stretches a wait. The negative control of the clock tests."""
+    """A core as before the clock-rate check (ddg/election/clockrate.py): it never judges its
+    clock and never stretches a wait. The negative control of the clock tests."""
 
     def _check_clock(self, now: float) -> None:
         pass
@@ -709,13 +709,14 @@ class RegistryModel:
 
 class ClusterTiming(RegistryModel):
     """The registry's timing record (`ddg:C:timing`, `ddg:C:timing_seen`) as one shared object,
-    and each node's part in it as ddg/clustertiming.py plays it: a node reads the record on a
+    and each node's part in it as ddg/node/clustertiming.py plays it: a node reads the record on a
     change notification (lost while it is cut off from Redis) and every REFRESH seconds, each
-    request and reply delayed like a round trip to Redis; it decides with ddg.config.reconcile,
-    persists what it adopts before confirming, runs on the record's joint timing, confirms
-    once its old leases have surely ended, and tries to finalize. A crash loses the process's
-    memory, not its disk; a restarted node runs on its disk's record and confirms at once
-    (a new process holds no lease). Redis can lose the record (flush) or go back in time.
+    request and reply delayed like a round trip to Redis; it decides with
+    ddg.election.timing.reconcile, persists what it adopts before confirming, runs on the record's
+    joint timing, confirms once its old leases have surely ended, and tries to finalize. A crash
+    loses the process's memory, not its disk; a restarted node runs on its disk's record and
+    confirms at once (a new process holds no lease). Redis can lose the record (flush) or go back in
+    time.
 
     The flags make deliberately broken variants for negative controls: JOINT False switches
     a node straight to the target, CONFIRM_WAIT False confirms without waiting out the old
@@ -896,7 +897,7 @@ class OlderVersionsCounted(Election):
 
 class ClusterMembership(RegistryModel):
     """The registry's membership (`ddg:C:members`, `:version`, `:version_seen`, `:term_floor`)
-    as one shared object, and each node's part in it as ddg/membership.py plays it.
+    as one shared object, and each node's part in it as ddg/node/membership.py plays it.
 
     The registry's side, one atomic script each: a join (the joining process tries to add
     itself until the registry lets it, then starts), an operator's remove (retried until the

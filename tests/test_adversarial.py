@@ -31,11 +31,11 @@ import httpx
 import pytest
 import redis
 
-from ddg import auth
-from ddg import registry as ddg_registry
-from ddg.embedded import find_redis_server, free_port
-from ddg.launcher import NodeProcess
-from ddg.status import NodeStatus
+from ddg.client import NodeStatus
+from ddg.local.embedded import find_redis_server, free_port
+from ddg.local.launcher import NodeProcess
+from ddg.net import auth
+from ddg.registry import records as ddg_registry
 from ddg_testkit import LocalCluster, wait_until
 
 pytestmark = pytest.mark.integration

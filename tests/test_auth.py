@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ddg.auth import (
+from ddg.net.auth import (
     MAX_SKEW,
     NONCE_HEADER,
     SIG_HEADER,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ddg.changes import Change, Changes, View
-from ddg.status import Role
+from ddg.client import Role
+from ddg.ops.changes import Change, Changes, View
 
 
 def view(role: Role = Role.DUCK, term: int = 1, goose: str | None = "a") -> View:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ddg.embedded import free_port
+from ddg.local.embedded import free_port
 from ddg_testkit import LocalCluster
 
 Make = Callable[..., LocalCluster]
@@ -63,8 +63,9 @@ def test_env_timing_must_be_a_known_one() -> None:
 
 
 def test_timing_presets_and_overrides() -> None:
-    from ddg.cli import run_parser, timing_from_args
-    from ddg.config import TIMINGS, Timing
+    from ddg.cli.args import timing_from_args
+    from ddg.cli.node import run_parser
+    from ddg.election.timing import TIMINGS, Timing
 
     def timing(*args: str) -> Timing:
         return timing_from_args(run_parser().parse_args(["--port", "4001", *args]))

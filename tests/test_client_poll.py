@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from ddg.client import NodeClient
-from ddg.embedded import free_port
-from ddg.status import NodeStatus, Role
+from ddg.client import NodeClient, NodeStatus, Role
+from ddg.local.embedded import free_port
 
 STATUS = NodeStatus(name="n1", role=Role.DUCK, term=7, goose="n2", pid=1234, uptime_s=3.5)
 

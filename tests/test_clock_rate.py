@@ -1,6 +1,6 @@
-"""Clock-rate evidence (ddg/clockrate.py) and what the core does with it, without processes:
-the bounds are sound, a majority's contradiction stops a node leading, a clock inside the bound
-leads as before; in the simulator, a goose at half speed is gone before a hinted cut finds it.
+"""Clock-rate evidence (ddg/election/clockrate.py) and what the core does with it, without
+processes: the bounds are sound, a majority's contradiction stops a node leading, a clock inside the
+bound leads as before; in the simulator, a goose at half speed is gone before a hinted cut finds it.
 The same with real processes under libfaketime: tests/test_clock_faketime.py."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import random
 import pytest
 from sim import Net, NoClockCheck, Sim
 
-from ddg.clockrate import (
+from ddg.client import ClockInfo, NodeStatus, Role, StatusFormatError
+from ddg.election.clockrate import (
     WINDOW,
     ClockCheck,
     PeerEvidence,
@@ -20,10 +21,9 @@ from ddg.clockrate import (
     rate_bounds,
     to_us,
 )
-from ddg.config import Timing
-from ddg.core import Election, State, StepDown
-from ddg.messages import Heartbeat, HeartbeatAck, TimeoutNow, VoteRequest, VoteResponse
-from ddg.status import ClockInfo, NodeStatus, Role, StatusFormatError
+from ddg.election.core import Election, State, StepDown
+from ddg.election.messages import Heartbeat, HeartbeatAck, TimeoutNow, VoteRequest, VoteResponse
+from ddg.election.timing import Timing
 
 T = Timing()
 BOUND = max_rate_error(T.drift_margin)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from ddg.cli import main
-from ddg.config import TIMINGS, TimingRecord
-from ddg.embedded import free_port
+from ddg.cli.node import main
+from ddg.election.timing import TIMINGS, TimingRecord
+from ddg.local.embedded import free_port
 from ddg_testkit import LocalCluster
 
 Make = Callable[..., LocalCluster]

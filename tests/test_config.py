@@ -8,20 +8,19 @@ from typing import Any
 
 import pytest
 
-from ddg.config import (
+from ddg.election.names import check_name
+from ddg.election.timing import (
     TIMINGS,
     JointTiming,
-    NodeConfig,
     Reconciled,
     Timing,
     TimingRecord,
-    check_name,
-    default_data_dir,
     parse_timeout_range,
     reconcile,
 )
 from ddg.errors import ConfigError, RegistryDataError
-from ddg.redisconn import check_redis_url
+from ddg.node.config import NodeConfig, default_data_dir
+from ddg.registry.redisconn import check_redis_url
 
 
 def test_default_timing() -> None:

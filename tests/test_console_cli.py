@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ddg.embedded import redis_server
+from ddg.local.embedded import redis_server
 from ddg_testkit import wait_until
 from ddg_testkit.procs import gone
 from ddg_tui.cli import parse_config

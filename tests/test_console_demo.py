@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis
 
-from ddg.embedded import EmbeddedRedis
+from ddg.local.embedded import EmbeddedRedis
 from ddg_testkit import wait_until
 from ddg_tui.demo import Demo, DemoConfig
 

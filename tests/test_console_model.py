@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ddg.registry import Member, Membership
-from ddg.status import RedisInfo, Role, TimingInfo
+from ddg.client import RedisInfo, Role, TimingInfo
+from ddg.registry.records import Member, Membership
 from ddg_tui.model import (
     ClusterModel,
     NodeStatus,

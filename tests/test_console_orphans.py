@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 import redis
 
-from ddg.embedded import EmbeddedRedis, free_port
-from ddg.supervisor import OWNER_FILE, remove_stale_dirs
+from ddg.local.embedded import EmbeddedRedis, free_port
+from ddg.local.supervisor import OWNER_FILE, remove_stale_dirs
 from ddg_testkit import LocalCluster, wait_until, wait_until_async
 from ddg_testkit.procs import gone, proc_stat
 from ddg_tui.demo import TEMP_PREFIX, Demo, DemoConfig

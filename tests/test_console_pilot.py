@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from textual.pilot import Pilot
 
-from ddg.registry import Registry
+from ddg.registry.registry import Registry
 from ddg_testkit import wait_until_async
 from ddg_testkit.fake_source import FakeSource, healthy_cluster
 from ddg_testkit.procs import alive

@@ -14,7 +14,7 @@ from textual.pilot import Pilot
 from textual.widgets import Log
 
 from ddg.client import Reply
-from ddg.registry import Member
+from ddg.registry.records import Member
 from ddg_testkit import wait_until_async
 from ddg_testkit.fake_source import FakeFleet, healthy_cluster
 from ddg_tui.app import ConsoleApp, FilterInput

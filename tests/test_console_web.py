@@ -34,8 +34,8 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from ddg.embedded import free_port
-from ddg.tools import Tool
+from ddg.local.embedded import free_port
+from ddg.local.tools import Tool
 from ddg_testkit import tools, wait_until_async
 from ddg_testkit.procs import gone, proc_stat
 from ddg_tui.keys import KEYS

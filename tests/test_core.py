@@ -1,4 +1,4 @@
-"""Focused, deterministic tests of the pure election core (ddg.core.Election)."""
+"""Focused, deterministic tests of the pure election core (ddg.election.core.Election)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,16 @@ from collections.abc import Callable
 import pytest
 from sim import Sim
 
-from ddg.config import TIMINGS, JointTiming, Timing
-from ddg.core import Election, HardState, Output, State, StepDown, quorum_of
-from ddg.messages import Heartbeat, HeartbeatAck, Message, TimeoutNow, VoteRequest, VoteResponse
+from ddg.election.core import Election, HardState, Output, State, StepDown, quorum_of
+from ddg.election.messages import (
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
+from ddg.election.timing import TIMINGS, JointTiming, Timing
 
 T = Timing()
 LEASE = T.lease  # 0.08 s: answers `goose` this long after a round a quorum acked

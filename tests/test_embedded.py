@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from ddg.embedded import EmbeddedRedis, ping_redis, redis_server
 from ddg.errors import ConfigError, EmbeddedRedisError
-from ddg.supervisor import Supervisor, SupervisorConfig
-from ddg.tools import Tool
+from ddg.local.embedded import EmbeddedRedis, ping_redis, redis_server
+from ddg.local.supervisor import Supervisor, SupervisorConfig
+from ddg.local.tools import Tool
 from ddg_testkit import hosts, tools
 
 pytestmark = pytest.mark.integration
@@ -205,7 +205,7 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch)
     """A node given a port may not have bound it yet when the next node's port is picked (CI:
     two nodes of one cluster got the same port, and the second failed 'Address already in
     use'). A random source that keeps proposing the same free port must not get it twice."""
-    from ddg import embedded
+    from ddg.local import embedded
 
     monkeypatch.setattr(embedded, "_handed_out", set(), raising=False)
     calls = 0

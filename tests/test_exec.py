@@ -6,7 +6,7 @@ The guarantee: while the old goose's node runs, its CMD gets SIGTERM the moment 
 the goose (its lease ran out, a higher term, a hand-over, removal, SIGTERM to the node) and
 SIGKILL a grace later, and the new goose's CMD starts only after an election, so two CMDs
 overlap by at most the grace; a dead node's CMD, and everything CMD started, dies with it (its
-guard, ddg.lifeline: test_a_forking_job_and_its_hooks_never_outlive_their_node). What it
+guard, ddg.ops.lifeline: test_a_forking_job_and_its_hooks_never_outlive_their_node). What it
 is not: a node that is frozen (SIGSTOP, a paused VM) cannot stop its CMD, which runs on beside
 the new goose's until the node resumes; only the fencing token (DDG_TERM) makes that safe
 (test_a_frozen_node_cannot_stop_its_job_and_the_fencing_token_tells_the_writes_apart).
@@ -34,11 +34,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ddg import cli
-from ddg.changes import Change, View
+from ddg.cli import node as cli
+from ddg.client import Role
 from ddg.errors import ConfigError
-from ddg.job import GUARD, HookConfig, Hooks, Job, JobConfig
-from ddg.status import Role
+from ddg.ops.changes import Change, View
+from ddg.ops.job import GUARD, HookConfig, Hooks, Job, JobConfig
 from ddg_testkit import LocalCluster, wait_until, wait_until_async
 from ddg_testkit.jobtree import (
     TREE_SIZE,

@@ -1,4 +1,4 @@
-"""The crash-hint stream (ddg/hold.py) in-process: how each end of it is read."""
+"""The crash-hint stream (ddg/node/hold.py) in-process: how each end of it is read."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession, web
 
-from ddg import hold
-from ddg.config import TIMINGS, JointTiming, NodeConfig, Timing
-from ddg.hold import Ended, Holder, HoldServer, hold_once
-from ddg.ratelimit import TokenBucket
+from ddg.election.timing import TIMINGS, JointTiming, Timing
+from ddg.node import hold
+from ddg.node.config import PeerConfig
+from ddg.node.hold import Ended, Holder, HoldServer, hold_once
+from ddg.util.ratelimit import TokenBucket
 from ddg_testkit import wait_until_async
 
 Serve = Callable[[HoldServer], Awaitable[str]]
@@ -54,8 +55,8 @@ async def goose(serve: Serve) -> tuple[HoldServer, str]:
     return holds, await serve(holds)
 
 
-def duck(tmp_path: Path, name: str = "d1") -> NodeConfig:
-    return NodeConfig(name=name, port=4001, data_dir=tmp_path / name)
+def duck(tmp_path: Path, name: str = "d1") -> PeerConfig:
+    return PeerConfig(name=name)
 
 
 async def open_stream(session: ClientSession, holds: HoldServer, url: str, tmp_path: Path

@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from ddg.config import NodeConfig, Timing
-from ddg.core import Election
+from ddg.election.core import Election
+from ddg.election.messages import Heartbeat
+from ddg.election.timing import Timing
 from ddg.errors import MessageError
-from ddg.messages import Heartbeat
-from ddg.node import Node
-from ddg.partitions import parse_listener_fault
-from ddg.registry import Member, Membership
-from ddg.storage import DataDir
+from ddg.node.config import NodeConfig
+from ddg.node.node import Node
+from ddg.node.partitions import parse_listener_fault
+from ddg.node.storage import DataDir
+from ddg.registry.records import Member, Membership
 
 NAMES = ("n1", "n2", "n3")
 # Timeouts long enough that nothing but the test moves the node during a test.

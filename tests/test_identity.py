@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ddg.tls import client_context
+from ddg.net.tls import client_context
 from ddg_testkit import LocalCluster
 from ddg_testkit.certs import Pki
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from ddg.cli import config_from_args, run_parser
+from ddg.cli.node import config_from_args, run_parser
 from ddg.errors import ConfigError
-from ddg.logs import JsonFormatter, rfc3339
+from ddg.ops.logs import JsonFormatter, rfc3339
 from ddg_testkit import LocalCluster
 
 Make = Callable[..., LocalCluster]

@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from ddg.config import Timing, TimingRecord
-from ddg.embedded import EmbeddedRedis
+from ddg.election.timing import Timing, TimingRecord
 from ddg.errors import ChangeWaiting, NotAMember, RegistryDataError
-from ddg.registry import Member, Membership, Registry, cluster_keys, members_hash
+from ddg.local.embedded import EmbeddedRedis
+from ddg.registry.keys import cluster_keys
+from ddg.registry.records import Member, Membership, members_hash
+from ddg.registry.registry import Registry
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +119,7 @@ async def test_a_confirmation_counts_only_for_the_set_of_names_it_saw(
     with pytest.raises(ChangeWaiting):
         await reg.add(member("b", 2), cluster_id=None)
     assert not await reg.confirm_version("stranger", m.confirmation_by(1))
-    assert await reg._redis.hget(reg.version_seen_key, "stranger") is None
+    assert await reg._redis.hget(reg.keys.version_seen, "stranger") is None
 
 
 async def test_remove_waits_for_the_confirmations_that_arrive_meanwhile(

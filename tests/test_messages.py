@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from ddg.errors import MessageError
-from ddg.messages import (
+from ddg.election.messages import (
     KIND_OF,
     MAX_TERM,
     REPLIES,
@@ -22,6 +21,7 @@ from ddg.messages import (
     decode,
     encode,
 )
+from ddg.errors import MessageError
 
 SAMPLES: list[Message] = [
     VoteRequest(term=3, sender="n1"),

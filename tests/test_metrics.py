@@ -17,13 +17,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ddg import __version__
-from ddg.changes import Changes, View
-from ddg.core import Counters, StepDown
+from ddg.client import NodeStatus, RedisInfo, Role
+from ddg.election.core import Counters, StepDown
 from ddg.errors import ClusterMismatch, RegistryAuthError, RegistryDataError, RegistryUnavailable
-from ddg.metrics import NodeMetrics
-from ddg.peers import failure_reason
-from ddg.status import NodeStatus, RedisInfo, Role
-from ddg.tools import Tool
+from ddg.local.tools import Tool
+from ddg.node.peers import failure_reason
+from ddg.ops.changes import Changes, View
+from ddg.ops.metrics import NodeMetrics
 from ddg_testkit import LocalCluster, tools
 
 Make = Callable[..., LocalCluster]

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ddg.redisconn import RedisOptions, sync_client
-from ddg.status import Role
+from ddg.client import Role
+from ddg.registry.redisconn import RedisOptions, sync_client
 from ddg_faults.bed import BedHarness, impaired_quiet, link_failover, secured, sentinel_failover
 from ddg_faults.harness import Harness, HarnessConfig, Outcome, ScenarioFailed
 from ddg_faults.scenarios import RunConfig

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from ddg.config import NodeConfig, Timing
-from ddg.core import Election, HardState
-from ddg.node import Node
-from ddg.registry import Member, Membership
+from ddg.election.core import Election, HardState
+from ddg.election.timing import Timing
+from ddg.node.config import NodeConfig
+from ddg.node.node import Node
+from ddg.registry.records import Member, Membership
 
 
 def make_node(tmp_path: Path) -> Node:

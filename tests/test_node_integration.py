@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis
 
-from ddg.status import NodeStatus, Role
+from ddg.client import NodeStatus, Role
 from ddg_testkit import LocalCluster
 
 pytestmark = pytest.mark.integration

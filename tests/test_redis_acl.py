@@ -14,8 +14,8 @@ import pytest
 import redis
 from acl import documented_acl
 
-from ddg.embedded import EmbeddedRedis, free_port
-from ddg.redisconn import RedisOptions
+from ddg.local.embedded import EmbeddedRedis, free_port
+from ddg.registry.redisconn import RedisOptions
 from ddg_testkit import LocalCluster
 from ddg_tui.poller import LiveSource
 

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ddg.errors import RegistryUnavailable
-from ddg.redisconn import RedisOptions
-from ddg.registry import Membership, Registry
+from ddg.registry.records import Membership
+from ddg.registry.redisconn import RedisOptions
+from ddg.registry.registry import Registry
 from ddg_testkit import LocalCluster, wait_until
 from ddg_testkit.procs import gone
 from ddg_testkit.sentinel import SentinelSet

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from ddg.embedded import free_port
-from ddg.launcher import spawn_bound
-from ddg.redisconn import RedisOptions
+from ddg.local.embedded import free_port
+from ddg.local.launcher import spawn_bound
+from ddg.registry.redisconn import RedisOptions
 from ddg_testkit import LocalCluster, tools, wait_until
 from ddg_testkit.certs import Pki
 from ddg_tui.poller import LiveSource

@@ -10,7 +10,7 @@ import redis.asyncio.sentinel as asentinel
 import redis.sentinel
 
 from ddg.errors import ConfigError
-from ddg.redisconn import RedisOptions, Target, async_client, parse_redis_url, sync_client
+from ddg.registry.redisconn import RedisOptions, Target, async_client, parse_redis_url, sync_client
 
 
 @pytest.mark.parametrize(("url", "want"), [

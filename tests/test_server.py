@@ -24,18 +24,17 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from ddg import server as srv
 from ddg.errors import ConfigError
-from ddg.server import (
-    REFUSAL,
-    AcceptErrorFilter,
-    GuardedServer,
+from ddg.net.server.accept import AcceptErrorFilter, install_accept_error_filter
+from ddg.net.server.body import read_body
+from ddg.net.server.connection import connection_of
+from ddg.net.server.limits import (
+    DEFAULT_FD_RESERVE,
+    UNLIMITED_FD_BUDGET,
     ServerLimits,
-    install_accept_error_filter,
     raise_fd_limit,
-    read_body,
-    serve,
 )
+from ddg.net.server.listener import REFUSAL, GuardedServer, serve
 from ddg_testkit import wait_until_async
 
 pytestmark = pytest.mark.timeout(15)
@@ -167,7 +166,7 @@ async def big(request: web.Request) -> web.Response:
 
 async def introspect(request: web.Request) -> web.Response:
     return web.json_response({"keepalive_timeout": request.protocol.keepalive_timeout,
-                              "wrapped": srv._connection_of(request) is not None})
+                              "wrapped": connection_of(request) is not None})
 
 
 RELEASE = web.AppKey("release", asyncio.Event)  # what the /held handler waits for
@@ -327,7 +326,8 @@ limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 from aiohttp import web
-from ddg.server import ServerLimits, raise_fd_limit, serve
+from ddg.net.server.limits import ServerLimits, raise_fd_limit
+from ddg.net.server.listener import serve
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                     format="%(levelname)s %(name)s: %(message)s")
@@ -423,7 +423,7 @@ async def test_a_server_limited_to_256_fds_survives_300_idle_connections(
         assert stats["accept_errors"] >= 1 and stats["refused_out_of_fds"] >= 1
         assert "accept() failed: Too many open files" in errors
     else:
-        assert hello["cap"] == 256 - srv.DEFAULT_FD_RESERVE
+        assert hello["cap"] == 256 - DEFAULT_FD_RESERVE
         assert stats["accept_errors"] == 0 and stats["evicted_idle"] >= 300 - hello["cap"]
 
 
@@ -686,8 +686,8 @@ def test_limits_are_validated() -> None:
 
 def test_the_cap_leaves_the_reserve_free() -> None:
     limits = ServerLimits()
-    assert limits.connection_cap(1024) == 1024 - srv.DEFAULT_FD_RESERVE
-    assert limits.connection_cap(None) == srv.UNLIMITED_FD_BUDGET - srv.DEFAULT_FD_RESERVE
+    assert limits.connection_cap(1024) == 1024 - DEFAULT_FD_RESERVE
+    assert limits.connection_cap(None) == UNLIMITED_FD_BUDGET - DEFAULT_FD_RESERVE
     assert ServerLimits(max_connections=50).connection_cap(1024) == 50
     assert ServerLimits(max_connections=5000).connection_cap(1024) == 1024 - 192
     with pytest.raises(ConfigError, match="ulimit"):
@@ -695,7 +695,7 @@ def test_the_cap_leaves_the_reserve_free() -> None:
 
 
 def test_raise_fd_limit_raises_the_soft_limit_to_the_hard_one() -> None:
-    code = ("import resource; from ddg.server import raise_fd_limit; "
+    code = ("import resource; from ddg.net.server.limits import raise_fd_limit; "
             "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512)); print(raise_fd_limit())")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, timeout=10, check=True).stdout

@@ -32,9 +32,9 @@ from sim import (
     random_plan,
 )
 
-from ddg.config import TIMINGS, Timing
-from ddg.core import Election, HardState, State, StepDown
-from ddg.messages import VoteResponse
+from ddg.election.core import Election, HardState, State, StepDown
+from ddg.election.messages import VoteResponse
+from ddg.election.timing import TIMINGS, Timing
 
 LIVENESS_BOUND = 2.0  # simulated seconds from the end of faults to a reported goose
 SETTLE = 2.5  # how long we run after the faults stop

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from ddg.config import NodeConfig
-from ddg.embedded import EmbeddedRedis
-from ddg.registry import Registry
-from ddg.stopping import EXIT_OVERDUE, cancel_and_wait, stop_deadline
+from ddg.local.embedded import EmbeddedRedis
+from ddg.node.config import NodeConfig
+from ddg.node.stopping import EXIT_OVERDUE, cancel_and_wait, stop_deadline
+from ddg.registry.registry import Registry
 from ddg_testkit import LocalCluster, wait_until
 
 Make = Callable[..., LocalCluster]
@@ -107,7 +107,7 @@ SITECUSTOMIZE = textwrap.dedent("""\
     how = os.environ.get("DDG_TEST_STUCK")
     if how == "watch":
         import asyncio
-        from ddg.membership import MembershipSync
+        from ddg.node.membership import MembershipSync
 
         async def watch(self):
             while True:

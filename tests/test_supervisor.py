@@ -12,10 +12,10 @@ import httpx
 import pytest
 import redis
 
-from ddg.embedded import EmbeddedRedis, free_port
 from ddg.errors import ConfigError, DdgError
-from ddg.launcher import NodeSpec
-from ddg.supervisor import NodeExit, Supervisor, SupervisorConfig
+from ddg.local.embedded import EmbeddedRedis, free_port
+from ddg.local.launcher import NodeSpec
+from ddg.local.supervisor import NodeExit, Supervisor, SupervisorConfig
 from ddg_testkit import wait_until
 from ddg_testkit.procs import gone
 

@@ -17,11 +17,12 @@ import pytest
 from aiohttp import web
 from docblocks import block
 
-from ddg.config import NodeConfig
 from ddg.errors import ConfigError
-from ddg.server import GuardedServer, ServerLimits, serve
-from ddg.tls import TlsConfig, client_context, peer_names, peer_verified
-from ddg.tools import Tool
+from ddg.local.tools import Tool
+from ddg.net.server.limits import ServerLimits
+from ddg.net.server.listener import GuardedServer, serve
+from ddg.net.tls import TlsConfig, client_context, peer_names, peer_verified
+from ddg.node.config import NodeConfig
 from ddg_testkit import tools
 from ddg_testkit.certs import Pki
 from ddg_testkit.wait import wait_until_async

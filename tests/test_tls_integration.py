@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ddg.embedded import free_port
-from ddg.tls import CLIENT_CERT_REQUIRED, TlsConfig, client_context
+from ddg.local.embedded import free_port
+from ddg.net.tls import CLIENT_CERT_REQUIRED, TlsConfig, client_context
 from ddg_testkit import LocalCluster
 from ddg_testkit.certs import Pki
 

@@ -21,10 +21,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ddg.changes import Change, View
-from ddg.client import watch
-from ddg.status import NodeStatus, Role
-from ddg.watch import SseDecoder, Watchers, WatchEvent, WatchFormatError, WatchSettings, parse_event
+from ddg.client import (
+    NodeStatus,
+    Role,
+    SseDecoder,
+    WatchEvent,
+    WatchFormatError,
+    parse_event,
+    watch,
+)
+from ddg.ops.changes import Change, View
+from ddg.ops.watch import Watchers, WatchSettings
 from ddg_testkit import LocalCluster, wait_until, wait_until_async
 
 Make = Callable[..., LocalCluster]

@@ -22,7 +22,7 @@ def test_the_wheel_ships_no_fault_harness_fake_or_test_helper(tmp_path: Path) ->
     names = zipfile.ZipFile(wheel).namelist()
     packages = {n.split("/")[0] for n in names if not n.startswith("duckduckgoose-")}
     assert packages == {"ddg", "ddg_tui"}, packages
-    assert "ddg/node.py" in names and "ddg_tui/app.py" in names
+    assert "ddg/node/node.py" in names and "ddg_tui/app.py" in names
     assert "ddg_tui/console.tcss" in names
     forbidden = [n for n in names if any(part in n for part in (
         "faults", "fake", "tests/", "conftest", "sim.py", "testkit"))]

@@ -1,0 +1,381 @@
+"""The node daemon: the I/O shell around the pure election core.
+
+It owns the lifecycle, the election timer and the term/vote persistence; it serves the HTTP
+API (api.py, mixed in). The peer transport (peers.py), the crash-hint streams (hold.py), the
+membership sync with Redis (membership.py), the cluster's timing (clustertiming.py) and fault
+injection (partitions.py) are its parts. Only the timer and message handlers touch the core;
+none of them waits on Redis, so a slow or frozen Redis cannot delay a heartbeat or stretch a
+lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import signal
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ddg.election.core import Election, HardState, Output, State
+from ddg.election.messages import Message
+from ddg.election.timing import JointTiming
+from ddg.errors import DdgError, StorageError
+from ddg.net import auth
+from ddg.net.server.limits import ServerLimits, raise_fd_limit
+from ddg.net.server.listener import GuardedServer, serve
+from ddg.node.api import MAX_BODY, NodeApi, errors_as_json
+from ddg.node.clustertiming import ClusterTiming
+from ddg.node.config import NodeConfig
+from ddg.node.hold import Holder, HoldServer
+from ddg.node.membership import MembershipSync
+from ddg.node.partitions import Partitions
+from ddg.node.peers import PeerTransport
+from ddg.node.stopping import StopDeadline, cancel_and_wait
+from ddg.node.storage import DataDir
+from ddg.ops.changes import Changes, View
+from ddg.ops.job import Jobs
+from ddg.ops.metrics import NodeMetrics
+from ddg.ops.watch import Watchers
+from ddg.registry.records import Membership
+from ddg.registry.registry import Registry
+from ddg.util.ratelimit import LogThrottle, Throttle
+
+WARN_EVERY = 60.0  # seconds between two log lines about the same recurring problem
+log = logging.getLogger("ddg.node")
+
+class Node(NodeApi):
+    """REGISTRY and DATA may be given (tests run the HTTP contract in-process with them);
+    by default they come from the config. STOP_DEADLINE (the ddg-node process sets it; see
+    ddg/node/stopping.py): once a stop begins, the process ends within that many seconds, or at
+    a second SIGTERM/SIGINT, whatever a task does."""
+
+    def __init__(self, config: NodeConfig, *, rng: random.Random | None = None,
+                 registry: Registry | None = None, data: DataDir | None = None,
+                 stop_deadline: float | None = None) -> None:
+        self.config = config
+        self.deadline = None if stop_deadline is None else StopDeadline(stop_deadline)
+        self.rng = rng or random.Random()
+        self.data = data or DataDir(config.data_dir)
+        self.warn = LogThrottle(log, WARN_EVERY)
+        self.metrics = NodeMetrics(
+            name=config.name, status=self.status,
+            counters=lambda: None if self.core is None else self.core.counters)
+        registry = registry or Registry(config.redis, config.cluster)
+        self.timing = ClusterTiming(config=config.member, registry=registry, data=self.data,
+                                    warn=self.warn)
+        self.sync = MembershipSync(
+            config=config.member, rng=self.rng, data=self.data, warn=self.warn, registry=registry,
+            on_change=self._membership_changed, on_error=self.metrics.registry_error,
+            timing=self.timing)
+        self.partitions = Partitions()
+        self.peers = PeerTransport(
+            config=config.peer, rng=self.rng, address_of=self._address_of,
+            version=self._version, blocked=self.partitions.blocked,
+            on_reply=self._on_reply, warn=self.warn, metrics=self.metrics)
+        self.holds = HoldServer(config.timing)
+        self.holder = Holder(config=config.peer, session=lambda: self.peers.session,
+                             address_of=self._address_of, blocked=self.partitions.blocked,
+                             on_lost=self._goose_lost, warn=self.warn)
+        self.verifier = (None if config.secret is None
+                         else auth.Verifier(config.secret, recipient=config.name))
+        self.core: Election | None = None
+        self.started = time.monotonic()
+        self.fsync_last_ms: float | None = None
+        self.fsync_max_ms = 0.0
+        self.http: GuardedServer | None = None
+        self.changes = Changes()
+        self.changes.listen(self.metrics.observe)
+        self.jobs = Jobs(config.job, config.on_change, node=config.name, cluster=config.cluster)
+        self.changes.listen(self.jobs.on_change)  # before the watchers: SIGTERM at once
+        self.watchers = Watchers(node=config.name, status=self.status)
+        self.changes.listen(self.watchers.publish)
+        self.stop_event = asyncio.Event()
+        self.exit_code = 0
+        self._wake = asyncio.Event()
+        self._persist_lock = asyncio.Lock()
+        self._on_disk: HardState | None = None
+        self._clock_nag: Throttle | None = None  # while peers contradict this node's clock
+
+    def _address_of(self, name: str) -> str | None:
+        return self.sync.membership.address_of(name)
+
+    def _version(self) -> int:
+        """The membership version the core runs: what every message says (a peer refuses a
+        candidate or goose of an older one)."""
+        return self.core.version if self.core is not None else self.sync.membership.version
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
+        self.add_routes(app)
+        app.cleanup_ctx.append(self._background)
+        app.cleanup_ctx.append(self.jobs.context)  # stops --exec's command before exiting
+        app.on_shutdown.append(self.watchers.shutdown)  # ends /watch streams: no delay
+        app.on_shutdown.append(self.holds.shutdown)  # `bye`: a stop is not taken for a crash
+        return app
+
+    async def _background(self, app: web.Application) -> AsyncIterator[None]:
+        await self.peers.start()
+        ticker = asyncio.create_task(self._run_ticker(), name="ticker")
+        holder = asyncio.create_task(self.holder.run(), name="hold")
+        for task in (ticker, holder):
+            task.add_done_callback(self._loop_ended)
+        yield
+        await cancel_and_wait(ticker, holder)
+        await self.sync.close()
+        await self.timing.close()
+        await self.peers.close()
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("%s loop failed; stopping", task.get_name(), exc_info=task.exception())
+            self.exit_code = 1
+            self.stop_event.set()
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT or removal from the registry; returns the exit code."""
+        self.data.open()
+        try:
+            code = await self._serve()
+        finally:
+            self.data.close()
+        log.info("stopped (exit code %d)", code, extra={"event": "stopped", "exit_code": code})
+        return code
+
+    async def _serve(self) -> int:
+        hard = self.data.load_hard_state()
+        self._on_disk = hard
+        cached = self.data.load_membership()
+        self.timing.cached = self.data.load_timing()
+        self.sync.node_id = self.data.node_id()
+        soft, hard_fds = raise_fd_limit()
+        try:
+            tls = self.config.tls
+            self.http = await serve(self.make_app(), self.config.host, self.config.port,
+                                    limits=ServerLimits(),
+                                    ssl=tls.server_context() if tls and tls.serving else None)
+        except OSError as exc:  # serve() has cleaned up
+            raise DdgError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
+            ) from None
+        log.debug("fd limit %d (hard %d); at most %d connections", soft, hard_fds,
+                  self.http.cap)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        watcher: asyncio.Task[None] | None = None
+        try:
+            membership = await self.sync.join(cached, self.stop_event)
+            if membership is None:  # stopped while waiting for Redis
+                return self.exit_code
+            self.sync.membership = membership
+            timing = await self.timing.start(self.sync.joined_timing)
+            self.core = Election(
+                name=self.config.name, timing=timing, rng=self.rng,
+                now=time.monotonic(), members=membership.names, version=membership.version,
+                hard=hard, trust_transfers=self.config.authenticated,
+                term_floor=membership.term_floor,
+            )
+            self._timing_changed_to(timing)
+            core = self.core
+            self.timing.apply = self._set_timing
+            self.timing.settled = lambda: core.timing_settled(time.monotonic())
+            self.timing.settles_at = lambda: core.timing_settles_at
+            self.timing.is_goose = lambda: core.state is State.GOOSE
+            self.sync.running = lambda: (core.version, core.members, core.term)
+            self.sync.settles_at = lambda: core.membership_settles_at
+            self.sync.confirm_soon()
+            self.observe()
+            watcher = asyncio.create_task(self.sync.watch(), name="registry")
+            watcher.add_done_callback(self._loop_ended)
+            log.info("serving %s as %s in cluster %r: term %d, members %s (version %d)",
+                     self.config.address, self.config.name, self.config.cluster, hard.term,
+                     ",".join(sorted(membership.names)), membership.version,
+                     extra={"event": "started", "term": hard.term,
+                            "address": self.config.address,
+                            "members": sorted(membership.names),
+                            "membership_version": membership.version})
+            if not self.config.authenticated:
+                log.info("peer messages are not signed: fine on loopback only; set "
+                         "DDG_CLUSTER_SECRET (the same on every node) to sign them, or use "
+                         "mutual TLS (--tls-client-auth)")
+            self._wake.set()
+            await self.stop_event.wait()
+            await self._hand_over()
+            return self.exit_code
+        finally:
+            self._begin_stop("the stop began")
+            if watcher is not None:
+                await cancel_and_wait(watcher)
+            # The signal handlers stay to the end: a SIGTERM that arrives while the node is
+            # already leaving never meets the default action half-way; with a stop deadline
+            # it ends the process at once, on purpose (ddg/node/stopping.py).
+            await self.http.close()
+            await self.sync.registry.close()
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        extra = {"event": "stopping", "signal": name}
+        if self.core is None:
+            log.info("received %s: stopping before joining the cluster", name, extra=extra)
+        else:
+            log.info("received %s: stopping (this node stays a member)", name, extra=extra)
+        self._begin_stop(name)
+        self.stop_event.set()
+
+    def _begin_stop(self, why: str) -> None:
+        """Start the stop's deadline (once); from now on SIGTERM and SIGINT end the process."""
+        if self.deadline is not None:
+            self.deadline.begin(why, asyncio.get_running_loop())
+
+    async def _hand_over(self) -> None:
+        """A goose stopping gracefully hands leadership to an up-to-date duck first."""
+        if self.core is None or self.core.state is not State.GOOSE:
+            return
+        out = self.core.transfer_leadership(time.monotonic())
+        await self._apply(out, send=False)
+        await asyncio.gather(*(self.peers.deliver(s) for s in out.sends),
+                             return_exceptions=True)
+
+    # ---- timer and core ------------------------------------------------------------------
+
+    async def _run_ticker(self) -> None:
+        while True:
+            core = self.core
+            if core is not None:
+                await self._apply(core.tick(time.monotonic()))
+                self.observe()  # a deadline of the clock alone (a lease edge) changes the role
+                self._remind_clock(core)
+                delay = core.next_deadline() - time.monotonic()
+            else:
+                delay = math.inf
+            self._wake.clear()
+            # Cap the sleep so a missed wake-up costs at most one heartbeat interval.
+            delay = min(max(delay, 0.0), self.heartbeat)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    async def _apply(self, out: Output, *, send: bool = True) -> None:
+        """Persist, log, then send: nothing leaves before the term and vote are on disk.
+
+        The write runs in a thread so a slow disk never stalls `GET /`; the lock keeps outputs
+        in order, so a later output (which may depend on that state) waits for the write too.
+        """
+        async with self._persist_lock:
+            if out.persist is not None and out.persist != self._on_disk:
+                await self._persist(out.persist)
+        for event in out.events:
+            level = logging.DEBUG if event.debug else logging.ERROR if event.error else logging.INFO
+            log.log(level, "%s", event.text, extra={"event": event.name, **event.fields})
+        self.observe()
+        if self.core is not None and self.core.state is State.REMOVED:
+            self.stop_event.set()
+        if send:
+            for s in out.sends:
+                self.peers.send(s)
+        self._wake.set()
+
+    async def _persist(self, hard: HardState) -> None:
+        t0 = time.monotonic()
+        try:
+            await asyncio.to_thread(self.data.save_hard_state, hard)
+        except StorageError as exc:
+            log.critical("%s; stopping so no vote is given that is not on disk", exc,
+                         extra={"event": "storage_failed"})
+            self.exit_code = 1
+            self.stop_event.set()
+            raise
+        took = (time.monotonic() - t0) * 1000
+        self.metrics.fsync_took(took / 1000)
+        self.fsync_last_ms, self.fsync_max_ms = took, max(self.fsync_max_ms, took)
+        if took > self.heartbeat * 1000:
+            self.warn.warning("fsync", "writing the term and vote took %.0f ms (a slow disk "
+                              "delays votes and heartbeats)", took)
+        self._on_disk = hard
+        if self.core is not None:
+            self.core.persisted(hard)
+
+    def _remind_clock(self, core: Election) -> None:
+        """While peers contradict this node's clock, say so again once every WARN_EVERY (the
+        core's event said it first)."""
+        if not core.clock.contradicted:
+            self._clock_nag = None
+            return
+        if self._clock_nag is None:
+            self._clock_nag = Throttle(WARN_EVERY)
+            self._clock_nag.allow()
+        elif self._clock_nag.allow() is not None:
+            rates = core.clock.rates(time.monotonic())
+            log.error("this node's clock rate is still contradicted by its peers (its rate "
+                      "relative to theirs: %s); not leading",
+                      ", ".join(f"{p} {r:.3f}x" for p, r in rates.items()) or "no recent "
+                      "evidence", extra={"event": "clock_contradicted", "term": core.term})
+
+    def observe(self) -> None:
+        """Tell the listeners if the role, term, goose or membership changed."""
+        core = self.core
+        if core is None:
+            return
+        # On the goose this runs for every acknowledgement: read only what a View holds (no
+        # snapshot with its copy of the counters).
+        now = time.monotonic()
+        change = self.changes.observe(
+            View(role=core.reported_role(now), state=core.state.value, term=core.term,
+                 goose=core.known_goose(now), members=tuple(sorted(core.members)),
+                 version=core.version),
+            at=now, wall=time.time())
+        if core.state is State.GOOSE:
+            self.holds.became_goose()
+        else:
+            self.holds.stopped_being_goose()
+        self.holder.follow(core.leader if core.state is State.DUCK else None)
+        if change is not None and change.previous is not None \
+                and change.previous.role != change.view.role:
+            # the instant the answer on GET / changed: what failover times are measured to
+            log.info("now answering %s (term %d)", change.view.role.value, change.view.term)
+
+    async def _on_reply(self, reply: Message, version: int) -> None:
+        if self.core is None:
+            return
+        self.sync.observe_version(version)
+        out = self.core.step(reply, time.monotonic())
+        if out.refused:
+            self.warn.warning(f"refused:{reply.sender}", "not believing %s's reply: %s",
+                              reply.sender, out.refused)
+        await self._apply(out)
+
+    async def _goose_lost(self, goose: str) -> None:
+        if self.core is not None:
+            await self._apply(self.core.goose_lost(goose, time.monotonic()))
+
+    @property
+    def heartbeat(self) -> float:
+        """The heartbeat in force (the cluster's timing, once the core runs)."""
+        return (self.core.timing if self.core is not None else self.config.timing).heartbeat
+
+    async def _set_timing(self, timing: JointTiming) -> None:
+        """The cluster's timing record changed (ddg/node/clustertiming.py)."""
+        if self.core is not None:
+            await self._apply(self.core.set_timing(timing, time.monotonic()))
+        self._timing_changed_to(timing)
+
+    def _timing_changed_to(self, timing: JointTiming) -> None:
+        self.holds.announce(timing)
+        self.holder.timing = timing
+        self.peers.timing = timing
+
+    async def _membership_changed(self, membership: Membership) -> None:
+        if self.core is not None:
+            await self._apply(self.core.set_membership(membership.names, membership.version,
+                                                       time.monotonic(), membership.term_floor))
+
+
+async def run_node(config: NodeConfig) -> int:
+    return await Node(config).run()
