@@ -30,9 +30,9 @@ from ddg_testkit.tools import iptables
 
 from .bed import BedHarness, secured
 from .checker import CheckConfig, quantile, summarize
-from .harness import Harness, HarnessConfig, Outcome, ScenarioFailed
+from .harness import Harness, HarnessConfig, Outcome, RunConfig, ScenarioFailed
 from .netns import in_private_netns, loopback_up, missing_prerequisites, reexec_in_private_netns
-from .scenarios import SCENARIOS, RunConfig
+from .scenarios import SCENARIOS
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -38,6 +38,17 @@ T = TypeVar("T")
 MAX_LAPSED = 0.05
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunConfig:
+    """What a scenario is asked to do beyond its fixed shape (python -m ddg_faults flags)."""
+
+    seconds: float | None = None  # chaos duration
+    steps: int | None = None  # chaos step count (wins over seconds)
+    seed: int = 1
+    nodes: int | None = None  # override the scenario's cluster size
+    faults: int | None = None  # bed-soak: stop after this many faults
+
+
 class ScenarioFailed(AssertionError):
     """An expectation of the scenario itself did not hold (not a checker violation)."""
 

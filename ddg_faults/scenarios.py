@@ -11,21 +11,12 @@ from dataclasses import dataclass
 from ddg.election.clockrate import max_rate_error
 from ddg.election.timing import Timing
 
-from .bed import impaired_quiet, link_failover, sentinel_failover, soak
+from .bed_scenarios import impaired_quiet, link_failover, sentinel_failover, soak
 from .checker import goose_runs
-from .harness import Harness
+from .harness import Harness, RunConfig
 from .netns import CutMode
 
 GOOSE = "@goose"  # a chaos target resolved to the goose of the moment
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RunConfig:
-    seconds: float | None = None  # chaos duration
-    steps: int | None = None  # chaos step count (wins over seconds)
-    seed: int = 1
-    nodes: int | None = None  # override the scenario's cluster size
-    faults: int | None = None  # bed-soak: stop after this many faults
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

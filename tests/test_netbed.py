@@ -22,9 +22,9 @@ import pytest
 
 from ddg.client import Role
 from ddg.registry.redisconn import RedisOptions, sync_client
-from ddg_faults.bed import BedHarness, impaired_quiet, link_failover, secured, sentinel_failover
-from ddg_faults.harness import Harness, HarnessConfig, Outcome, ScenarioFailed
-from ddg_faults.scenarios import RunConfig
+from ddg_faults.bed import BedHarness, secured
+from ddg_faults.bed_scenarios import impaired_quiet, link_failover, sentinel_failover
+from ddg_faults.harness import Harness, HarnessConfig, Outcome, RunConfig, ScenarioFailed
 from ddg_testkit import hosts, tools
 from ddg_testkit.hosts import CLIENT, Bed, BedConfig, Impairment
 
