@@ -24,11 +24,13 @@ from ddg.errors import ChangeWaiting, DdgError, NotAMember, RegistryError, Regis
 from ddg.util.backoff import Backoff
 
 from .config import PollSettings
+from .events import Observation, Severity
+from .fmt import fmt_ms
 from .keys import console_keys, footer_keys, palette_keys
-from .model import ClusterModel, Observation, Severity, fmt_ms
+from .model import ClusterModel
 from .screens import ConfirmScreen, HelpScreen, NodeDetailScreen
 from .source import Clock, ClusterSource, Fleet, SystemClock
-from .views import signal_name
+from .views import header_view, rows_view, signal_name
 from .widgets import Banner, ClusterHeader, EventLog, HistoryPanel, KeyBar, NodeTable
 
 NOTIFY_SEVERITY: dict[Severity, str] = {
@@ -352,7 +354,7 @@ class ConsoleApp(App[int]):
         self._rendered_seq = self.model.last_seq
         self.renders += 1
         m = self.model
-        header = m.header(now)
+        header = header_view(m, now)
         new = m.events_after(self._ui_log.last_seq)
         mode, mode_short = self._mode()
         with self.batch_update():
@@ -360,7 +362,7 @@ class ConsoleApp(App[int]):
                                  location=self.source.location, poll=self._poll_text[0],
                                  poll_short=self._poll_text[1])
             self._ui_banner.show(header.banner, header.banner_level)
-            self._ui_table.sync(m.rows(now))
+            self._ui_table.sync(rows_view(m, now))
             self._ui_log.add(new)
             self._ui_history.show(m.failovers, m.timeline)
             self._ui_keys.update_state()

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ddg.client import Role
 
+from .events import Event, Observation
 from .fmt import fmt_ms, summarize_durations
 
-if TYPE_CHECKING:
-    from .model import Event, Observation
-
-Emit = Callable[..., "Event"]
+Emit = Callable[..., Event]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

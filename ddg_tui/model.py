@@ -10,51 +10,20 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from ddg.client import AdminResult, NodeStatus, Reply, Role, StatusFormatError
+from ddg.client import NodeStatus, Role
 from ddg.registry.records import Member, Membership
 
-from .failovers import Failover, GooseSpan, GooseTracker, summarize_failovers
-from .fmt import fmt_ms, fmt_uptime, natural_key
-from .views import HeaderView, RowView, header_view, row_view
-
-# One contract for everything the console shows; re-exported for its widgets and tests.
-__all__ = ["AdminResult", "Failover", "GooseSpan", "HeaderView", "NodeStatus", "Reply",
-           "RowView", "StatusFormatError", "fmt_ms", "fmt_uptime", "natural_key",
-           "summarize_failovers"]
+from .events import Event, Observation, Severity
+from .failovers import Failover, GooseSpan, GooseTracker
+from .fmt import natural_key
 
 GOOSE, DUCK, CANDIDATE = Role.GOOSE, Role.DUCK, Role.CANDIDATE
 
-Severity = Literal["info", "good", "warning", "error"]
 ProcState = Literal["running", "killed", "stopped", "exited", "removed"]
 
 # The term changes of several nodes within this long (a failover's ducks catching up) are one
 # event.
 TERM_FOLD_S = 0.5
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Observation:
-    """A reply from node NAME: request sent at `sent`, answer received at `at` (monotonic)."""
-
-    name: str
-    reply: Reply
-    sent: float
-    at: float
-    wall: float
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Event:
-    seq: int
-    wall: float
-    kind: str
-    text: str
-    severity: Severity = "info"
-    node: str | None = None
-    nodes: tuple[str, ...] = ()  # an event about several nodes (folded term changes)
-
-    def about(self, name: str) -> bool:
-        return self.node == name or name in self.nodes
 
 
 @dataclass(kw_only=True, slots=True)
@@ -82,7 +51,8 @@ class ProcInfo:
 
 
 class ClusterModel:
-    """Accumulates registry reads, poll observations and console actions into views and events."""
+    """Accumulates registry reads, poll observations and console actions into events and the
+    state views.py shows."""
 
     def __init__(self, *, cluster: str, stale_after: float = 2.0, max_events: int = 2000) -> None:
         self.cluster = cluster
@@ -329,9 +299,7 @@ class ClusterModel:
             return f"{name} unreachable"
         return f"{name} stepped down ({obs.reply.status.role})"
 
-    # ---- views ----------------------------------------------------------------------------
-
-    # ---- goose tracking and views (failovers.py, views.py) ---------------------------------
+    # ---- goose tracking (failovers.py); what the header and rows show: views.py -----------
 
     @property
     def failovers(self) -> list[Failover]:
@@ -362,14 +330,6 @@ class ClusterModel:
     def failover_durations(self) -> list[float]:
         return self.tracker.durations()
 
-    def header(self, now: float) -> HeaderView:
-        return header_view(self, now)
-
-    def rows(self, now: float) -> list[RowView]:
-        return [row_view(self, name, now) for name in sorted(self.members, key=natural_key)]
-
-    def row(self, name: str, now: float) -> RowView:
-        return row_view(self, name, now)
 
 
 def _follows(st: NodeStatus) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
@@ -17,13 +17,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Label, Log, Static
 
+from ddg.client import NodeStatus
+
 from .fmt import fmt_ms
 from .keys import KEYS, Key
-from .model import NodeStatus
+from .model import ClusterModel
+from .views import row_view
 from .widgets import EventLog, KeyBar, TextBox
-
-if TYPE_CHECKING:
-    from .model import ClusterModel
 
 LEGEND: tuple[tuple[str, str], ...] = (
     ("★ GOOSE", "the node that answers goose: the leader"),
@@ -302,7 +302,7 @@ class NodeDetailScreen(Screen[None]):
         else:
             title.append(f"  {member.address}", style="dim")
         if name in m.members:
-            row = m.row(name, now)
+            row = row_view(m, name, now)
             title.append(f"  ·  {row.role}", style="bold")
             if row.term is not None:
                 title.append(f"  ·  term {row.term}")

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from ddg.client import AdminResult, Reply
 from ddg.registry.records import Membership
-
-from .model import AdminResult, Reply
 
 
 class ClusterSource(Protocol):

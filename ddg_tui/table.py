@@ -29,11 +29,15 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from ddg.client import Role
+
 from .fmt import fmt_ms, fmt_uptime, natural_key
 from .keys import table_keys
-from .model import CANDIDATE, DUCK, GOOSE, RowView
+from .views import RowView
 
 Cell = tuple[str, str]  # (text, style)
+
+GOOSE, DUCK, CANDIDATE = Role.GOOSE, Role.DUCK, Role.CANDIDATE
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,21 +1,21 @@
-"""What the header and each table row show, built from the model at one instant."""
+"""What the header and each table row show, built from the model at one instant (the model
+never imports this: views read the model)."""
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.cells import cell_len
 
 from ddg.client import NodeStatus, Role
 from ddg.election.core import quorum_of
 
-from .fmt import fmt_ms
-
-if TYPE_CHECKING:
-    from .model import ClusterModel, Severity
+from .events import Severity
+from .fmt import fmt_ms, natural_key
+from .model import ClusterModel
 
 GOOSE = Role.GOOSE
 # A node started here that has not answered yet shows as starting for this long, then as not
@@ -171,6 +171,11 @@ def header_view(m: ClusterModel, now: float) -> HeaderView:
         timing=timing_view(o.reply.status for o in m.last_ok.values()
                            if o.reply.status is not None),
     )
+
+
+def rows_view(m: ClusterModel, now: float) -> list[RowView]:
+    """Every member's row, in the table's order."""
+    return [row_view(m, name, now) for name in sorted(m.members, key=natural_key)]
 
 
 def row_view(m: ClusterModel, name: str, now: float) -> RowView:

@@ -21,11 +21,12 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Label, Static
 
+from .events import Event
+from .failovers import Failover, GooseSpan, summarize_failovers
 from .fmt import fmt_ms
 from .keys import Key
-from .model import Event, Failover, GooseSpan, HeaderView, summarize_failovers
 from .table import COLUMNS, LEVEL_STYLE, ROLE_CELLS, NodeTable, row_cells
-from .views import Part, fit_parts, header_parts
+from .views import HeaderView, Part, fit_parts, header_parts
 
 __all__ = ["COLUMNS", "LEVEL_STYLE", "ROLE_CELLS", "Banner", "ClusterHeader", "EventLog",
            "HistoryPanel", "KeyBar", "NodeTable", "TextBox", "row_cells"]

@@ -9,9 +9,9 @@ from rich.cells import cell_len
 
 from ddg_testkit.fake_source import troubled_cluster
 from ddg_tui.keys import footer_keys
-from ddg_tui.model import ClusterModel, HeaderView
+from ddg_tui.model import ClusterModel
 from ddg_tui.table import ALWAYS, COLUMNS, GAP, fit, plan_columns
-from ddg_tui.views import Part, fit_parts, header_parts
+from ddg_tui.views import HeaderView, Part, fit_parts, header_parts, header_view
 from ddg_tui.widgets import fit_keys, key_display, spark_rows
 
 
@@ -101,7 +101,7 @@ def test_one_failover_is_not_a_solid_block() -> None:
 def test_the_troubled_cluster_header_fits_80_columns() -> None:
     src = troubled_cluster()
     m = ClusterModel(cluster=src.cluster)
-    one, two = header_parts(m.header(0.0), mode="attached (nodes are not ours)",
+    one, two = header_parts(header_view(m, 0.0), mode="attached (nodes are not ours)",
                             mode_short="attached", location=src.location,
                             poll="poll 250 ms, timeout 400 ms", poll_short="poll 250 ms")
     assert cell_len(line_text(one, 80)) <= 80 and cell_len(line_text(two, 80, " ")) <= 80

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ddg.client import RedisInfo, Role, TimingInfo
+from ddg.client import NodeStatus, RedisInfo, Reply, Role, StatusFormatError, TimingInfo
 from ddg.registry.records import Member, Membership
-from ddg_tui.model import (
-    ClusterModel,
-    NodeStatus,
-    Observation,
-    Reply,
-    StatusFormatError,
-    fmt_ms,
-    fmt_uptime,
-    natural_key,
-    summarize_failovers,
-)
+from ddg_tui.events import Observation
+from ddg_tui.failovers import summarize_failovers
+from ddg_tui.fmt import fmt_ms, fmt_uptime, natural_key
+from ddg_tui.model import ClusterModel
+from ddg_tui.views import header_view, row_view, rows_view
 
 NAMES = ("n1", "n2", "n3")
 
@@ -68,7 +62,7 @@ def test_failover_is_timed_from_the_kill_to_the_takeover_the_new_goose_reports()
     assert m.mark_goose_loss("n1", "n1 killed", at=10.0)
     m.apply_observation(down("n1", at=10.01))
     m.apply_observation(up("n2", "candidate", 2, at=10.1))
-    assert m.header(10.1).banner is not None and "NO GOOSE" in m.header(10.1).banner
+    assert header_view(m, 10.1).banner is not None and "NO GOOSE" in header_view(m, 10.1).banner
     # polled late (at 10.181), but n2 says it has been goose for 30 ms: it took over at 10.15
     m.apply_observation(up("n2", "goose", 2, sent=10.179, at=10.181, role_since_ms=30.0))
     [fo] = m.failovers
@@ -76,8 +70,8 @@ def test_failover_is_timed_from_the_kill_to_the_takeover_the_new_goose_reports()
     assert fo.duration_ms == pytest.approx(150.0)
     assert fo.uncertainty_ms == pytest.approx(1.0)
     assert "n1 killed → n2 goose after 150 ms ± 1.0 ms (term 2)" in texts(m)
-    assert m.header(10.2).banner is None
-    assert m.header(10.2).goose == "n2"
+    assert header_view(m, 10.2).banner is None
+    assert header_view(m, 10.2).goose == "n2"
 
 
 def test_a_reply_sent_before_the_kill_is_no_goose_after_it() -> None:
@@ -151,7 +145,7 @@ def test_stepping_down_is_a_failover_cause() -> None:
 def test_two_goose_answers_without_proof_are_a_note_not_an_alarm() -> None:
     m = healthy()  # n1's answers carry no lease: nothing proves it is goose after them
     m.apply_observation(up("n3", "goose", 2, at=2.0, lease_remaining_ms=120.0))
-    h = m.header(2.0)
+    h = header_view(m, 2.0)
     assert h.banner is None and h.geese == () and h.goose == "n3"
     assert "n1's last answer was goose (term 1); n3 answers goose in term 2 (no overlap " \
            "proven)" in texts(m)
@@ -162,14 +156,14 @@ def test_two_geese_with_overlapping_proven_leases_are_an_alarm_once_and_cleared(
     m = healthy()
     m.apply_observation(up("n1", "goose", 1, sent=2.0, at=2.01, lease_remaining_ms=120.0))
     m.apply_observation(up("n3", "goose", 2, sent=2.05, at=2.06, lease_remaining_ms=120.0))
-    h = m.header(2.07)
+    h = header_view(m, 2.07)
     assert h.geese == (("n3", 2), ("n1", 1))
     assert h.banner is not None and h.banner.startswith("TWO GEESE")
     m.apply_observation(up("n3", "goose", 2, sent=2.1, at=2.11, lease_remaining_ms=120.0))
     assert sum("TWO GEESE" in t for t in texts(m)) == 1
     m.apply_observation(up("n1", "duck", 2, at=2.3, goose="n3"))
     assert texts(m)[-1] == "only one node answers goose again"
-    assert m.header(2.3).banner is None
+    assert header_view(m, 2.3).banner is None
     # n3 in a higher term took over: that is a failover too.
     assert m.failovers[-1].new == "n3"
 
@@ -179,11 +173,11 @@ def test_membership_events_and_rows_follow_the_registry() -> None:
     seq = m.events[-1].seq
     m.apply_membership(membership("n1", "n2", "n3", "n4", version=4), at=2.0, wall=1002.0)
     assert texts(m, seq) == ["n4 joined at http://127.0.0.1:7004 (version 4)"]
-    assert [r.name for r in m.rows(2.0)] == ["n1", "n2", "n3", "n4"]
-    assert m.rows(2.0)[3].role == "pending"
+    assert [r.name for r in rows_view(m, 2.0)] == ["n1", "n2", "n3", "n4"]
+    assert rows_view(m, 2.0)[3].role == "pending"
     m.apply_membership(membership("n1", "n3", "n4", version=5), at=3.0, wall=1003.0)
     assert texts(m)[-1] == "n2 left the registry (version 5)"
-    assert [r.name for r in m.rows(3.0)] == ["n1", "n3", "n4"]
+    assert [r.name for r in rows_view(m, 3.0)] == ["n1", "n3", "n4"]
     # A late answer from a removed node is ignored.
     assert m.apply_observation(up("n2", "duck", 1, at=3.1)) == []
     assert "n2" not in m.latest
@@ -192,7 +186,7 @@ def test_membership_events_and_rows_follow_the_registry() -> None:
 def test_down_node_keeps_its_row_with_last_known_values() -> None:
     m = healthy()
     m.apply_observation(down("n2", at=4.0, error="timeout"))
-    row = m.row("n2", 6.0)
+    row = row_view(m, "n2", 6.0)
     assert row.role == "unreachable"
     assert row.term == 1 and row.stale
     assert row.latency_ms is None and row.uptime_s is None
@@ -206,7 +200,7 @@ def test_killed_node_row_and_quiet_log() -> None:
     seq = m.events[-1].seq
     m.apply_observation(down("n2", at=4.1))
     assert texts(m, seq) == []  # the console already logged the kill itself
-    row = m.row("n2", 5.0)
+    row = row_view(m, "n2", 5.0)
     assert (row.role, row.pid, row.pid_owned) == ("killed", 42, True)
     assert row.state == "killed here 1.0 s ago"
 
@@ -224,7 +218,7 @@ def test_role_term_isolation_and_redis_changes_are_events() -> None:
     assert "n3: term 1 → 2 (duck, follows n1)" in t
     assert "n3 isolated from n1, n2" in t
     assert "n3 lost Redis: timeout" in t
-    row = m.row("n3", 2.3)
+    row = row_view(m, "n3", 2.3)
     assert "ISOLATED from all peers" in row.state and "no Redis" in row.state
 
 
@@ -234,7 +228,7 @@ def test_redis_outage_keeps_the_last_members() -> None:
     m.apply_registry_error("redis: Connection refused", wall=1005.5)
     t = texts(m)
     assert sum("Redis unreachable" in x for x in t) == 1
-    h = m.header(5.0)
+    h = header_view(m, 5.0)
     assert h.redis_ok is False and h.members == 3
     assert h.banner is not None and "REDIS UNREACHABLE" in h.banner
     m.apply_membership(membership(*NAMES), at=6.0, wall=1006.0)
@@ -295,40 +289,40 @@ def test_registry_problem_is_a_banner_and_a_row_note_not_redis_down() -> None:
                            unreachable=False)
     assert texts(m, n) == ["registry problem: ddg:c:version is 'abc', not a version number; "
                            "still polling the 3 last known members"]
-    h = m.header(2.0)
+    h = header_view(m, 2.0)
     assert h.redis_ok is not False
     assert h.banner is not None and h.banner.startswith("REGISTRY PROBLEM (ddg:c:version")
     m.apply_observation(up("n2", "duck", 1, at=2.0, goose="n1",
                            redis=RedisInfo(problem="bad version")))
-    row = m.row("n2", 2.0)
+    row = row_view(m, "n2", 2.0)
     assert "registry: bad version" in row.state and row.level == "warning"
     m.apply_membership(membership(*NAMES), at=3.0, wall=1004.0)
     assert "registry readable again" in texts(m, n)
-    assert m.header(3.0).banner is None
+    assert header_view(m, 3.0).banner is None
 
 
 def test_header_says_whether_the_cluster_signs_its_messages() -> None:
     m = healthy()
-    assert m.header(1.0).security is None  # nodes that do not say
+    assert header_view(m, 1.0).security is None  # nodes that do not say
     for i, n in enumerate(NAMES):
         m.apply_observation(up(n, "goose" if n == "n1" else "duck", 1, at=2.0 + i * 0.01,
                                goose="n1", security="hmac"))
-    assert m.header(2.1).security == "hmac"
+    assert header_view(m, 2.1).security == "hmac"
     m.apply_observation(up("n3", "duck", 1, at=2.2, goose="n1", security="insecure-loopback"))
-    assert m.header(2.3).security == "mixed"
+    assert header_view(m, 2.3).security == "mixed"
 
 
 def test_a_registry_problem_alone_is_a_warning_and_with_no_goose_an_error() -> None:
     m = healthy()
     m.apply_registry_error("bad version", wall=1002.0, unreachable=False)
-    assert m.header(2.0).banner_level == "warning"
+    assert header_view(m, 2.0).banner_level == "warning"
     m.apply_registry_error("connection refused", wall=1003.0)
-    h = m.header(2.0)
+    h = header_view(m, 2.0)
     assert h.banner is not None and "REDIS UNREACHABLE" in h.banner
     assert h.banner_level == "warning"
     for n in NAMES:
         m.apply_observation(down(n, at=3.0 + int(n[1:]) * 0.01))
-    h = m.header(3.5)
+    h = header_view(m, 3.5)
     assert h.banner is not None and h.banner.startswith("NO GOOSE")
     assert h.banner_level == "error"
 
@@ -400,33 +394,34 @@ def test_a_node_started_here_is_starting_not_unreachable() -> None:
     m.note_process("n4", pid=44, state="running", at=5.0)
     seq = m.last_seq
     m.apply_observation(down("n4", at=5.2))
-    row = m.row("n4", 6.0)
+    row = row_view(m, "n4", 6.0)
     assert row.role == "starting" and row.level == "info"
     assert row.state.startswith("starting: started 1.0 s ago")
     assert not any("does not answer" in t for t in texts(m, seq))
     m.apply_observation(up("n4", "duck", 1, at=6.5, goose="n1", state="joining",
                            joining="waiting for the registry"))
-    assert m.row("n4", 6.5).role == "starting"
-    assert "joining: waiting for the registry" in m.row("n4", 6.5).state
+    assert row_view(m, "n4", 6.5).role == "starting"
+    assert "joining: waiting for the registry" in row_view(m, "n4", 6.5).state
     assert texts(m, seq) == ["n4 started as duck (term 1, follows n1)"]
     m.apply_observation(up("n4", "duck", 1, at=7.0, goose="n1", state="follower"))
-    assert m.row("n4", 7.0).role == "duck"
+    assert row_view(m, "n4", 7.0).role == "duck"
 
 
 def test_no_quorum_banner_says_what_it_knows() -> None:
     m = ClusterModel(cluster="c")
     m.apply_membership(membership("n1", "n2"), at=0.0, wall=1000.0)
     m.apply_observation(up("n1", "duck", 3, at=1.0))
-    assert m.header(1.0).banner is None or "no quorum" not in (m.header(1.0).banner or "")
+    assert header_view(m, 1.0).banner is None \
+        or "no quorum" not in (header_view(m, 1.0).banner or "")
     m.apply_observation(down("n2", at=1.1))
-    h = m.header(1.5)
+    h = header_view(m, 1.5)
     assert h.banner is not None
     assert h.banner.startswith("NO GOOSE") and "no quorum: 1 of 2 members answer, 2 needed" \
         in h.banner
     m3 = healthy()
     m3.apply_observation(down("n2", at=2.0))
     m3.apply_observation(down("n3", at=2.0))
-    h3 = m3.header(2.1)
+    h3 = header_view(m3, 2.1)
     assert h3.goose == "n1"
     assert h3.banner is not None and h3.banner.startswith(
         "No quorum: 1 of 3 members answer, 2 needed")

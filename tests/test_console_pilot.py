@@ -18,6 +18,7 @@ from ddg_tui.app import ConsoleApp
 from ddg_tui.demo import Demo, DemoConfig
 from ddg_tui.poller import LiveSource
 from ddg_tui.source import FixedClock
+from ddg_tui.views import header_view
 from ddg_tui.widgets import NodeTable
 
 pytestmark = pytest.mark.integration
@@ -61,7 +62,7 @@ async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
         app.render_now()
         geese = [n for n in ("n1", "n2", "n3") if "GOOSE" in role_cell(app, n)]
         assert len(geese) == 1
-        assert app.model.header(time.monotonic()).banner is None
+        assert header_view(app.model, time.monotonic()).banner is None
 
         # a: a new node joins and gets a row.
         await pilot.press("a")

@@ -17,9 +17,10 @@ except ImportError:  # before the fake moved out of tests/
     from fake_source import FakeFleet, FakeSource, healthy_cluster  # type: ignore[no-redef,import-not-found]
 
 import ddg_tui.app
+from ddg.client import AdminResult, Reply
 from ddg.registry.records import Membership
 from ddg_tui.app import RESTART_INITIAL, RESTART_MAX, ConsoleApp
-from ddg_tui.model import AdminResult, Event, Reply
+from ddg_tui.events import Event
 from ddg_tui.source import Exit, FixedClock
 from ddg_tui.widgets import EventLog, NodeTable
 

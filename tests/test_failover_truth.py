@@ -22,6 +22,7 @@ from ddg_tui.app import ConsoleApp
 from ddg_tui.demo import Demo, DemoConfig
 from ddg_tui.failovers import Failover
 from ddg_tui.poller import LiveSource
+from ddg_tui.views import header_view
 from ddg_tui.widgets import NodeTable
 
 pytestmark = pytest.mark.integration
@@ -170,6 +171,6 @@ async def test_a_real_split_brain_raises_the_alarm(make_cluster: Any) -> None:
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_until_async(lambda: any("TWO GEESE" in e.text for e in app.model.events),
                                timeout=10, what="the TWO GEESE alarm", pause=pilot.pause)
-        banner = app.model.header(time.monotonic()).banner
+        banner = header_view(app.model, time.monotonic()).banner
         assert banner is not None and banner.startswith("TWO GEESE")
         await pilot.press("q")
