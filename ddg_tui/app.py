@@ -1,4 +1,5 @@
-"""The Textual app: wires a ClusterSource (and, in demo mode, a Fleet) to the widgets."""
+"""The Textual app: wires a ClusterSource (and, in demo mode, a Fleet) to the model and the
+widgets; its workers (workers.py: discovery, polls) and node actions (actions.py) are mixed in."""
 
 from __future__ import annotations
 
@@ -6,41 +7,34 @@ import asyncio
 import gc
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from textual import events
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widgets import Input
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 
-from ddg.errors import ChangeWaiting, DdgError, NotAMember, RegistryError, RegistryUnavailable
-from ddg.util.backoff import Backoff
-
+from .actions import NodeActions
 from .config import PollSettings
-from .events import Observation, Severity
+from .events import Severity
 from .fmt import fmt_ms
 from .keys import console_keys, footer_keys, palette_keys
 from .model import ClusterModel
-from .screens import ConfirmScreen, HelpScreen, NodeDetailScreen
+from .screens import HelpScreen, NodeDetailScreen
 from .source import Clock, ClusterSource, Fleet, SystemClock
 from .views import header_view, rows_view, signal_name
 from .widgets import Banner, ClusterHeader, EventLog, HistoryPanel, KeyBar, NodeTable
+from .workers import Loop, describe, restart_backoff
 
 NOTIFY_SEVERITY: dict[Severity, str] = {
     "info": "information", "good": "information", "warning": "warning", "error": "error",
 }
-
-# Restart delays of the long-running loops (discovery, each node's poll, the screen tick) after
-# a failure; also the discovery loop's retry delay while Redis is in trouble.
-RESTART_INITIAL = 0.25
-RESTART_MAX = 2.0
 
 # The screen is redrawn from the model at most this often while polls come in (a new event is
 # shown at once), and at least this often for the ages it shows ("answer is 1.2 s old").
@@ -59,33 +53,6 @@ DEMO_ACTIONS = ("add", "kill", "stop", "start")
 MAIN_SCREEN_ACTIONS = ("add", "detail", "filter", "sort")
 
 
-def restart_backoff() -> Backoff:
-    return Backoff(initial=RESTART_INITIAL, maximum=RESTART_MAX)
-
-
-def describe(error: BaseException | None) -> str:
-    """An exception as the event log shows it: its type, and its message if it has one."""
-    if error is None:
-        return "unknown error"
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _needed() -> str | None:
-    return None
-
-
-@dataclass(slots=True)
-class _Loop:
-    """A long-running worker that the console restarts, after a backoff, when it crashes."""
-
-    what: str                                   # "registry discovery", "the poll loop of n2"
-    restart: Callable[[], object]               # starts it again
-    backoff: Backoff
-    node: str | None = None
-    gone: Callable[[], str | None] = _needed    # why it need not run any more, if so
-
-
 class FilterInput(Input):
     """The `/` filter: Enter keeps it, Esc clears it."""
 
@@ -96,7 +63,7 @@ class FilterInput(Input):
         self.post_message(self.Submitted(self, ""))
 
 
-class ConsoleApp(App[int]):
+class ConsoleApp(NodeActions):
     """Live view of one DuckDuckGoose cluster, with the keys to break it and watch it heal."""
 
     CSS_PATH = "console.tcss"
@@ -123,9 +90,9 @@ class ConsoleApp(App[int]):
         self.isolated_here: set[str] = set()
         self.renders = 0
         self._pollers: dict[str, Worker[None]] = {}
-        # Every worker the console runs, and what to do if it crashes: a _Loop is restarted;
+        # Every worker the console runs, and what to do if it crashes: a Loop is restarted;
         # a job (an admin action) is reported, with a notification.
-        self._loops: dict[Worker[Any], _Loop] = {}
+        self._loops: dict[Worker[Any], Loop] = {}
         self._jobs: dict[Worker[Any], str | None] = {}  # worker -> its node, if any
         self._discovery_backoff = restart_backoff()
         self._tick_backoff = restart_backoff()
@@ -188,124 +155,6 @@ class ConsoleApp(App[int]):
         yield from super().get_system_commands(screen)
         for k in palette_keys():
             yield SystemCommand(k.title, k.text, getattr(self, f"action_{k.action}"))
-
-    # ---- workers: every one that fails says so -------------------------------------------
-
-    def _run_loop(self, work: Coroutine[Any, Any, None], *, name: str, group: str,
-                  loop: _Loop) -> Worker[None]:
-        worker: Worker[None] = self.run_worker(work, name=name, group=group,
-                                               exit_on_error=False)
-        self._loops[worker] = loop
-        return worker
-
-    def _run_job(self, work: Callable[[], object] | Coroutine[Any, Any, None], *, name: str,
-                 group: str, node: str | None = None, thread: bool = False) -> None:
-        """Run a one-shot action; if it crashes, on_worker_state_changed reports it."""
-        worker = self.run_worker(work, name=name, group=group, exit_on_error=False,
-                                 thread=thread)
-        self._jobs[worker] = node
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        worker = event.worker
-        # EVENT.state, not worker.state: by the time this runs, the worker may be further on.
-        if event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
-            return
-        loop = self._loops.pop(worker, None)
-        node = self._jobs.pop(worker, None)
-        if event.state != WorkerState.ERROR or self._closing:
-            return
-        error = describe(worker.error)
-        if loop is None:
-            self.report(f"{worker.name or 'a background task'} failed unexpectedly: {error}",
-                        "error", node=node)
-            return
-        # A crash streak is notified once, when it starts; every crash goes to the event log.
-        first = not loop.backoff.failing
-        if (why_not := loop.gone()) is not None:
-            self.report(f"{loop.what} crashed: {error}; not restarted: {why_not}", "error",
-                        node=loop.node, notify=first)
-            return
-        delay = loop.backoff.next()
-        self.report(f"{loop.what} crashed: {error}; restarting it in {fmt_ms(delay * 1000)}",
-                    "error", node=loop.node, notify=first)
-        self.set_timer(delay, lambda: self._restart(loop))
-
-    def _restart(self, loop: _Loop) -> None:
-        if self._closing:
-            return
-        if (why_not := loop.gone()) is not None:
-            self.report(f"{loop.what} not restarted: {why_not}", "info", node=loop.node,
-                        notify=False)
-            return
-        loop.restart()
-
-    # ---- discovery and polling -----------------------------------------------------------
-
-    def _start_discovery(self) -> None:
-        self._run_loop(self._discover(), name="discovery", group="discovery",
-                       loop=_Loop("registry discovery", self._start_discovery,
-                                  self._discovery_backoff))
-
-    async def _discover(self) -> None:
-        backoff = self._discovery_backoff
-        while True:
-            try:
-                async for _ in self.source.changes(self.poll.registry_interval):
-                    membership = await self.source.read()
-                    now = self.clock.monotonic()
-                    self.model.apply_membership(membership, at=now, wall=self.clock.wall())
-                    self._sync_pollers()
-                    self._membership_seen.set()
-                    self._dirty = True
-                    backoff.reset()
-            except RegistryError as exc:
-                self.model.apply_registry_error(
-                    str(exc), wall=self.clock.wall(),
-                    unreachable=isinstance(exc, RegistryUnavailable))
-                self._dirty = True
-            await asyncio.sleep(backoff.next())
-
-    def _sync_pollers(self) -> None:
-        members = self.model.members
-        for name in [n for n in self._pollers if n not in members]:
-            self._pollers.pop(name).cancel()
-        for name in members:
-            if name not in self._pollers:
-                self._start_poller(name, restart_backoff())
-
-    def _start_poller(self, name: str, backoff: Backoff) -> None:
-        def gone() -> str | None:
-            if name not in self.model.members:
-                return f"{name} left the registry"
-            if self._pollers.get(name) is not worker:
-                return f"{name} left and came back; a new loop polls it"
-            return None
-
-        worker = self._pollers[name] = self._run_loop(
-            self._poll_node(name, backoff), name=f"poll {name}", group="poll",
-            loop=_Loop(f"the poll loop of {name}", lambda: self._start_poller(name, backoff),
-                       backoff, node=name, gone=gone))
-
-    async def _poll_node(self, name: str, backoff: Backoff | None = None) -> None:
-        """Poll one node forever: each node has its own loop, so none can delay another.
-
-        BACKOFF, the loop's restart delay, is reset by every poll that goes through."""
-        while name in self.model.members:
-            address = self.model.members[name].address
-            sent = self.clock.monotonic()
-            reply = await self.source.status(address)
-            obs = Observation(name=name, reply=reply, sent=sent, at=self.clock.monotonic(),
-                              wall=self.clock.wall())
-            self.model.apply_observation(obs)
-            self._dirty = True
-            if backoff is not None:
-                backoff.reset()
-            busy = self.model.leaderless_ms(obs.at) is not None
-            interval = self.poll.failover_interval if busy else self.poll.interval
-            await asyncio.sleep(max(0.0, interval - (obs.at - sent)))
-
-    async def wait_for_membership(self) -> None:
-        await self._membership_seen.wait()
 
     # ---- rendering -----------------------------------------------------------------------
 
@@ -473,17 +322,6 @@ class ConsoleApp(App[int]):
             self.notify("no node selected", severity="warning")
         return name
 
-    def _owned(self, name: str, verb: str) -> Fleet | None:
-        """The fleet if NAME is a process this console started; otherwise say why not."""
-        if self.fleet is None or not self.fleet.owns(name):
-            where = self.model.members.get(name)
-            addr = f" at {where.address}" if where else ""
-            self.report(f"cannot {verb} {name}: it was not started by this console "
-                        f"({'attached mode' if self.fleet is None else 'external node'}); "
-                        f"{verb} it where it runs{addr}", "warning", node=name)
-            return None
-        return self.fleet
-
     def _on_exit(self, name: str, code: int | None, expected: bool, detail: str) -> None:
         now = self.clock.monotonic()
         proc = self.model.procs.get(name)
@@ -565,190 +403,3 @@ class ConsoleApp(App[int]):
         self._ui_table.select(goose)
         if isinstance(self.screen, NodeDetailScreen):
             self.screen.show(goose)
-
-    def action_add(self) -> None:
-        if self.fleet is None:
-            self.report("adding nodes needs demo mode (ddg-console --demo N); in attached "
-                        "mode start one with ddg-node --name NAME --port PORT", "warning")
-            return
-        try:
-            started = self.fleet.add()
-        except DdgError as exc:
-            self.report(f"add failed: {exc}", "error")
-            return
-        self.model.note_process(started.name, pid=started.pid, state="running",
-                                at=self.clock.monotonic())
-        self.report(f"started {started.name} on port {started.port} (pid {started.pid})",
-                    "good", node=started.name)
-
-    def action_kill(self) -> None:
-        name = self.selected()
-        if name is None or (fleet := self._owned(name, "kill")) is None:
-            return
-        now = self.clock.monotonic()
-        pid = fleet.kill(name)
-        if pid is None:
-            self.report(f"{name} is not running; nothing to kill", "warning", node=name)
-            return
-        self.model.note_process(name, pid=pid, state="killed", at=now)
-        was_goose = self.model.mark_goose_loss(name, f"{name} killed", at=now)
-        tail = " — it was the goose" if was_goose else ""
-        self.report(f"{name} killed (SIGKILL, pid {pid}){tail}", "warning", node=name)
-
-    def action_stop(self) -> None:
-        name = self.selected()
-        if name is None or (fleet := self._owned(name, "stop")) is None:
-            return
-        if not fleet.running(name):
-            self.report(f"{name} is not running; nothing to stop", "warning", node=name)
-            return
-        now = self.clock.monotonic()
-        pid = fleet.pid(name)
-        self.model.note_process(name, pid=pid, state="stopped", at=now)
-        was_goose = self.model.mark_goose_loss(name, f"{name} stopped", at=now)
-        tail = " — it was the goose" if was_goose else ""
-        self.report(f"stopping {name} (SIGTERM, pid {pid}){tail}", "warning", node=name,
-                    notify=False)
-        self._stop_in_thread(name, pid, "stopped")
-
-    def _stop_in_thread(self, name: str, pid: int | None, what: str) -> None:
-        assert self.fleet is not None
-        fleet, timeout, clock = self.fleet, self.stop_timeout, self.clock
-
-        def work() -> None:
-            t0 = clock.monotonic()
-            try:
-                code = fleet.stop(name, timeout)
-            except DdgError as exc:
-                self.call_from_thread(self.report, f"stop {name} failed: {exc}", "error")
-                return
-            took = fmt_ms((clock.monotonic() - t0) * 1000)
-            forced = " (needed SIGKILL)" if code is not None and code < 0 and code != -15 else ""
-            self.call_from_thread(
-                self.report, f"{name} {what}: pid {pid} exited with code {code} after "
-                f"{took}{forced}", "info", node=name)
-
-        self._run_job(work, thread=True, name=f"stop {name}", group="stop", node=name)
-
-    def action_start(self) -> None:
-        name = self.selected()
-        if name is None or (fleet := self._owned(name, "start")) is None:
-            return
-        try:
-            started = fleet.start(name)
-        except DdgError as exc:
-            self.report(f"start {name} failed: {exc}", "warning", node=name)
-            return
-        self.model.note_process(name, pid=started.pid, state="running",
-                                at=self.clock.monotonic())
-        self.report(f"started {name} again on port {started.port} (pid {started.pid})", "good",
-                    node=name)
-
-    def action_remove(self) -> None:
-        name = self.selected()
-        if name is None:
-            return
-        ours = self.fleet is not None and self.fleet.owns(name)
-        detail = (f"{name} leaves cluster {self.source.cluster} for good: the others stop "
-                  f"counting it for the quorum.")
-        if ours:
-            detail += " Its process (started here) is stopped too."
-        self.push_screen(ConfirmScreen(f"Remove {name} from the registry?", detail, "Remove"),
-                         callback=self._make_remove_callback(name))
-
-    def _make_remove_callback(self, name: str) -> Callable[[bool | None], None]:
-        def done(yes: bool | None) -> None:
-            if yes:
-                self._run_job(self._remove(name), name=f"remove {name}", group="remove",
-                              node=name)
-            else:
-                self.report(f"remove {name}: cancelled", "info", node=name, notify=False)
-        return done
-
-    async def _remove(self, name: str) -> None:
-        now = self.clock.monotonic()
-        try:
-            version = await self.source.remove(name)
-        except NotAMember:
-            self.report(f"{name} is not in the registry any more", "warning", node=name)
-            return
-        except RegistryUnavailable as exc:
-            self.report(f"remove {name} failed, Redis unreachable: {exc}", "error", node=name)
-            return
-        except ChangeWaiting as exc:
-            self.report(f"{name} not removed (nothing written): {exc}", "warning", node=name)
-            return
-        except RegistryError as exc:
-            self.report(f"remove {name} failed: {exc}", "error", node=name)
-            return
-        self.model.mark_goose_loss(name, f"{name} removed", at=now)
-        self.report(f"removed {name} from the registry (version {version})", "good", node=name)
-        try:
-            membership = await self.source.read()
-            self.model.apply_membership(membership, at=self.clock.monotonic(),
-                                        wall=self.clock.wall())
-            self._sync_pollers()
-        except RegistryError:
-            pass  # the discovery loop will catch up and report Redis trouble
-        if self.fleet is not None and self.fleet.owns(name):
-            pid = self.fleet.pid(name)
-            self.model.note_process(name, pid=pid, state="removed", at=now)
-            if self.fleet.running(name):
-                self._stop_in_thread(name, pid, "removed")
-            self.isolated_here.discard(name)
-
-    def action_isolate(self) -> None:
-        name = self.selected()
-        if name is None:
-            return
-        member = self.model.members.get(name)
-        if member is None:
-            return
-        if not self._can_sign():
-            self.report(f"cannot isolate {name}: the cluster signs its messages (start this "
-                        "console with --cluster-secret) or demands client certificates "
-                        "(--tls-cert and --tls-key)", "warning", node=name)
-            return
-        ok = self.model.last_ok.get(name)
-        st = ok.reply.status if ok is not None else None
-        peers = set(self.model.members) - {name}
-        if name in self.isolated_here or (
-                st is not None and peers and peers <= set(st.isolated_from)):
-            self.report(f"{name} is already isolated from all peers (h heals)", "info",
-                        node=name)
-            return
-        self._run_job(self._isolate(name, member.address), name=f"isolate {name}",
-                      group="admin", node=name)
-
-    async def _isolate(self, name: str, address: str) -> None:
-        now = self.clock.monotonic()
-        result = await self.source.admin(name, address, "/admin/partition", {"all": True})
-        if not result.ok:
-            self.report(f"isolate {name} failed: {result.message}", "error", node=name)
-            return
-        self.isolated_here.add(name)
-        was_goose = self.model.mark_goose_loss(name, f"{name} isolated", at=now,
-                                               ends_role=False)
-        self.report(f"{name} isolated from all peers{' — it was the goose' if was_goose else ''}"
-                    " (h heals)", "warning", node=name)
-
-    def action_heal(self) -> None:
-        if not self.isolated_here:
-            self.report("nothing to heal: this console made no partition", "info")
-            return
-        self._run_job(self._heal(sorted(self.isolated_here)), name="heal", group="admin")
-
-    async def _heal(self, names: list[str]) -> None:
-        targets = [(n, self.model.members[n].address) for n in names if n in self.model.members]
-        for n in names:
-            if n not in self.model.members:
-                self.isolated_here.discard(n)
-        results = await asyncio.gather(
-            *(self.source.admin(n, addr, "/admin/heal", {}) for n, addr in targets))
-        healed = [n for (n, _), r in zip(targets, results, strict=True) if r.ok]
-        failed = [(n, r) for (n, _), r in zip(targets, results, strict=True) if not r.ok]
-        self.isolated_here.difference_update(healed)
-        if healed:
-            self.report(f"healed {', '.join(healed)}", "good")
-        for n, r in failed:
-            self.report(f"heal {n} failed: {r.message}", "error", node=n)

@@ -19,10 +19,11 @@ except ImportError:  # before the fake moved out of tests/
 import ddg_tui.app
 from ddg.client import AdminResult, Reply
 from ddg.registry.records import Membership
-from ddg_tui.app import RESTART_INITIAL, RESTART_MAX, ConsoleApp
+from ddg_tui.app import ConsoleApp
 from ddg_tui.events import Event
 from ddg_tui.source import Exit, FixedClock
 from ddg_tui.widgets import EventLog, NodeTable
+from ddg_tui.workers import RESTART_INITIAL, RESTART_MAX
 
 
 async def until(pilot, cond: Callable[[], object], within: float, what: str) -> None:
