@@ -105,7 +105,7 @@ async def _child(args: argparse.Namespace) -> dict[str, Any]:
     from ddg_tui.app import ConsoleApp
     from ddg_tui.config import PollSettings
     from ddg_tui.poller import LiveSource
-    from ddg_tui.widgets import NodeTable
+    from ddg_tui.widgets.table import NodeTable
 
     poll = PollSettings()
     source = LiveSource(redis_url=args.redis_url, cluster=args.cluster, timeout=poll.timeout)

@@ -29,7 +29,11 @@ from .model import ClusterModel
 from .screens import HelpScreen, NodeDetailScreen
 from .source import Clock, ClusterSource, Fleet, SystemClock
 from .views import header_view, rows_view, signal_name
-from .widgets import Banner, ClusterHeader, EventLog, HistoryPanel, KeyBar, NodeTable
+from .widgets.eventlog import EventLog
+from .widgets.header import Banner, ClusterHeader
+from .widgets.history import HistoryPanel
+from .widgets.keybar import KeyBar
+from .widgets.table import NodeTable
 from .workers import Loop, describe, restart_backoff
 
 NOTIFY_SEVERITY: dict[Severity, str] = {

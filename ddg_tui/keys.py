@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 # Who binds the key: ConsoleApp.BINDINGS ("console"), Textual's App itself ("app": the command
-# palette), or the node table (ddg_tui.table.NodeTable: "table", the cursor keys).
+# palette), or the node table (ddg_tui.widgets.table.NodeTable: "table", the cursor keys).
 BoundBy = Literal["console", "app", "table"]
 
 # Appended to the description of a key that does nothing in attach mode.

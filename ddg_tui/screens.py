@@ -23,7 +23,9 @@ from .fmt import fmt_ms
 from .keys import KEYS, Key
 from .model import ClusterModel
 from .views import row_view
-from .widgets import EventLog, KeyBar, TextBox
+from .widgets.eventlog import EventLog
+from .widgets.keybar import KeyBar
+from .widgets.textbox import TextBox
 
 LEGEND: tuple[tuple[str, str], ...] = (
     ("★ GOOSE", "the node that answers goose: the leader"),

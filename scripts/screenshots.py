@@ -21,7 +21,7 @@ from ddg_testkit import wait_until_async
 from ddg_tui.app import ConsoleApp
 from ddg_tui.demo import Demo, DemoConfig
 from ddg_tui.poller import LiveSource
-from ddg_tui.widgets import NodeTable
+from ddg_tui.widgets.table import NodeTable
 
 SIZE = (120, 34)
 

@@ -20,7 +20,7 @@ from ddg_tui.cli import build_parser
 from ddg_tui.keys import KEYS, console_keys, markdown_table, palette_keys
 from ddg_tui.screens import HelpScreen
 from ddg_tui.source import FixedClock
-from ddg_tui.widgets import NodeTable
+from ddg_tui.widgets.table import NodeTable
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

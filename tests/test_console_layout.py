@@ -10,9 +10,10 @@ from rich.cells import cell_len
 from ddg_testkit.fake_source import troubled_cluster
 from ddg_tui.keys import footer_keys
 from ddg_tui.model import ClusterModel
-from ddg_tui.table import ALWAYS, COLUMNS, GAP, fit, plan_columns
 from ddg_tui.views import HeaderView, Part, fit_parts, header_parts, header_view
-from ddg_tui.widgets import fit_keys, key_display, spark_rows
+from ddg_tui.widgets.history import spark_rows
+from ddg_tui.widgets.keybar import fit_keys, key_display
+from ddg_tui.widgets.table import ALWAYS, COLUMNS, GAP, fit, plan_columns
 
 
 def header(**over: object) -> HeaderView:

@@ -19,7 +19,7 @@ from ddg_tui.demo import Demo, DemoConfig
 from ddg_tui.poller import LiveSource
 from ddg_tui.source import FixedClock
 from ddg_tui.views import header_view
-from ddg_tui.widgets import NodeTable
+from ddg_tui.widgets.table import NodeTable
 
 pytestmark = pytest.mark.integration
 

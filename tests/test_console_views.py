@@ -20,7 +20,10 @@ from ddg_testkit.fake_source import FakeFleet, healthy_cluster
 from ddg_tui.app import ConsoleApp, FilterInput
 from ddg_tui.screens import NodeDetailScreen, status_fields
 from ddg_tui.source import Exit, FixedClock
-from ddg_tui.widgets import Banner, ClusterHeader, EventLog, KeyBar, NodeTable
+from ddg_tui.widgets.eventlog import EventLog
+from ddg_tui.widgets.header import Banner, ClusterHeader
+from ddg_tui.widgets.keybar import KeyBar
+from ddg_tui.widgets.table import NodeTable
 
 
 async def until(pilot: Pilot[int], cond: Callable[[], object], what: str,

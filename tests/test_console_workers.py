@@ -22,7 +22,8 @@ from ddg.registry.records import Membership
 from ddg_tui.app import ConsoleApp
 from ddg_tui.events import Event
 from ddg_tui.source import Exit, FixedClock
-from ddg_tui.widgets import EventLog, NodeTable
+from ddg_tui.widgets.eventlog import EventLog
+from ddg_tui.widgets.table import NodeTable
 from ddg_tui.workers import RESTART_INITIAL, RESTART_MAX
 
 

@@ -23,7 +23,7 @@ from ddg_tui.demo import Demo, DemoConfig
 from ddg_tui.failovers import Failover
 from ddg_tui.poller import LiveSource
 from ddg_tui.views import header_view
-from ddg_tui.widgets import NodeTable
+from ddg_tui.widgets.table import NodeTable
 
 pytestmark = pytest.mark.integration
 ROUNDS = int(os.environ.get("DDG_TRUTH_ROUNDS", "6"))  # 18 failovers in CI; more by hand

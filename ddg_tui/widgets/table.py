@@ -31,9 +31,9 @@ from textual.strip import Strip
 
 from ddg.client import Role
 
-from .fmt import fmt_ms, fmt_uptime, natural_key
-from .keys import table_keys
-from .views import RowView
+from ..fmt import fmt_ms, fmt_uptime, natural_key
+from ..keys import table_keys
+from ..views import RowView
 
 Cell = tuple[str, str]  # (text, style)
 
