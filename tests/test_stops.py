@@ -118,7 +118,7 @@ SITECUSTOMIZE = textwrap.dedent("""\
         MembershipSync.watch = watch
     elif how == "block":
         import logging, time
-        from ddg.node import Node
+        from ddg.node.node import Node
 
         async def _hand_over(self):
             logging.getLogger("ddg.node").warning("test: blocking the event loop")
