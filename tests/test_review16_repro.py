@@ -1,0 +1,180 @@
+"""Reproductions from the adversarial review of issue 16 (branch h-review16). Each test is
+marked xfail(strict=True): it fails on the build reviewed, and turns into an XPASS (a failure)
+once the bug is fixed, so that whoever fixes it removes the mark.
+
+1. A timing change is finalized by the first registry read after `ddg-node remove GOOSE`,
+   while the removed goose (cut off from Redis, so it has read neither the change nor its
+   removal) still holds a lease under the old, longer timing; the others elect under the new,
+   shorter one inside that lease (docs/design.md, Limits, says so; the issue's bar says no node
+   may rely on a shorter lease or wait than another may still be using).
+2. A node whose members.json write failed once never writes it again for that version, and so
+   never confirms the version, even once the disk is fine: the registry's gate for the next
+   join or removal waits on it for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sim import InvariantViolation, Net, Sim
+
+from ddg.config import TIMINGS, JointTiming, NodeConfig, Timing
+from ddg.embedded import EmbeddedRedis
+from ddg.errors import StorageError
+from ddg.membership import MembershipSync
+from ddg.ratelimit import LogThrottle
+from ddg.registry import Member, Membership, Registry
+from ddg.storage import DataDir
+
+SLOW = Timing(heartbeat_ms=50, election_timeout_min_ms=150, election_timeout_max_ms=300,
+              lease_ms=120)
+FAST = TIMINGS["fast"]
+
+
+def removed_goose_overlaps(seed: int, *, finalize_delay: float) -> bool:
+    """Four nodes on SLOW; a change to FAST that the goose (cut off from Redis) never reads;
+    the operator removes the goose; the others read the removal right after acking its next
+    round, finalize FINALIZE_DELAY later, and one of them gets a false crash hint (a reset)."""
+    sim = Sim(4, seed=seed, timing=JointTiming.of([SLOW]),  # type: ignore[arg-type]
+              net=Net(lat_min=0.001, lat_max=0.002), names=list("abcd"), crash_hints=False)
+    sim.run_for(1.0)
+    (goose,) = sim.gooses()
+    rest = [n for n in "abcd" if n != goose]
+
+    def set_timing(timing: JointTiming) -> None:
+        for n in rest:
+            node = sim.nodes[n]
+            sim._apply(node, sim.core(n).set_timing(timing, node.local(sim.t)), None)
+            sim._schedule_tick(node)
+
+    set_timing(JointTiming.of([SLOW, FAST]))  # `ddg-node config set --timing fast`
+    sim.run_for(0.3)  # they confirm; the finalize waits for the goose
+    at = sim.nodes[goose].to_global(sim.core(goose).next_heartbeat) + 0.005
+    for n in rest:  # `ddg-node remove GOOSE`, read just after its next round was acked
+        sim.at(at, sim.set_membership, n, frozenset(rest), 1)
+    sim.at(at, sim.isolate, goose)
+    sim.at(at + finalize_delay, set_timing, JointTiming.of([FAST]))
+    sim.at(at + 0.001, sim.hint, rest[0], goose)
+    try:
+        sim.run_for(1.0)
+    except InvariantViolation:
+        return True
+    return False
+
+
+def test_control_a_finalize_after_the_membership_wait_is_safe() -> None:
+    """What the fix should give: the finalize no earlier than the lease wait of the joint
+    timing after the survivors adopted the removal (their membership confirmation)."""
+    wait = JointTiming.of([SLOW, FAST]).lease_wait
+    assert not any(removed_goose_overlaps(s, finalize_delay=wait + 0.001) for s in range(20))
+
+
+@pytest.mark.xfail(strict=True, reason="review16 #1: the finalize does not wait for the "
+                   "removed goose's last lease")
+def test_a_timing_finalize_at_a_removal_makes_no_second_goose() -> None:
+    overlaps = [s for s in range(20) if removed_goose_overlaps(s, finalize_delay=0.0)]
+    assert not overlaps, f"two geese at once in {len(overlaps)} of 20 seeds"
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(strict=True, reason="review16 #2: members.json is never written again "
+                   "after one failed write, so the version is never confirmed")
+async def test_a_failed_members_json_write_is_retried_and_the_version_confirmed(
+        redis_url: str, tmp_path: Path) -> None:
+    config = NodeConfig(name="a", port=4001, data_dir=tmp_path / "a", redis_url=redis_url,
+                        cluster="review16-save", bootstrap=True)
+    registry = Registry(redis_url, config.cluster, timeout=2.0)
+    data = DataDir(config.data_dir)
+    data.open()
+    running: dict[str, Membership] = {}
+
+    async def on_change(m: Membership) -> None:  # the core adopts it
+        running["m"] = m
+
+    sync = MembershipSync(config=config, registry=registry, data=data, rng=random.Random(1),
+                          on_change=on_change, warn=LogThrottle(logging.getLogger("t"), 60))
+    sync.node_id = data.node_id()
+    try:
+        joined = await sync.join(None, asyncio.Event())
+        assert joined is not None
+        sync.membership = running["m"] = joined
+        sync.running = lambda: (running["m"].version, running["m"].names, 1)
+        sync.settles_at = lambda: 0.0
+        sync.confirm_soon()
+        for _ in range(50):
+            if (await registry.read("a")).confirmation is not None:
+                break
+            await asyncio.sleep(0.02)
+        await registry.add(Member("b", "http://127.0.0.1:4002", node_id="b" * 32),
+                           cluster_id=None)
+        save = data.save_membership
+
+        def full(m: Membership) -> None:
+            raise StorageError("No space left on device (once)")
+
+        data.save_membership = full  # type: ignore[method-assign,assignment]
+        await sync._refresh()  # version 2 adopted; its members.json write fails
+        data.save_membership = save  # type: ignore[method-assign]
+        for _ in range(5):  # the disk is fine again; refreshes come every second
+            await sync._refresh()
+            await asyncio.sleep(0.1)
+        assert running["m"].version == 2
+        cached = data.load_membership()
+        assert cached is not None and cached.version == 2, "members.json still holds version 1"
+        mine = (await registry.read("a")).confirmation
+        assert mine is not None and mine.startswith("2:"), f"a's confirmation: {mine}"
+    finally:
+        await sync.close()
+        await registry.close()
+        data.close()
+
+
+def goose_answers_duck_during_a_change(seed: int, before: list[Timing],
+                                       after: list[Timing]) -> bool:
+    """A quiet 3-node cluster on a LAN (0.5-1 ms one way); every node switches from BEFORE's
+    joint timing to AFTER's at one random instant (what an online change does at each step)."""
+    sim = Sim(3, seed=seed, timing=JointTiming.of(before),  # type: ignore[arg-type]
+              net=Net(lat_min=0.0005, lat_max=0.001))
+    sim.run_for(2.0)
+    assert len(sim.gooses()) == 1
+    t0 = sim.t + random.Random(seed).uniform(0, 0.05)
+
+    def switch() -> None:
+        for n in sim.names:
+            node = sim.nodes[n]
+            sim._apply(node, sim.core(n).set_timing(JointTiming.of(after), node.local(sim.t)),
+                       None)
+            sim._schedule_tick(node)
+
+    sim.at(t0, switch)
+    sim.run_for(1.0)
+    return len([w for w in sim.all_windows() if w.end > t0 - 0.001]) > 1
+
+
+def test_control_no_switch_no_gap() -> None:
+    for before in ([Timing()], [Timing(), FAST]):
+        assert not any(goose_answers_duck_during_a_change(s, before, before) for s in range(60))
+
+
+@pytest.mark.xfail(strict=True, reason="review16 #3: a switch to a longer lease drops the acks "
+                   "of rounds in flight; a switch to a shorter heartbeat keeps the old schedule")
+@pytest.mark.parametrize("before,after", [([Timing(), FAST], [Timing()]),
+                                          ([Timing()], [Timing(), FAST])],
+                         ids=["joint-to-default", "default-to-joint"])
+def test_an_online_change_never_makes_the_goose_answer_duck(
+        before: list[Timing], after: list[Timing]) -> None:
+    """Each such moment SIGTERMs the goose's --exec job and runs the on-change hooks (measured
+    with real processes: 20 changes default <-> fast, 5 job restarts, no new term)."""
+    gaps = [s for s in range(200) if goose_answers_duck_during_a_change(s, before, after)]
+    assert not gaps, f"the goose answered duck in {len(gaps)} of 200 changes"
