@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sim import InvariantViolation, Net, Sim
+from sim import ClusterMembership, ClusterTiming, InvariantViolation, Net, Sim
 
 from ddg.config import TIMINGS, JointTiming, NodeConfig, Timing
 from ddg.embedded import EmbeddedRedis
@@ -36,49 +36,52 @@ SLOW = Timing(heartbeat_ms=50, election_timeout_min_ms=150, election_timeout_max
 FAST = TIMINGS["fast"]
 
 
-def removed_goose_overlaps(seed: int, *, finalize_delay: float) -> bool:
-    """Four nodes on SLOW; a change to FAST that the goose (cut off from Redis) never reads;
-    the operator removes the goose; the others read the removal right after acking its next
-    round, finalize FINALIZE_DELAY later, and one of them gets a false crash hint (a reset)."""
-    sim = Sim(4, seed=seed, timing=JointTiming.of([SLOW]),  # type: ignore[arg-type]
-              net=Net(lat_min=0.001, lat_max=0.002), names=list("abcd"), crash_hints=False)
+def removed_goose_overlaps(seed: int, *, version_check: bool = True) -> bool:
+    """Four nodes on SLOW, the registry's timing and membership modelled (tests/sim.py); the
+    goose is cut off from Redis, so it reads neither the change to FAST nor its removal; the
+    operator removes it just after its next round was acked; one of the others gets a false
+    crash hint (a reset) just after they run the finalized timing."""
+    ct = ClusterTiming(SLOW, version_check=version_check)
+    cm = ClusterMembership(list("abcd"))
+    sim = Sim(4, seed=seed, net=Net(lat_min=0.001, lat_max=0.002), names=list("abcd"),
+              crash_hints=False, cluster_timing=ct, membership=cm)
     sim.run_for(1.0)
     (goose,) = sim.gooses()
     rest = [n for n in "abcd" if n != goose]
-
-    def set_timing(timing: JointTiming) -> None:
-        for n in rest:
-            node = sim.nodes[n]
-            sim._apply(node, sim.core(n).set_timing(timing, node.local(sim.t)), None)
-            sim._schedule_tick(node)
-
-    set_timing(JointTiming.of([SLOW, FAST]))  # `ddg-node config set --timing fast`
-    sim.run_for(0.3)  # they confirm; the finalize waits for the goose
+    ct.cut_off(goose)
+    cm.cut_off(goose)
+    ct.change(FAST)  # `ddg-node config set --timing fast`
+    sim.run_for(0.3)  # the others confirm; the finalize waits for the goose
+    assert ct.record is not None and ct.record.changing
     at = sim.nodes[goose].to_global(sim.core(goose).next_heartbeat) + 0.005
-    for n in rest:  # `ddg-node remove GOOSE`, read just after its next round was acked
-        sim.at(at, sim.set_membership, n, frozenset(rest), 1)
+    sim.at(at, cm.remove, goose)  # `ddg-node remove GOOSE`: the gate lets it through
     sim.at(at, sim.isolate, goose)
-    sim.at(at + finalize_delay, set_timing, JointTiming.of([FAST]))
-    sim.at(at + 0.001, sim.hint, rest[0], goose)
+
+    def hint_once_finalized() -> None:
+        if ct.finalized and all(sim.nodes[n].record == ct.record for n in rest):
+            sim.hint(rest[0], goose)
+        else:
+            sim.at(sim.t + 0.001, hint_once_finalized)
+
+    sim.at(at, hint_once_finalized)
     try:
         sim.run_for(1.0)
     except InvariantViolation:
         return True
+    assert ct.finalized == 1 and not ct.record.changing, "the change never completed"
     return False
 
 
-def test_control_a_finalize_after_the_membership_wait_is_safe() -> None:
-    """What the fix should give: the finalize no earlier than the lease wait of the joint
-    timing after the survivors adopted the removal (their membership confirmation)."""
-    wait = JointTiming.of([SLOW, FAST]).lease_wait
-    assert not any(removed_goose_overlaps(s, finalize_delay=wait + 0.001) for s in range(20))
+def test_control_the_finalize_without_the_membership_confirmations_overlaps() -> None:
+    """The build reviewed (no version check in the finalize): two geese in about a third of
+    the seeds (36 of 100 when measured)."""
+    overlaps = [s for s in range(40) if removed_goose_overlaps(s, version_check=False)]
+    assert len(overlaps) >= 5, overlaps
 
 
-@pytest.mark.xfail(strict=True, reason="review16 #1: the finalize does not wait for the "
-                   "removed goose's last lease")
 def test_a_timing_finalize_at_a_removal_makes_no_second_goose() -> None:
-    overlaps = [s for s in range(20) if removed_goose_overlaps(s, finalize_delay=0.0)]
-    assert not overlaps, f"two geese at once in {len(overlaps)} of 20 seeds"
+    overlaps = [s for s in range(200) if removed_goose_overlaps(s)]
+    assert not overlaps, f"two geese at once in {len(overlaps)} of 200 seeds"
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +91,6 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="review16 #2: members.json is never written again "
-                   "after one failed write, so the version is never confirmed")
 async def test_a_failed_members_json_write_is_retried_and_the_version_confirmed(
         redis_url: str, tmp_path: Path) -> None:
     config = NodeConfig(name="a", port=4001, data_dir=tmp_path / "a", redis_url=redis_url,
@@ -167,8 +168,6 @@ def test_control_no_switch_no_gap() -> None:
         assert not any(goose_answers_duck_during_a_change(s, before, before) for s in range(60))
 
 
-@pytest.mark.xfail(strict=True, reason="review16 #3: a switch to a longer lease drops the acks "
-                   "of rounds in flight; a switch to a shorter heartbeat keeps the old schedule")
 @pytest.mark.parametrize("before,after", [([Timing(), FAST], [Timing()]),
                                           ([Timing()], [Timing(), FAST])],
                          ids=["joint-to-default", "default-to-joint"])
