@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from sim import ClusterMembership, ClusterTiming, InvariantViolation, Net, Sim
 
-from ddg.config import TIMINGS, JointTiming, NodeConfig, Timing
+from ddg.config import TIMINGS, JointTiming, NodeConfig, Timing, TimingRecord
 from ddg.embedded import EmbeddedRedis
 from ddg.errors import StorageError
 from ddg.membership import MembershipSync
@@ -177,3 +177,50 @@ def test_an_online_change_never_makes_the_goose_answer_duck(
     with real processes: 20 changes default <-> fast, 5 job restarts, no new term)."""
     gaps = [s for s in range(200) if goose_answers_duck_during_a_change(s, before, after)]
     assert not gaps, f"the goose answered duck in {len(gaps)} of 200 changes"
+
+
+@pytest.mark.integration
+async def test_a_removed_node_leaves_the_finalized_timing_alone(redis_url: str,
+                                                                tmp_path: Path) -> None:
+    """review16 suspicion a: a member removed while cut off from Redis, still on the record
+    before a change, reads the finalized record once it is back (the watcher refreshes the
+    timing after the membership read that removed it). The finalize did not need its
+    confirmation, so the record shares no timing with its own: it took that for a forked
+    history and wrote the union back, undoing the finalize. A non-member writes nothing."""
+    from ddg.clustertiming import ClusterTiming
+
+    registry = Registry(redis_url, "review16-removed", timeout=2.0)
+    data = DataDir(tmp_path / "x")
+    data.open()
+    try:
+        await registry.create(Member("a", "http://127.0.0.1:4001", node_id="a" * 32),
+                              TimingRecord.first(SLOW))
+
+        async def confirm(*names: str) -> None:
+            m = await registry.read()
+            for name in names:
+                assert await registry.confirm_version(name, m.confirmation_by(1))
+
+        await confirm("a")
+        await registry.add(Member("x", "http://127.0.0.1:4002", node_id="f" * 32),
+                           cluster_id=None)
+        config = NodeConfig(name="x", port=4002, data_dir=tmp_path / "x", redis_url=redis_url,
+                            cluster="review16-removed")
+        timing = ClusterTiming(config=config, registry=registry, data=data,
+                               warn=LogThrottle(logging.getLogger("t"), 60))
+        await timing.start((await registry.read_timing()).record)
+        assert timing.record is not None and timing.record.epoch == 1
+        # x is cut off from Redis from here on: the change, its removal, the finalize
+        _, changing = await registry.change_timing(lambda _: FAST)
+        assert changing is not None
+        await confirm("a", "x")
+        await registry.remove("x")
+        await confirm("a")
+        assert await registry.confirm_timing("a", changing, changing.to_json()) == (True, None)
+        final = (await registry.read_timing()).record
+        assert final == changing.finalized()
+        await timing.refresh()  # x is back: its watcher's refresh after reading its removal
+        assert (await registry.read_timing()).record == final, "a removed node undid it"
+    finally:
+        await registry.close()
+        data.close()
