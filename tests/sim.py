@@ -891,7 +891,9 @@ class ClusterTiming(RegistryModel):
             return False
         if self.changes and not self.lost_data and rec.target != self.changes[-1].resolved():
             return False
-        return all(n.record == rec for n in self._sim().nodes.values())
+        sim = self._sim()
+        members = sim.names if sim.cm is None else sim.cm.members
+        return all(sim.nodes[m].record == rec for m in members)
 
 
 # ---- membership as registry state ------------------------------------------------------------
@@ -1006,6 +1008,8 @@ class ClusterMembership(RegistryModel):
             self.joining.discard(name)
             node = sim.nodes[name]
             node.disk_members = (self.version, self.members)
+            if sim.ct is not None and sim.ct.record is not None:
+                node.disk_record = sim.ct.record  # the add's reply carries the record
             sim._boot(node)
             sim._check()
 
