@@ -1,15 +1,19 @@
-"""Reproductions from the adversarial review of issue 16 (branch h-review16). Each test is
-marked xfail(strict=True): it fails on the build reviewed, and turns into an XPASS (a failure)
-once the bug is fixed, so that whoever fixes it removes the mark.
+"""Reproductions from the adversarial review of issue 16 (branch h-review16), now regression
+tests: each failed on the build reviewed (they were xfail(strict=True) until fixed).
 
-1. A timing change is finalized by the first registry read after `ddg-node remove GOOSE`,
+1. A timing change was finalized by the first registry read after `ddg-node remove GOOSE`,
    while the removed goose (cut off from Redis, so it has read neither the change nor its
-   removal) still holds a lease under the old, longer timing; the others elect under the new,
-   shorter one inside that lease (docs/design.md, Limits, says so; the issue's bar says no node
-   may rely on a shorter lease or wait than another may still be using).
-2. A node whose members.json write failed once never writes it again for that version, and so
-   never confirms the version, even once the disk is fine: the registry's gate for the next
-   join or removal waits on it for good.
+   removal) still held a lease under the old, longer timing; the others elected under the
+   new, shorter one inside that lease. The finalize now also waits for every member's
+   confirmation of the current membership version (docs/design.md, "Timing is cluster
+   state").
+2. A node whose members.json write failed once never wrote it again for that version, and
+   so never confirmed the version, even once the disk was fine: the registry's gate for the
+   next join or removal waited on it for good.
+3. An online timing change made the goose answer duck for a moment (a longer lease dropped
+   the rounds in flight; a shorter heartbeat kept the old schedule).
+a. A removed node, on the record before a change, took the finalized record for a forked
+   history and wrote the union back.
 """
 
 from __future__ import annotations
