@@ -42,7 +42,7 @@ from .ratelimit import LogThrottle, Throttle
 from .registry import Membership, Registry
 from .server import GuardedServer, ServerLimits, raise_fd_limit, read_body, serve
 from .status import ClockInfo, NodeStatus, Role, StorageInfo
-from .stopping import StopDeadline, cancel_and_wait
+from .stopping import StopDeadline, cancel_and_wait, stop_deadline
 from .storage import DataDir
 from .tls import CERT_DOES_NOT_NAME, CLIENT_CERT_REQUIRED, peer_names, peer_verified
 from .watch import Watchers
@@ -423,6 +423,9 @@ class Node:
         self.holds.announce(timing)
         self.holder.timing = timing
         self.peers.timing = timing
+        if self.deadline is not None:  # the hand-over waits up to the cluster's Tmin
+            self.deadline.seconds = max(self.deadline.seconds,
+                                        stop_deadline(self.config, timing))
 
     async def _membership_changed(self, membership: Membership) -> None:
         if self.core is not None:
