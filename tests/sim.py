@@ -718,18 +718,27 @@ class ClusterTiming(RegistryModel):
     confirms at once (a new process holds no lease). Redis can lose the record (flush) or go back in
     time.
 
+    With a ClusterMembership beside it, the members are the registry's, a join or removal
+    drops the member's confirmation, a node reads the timing after each membership read (as
+    the node's watcher does), and a finalize also needs every member's confirmation of the
+    current membership version (CONFIRM, ddg/registry/scripts.py).
+
     The flags make deliberately broken variants for negative controls: JOINT False switches
     a node straight to the target, CONFIRM_WAIT False confirms without waiting out the old
-    leases, FINALIZE_ALL False finalizes once any member confirmed."""
+    leases, FINALIZE_ALL False finalizes once any member confirmed, VERSION_CHECK False
+    finalizes without the members' confirmations of the current membership version (the
+    build before review16 #1)."""
 
     def __init__(self, first: Timing, *, refresh: float = 0.5, joint: bool = True,
-                 confirm_wait: bool = True, finalize_all: bool = True) -> None:
+                 confirm_wait: bool = True, finalize_all: bool = True,
+                 version_check: bool = True) -> None:
         super().__init__(refresh)
         self.record: TimingRecord | None = TimingRecord.first(first)
         self.seen: dict[str, str] = {}
         self.joint = joint
         self.confirm_wait = confirm_wait
         self.finalize_all = finalize_all
+        self.version_check = version_check
         self.changes: list[Timing] = []  # the operator's that Redis took, in order
         self.lost_data = False  # a flush or rollback: a change may have been lost with it
         self.finalized = 0
@@ -805,7 +814,11 @@ class ClusterTiming(RegistryModel):
         rec = self.record
         if rec != expected or not rec.changing:
             return
-        confirmed = [self.seen.get(m) == fingerprint for m in self._sim().members]
+        cm = self._sim().cm
+        members = self._sim().members if cm is None else cm.members
+        confirmed = [self.seen.get(m) == fingerprint for m in members]
+        if cm is not None and self.version_check and set(cm._confirmed()) != members:
+            return
         if all(confirmed) or (not self.finalize_all and any(confirmed)):
             self.record = rec.finalized()
             self.finalized += 1
@@ -879,7 +892,9 @@ class ClusterTiming(RegistryModel):
             return False
         if self.changes and not self.lost_data and rec.target != self.changes[-1].resolved():
             return False
-        return all(n.record == rec for n in self._sim().nodes.values())
+        sim = self._sim()
+        members = sim.names if sim.cm is None else sim.cm.members
+        return all(sim.nodes[m].record == rec for m in members)
 
 
 # ---- membership as registry state ------------------------------------------------------------
@@ -994,6 +1009,8 @@ class ClusterMembership(RegistryModel):
             self.joining.discard(name)
             node = sim.nodes[name]
             node.disk_members = (self.version, self.members)
+            if sim.ct is not None and sim.ct.record is not None:
+                node.disk_record = sim.ct.record  # the add's reply carries the record
             sim._boot(node)
             sim._check()
 
@@ -1056,7 +1073,7 @@ class ClusterMembership(RegistryModel):
 
     def _may_change(self) -> bool:
         """The gate; when it opens, the term floor rises to the highest term among the
-        confirmations it counted (before the change drops any of them, as _GATE does)."""
+        confirmations it counted (before the change drops any of them, as GATE does)."""
         confirmed = self._confirmed()
         if not self.gate or not self.members or len(confirmed) >= len(self.members) // 2 + 1:
             self.floor = max([self.floor, *(self.seen[m][2] for m in confirmed)])
@@ -1078,7 +1095,7 @@ class ClusterMembership(RegistryModel):
         if not self._may_change():
             return "wait"
         self.tombstones.discard(name)
-        self.seen.pop(name, None)
+        self._forget(name)
         self._change(self.members | {name})
         return "ok"
 
@@ -1087,11 +1104,17 @@ class ClusterMembership(RegistryModel):
             return "not-a-member"
         if not force and not self._may_change():
             return "wait"
-        self.seen.pop(name, None)
+        self._forget(name)
         self.tombstones.add(name)
         self.gone.add(name)
         self._change(self.members - {name})
         return "ok"
+
+    def _forget(self, name: str) -> None:
+        """A join or removal drops the name's confirmations, of membership and timing."""
+        self.seen.pop(name, None)
+        if (ct := self._sim().ct) is not None:
+            ct.seen.pop(name, None)
 
     def _restore(self, snap: tuple[int, frozenset[str]]) -> None:
         version, members = snap
@@ -1129,6 +1152,14 @@ class ClusterMembership(RegistryModel):
     def _on_read(self, name: str, inc: int, exists: bool, version: int,
                  members: frozenset[str], floor: int, seen: Confirmation | None,
                  tombstone: bool) -> None:
+        self._on_read_membership(name, inc, exists, version, members, floor, seen, tombstone)
+        sim = self._sim()
+        if sim.ct is not None and sim.nodes[name].core is not None:
+            sim.ct._read(name, inc)  # the watcher's timing.refresh_soon()
+
+    def _on_read_membership(self, name: str, inc: int, exists: bool, version: int,
+                            members: frozenset[str], floor: int, seen: Confirmation | None,
+                            tombstone: bool) -> None:
         sim = self._sim()
         node = sim.nodes[name]
         core = node.core

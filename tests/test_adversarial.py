@@ -543,7 +543,7 @@ def test_forged_max_term_does_not_brick_the_cluster(make_cluster: Make) -> None:
             answers[n] = resp.status_code
     c.kill(goose)
     c.wait(goose, 5)
-    c.wait_goose(among=names, exclude=[goose], timeout=5)
+    c.wait_goose(among=names, exclude=[goose])
     c.restart(goose)
     for n in names:
         c.stop(n)
@@ -664,7 +664,7 @@ def test_bad_registry_data_is_a_problem_not_a_crash(make_cluster: Make) -> None:
         for v, c in clusters.items():
             c.wait_for(lambda c=c, v=v: recovered(c, names[v]), timeout=6,
                        what=f"{v}: recovery after the repair")
-            c.wait_goose(among=names[v], timeout=5)
+            c.wait_goose(among=names[v])
         seen: dict[str, set[bytes | None]] = {v: set() for v in clusters}
         end = time.monotonic() + 0.5
         while time.monotonic() < end:  # observe what the nodes write back
@@ -807,7 +807,7 @@ def test_too_many_members_is_a_registry_problem(make_cluster: Make) -> None:
             # the cluster still elects on the membership it had (quorum 2 of 3)
             c.kill(goose)
             c.wait(goose, 5)
-            c.wait_goose(among=names, exclude=[goose], timeout=5)
+            c.wait_goose(among=names, exclude=[goose])
     finally:
         r.close()
 
@@ -868,7 +868,7 @@ def test_deeply_nested_json_is_a_4xx(make_cluster: Make) -> None:
         problems.append(log_text(c, goose)[-1500:])
     assert not problems, "\n".join(problems)
     # still the goose (a one-node cluster may miss a renewal on a loaded machine: wait)
-    c.wait_goose(timeout=5)
+    c.wait_goose()
 
 
 def test_client_disconnecting_mid_body_logs_no_error(make_cluster: Make) -> None:

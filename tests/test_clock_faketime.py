@@ -62,7 +62,10 @@ def test_a_goose_at_half_speed_steps_down_says_so_and_does_not_lead_again(
     metrics = scrape(c, "n1")
     assert re.search(r'^ddg_clock_contradicted 1\.0$', metrics, re.M)
     assert re.search(r'^ddg_step_downs_total\{reason="clock_rate"\} 1\.0$', metrics, re.M)
-    assert re.search(r'^ddg_clock_rate_ratio\{peer="n\d"\} 0\.[45]\d*$', metrics, re.M)
+    # the same estimates as /status (which may have moved on since; early evidence is thin)
+    ratios = [float(v) for v in
+              re.findall(r'^ddg_clock_rate_ratio\{peer="n\d"\} (\S+)$', metrics, re.M)]
+    assert ratios and all(0.4 < r < 1 - st.clock.rate_bound for r in ratios), ratios
     log = c.log_tail("n1", 200)
     assert "ERROR" in log and "clock rate is contradicted by a majority" in log
     assert "stepped down in term" in log and "contradict its clock's rate" in log

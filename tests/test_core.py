@@ -635,11 +635,17 @@ def test_a_timing_change_keeps_the_granted_lease_and_shortens_the_next() -> None
 def test_a_longer_lease_is_not_earned_by_rounds_sent_before_the_change() -> None:
     goose = Cluster(3).elect("n1", 1.0)
     goose.set_timing(FAST, 1.0)
+    while goose.next_heartbeat < 1.0 + T.lease:  # past the lease its election granted
+        goose.tick(goose.next_heartbeat)
+        goose.step(HeartbeatAck(term=1, sender="n2", seq=goose.seq, success=True),
+                   goose.next_heartbeat - FAST.heartbeat + 0.001)
     goose.tick(goose.next_heartbeat)  # a round under fast's 30 ms lease
     sent, seq = goose.sent_at[goose.seq], goose.seq
     goose.set_timing(T, sent + 0.001)  # to default's 80 ms before its acks arrive
     goose.step(HeartbeatAck(term=1, sender="n2", seq=seq, success=True), sent + 0.002)
-    assert goose.lease_until <= sent + FAST.lease + 1e-9
+    # the round in flight still counts (dropping it made the goose answer duck a moment:
+    # review16 #3), with the lease it was sent under
+    assert goose.lease_until == pytest.approx(sent + FAST.lease)
     # a candidate keeps the lease its campaign started with
     cand = make("n1", ["n1", "n2", "n3"], now=0.0, seed=1)
     cand.set_timing(FAST, 0.0)
@@ -652,6 +658,19 @@ def test_a_longer_lease_is_not_earned_by_rounds_sent_before_the_change() -> None
     cand.step(VoteResponse(term=1, sender="n2", granted=True), 0.502)
     assert cand.state is State.GOOSE
     assert cand.lease_until == pytest.approx(0.5 + FAST.lease)
+
+
+def test_a_shorter_heartbeat_holds_from_the_last_round_not_the_old_schedule() -> None:
+    """review16 #3: the next round on the old schedule came after the new, shorter lease of
+    the last one had ended: the goose answered duck for a moment."""
+    goose = Cluster(3).elect("n1", 1.0)
+    last = goose.next_heartbeat - T.heartbeat
+    resend = goose.resend_at
+    goose.set_timing(JOINT, last + 0.001)
+    assert goose.next_heartbeat == pytest.approx(last + JOINT.heartbeat)
+    assert goose.resend_at <= resend  # never later than it was
+    goose.set_timing(T, last + 0.002)  # a longer heartbeat: the round due comes when it was
+    assert goose.next_heartbeat == pytest.approx(last + JOINT.heartbeat)
 
 
 def test_a_timing_change_alone_moves_no_timer_and_stickiness_reads_the_new_value() -> None:

@@ -53,7 +53,7 @@ def test_a_stopped_or_frozen_goose_gives_no_hint(make_cluster: Make, how: str) -
     else:
         c.signal(old, signal.SIGSTOP)
     try:
-        c.wait_goose(among=names, exclude=[old], timeout=5)
+        c.wait_goose(among=names, exclude=[old])
     finally:
         if how == "sigstop":
             c.signal(old, signal.SIGCONT)

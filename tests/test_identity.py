@@ -167,7 +167,7 @@ def test_a_graceful_stop_hands_over_with_node_certificates(make_cluster: Make,
     old = settled(c, names)
     term = c.status(old).term  # type: ignore[union-attr]
     c.terminate(old)
-    new = c.wait_goose(among=names, exclude=[old], timeout=5)
+    new = c.wait_goose(among=names, exclude=[old])
     assert c.status(new).term == term + 1  # type: ignore[union-attr]
     assert f"{old} handed leadership over" in c.log_tail(new, 80), c.log_tail(new, 80)
     assert "does not name" not in c.log_tail(old, 80) + c.log_tail(new, 80)

@@ -82,7 +82,7 @@ def read_json_log(c: LocalCluster, name: str) -> list[dict[str, Any]]:
 def test_a_real_node_logs_json_with_stable_events(make_cluster: Make) -> None:
     c = make_cluster()
     name = c.add(extra_args=["--log-format", "json"]).name
-    c.wait_goose(timeout=5)
+    c.wait_goose()
     term = c.status(name).term
     assert c.stop(name) == 0
     events = read_json_log(c, name)
@@ -99,7 +99,7 @@ def test_a_real_node_logs_json_with_stable_events(make_cluster: Make) -> None:
 def test_text_logs_stay_as_they_were(make_cluster: Make) -> None:
     c = make_cluster()
     name = c.add().name
-    c.wait_goose(timeout=5)
+    c.wait_goose()
     assert c.stop(name) == 0
     lines = [ln for ln in c.log_path(name).read_text().splitlines() if ln.strip()]
     assert all((m := TEXT_LINE.match(ln)) and m["node"] == name for ln in lines), lines

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from ddg.election.timing import Timing, TimingRecord
+from ddg.election.timing import TIMINGS, Timing, TimingRecord
 from ddg.errors import ChangeWaiting, NotAMember, RegistryDataError
 from ddg.local.embedded import EmbeddedRedis
 from ddg.registry.keys import cluster_keys
@@ -139,6 +139,41 @@ async def test_remove_waits_for_the_confirmations_that_arrive_meanwhile(
     assert await reg.remove("b", wait=5.0) == 3
     assert 0.3 <= time.monotonic() - t0 < 2.0
     await task
+
+
+async def test_a_timing_change_is_finalized_only_once_every_member_confirmed_the_version(
+        registry: Registry) -> None:
+    """review16 #1: removing the one member that had not confirmed a timing change (a goose
+    cut off from Redis, still leading under the old, longer lease) finalized the change at the
+    next read, and the others elected on the short timing inside that lease. The finalize
+    now also waits until every member confirmed the current membership version: a member
+    does that a lease wait after it adopted the removal, when the removed goose's last lease
+    (acknowledged by one of them before) has ended."""
+    reg = registry
+    await bootstrap(reg)
+    for i, name in enumerate("bcd", start=2):
+        await confirm(reg, "a")
+        for other in "bcd"[:i - 2]:
+            await confirm(reg, other)
+        await reg.add(member(name, i), cluster_id=None)
+    for name in "abcd":
+        await confirm(reg, name)
+    _, changing = await reg.change_timing(lambda _: TIMINGS["fast"])
+    assert changing is not None and changing.changing
+    for name in "bcd":  # a is cut off from Redis: it never confirms
+        finalized, waiting = await reg.confirm_timing(name, changing, changing.to_json())
+    assert (finalized, waiting) == (False, ("a",))
+    await reg.remove("a")  # b, c, d confirmed version 4: the gate lets it through
+    # b, c, d read the removal: every member confirmed the record, not yet version 5
+    assert await reg.confirm_timing(None, changing, changing.to_json()) == (False,
+                                                                             ("b", "c", "d"))
+    assert (await reg.read_timing()).record == changing
+    await confirm(reg, "b")
+    await confirm(reg, "c")
+    assert await reg.confirm_timing(None, changing, changing.to_json()) == (False, ("d",))
+    await confirm(reg, "d")  # a lease wait after d adopted version 5
+    assert await reg.confirm_timing("d", changing, changing.to_json()) == (True, None)
+    assert (await reg.read_timing()).record == changing.finalized()
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

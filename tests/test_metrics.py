@@ -152,7 +152,7 @@ def scrape(c: LocalCluster, name: str) -> Samples:
 def test_failover_moves_the_right_counters_on_the_right_nodes(make_cluster: Make) -> None:
     c = make_cluster()
     names = c.start(3)
-    old = c.wait_goose(timeout=5)
+    old = c.wait_goose()
     ducks = [n for n in names if n != old]
     c.wait_for(lambda: all((s := c.status(d)) and s.goose == old for d in ducks),
                timeout=3, what="both ducks follow the goose")
@@ -165,7 +165,7 @@ def test_failover_moves_the_right_counters_on_the_right_nodes(make_cluster: Make
 
     c.kill(old)
     c.wait(old, 5)
-    new = c.wait_goose(among=ducks, timeout=5)
+    new = c.wait_goose(among=ducks)
     [other] = [d for d in ducks if d != new]
     term = c.wait_for(lambda: (s := c.status(other)) and s.goose == new and s.term,
                       timeout=3, what=f"{other} follows {new}")

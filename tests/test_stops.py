@@ -16,6 +16,8 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -185,6 +187,34 @@ def test_a_second_signal_ends_a_stop_at_once(make_cluster: Make, tmp_path: Path,
     assert f"{second.name} while stopping (SIGTERM)" in line
     assert ("task registry at" in line) if how == "watch" else ("_hand_over" in line), line
     assert "Traceback" not in c.log_tail(name, 40)
+
+
+@pytest.mark.integration
+def test_the_stop_deadline_covers_the_hand_over_under_the_clusters_timing(
+        make_cluster: Make) -> None:
+    """review16 suspicion b: the deadline added the node's flags' minimum election timeout
+    (150 ms by default) for the hand-over, while the hand-over's TimeoutNow may take the
+    cluster's (here 4 s, after `ddg-node config set`): a goose stopping while its duck was
+    frozen was forced out (exit 70, "still stopping") in the middle of a clean stop."""
+    c = make_cluster()
+    names = c.start(2)
+    goose = c.wait_goose(timeout=15)
+    duck = next(n for n in names if n != goose)
+    assert c.redis_url is not None
+    done = subprocess.run([sys.executable, "-m", "ddg", "config", "set", "--heartbeat-ms", "100",
+                           "--election-timeout-ms", "4000-8000", "--redis-url", c.redis_url],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: "election timeout 4000-8000 ms" in c.log_tail(goose, 40), timeout=10,
+               what="the goose to run the joint timing")
+    assert c.pause(duck)  # frozen: its kernel still takes the hand-over's connection
+    t0 = time.monotonic()
+    c.terminate(goose)
+    code = c.wait(goose, 20)
+    took = time.monotonic() - t0
+    assert code == 0, c.log_tail(goose, 40)
+    assert took > 3.5, took  # the hand-over waited (the election timeout), and was let finish
+    assert "exiting now" not in c.log_tail(goose, 40)
 
 
 @pytest.mark.integration

@@ -118,7 +118,7 @@ def test_mtls_cluster_with_secret_elects_and_fails_over(make_cluster: Make,
     assert st.address.startswith("https://") and st.security == "hmac"
     c.kill(goose)
     c.wait(goose, 5)
-    new = c.wait_goose(among=names, exclude=[goose], timeout=5)
+    new = c.wait_goose(among=names, exclude=[goose])
     assert c.status(new).term > st.term
 
 
@@ -153,7 +153,7 @@ def test_without_a_client_certificate_public_endpoints_only(
         mtls: tuple[LocalCluster, Pki]) -> None:
     c, pki = mtls
     names = c.names[:3]
-    goose = c.wait_goose(among=names, timeout=5)
+    goose = c.wait_goose(among=names)
     before = _terms(c, names)
     duck = next(n for n in names if n != goose)
     url = c.address(duck)
@@ -232,7 +232,7 @@ def test_a_node_of_another_ca_changes_nothing_and_is_logged_once(
     stranger) and the stranger (it campaigns) say why once per peer."""
     c, _ = mtls
     names = c.names[:3]
-    goose = c.wait_goose(among=names, timeout=5)
+    goose = c.wait_goose(among=names)
     other = Pki(tmp_path / "other", "other-ca").tls("stranger")
     c.add("stranger", extra_args=("--tls-cert", str(other.cert), "--tls-key", str(other.key),
                                   "--tls-ca", str(other.ca)))

@@ -140,7 +140,7 @@ def test_first_event_is_the_state_and_a_killed_goose_is_replaced_on_the_stream(
         assert first.members == tuple(sorted(names))
     term = feeds[goose].events[0].term
     c.kill(goose)
-    new = c.wait_goose(among=names, exclude=[goose], timeout=5)
+    new = c.wait_goose(among=names, exclude=[goose])
     event = feeds[new].wait(lambda e: e.kind == "change" and e.role is Role.GOOSE, timeout=5,
                             what="a goose event on the new goose's stream")
     assert event.node == new and event.goose == new and event.term > term
@@ -168,7 +168,7 @@ def test_last_event_id_resumes_without_a_duplicate_or_a_gap(make_cluster: Make,
     away.close()
     # changes on the duck while the reader is away: a failover, and the old goose back
     c.kill(goose)
-    new = c.wait_goose(among=names, exclude=[goose], timeout=5)
+    new = c.wait_goose(among=names, exclude=[goose])
     c.restart(goose)
     c.wait_for(lambda: follows(c, names, new), timeout=5, what="everyone follows the new goose")
     reference.wait(lambda e: e.goose == new, timeout=5, what="the duck sees the new goose")
@@ -251,11 +251,13 @@ def test_sigterm_is_not_delayed_by_watchers(make_cluster: Make, watching: Watchi
         took = time.monotonic() - t0
     finally:
         idle.close()
-    assert took < 2.0, f"the node took {took:.2f} s to stop with watchers open"
+    # held by its watchers it would wait for the listener's 10 s shutdown timeout; a clean stop
+    # takes well under a second (4 s: twice the worst seen on a loaded 2-core runner)
+    assert took < 4.0, f"the node took {took:.2f} s to stop with watchers open"
     # the hand-over reached the watcher before its stream ended
     feed.wait(lambda e: e.kind == "change" and e.role is not Role.GOOSE, timeout=3,
               what="the goose's step-down on its own stream")
-    c.wait_goose(among=names, exclude=[goose], timeout=5)
+    c.wait_goose(among=names, exclude=[goose])
 
 
 def _reader(proc: subprocess.Popen[str], lines: queue.Queue[tuple[float, str]]) -> None:
@@ -292,7 +294,7 @@ def test_cli_watch_prints_the_failover_as_it_happens(make_cluster: Make) -> None
             first = json.loads(text)
             assert first["event"] == "state" and first["node"] == d
         c.kill(goose)
-        new = c.wait_goose(among=ducks, timeout=5)
+        new = c.wait_goose(among=ducks)
         deadline = time.monotonic() + 5
         while True:
             arrived, text = lines[new].get(timeout=max(0.01, deadline - time.monotonic()))

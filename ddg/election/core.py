@@ -191,6 +191,9 @@ class Election:
         self.resend_at = math.inf
         self.seq = 0
         self.sent_at: dict[int, float] = {}
+        # Each round's lease as the timing said when it left: a change to a longer lease
+        # never lengthens what the rounds already sent earn (set_timing).
+        self.round_lease: dict[int, float] = {}
         self.acks: dict[int, set[str]] = {}
         self.acked_seq: dict[str, int] = {}
         self.counters = Counters()
@@ -370,14 +373,19 @@ class Election:
         self._earlier_lease = max(old.lease, self._earlier_lease if not self.timing_settled(now)
                                   else 0.0)
         self.timing_settles_at = max(self.timing_settles_at, now + old.lease_wait)
-        if timing.lease > old.lease:
-            # Acks of rounds already sent would otherwise earn the longer lease: forget those
-            # rounds (the next round comes within a heartbeat); a campaign under way keeps
-            # the lease it started with.
-            self.sent_at.clear()
-            self.acks.clear()
-            if self.state is State.CANDIDATE:
-                self.campaign_at -= timing.lease - old.lease
+        if timing.lease > old.lease and self.state is State.CANDIDATE:
+            # A campaign under way keeps the lease it started with (rounds already sent keep
+            # theirs: round_lease).
+            self.campaign_at -= timing.lease - old.lease
+        if self.state is State.GOOSE and math.isfinite(self.next_heartbeat):
+            # A shorter heartbeat (or lease) holds from the last round on: the next round
+            # (and the resend) come when the new values say, not on the old schedule, or the
+            # lease could lapse between two rounds.
+            last = self.next_heartbeat - old.heartbeat
+            self.next_heartbeat = min(self.next_heartbeat, last + timing.heartbeat)
+            slack = timing.lease - timing.heartbeat
+            if slack > 0 and math.isfinite(self.resend_at):
+                self.resend_at = min(self.resend_at, last + slack / 2)
         self._event("timing_changed", "now running on the cluster's timing: heartbeat "
                     f"{timing.heartbeat * 1000:g} ms, election timeout "
                     f"{timing.election_min * 1000:g}-{timing.election_max * 1000:g} ms, lease "
@@ -551,10 +559,11 @@ class Election:
             sent = self.sent_at[msg.seq]
             if msg.seq == self.seq:
                 self.resend_at = math.inf  # the newest round made it: nothing to send again
-            self.lease_until = max(self.lease_until, sent + self.timing.lease)
+            lease = min(self.round_lease[msg.seq], self.timing.lease)
+            self.lease_until = max(self.lease_until, sent + lease)
             self.step_down_at = max(self.step_down_at, sent + self.timing.quorum_timeout)
             for old in [s for s in self.acks if s <= msg.seq]:  # newer rounds still count
-                del self.acks[old], self.sent_at[old]
+                del self.acks[old], self.sent_at[old], self.round_lease[old]
 
     def _on_timeout_now(self, msg: TimeoutNow, now: float) -> None:
         # Only from the goose this node follows: the hand-over skips stickiness, which is safe
@@ -618,6 +627,7 @@ class Election:
         self.step_down_at = max(self.campaign_at, now) + self.timing.quorum_timeout
         self.acks.clear()
         self.sent_at.clear()
+        self.round_lease.clear()
         self.acked_seq.clear()
         self._event("elected",
                     f"won term {self.term} with {len(self.votes)}/{len(self.members)} votes",
@@ -656,6 +666,7 @@ class Election:
     def _broadcast_heartbeat(self, now: float) -> None:
         self.seq += 1
         self.sent_at[self.seq] = now
+        self.round_lease[self.seq] = self.timing.lease
         self.clock.sent(self.seq, now)
         self.acks[self.seq] = {self.name}
         self.counters.heartbeats_sent += 1
@@ -665,7 +676,7 @@ class Election:
         # Rounds this old can extend neither the lease nor the step-down; forget them.
         keep = max(self.timing.lease, self.timing.quorum_timeout)
         for old in [s for s, t in self.sent_at.items() if t + keep <= now]:
-            del self.sent_at[old], self.acks[old]
+            del self.sent_at[old], self.acks[old], self.round_lease[old]
         if self._has_quorum(self.acks[self.seq]):  # a cluster of one
             self.lease_until = now + self.timing.lease
             self.step_down_at = now + self.timing.quorum_timeout

@@ -145,6 +145,11 @@ class ClusterTiming:
             self.problem = state.problem
             return
         self.problem = None
+        if not state.has_member(self.config.name):
+            # Removed (it exits once its watcher has read that), or not back yet after a
+            # restore lost its entry: a finalize did not wait for it, so a record that shares
+            # no timing with its own is no forked history; it writes nothing.
+            return
         mine = self.record
         self.waiting_for = state.waiting_for if state.record == mine and mine is not None \
             and mine.changing else ()

@@ -320,6 +320,8 @@ class MembershipSync:
             await self._on_change(current)
         elif not current.confirmed_in(current.confirmation) and self._is_confirmed(current):
             self.confirmed = None  # Redis lost it (flushed, an old RDB): again, at once
+        if self._saved != (self.membership.version, self.membership.names):
+            self._save_membership(self.membership)  # a write that failed: again, each refresh
         self.confirm_soon()
 
     async def _add_back(self, current: Membership, why: str) -> bool:
@@ -377,9 +379,10 @@ class MembershipSync:
         try:
             self.data.save_membership(membership)
         except StorageError as exc:
-            log.warning("%s (the cache only helps restarts while Redis is down; this node "
-                        "confirms membership version %d only once it is written)", exc,
-                        membership.version)
+            self._warn.warning("members-json", "%s (the cache only helps restarts while Redis "
+                               "is down; this node confirms membership version %d only once "
+                               "it is written; trying again on each registry read)", exc,
+                               membership.version)
             return
         self._saved = (membership.version, membership.names)
 

@@ -35,7 +35,7 @@ from ddg.node.hold import Holder, HoldServer
 from ddg.node.membership import MembershipSync
 from ddg.node.partitions import Partitions
 from ddg.node.peers import PeerTransport
-from ddg.node.stopping import StopDeadline, cancel_and_wait
+from ddg.node.stopping import StopDeadline, cancel_and_wait, stop_deadline
 from ddg.node.storage import DataDir
 from ddg.ops.changes import Changes, View
 from ddg.ops.job import Jobs
@@ -370,6 +370,9 @@ class Node(NodeApi):
         self.holds.announce(timing)
         self.holder.timing = timing
         self.peers.timing = timing
+        if self.deadline is not None:  # the hand-over waits up to the cluster's Tmin
+            self.deadline.seconds = max(self.deadline.seconds,
+                                        stop_deadline(self.config, timing))
 
     async def _membership_changed(self, membership: Membership) -> None:
         if self.core is not None:

@@ -25,6 +25,7 @@ from collections import Counter
 from types import FrameType
 from typing import Any, NoReturn
 
+from ddg.election.timing import JointTiming, Timing
 from ddg.node.config import NodeConfig
 
 log = logging.getLogger("ddg.node")
@@ -42,11 +43,12 @@ RECANCEL_EVERY = 0.05  # s between two cancellations of a task that has not ende
 _LOG_BOUND = 0.5  # s the forced exit waits for its log line (a stuck stderr must not hold it)
 
 
-def stop_deadline(config: NodeConfig) -> float:
-    """STOP_DEADLINE plus what CONFIG adds: a goose's hand-over (one message, which may take
-    the minimum election timeout) and an --exec job's grace between SIGTERM and SIGKILL."""
+def stop_deadline(config: NodeConfig, timing: Timing | JointTiming | None = None) -> float:
+    """STOP_DEADLINE plus what the node's settings add: a goose's hand-over (one message,
+    which may take the minimum election timeout of TIMING, the cluster's once the node runs
+    it; default: CONFIG's) and an --exec job's grace between SIGTERM and SIGKILL."""
     grace = config.job.grace if config.job is not None else 0.0
-    return STOP_DEADLINE + config.timing.election_min + grace
+    return STOP_DEADLINE + (timing or config.timing).election_min + grace
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:

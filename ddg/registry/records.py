@@ -35,6 +35,11 @@ class TimingState:
     def confirmed_by(self, name: str) -> bool:
         return name in self.confirmed
 
+    def has_member(self, name: str) -> bool:
+        """Whether NAME is a member (True while Redis holds no members: lost data)."""
+        return name in self.confirmed or name in self.waiting_for or not (
+            self.confirmed or self.waiting_for)
+
 
 @dataclass(frozen=True, slots=True)
 class Joined:

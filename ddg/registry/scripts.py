@@ -23,23 +23,31 @@ return {mt, vt, it, v, id, members, floor, mine}
 """
 
 
-# The one rule every change to the set of names passes (docs/design.md, "One change at a
-# time is safe"): a majority of the current members have confirmed the current version
-# ("VERSION:MEMBERS:TERM" in KEYS[8], MEMBERS the members_hash of their names). The change
-# then raises the term floor (KEYS[9]) to the highest TERM among those confirmations.
-# Returns nil when the change may go, else the reply: {-5, version, member count, names of
-# the members that have not confirmed it}.
-GATE = """
-local function gate()
-  local flat, names = redis.call('HGETALL', KEYS[1]), {}
-  for i = 1, #flat, 2 do names[#names + 1] = flat[i] end
-  if #names == 0 then return nil end
+# The prefix "VERSION:MEMBERS:" of a confirmation of the current version by one of NAMES,
+# the current members (MEMBERS: the members_hash of their names), and the VERSION.
+CURRENT = """
+local function current(names)
   local v = redis.call('GET', KEYS[2]) or '0'
   local sum = 0
   for _, n in ipairs(names) do
     sum = sum + tonumber(string.sub(redis.sha1hex(n), 1, 10), 16)
   end
-  local want = v .. ':' .. string.format('%d', sum) .. ':'
+  return v .. ':' .. string.format('%d', sum) .. ':', v
+end
+"""
+
+# The one rule every change to the set of names passes (docs/design.md, "One change at a
+# time is safe"): a majority of the current members have confirmed the current version
+# ("VERSION:MEMBERS:TERM" in KEYS[8]). The change then raises the term floor (KEYS[9]) to
+# the highest TERM among those confirmations.
+# Returns nil when the change may go, else the reply: {-5, version, member count, names of
+# the members that have not confirmed it}.
+GATE = CURRENT + """
+local function gate()
+  local flat, names = redis.call('HGETALL', KEYS[1]), {}
+  for i = 1, #flat, 2 do names[#names + 1] = flat[i] end
+  if #names == 0 then return nil end
+  local want, v = current(names)
   local have, top, missing = 0, 0, {}
   for _, n in ipairs(names) do
     local c = redis.call('HGET', KEYS[8], n)
@@ -195,17 +203,25 @@ return {1}
 
 
 # A member confirms the record whose fingerprint is ARGV[2] (ARGV[1]: its name; '' to only
-# try the next step); then, if the record is still ARGV[3] and every member has confirmed it,
-# it becomes ARGV[4] (its target alone). Replies 1 when it did, else 0 and who has not.
-CONFIRM = """
+# try the next step); then, if the record is still ARGV[3], every member has confirmed it and
+# every member has confirmed the current membership version too (a member confirms a version
+# only a lease wait after it adopted it, so a member removed meanwhile holds no lease under
+# the old timing any more: docs/design.md, "Timing is cluster state"), it becomes ARGV[4]
+# (its target alone). Replies 1 when it did, else 0 and who has not.
+CONFIRM = CURRENT + """
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[7], ARGV[1], ARGV[2]) end
 if ARGV[4] == '' or not redis.call('GET', KEYS[4]) then return {0} end
 if redis.call('GET', KEYS[6]) ~= ARGV[3] then return {0} end
-local flat = redis.call('HGETALL', KEYS[1])
-if #flat == 0 then return {0} end
+local flat, names = redis.call('HGETALL', KEYS[1]), {}
+for i = 1, #flat, 2 do names[#names + 1] = flat[i] end
+if #names == 0 then return {0} end
+local want = current(names)
 local missing = {0}
-for i = 1, #flat, 2 do
-  if redis.call('HGET', KEYS[7], flat[i]) ~= ARGV[2] then missing[#missing + 1] = flat[i] end
+for _, n in ipairs(names) do
+  local c = redis.call('HGET', KEYS[8], n)
+  if redis.call('HGET', KEYS[7], n) ~= ARGV[2] or not c or string.sub(c, 1, #want) ~= want then
+    missing[#missing + 1] = n
+  end
 end
 if #missing > 1 then return missing end
 redis.call('SET', KEYS[6], ARGV[4])
