@@ -13,7 +13,9 @@ What differs from the hosts the guide speaks of, and nothing else (the guide say
   linked into a bin dir first on the blocks' PATH;
 - `systemctl` is played by SystemdStandIn: it reads the unit the guide installs, checks it
   with `systemd-analyze verify`, and runs its ExecStart= as systemd would (EnvironmentFile=,
-  StateDirectory=, LoadCredential= and %d, User=/Group= via setpriv, Restart=on-failure). A
+  StateDirectory=, LoadCredential= and %d, User=/Group= via setpriv, Restart=on-failure;
+  Type=notify: NOTIFY_SOCKET and WATCHDOG_USEC, and `systemctl start` returns once the node
+  said READY=1, as systemd's does; the watchdog's pings are counted, a lapse fails the walk). A
   Python installed under /root (pyenv, as here and on CI) is made reachable for that user in
   the node's own mount namespace; the machine's directories are not changed.
 
@@ -112,6 +114,60 @@ def parse_env_file(path: Path) -> dict[str, str]:
     return env
 
 
+class Notify:
+    """systemd's side of NOTIFY_SOCKET for one host's unit: READY=1, and the watchdog (a
+    lapse longer than WatchdogSec= is what systemd would kill the node for)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o755)
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        path.chmod(0o777)  # the unit's user sends to it, as to systemd's
+        self.sock.settimeout(0.2)
+        self.watchdog: float | None = None
+        self.ready = False
+        self.pings = 0
+        self.lapses: list[float] = []  # gaps between pings longer than WatchdogSec
+        self.messages: list[str] = []
+        self._last_ping: float | None = None
+        self._open = True
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def starting(self) -> None:
+        self.ready = False
+        self._last_ping = None
+
+    def _read(self) -> None:
+        while self._open:
+            try:
+                data = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            self.messages.append(data)
+            fields = data.splitlines()
+            if "READY=1" in fields:
+                self.ready = True
+            if "WATCHDOG=1" in fields:
+                if (self.watchdog is not None and self._last_ping is not None
+                        and now - self._last_ping > self.watchdog):
+                    self.lapses.append(now - self._last_ping)
+                self._last_ping = now
+                self.pings += 1
+            if "STOPPING=1" in fields:
+                self._last_ping = None
+
+    def close(self) -> None:
+        self._open = False
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
 class SystemdStandIn:
     """`systemctl daemon-reload | enable --now | disable --now | stop` for UNIT on each host."""
 
@@ -125,6 +181,7 @@ class SystemdStandIn:
         self.verified = False
         self.as_root = False  # the unit's User= could not be applied (see _user_can_run)
         self._runnable: bool | None = None
+        self.notify: dict[str, Notify] = {}  # Type=notify: each host's socket
 
     def systemctl(self, host: str, args: list[str]) -> None:
         if args == ["daemon-reload"]:
@@ -191,6 +248,15 @@ class SystemdStandIn:
                    LOGNAME=unit["User"][0], STATE_DIRECTORY=str(state),
                    CREDENTIALS_DIRECTORY=str(creds))
         restart_s = float(unit.get("RestartSec", ["0.1s"])[0].removesuffix("s"))
+        notify = None
+        if unit.get("Type") == ["notify"]:
+            notify = self.notify.get(host) or Notify(root / "run/systemd/notify")
+            self.notify[host] = notify
+            env["NOTIFY_SOCKET"] = str(notify.path)
+            if "WatchdogSec" in unit:
+                notify.watchdog = float(unit["WatchdogSec"][0].removesuffix("s"))
+                env["WATCHDOG_USEC"] = str(int(notify.watchdog * 1e6))
+            notify.starting()
         drop = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--pdeathsig",
                 "KILL", "--"]
         reach = self._reach(argv[0])
@@ -203,6 +269,11 @@ class SystemdStandIn:
             self._spawn(host, cmd, env)
         threading.Thread(target=self._supervise, args=(host, cmd, env, restart_s),
                          daemon=True).start()
+        if notify is not None:  # systemctl start waits for READY=1 (TimeoutStartSec=infinity)
+            proc = self.procs[host]
+            wait_until(lambda: notify.ready or proc.poll() is not None, timeout=60,
+                       what=f"READY=1 from {host}'s node")
+            assert notify.ready, f"{host}'s node exited ({proc.returncode}) before READY=1"
 
     def _reach(self, program: str) -> list[str]:
         """A prefix that lets a system user run PROGRAM's Python when it is installed under a
@@ -271,6 +342,8 @@ class SystemdStandIn:
     def close(self) -> None:
         for host in list(self.procs):
             self.stop(host, timeout=5)
+        for notify in self.notify.values():
+            notify.close()
 
     @staticmethod
     def _passwd(root: Path, name: str) -> list[Any]:
@@ -621,6 +694,10 @@ def test_the_deployment_guide_runs_as_written(walk: Walk) -> None:
     assert {s for s, _ in w.ran} == {s.id for s in doc}
     assert not (w.roots["node4"] / "var/lib/ddg-node").exists()
     assert w.systemd.verified or isinstance(SYSTEMD_ANALYZE, str)
+    notified = w.systemd.notify  # Type=notify: each start waited for READY=1 (see start())
+    assert set(notified) == set(w.systemd.starts), (set(notified), w.systemd.starts)
+    assert all(n.pings > 0 and not n.lapses for n in notified.values()), {
+        h: (n.pings, n.lapses) for h, n in notified.items()}
     if isinstance(SYSTEMD_ANALYZE, str):
         print(f"the unit was not checked: {SYSTEMD_ANALYZE}")
     print(f"deploy guide walked in {time.monotonic() - started:.1f} s"

@@ -40,6 +40,7 @@ from ddg.errors import (
 from ddg.node.config import NodeConfig, default_data_dir
 from ddg.node.stopping import exit_now, stop_deadline
 from ddg.ops.logs import JsonFormatter
+from ddg.ops.sdnotify import Notifier
 
 _MARGIN = Timing().drift_margin
 _RATE = f"{max_rate_error(_MARGIN):.1%}"  # the clock-rate bound, stated in --help
@@ -205,7 +206,8 @@ def cmd_run(argv: Sequence[str]) -> int:
                               cluster=config.cluster)
 
     async def run() -> int:
-        node = Node(config, stop_deadline=stop_deadline(config))
+        node = Node(config, stop_deadline=stop_deadline(config),
+                    notify=Notifier.from_environ())
         if json_logs is not None:  # every line carries the term the node is in
             json_logs.term = lambda: None if node.core is None else node.core.term
         try:

@@ -78,7 +78,8 @@ class MembershipSync:
         self.redis_ok = False
         self.redis_error: str | None = "not connected yet"
         self.registry_problem: str | None = None  # bad data, another cluster, refused login
-        self.joining: str | None = None  # why the node has not joined yet
+        self._joining: str | None = None  # why the node has not joined yet
+        self.on_joining: Callable[[str], None] | None = None  # told each new reason
         # The cluster's timing: checked before joining, read with each refresh.
         self.timing = timing
         self.joined_timing: TimingRecord | None = None  # the record the join returned
@@ -91,6 +92,16 @@ class MembershipSync:
         self.confirmed: str | None = None  # the confirmation this process made (prefix)
         self._saved: tuple[int, frozenset[str]] | None = None  # what members.json holds
         self._confirming: asyncio.Task[None] | None = None
+
+    @property
+    def joining(self) -> str | None:
+        return self._joining
+
+    @joining.setter
+    def joining(self, why: str | None) -> None:
+        if why is not None and why != self._joining and self.on_joining is not None:
+            self.on_joining(why)
+        self._joining = why
 
     def info(self) -> RedisInfo:
         return RedisInfo(connected=self.redis_ok, error=self.redis_error,

@@ -40,6 +40,7 @@ from ddg.node.storage import DataDir
 from ddg.ops.changes import Changes, View
 from ddg.ops.job import Jobs
 from ddg.ops.metrics import NodeMetrics
+from ddg.ops.sdnotify import Notifier, describe
 from ddg.ops.watch import Watchers
 from ddg.registry.records import Membership
 from ddg.registry.registry import Registry
@@ -52,12 +53,14 @@ class Node(NodeApi):
     """REGISTRY and DATA may be given (tests run the HTTP contract in-process with them);
     by default they come from the config. STOP_DEADLINE (the ddg-node process sets it; see
     ddg/node/stopping.py): once a stop begins, the process ends within that many seconds, or at
-    a second SIGTERM/SIGINT, whatever a task does."""
+    a second SIGTERM/SIGINT, whatever a task does. NOTIFY: systemd's notify socket (the
+    ddg-node process passes it when systemd set one); the node owns and closes it."""
 
     def __init__(self, config: NodeConfig, *, rng: random.Random | None = None,
                  registry: Registry | None = None, data: DataDir | None = None,
-                 stop_deadline: float | None = None) -> None:
+                 stop_deadline: float | None = None, notify: Notifier | None = None) -> None:
         self.config = config
+        self.notify = notify
         self.deadline = None if stop_deadline is None else StopDeadline(stop_deadline)
         self.rng = rng or random.Random()
         self.data = data or DataDir(config.data_dir)
@@ -94,6 +97,9 @@ class Node(NodeApi):
         self.changes.listen(self.jobs.on_change)  # before the watchers: SIGTERM at once
         self.watchers = Watchers(node=config.name, status=self.status)
         self.changes.listen(self.watchers.publish)
+        if notify is not None:
+            self.changes.listen(notify.on_change)
+            self.sync.on_joining = lambda why: notify.status(f"joining: {why}")
         self.stop_event = asyncio.Event()
         self.exit_code = 0
         self._wake = asyncio.Event()
@@ -145,6 +151,8 @@ class Node(NodeApi):
             code = await self._serve()
         finally:
             self.data.close()
+            if self.notify is not None:
+                self.notify.close()
         log.info("stopped (exit code %d)", code, extra={"event": "stopped", "exit_code": code})
         return code
 
@@ -170,6 +178,11 @@ class Node(NodeApi):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         watcher: asyncio.Task[None] | None = None
+        watchdog: asyncio.Task[None] | None = None
+        if self.notify is not None:
+            self.notify.status(f"joining cluster {self.config.cluster!r} as "
+                               f"{self.config.name}")
+            watchdog = asyncio.create_task(self.notify.run_watchdog(), name="watchdog")
         try:
             membership = await self.sync.join(cached, self.stop_event)
             if membership is None:  # stopped while waiting for Redis
@@ -206,13 +219,16 @@ class Node(NodeApi):
                          "DDG_CLUSTER_SECRET (the same on every node) to sign them, or use "
                          "mutual TLS (--tls-client-auth)")
             self._wake.set()
+            if self.notify is not None and self.changes.last is not None:
+                self.notify.mark_ready(describe(self.changes.last))
             await self.stop_event.wait()
             await self._hand_over()
             return self.exit_code
         finally:
             self._begin_stop("the stop began")
-            if watcher is not None:
-                await cancel_and_wait(watcher)
+            for task in (watcher, watchdog):
+                if task is not None:
+                    await cancel_and_wait(task)
             # The signal handlers stay to the end: a SIGTERM that arrives while the node is
             # already leaving never meets the default action half-way; with a stop deadline
             # it ends the process at once, on purpose (ddg/node/stopping.py).
@@ -231,6 +247,8 @@ class Node(NodeApi):
 
     def _begin_stop(self, why: str) -> None:
         """Start the stop's deadline (once); from now on SIGTERM and SIGINT end the process."""
+        if self.notify is not None:
+            self.notify.mark_stopping(why)
         if self.deadline is not None:
             self.deadline.begin(why, asyncio.get_running_loop())
 
