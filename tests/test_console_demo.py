@@ -30,8 +30,14 @@ def test_demo_on_a_given_redis_deregisters_its_nodes_and_leaves_redis_running() 
             # `keep` (of a version before membership confirmations, and not running) never
             # confirms: of two members both must, so the second node waits, and says why
             url = demo.supervisor.address("n2") + "/status"
-            wait_until(lambda: "keep" in (httpx.get(url, timeout=2).json().get("joining")
-                                          or ""), timeout=10, what="n2 to wait for keep")
+
+            def n2_waits_for_keep() -> bool:
+                try:  # n2 may not listen yet
+                    joining = httpx.get(url, timeout=2).json().get("joining")
+                except httpx.HTTPError:
+                    return False
+                return "keep" in (joining or "")
+            wait_until(n2_waits_for_keep, timeout=10, what="n2 to wait for keep")
             pids = list(demo.pids.values())
         finally:
             demo.close()
