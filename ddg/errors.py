@@ -91,3 +91,21 @@ class ToolError(DdgError):
 
 class EmbeddedRedisError(DdgError):
     """The private redis-server could not be found or started."""
+
+
+class MemberError(DdgError):
+    """An app's member (ddg.app) could not join its cluster, or its node process ended."""
+
+
+class NodeExited(MemberError):
+    """The node process a member owns is gone: the member is no goose and never will be again;
+    leave the `member(...)` block and enter a new one to rejoin."""
+
+
+class MemberClosed(MemberError):
+    """The member's block was left: it has no node any more."""
+
+
+class GooseLost(MemberError):
+    """Raised by GooseTerm.check() in a synchronous job: the node may not hold the lease of
+    the job's term any more; stop writing."""

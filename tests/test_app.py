@@ -1,0 +1,304 @@
+"""ddg.app: leader election inside a Python app.
+
+The proof (integration): three app processes (tests/app_worker.py), each a member with its
+own ddg-node, on one cluster and one real Redis; the goose app is SIGKILLed, or its event loop
+frozen while its node is stopped (so that the goose moves while the loop is blocked), again
+and again. Every job records its term, start and last step: the intervals never overlap, the
+terms strictly increase, and a killed app's node is gone. In CI: 8 kills and 3 freezes;
+`DDG_APP_KILLS=30 DDG_APP_FREEZES=10` runs the issue's full bar by hand.
+
+The unit tests: bad arguments are a ConfigError (ddg.errors) before anything starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ddg.app import MemberConfig, SyncMember, member
+from ddg.errors import ConfigError, DdgError, MemberClosed, MemberError
+from ddg.local.embedded import EmbeddedRedis, free_port
+from ddg_testkit.procs import gone
+from ddg_testkit.procs import stop as stop_proc
+from ddg_testkit.wait import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "app_worker.py"
+
+# ---- bad arguments -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("settings", "says"), [
+    ({"name": "", "port": 4001}, "member name ''"),
+    ({"name": "a b", "port": 4001}, "member name 'a b'"),
+    ({"name": "a", "port": 0}, "port must be an int in 1-65535"),
+    ({"name": "a", "port": 70000}, "port must be an int in 1-65535"),
+    ({"name": "a", "port": "4001"}, "port must be an int in 1-65535"),
+    ({"name": "a", "port": True}, "port must be an int in 1-65535"),
+    ({"name": "a", "port": 4001, "redis_url": "http://x"}, "redis URL"),
+    ({"name": "a", "port": 4001, "cluster": "no/slash"}, "cluster name"),
+    ({"name": "a", "port": 4001, "timing": "slow"}, "timing must be one of default, fast"),
+    ({"name": "a", "port": 4001, "join_timeout": 0}, "join_timeout must be a positive"),
+    ({"name": "a", "port": 4001, "join_timeout": "5"}, "join_timeout must be a positive"),
+    ({"name": "a", "port": 4001, "secret": ""}, "secret is empty"),
+    ({"name": "a", "port": 4001, "node_args": "--timing fast"}, "node_args is a tuple"),
+])
+def test_bad_arguments_are_one_config_error(settings: dict[str, object], says: str) -> None:
+    with pytest.raises(ConfigError, match=says) as caught:
+        MemberConfig(**settings)  # type: ignore[arg-type]
+    assert isinstance(caught.value, DdgError)
+    with pytest.raises(ConfigError, match=says):
+        SyncMember(**settings)
+
+
+async def test_member_raises_before_starting_anything() -> None:
+    with pytest.raises(ConfigError, match="port must be"):
+        async with member(name="a", port=-1):
+            pass
+
+
+def test_secrets_reach_the_node_by_environment_only(tmp_path: Path) -> None:
+    config = MemberConfig(name="a", port=4001, redis_url="redis://app:hunter2@127.0.0.1:6390/0",
+                          secret="s3cret", data_dir=tmp_path)
+    spec, env = config.spec()
+    argv = " ".join(spec.argv())
+    assert "hunter2" not in argv and "s3cret" not in argv
+    assert "redis://app@127.0.0.1:6390/0" in argv
+    assert dict(env) == {"DDG_REDIS_PASSWORD": "hunter2"}
+    assert spec.secret == "s3cret"  # NodeProcess puts it in DDG_CLUSTER_SECRET
+    assert "s3cret" not in repr(config)
+
+
+def test_sync_member_outside_its_block_says_so() -> None:
+    me = SyncMember(name="a", port=4001)
+    with pytest.raises(MemberClosed, match="use it in a with block"):
+        _ = me.is_goose
+
+
+# ---- a real member -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis() -> EmbeddedRedis:
+    with EmbeddedRedis(die_with_parent=True) as server:
+        yield server  # type: ignore[misc]
+
+
+@pytest.mark.integration
+async def test_a_node_that_cannot_join_raises_with_its_last_words(
+        redis: EmbeddedRedis, tmp_path: Path) -> None:
+    # No --bootstrap and no cluster in Redis: the node waits; the member gives up in time.
+    with pytest.raises(MemberError, match="did not join within 1.5 s") as caught:
+        async with member(name="a", port=free_port(), redis_url=redis.url, cluster="none",
+                          data_dir=tmp_path / "a", join_timeout=1.5):
+            pass
+    assert "its log" in str(caught.value) or "see " in str(caught.value)
+
+
+@pytest.mark.integration
+async def test_one_member_runs_its_job_and_stops_it_on_close(
+        redis: EmbeddedRedis, tmp_path: Path) -> None:
+    steps: list[tuple[int, float, float | None]] = []
+    async with member(name="a", port=free_port(), redis_url=redis.url, cluster="one",
+                      data_dir=tmp_path / "a", bootstrap=True) as me:
+        pid = me.node_pid
+        assert pid is not None
+
+        async def job(term: int) -> None:
+            while True:
+                steps.append((term, time.monotonic(), me.lease_deadline))
+                await asyncio.sleep(0.005)
+
+        runner = asyncio.create_task(me.run_as_goose(job))
+        changes = me.changes()
+        first = await anext(changes)
+        assert first.term >= 0
+        await asyncio.wait_for(_until(lambda: len(steps) >= 20), 10)
+        assert me.is_goose and me.term == steps[-1][0] >= 1
+        await changes.aclose()
+    # The block's end stopped the job first, then the node.
+    with pytest.raises(MemberClosed):
+        await runner
+    assert gone(pid)
+    for term, at, deadline in steps:
+        assert term == steps[0][0]
+        assert deadline is not None and at <= deadline, "a step ran past the lease"
+
+
+async def _until(cond: object) -> None:
+    assert callable(cond)
+    while not cond():
+        await asyncio.sleep(0.01)
+
+
+# ---- three apps, kills and freezes ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    pid: int
+    term: int
+    start: float
+    last: float
+
+
+def _read_progress(work: Path, pid: int) -> tuple[int, float, float, bool] | None:
+    try:
+        text = (work / f"progress-{pid}").read_text().split()
+    except OSError:
+        return None
+    if len(text) != 4:
+        return None
+    return int(text[0]), float(text[1]), float(text[2]), text[3] == "1"
+
+
+class Apps:
+    def __init__(self, work: Path, redis_url: str) -> None:
+        self.work = work
+        self.redis_url = redis_url
+        self.ports = {name: free_port() for name in ("a", "b", "c")}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.killed: list[Job] = []
+
+    def start(self, name: str, *, bootstrap: bool = False) -> None:
+        argv = [sys.executable, str(WORKER), name, str(self.ports[name]), self.redis_url,
+                "apps", str(self.work)]
+        if bootstrap:
+            argv.append("--bootstrap")
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        log = open(self.work / f"app-{name}.log", "ab")  # noqa: SIM115 - the child's output
+        self.procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=log,
+                                            stdin=subprocess.DEVNULL)
+        log.close()
+        pid = self.procs[name].pid
+        wait_until(lambda: (self.work / f"node-{pid}").exists(), timeout=30,
+                   what=f"app {name} to join", detail=lambda: self._tail(name))
+
+    def _tail(self, name: str) -> str:
+        return (self.work / f"app-{name}.log").read_text(errors="replace")[-2000:]
+
+    def node_pid(self, name: str) -> int:
+        return int((self.work / f"node-{self.procs[name].pid}").read_text())
+
+    def running_job(self) -> tuple[str, int] | None:
+        """The app whose job runs, with the job's term (the highest active term)."""
+        best: tuple[str, int] | None = None
+        for name, proc in self.procs.items():
+            progress = _read_progress(self.work, proc.pid)
+            if progress is not None and progress[3] and (best is None or progress[0] > best[1]):
+                best = (name, progress[0])
+        return best
+
+    def wait_job(self, *, after_term: int, not_app: str | None = None) -> tuple[str, int]:
+        def found() -> tuple[str, int] | None:
+            job = self.running_job()
+            if job is None or job[1] <= after_term or job[0] == not_app:
+                return None
+            return job
+        return wait_until(found, timeout=30, what=f"a job of a term after {after_term}")
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        node = self.node_pid(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        wait_until(lambda: gone(node), timeout=10, what=f"app {name}'s node {node} to die")
+        progress = _read_progress(self.work, proc.pid)
+        if progress is not None:
+            term, start, last, _active = progress
+            self.killed.append(Job(name, proc.pid, term, start, last))
+
+    def close(self) -> list[int]:
+        nodes = []
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                nodes.append(self.node_pid(name))
+            stop_proc(proc, timeout=10)
+        return nodes
+
+    def jobs(self) -> list[Job]:
+        ended: dict[tuple[int, int], Job] = {}
+        path = self.work / "jobs.log"
+        lines = path.read_text().splitlines() if path.exists() else []
+        for line in lines:
+            name, pid, term, start, last, _ended = line.split()
+            ended[(int(pid), int(term))] = Job(name, int(pid), int(term), float(start),
+                                               float(last))
+        for job in self.killed:
+            ended.setdefault((job.pid, job.term), job)
+        return sorted(ended.values(), key=lambda j: j.start)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_three_apps_through_kills_and_freezes_never_overlap(
+        redis: EmbeddedRedis, tmp_path: Path) -> None:
+    kills = int(os.environ.get("DDG_APP_KILLS", "8"))
+    freezes = int(os.environ.get("DDG_APP_FREEZES", "3"))
+    apps = Apps(tmp_path, redis.url)
+    cancel_after_freeze: list[float] = []
+    try:
+        apps.start("a", bootstrap=True)
+        apps.start("b")
+        apps.start("c")
+        # Freezes spread among the kills, the same order every run.
+        every = max(1, kills // max(1, freezes))
+        order: list[str] = []
+        for i in range(kills):
+            order.append("kill")
+            if (i + 1) % every == 0 and order.count("freeze") < freezes:
+                order.append("freeze")
+        order += ["freeze"] * (freezes - order.count("freeze"))
+        term = 0
+        for what in order:
+            name, term = apps.wait_job(after_term=term)
+            if what == "kill":
+                apps.kill(name)
+                apps.start(name)
+            else:
+                pid = apps.procs[name].pid
+                os.kill(pid, signal.SIGUSR1)
+                apps.wait_job(after_term=term, not_app=name)
+                freeze = tmp_path / f"freeze-{pid}"
+                wait_until(freeze.exists, timeout=30, what=f"app {name}'s freeze to end")
+                began, end = map(float, freeze.read_text().split())
+                freeze.unlink()
+
+                def ended(pid: int = pid, term: int = term) -> Job | None:
+                    return next((j for j in apps.jobs() if (j.pid, j.term) == (pid, term)),
+                                None)
+                frozen = wait_until(ended, timeout=10,
+                                    what=f"app {name}'s job of term {term} to end")
+                # Its lease ended while the loop was blocked: not one step after it.
+                assert frozen.last < began, f"{frozen} stepped after its freeze at {began}"
+                line = next(ln for ln in (tmp_path / "jobs.log").read_text().splitlines()
+                            if ln.split()[1:3] == [str(pid), str(term)])
+                cancel_after_freeze.append(float(line.split()[5]) - end)
+    finally:
+        nodes = apps.close()
+    for node in nodes:
+        wait_until(lambda node=node: gone(node), timeout=10, what=f"node {node} to stop")
+
+    jobs = apps.jobs()
+    assert len(jobs) >= kills + freezes + 1
+    gaps = []
+    for prev, nxt in zip(jobs, jobs[1:], strict=False):
+        assert prev.last < nxt.start, f"jobs overlap: {prev} and {nxt}"
+        assert prev.term < nxt.term, f"terms do not increase: {prev} then {nxt}"
+        gaps.append((nxt.start - prev.last) * 1000)
+    print(f"\n{kills} kills, {freezes} freezes, {len(jobs)} jobs, 0 overlaps; gap from one "
+          f"job's last step to the next job's start: min {min(gaps):.1f} ms, median "
+          f"{statistics.median(gaps):.1f}, max {max(gaps):.1f}")
+    if cancel_after_freeze:
+        print("after a freeze, job cancelled within (ms): "
+              + ", ".join(f"{x * 1000:.1f}" for x in cancel_after_freeze))
