@@ -64,8 +64,10 @@ async def main() -> None:
                 ended = time.monotonic()
                 os.pwrite(progress, f"{term} {start:.6f} {last:.6f} 0".ljust(63).encode()
                           + b"\n", 0)
-                with open(work / "jobs.log", "a") as out:
-                    out.write(f"{name} {me_pid} {term} {start:.6f} {last:.6f} {ended:.6f}\n")
+                line = f"{name} {me_pid} {term} {start:.6f} {last:.6f} {ended:.6f}\n"
+                fd = os.open(work / "jobs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                os.write(fd, line.encode())  # one write with O_APPEND: lines never interleave
+                os.close(fd)
 
         (work / f"node-{me_pid}").write_text(str(node_pid))
         await me.run_as_goose(job)

@@ -13,12 +13,14 @@ The unit tests: bad arguments are a ConfigError (ddg.errors) before anything sta
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +29,9 @@ import pytest
 from ddg.app import MemberConfig, SyncMember, member
 from ddg.errors import ConfigError, DdgError, MemberClosed, MemberError
 from ddg.local.embedded import EmbeddedRedis, free_port
-from ddg_testkit.procs import gone
+from ddg_testkit.procs import gone, proc_stat
 from ddg_testkit.procs import stop as stop_proc
-from ddg_testkit.wait import wait_until
+from ddg_testkit.wait import wait_until, wait_until_async
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "app_worker.py"
@@ -88,16 +90,16 @@ def test_sync_member_outside_its_block_says_so() -> None:
 
 
 @pytest.fixture
-def redis() -> EmbeddedRedis:
+def redis() -> Iterator[EmbeddedRedis]:
     with EmbeddedRedis(die_with_parent=True) as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 @pytest.mark.integration
 async def test_a_node_that_cannot_join_raises_with_its_last_words(
         redis: EmbeddedRedis, tmp_path: Path) -> None:
     # No --bootstrap and no cluster in Redis: the node waits; the member gives up in time.
-    with pytest.raises(MemberError, match="did not join within 1.5 s") as caught:
+    with pytest.raises(MemberError, match=r"did not join within 1\.5 s") as caught:
         async with member(name="a", port=free_port(), redis_url=redis.url, cluster="none",
                           data_dir=tmp_path / "a", join_timeout=1.5):
             pass
@@ -122,7 +124,7 @@ async def test_one_member_runs_its_job_and_stops_it_on_close(
         changes = me.changes()
         first = await anext(changes)
         assert first.term >= 0
-        await asyncio.wait_for(_until(lambda: len(steps) >= 20), 10)
+        await _until(lambda: len(steps) >= 20)
         assert me.is_goose and me.term == steps[-1][0] >= 1
         await changes.aclose()
     # The block's end stopped the job first, then the node.
@@ -134,10 +136,8 @@ async def test_one_member_runs_its_job_and_stops_it_on_close(
         assert deadline is not None and at <= deadline, "a step ran past the lease"
 
 
-async def _until(cond: object) -> None:
-    assert callable(cond)
-    while not cond():
-        await asyncio.sleep(0.01)
+async def _until(cond: Callable[[], bool]) -> None:
+    await wait_until_async(cond, timeout=30, what="the job's steps", interval=0.01)
 
 
 # ---- three apps, kills and freezes ---------------------------------------------------------
@@ -176,7 +176,7 @@ class Apps:
         if bootstrap:
             argv.append("--bootstrap")
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        log = open(self.work / f"app-{name}.log", "ab")  # noqa: SIM115 - the child's output
+        log = open(self.work / f"app-{name}.log", "ab")
         self.procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=log,
                                             stdin=subprocess.DEVNULL)
         log.close()
@@ -286,13 +286,13 @@ def test_three_apps_through_kills_and_freezes_never_overlap(
                 cancel_after_freeze.append(float(line.split()[5]) - end)
     finally:
         nodes = apps.close()
-    for node in nodes:
-        wait_until(lambda node=node: gone(node), timeout=10, what=f"node {node} to stop")
+    wait_until(lambda: all(gone(node) for node in nodes), timeout=10,
+               what=f"the apps' nodes {nodes} to stop")
 
     jobs = apps.jobs()
     assert len(jobs) >= kills + freezes + 1
     gaps = []
-    for prev, nxt in zip(jobs, jobs[1:], strict=False):
+    for prev, nxt in itertools.pairwise(jobs):
         assert prev.last < nxt.start, f"jobs overlap: {prev} and {nxt}"
         assert prev.term < nxt.term, f"terms do not increase: {prev} then {nxt}"
         gaps.append((nxt.start - prev.last) * 1000)
@@ -302,3 +302,69 @@ def test_three_apps_through_kills_and_freezes_never_overlap(
     if cancel_after_freeze:
         print("after a freeze, job cancelled within (ms): "
               + ", ".join(f"{x * 1000:.1f}" for x in cancel_after_freeze))
+
+
+# ---- the README's example ------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = proc_stat(int(entry.name))
+            if fields is not None and fields[1] == str(pid) and fields[0] not in ("Z", "X"):
+                found.append(int(entry.name))
+    return found
+
+
+def _readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    marker = "<!-- tested: tests/test_app.py runs this block -->\n```python\n"
+    start = text.index(marker) + len(marker)
+    return text[start:text.index("```\n", start)]
+
+
+@pytest.mark.integration
+def test_the_readme_scheduler_fires_only_on_the_goose(redis: EmbeddedRedis,
+                                                       tmp_path: Path) -> None:
+    script = tmp_path / "scheduler.py"
+    script.write_text(_readme_example())
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    logs = {name: tmp_path / f"{name}.out" for name in ("one", "two")}
+
+    def start(name: str, bootstrap: bool) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_STATE_HOME=str(tmp_path / "state"),
+                   APP_NAME=name, APP_PORT=str(free_port()), APP_REDIS_URL=redis.url,
+                   APP_BOOTSTRAP="1" if bootstrap else "0")
+        with open(logs[name], "ab") as out:
+            procs[name] = subprocess.Popen([sys.executable, str(script)], env=env, stdout=out,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def fires(name: str) -> list[int]:
+        return [int(line.rsplit(" ", 1)[1]) for line in logs[name].read_text().splitlines()
+                if ", term " in line and " fire" in line]
+
+    try:
+        start("one", True)
+        wait_until(lambda: fires("one"), timeout=30, what="one to fire",
+                   detail=lambda: logs["one"].read_text())
+        start("two", False)
+        wait_until(lambda: "two: duck" in logs["two"].read_text(), timeout=30,
+                   what="two to join as a duck", detail=lambda: logs["two"].read_text())
+        assert fires("two") == []
+        first = fires("one")[-1]
+        assert (tmp_path / "state" / "ddg" / "ddg" / "one").is_dir()  # ddg-node's default
+        nodes = _children(procs["one"].pid)
+        assert len(nodes) == 1
+        procs["one"].kill()
+        procs["one"].wait()
+        wait_until(lambda: gone(nodes[0]), timeout=10, what="the killed app's node to die")
+        # Two's node needs its peer for a quorum of two: bring one back, as an operator would.
+        start("one", False)
+        wait_until(lambda: fires("two") or fires("one")[-1:] != [first], timeout=30,
+                   what="a new goose to fire", detail=lambda: logs["two"].read_text())
+        later = fires("two") + [t for t in fires("one") if t > first]
+        assert min(later) > first
+    finally:
+        for proc in procs.values():
+            stop_proc(proc, timeout=10)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -400,7 +400,7 @@ class Member:
                               f"{awaitable!r}")
         await _Fenced(awaitable, self, term)
 
-    async def changes(self) -> AsyncIterator[Change]:
+    async def changes(self) -> AsyncGenerator[Change, None]:
         """The node's changes, from now on, each once, in order: first the state now. Ends
         with the member's MemberError."""
         queue: asyncio.Queue[Change | MemberError] = asyncio.Queue()
