@@ -203,10 +203,11 @@ class Member:
                     raise MemberError(f"member {self.name}: its node exited with code "
                                       f"{self.node.returncode} before joining: "
                                       f"{self._log_tail()}")
+                sent, cleared = time.monotonic(), self._cleared
                 reply = await self._client.poll(self.address)
                 if reply.status is not None and reply.status.state not in ("starting",
                                                                             "joining"):
-                    self._take_status(reply.status, time.monotonic(), self._cleared)
+                    self._take_status(reply.status, sent, cleared)
                     break
                 if time.monotonic() >= deadline:
                     why = (reply.status.joining if reply.status is not None else reply.error)
