@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from ddg.app import MemberConfig, SyncMember, member
+from ddg.app import GooseTerm, MemberConfig, SyncMember, member
 from ddg.app.member import _Fenced
 from ddg.errors import ConfigError, DdgError, MemberClosed, MemberError
 from ddg.local.embedded import EmbeddedRedis, free_port
@@ -191,6 +191,39 @@ async def test_one_member_runs_its_job_and_stops_it_on_close(
 
 async def _until(cond: Callable[[], bool]) -> None:
     await wait_until_async(cond, timeout=30, what="the job's steps", interval=0.01)
+
+
+@pytest.mark.integration
+def test_sync_member_for_scripts_and_threads(redis: EmbeddedRedis, tmp_path: Path) -> None:
+    class Done(Exception):
+        pass
+
+    seen: list[int] = []
+    with SyncMember(name="s", port=free_port(), redis_url=redis.url, cluster="sync",
+                    data_dir=tmp_path / "s", bootstrap=True) as me:
+        term = me.wait_goose(timeout=30)
+        assert term is not None and term >= 1
+        changes = me.changes()
+        assert next(changes).term == term
+        changes.close()
+
+        def job(goose: GooseTerm) -> None:
+            while goose.held:
+                goose.check()
+                seen.append(goose.term)
+                if len(seen) == 20:
+                    raise Done
+                time.sleep(0.005)
+
+        with pytest.raises(Done):
+            me.run_as_goose(job)
+        assert me.is_goose and me.lease_deadline is not None
+        pid = me.node_pid
+        assert pid is not None
+    assert gone(pid)
+    assert seen == [term] * 20
+    with pytest.raises(MemberClosed):
+        me.wait_goose(timeout=1)
 
 
 # ---- three apps, kills and freezes ---------------------------------------------------------
