@@ -46,6 +46,7 @@ def test_the_wheel_ships_no_fault_harness_fake_or_test_helper(wheel: Path) -> No
     assert packages == {"ddg", "ddg_tui"}, packages
     assert "ddg/node/node.py" in names and "ddg_tui/app.py" in names
     assert "ddg_tui/console.tcss" in names
+    assert "ddg/py.typed" in names and "ddg/app/member.py" in names  # typed, for apps (PEP 561)
     # every module of the source, and no other (nothing left over from a layout before)
     source = {p.relative_to(REPO).as_posix() for package in ("ddg", "ddg_tui")
               for p in (REPO / package).rglob("*.py")}
