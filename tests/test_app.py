@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from ddg.app import GooseTerm, MemberConfig, SyncMember, member
-from ddg.app.member import _Fenced
+from ddg.app.member import CONFIRM_WAIT, _Fenced
 from ddg.errors import ConfigError, DdgError, MemberClosed, MemberError
 from ddg.local.embedded import EmbeddedRedis, free_port
 from ddg_testkit.procs import gone, proc_stat
@@ -194,6 +194,51 @@ async def test_one_member_runs_its_job_and_stops_it_on_close(
 
 async def _until(cond: Callable[[], bool]) -> None:
     await wait_until_async(cond, timeout=30, what="the job's steps", interval=0.01)
+
+
+@pytest.mark.integration
+async def test_a_frozen_node_stops_the_job_at_its_lease(redis: EmbeddedRedis,
+                                                        tmp_path: Path) -> None:
+    """The node stopped (SIGSTOP) while the app runs: no step after the lease's deadline,
+    the job cancelled within CONFIRM_WAIT of it; continued, the node leads again and the job
+    starts again."""
+    steps: list[tuple[int, float, float]] = []
+    ends: list[float] = []
+    async with member(name="f", port=free_port(), redis_url=redis.url, cluster="frozen",
+                      data_dir=tmp_path / "f", bootstrap=True) as me:
+        pid = me.node_pid
+        assert pid is not None
+
+        async def job(term: int) -> None:
+            try:
+                while True:
+                    deadline = me.lease_deadline
+                    steps.append((term, time.monotonic(), -1.0 if deadline is None else deadline))
+                    await asyncio.sleep(0.002)
+            finally:
+                ends.append(time.monotonic())
+
+        runner = asyncio.create_task(me.run_as_goose(job))
+        try:
+            await _until(lambda: len(steps) >= 10)
+            os.kill(pid, signal.SIGSTOP)
+            stopped = time.monotonic()
+            try:
+                await _until(lambda: len(ends) >= 1)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            before = [s for s in steps if s[1] <= stopped]
+            after = [s for s in steps if s[1] > stopped]
+            last_deadline = max(d for _t, _at, d in before)
+            assert all(at < d for _t, at, d in steps), "a step ran past its lease"
+            assert all(at < last_deadline for _t, at, _d in after)
+            late_ms = (ends[0] - last_deadline) * 1000
+            assert late_ms < (CONFIRM_WAIT + 0.5) * 1000, late_ms
+            print(f"\nnode stopped: job cancelled {late_ms:.1f} ms after its lease's deadline")
+            count = len(steps)
+            await _until(lambda: len(steps) > count + 10)  # it leads again: the job again
+        finally:
+            runner.cancel()
 
 
 @pytest.mark.integration

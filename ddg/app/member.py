@@ -47,6 +47,7 @@ T = TypeVar("T")
 
 TIMINGS = ("default", "fast")
 MIN_POLL = 0.005  # s: the /status poll while goose never runs more often than this
+CONFIRM_WAIT = 0.25  # s: a step due after the lease waits this long at most for the node
 IDLE_POLL = 0.5  # s: while not goose (the watch stream brings changes; this notices a hang)
 LOG_TAIL = 2000  # characters of the node's log quoted when it fails to join
 
@@ -313,7 +314,11 @@ class Member:
             return True
         if self._error is not None or term < self._term:
             return False
-        await self._refresh()
+        # A node that does not answer within CONFIRM_WAIT after its lease (stopped, starved)
+        # is not the goose as far as the app can tell: cancel now, not at the poll's timeout.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CONFIRM_WAIT):
+                await self._refresh()
         return self.holds(term)
 
     async def _poll(self) -> None:
