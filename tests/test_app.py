@@ -32,7 +32,7 @@ import pytest
 
 from ddg.app import GooseTerm, MemberConfig, SyncMember, member
 from ddg.app.member import CONFIRM_WAIT, _Fenced
-from ddg.errors import ConfigError, DdgError, MemberClosed, MemberError
+from ddg.errors import ConfigError, DdgError, MemberClosed, MemberError, NodeExited
 from ddg.local.embedded import EmbeddedRedis, free_port
 from ddg_testkit.procs import gone, proc_stat
 from ddg_testkit.procs import stop as stop_proc
@@ -239,6 +239,36 @@ async def test_a_frozen_node_stops_the_job_at_its_lease(redis: EmbeddedRedis,
             await _until(lambda: len(steps) > count + 10)  # it leads again: the job again
         finally:
             runner.cancel()
+
+
+@pytest.mark.integration
+async def test_a_node_killed_from_outside_ends_the_member(redis: EmbeddedRedis,
+                                                          tmp_path: Path) -> None:
+    cancelled: list[int] = []
+    async with member(name="k", port=free_port(), redis_url=redis.url, cluster="killed",
+                      data_dir=tmp_path / "k", bootstrap=True) as me:
+        pid = me.node_pid
+        assert pid is not None
+        changes = me.changes()
+        await anext(changes)
+
+        async def job(term: int) -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.append(term)
+                raise
+
+        runner = asyncio.create_task(me.run_as_goose(job))
+        await me.wait_goose()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(NodeExited, match="its node exited with code -9"):
+            await asyncio.wait_for(runner, 10)
+        assert cancelled and not me.is_goose
+        with pytest.raises(NodeExited):
+            while True:
+                await anext(changes)
+        await changes.aclose()
 
 
 @pytest.mark.integration

@@ -337,6 +337,8 @@ class Member:
             if not self.node.running:
                 self._fail(NodeExited(f"member {self.name}: its node exited with code "
                                       f"{self.node.returncode}"))
+            if self._error is not None:
+                raise self._error  # ends the stream: nothing more to follow
 
         events = watch(self.address, backoff=Backoff(initial=0.02, maximum=0.5), on_retry=retry)
         async with contextlib.aclosing(events):
