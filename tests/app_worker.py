@@ -48,7 +48,9 @@ async def main() -> None:
             time.sleep(FREEZE)
             os.kill(node_pid, signal.SIGCONT)
             end = time.monotonic()
-            (work / f"freeze-{me_pid}").write_text(f"{start:.6f} {end:.6f}\n")
+            part = work / f"freeze-{me_pid}.part"  # renamed whole: never read half-written
+            part.write_text(f"{start:.6f} {end:.6f}\n")
+            part.rename(work / f"freeze-{me_pid}")
 
         loop.add_signal_handler(signal.SIGUSR1, freeze)
 
@@ -69,7 +71,9 @@ async def main() -> None:
                 os.write(fd, line.encode())  # one write with O_APPEND: lines never interleave
                 os.close(fd)
 
-        (work / f"node-{me_pid}").write_text(str(node_pid))
+        part = work / f"node-{me_pid}.part"
+        part.write_text(str(node_pid))
+        part.rename(work / f"node-{me_pid}")
         await me.run_as_goose(job)
 
 

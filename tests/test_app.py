@@ -405,7 +405,8 @@ class Apps:
         """The jobs that ended (not killed), with when they ended."""
         path = self.work / "jobs.log"
         out = []
-        for line in path.read_text().splitlines() if path.exists() else []:
+        text = path.read_text() if path.exists() else ""
+        for line in text.split("\n")[:-1]:  # whole lines: the last may be half-written
             name, pid, term, start, last, when = line.split()
             out.append((Job(name, int(pid), int(term), float(start), float(last)), float(when)))
         return out
