@@ -17,8 +17,9 @@ step of the job's coroutine: a step due after the deadline waits for a fresh `/s
 gets CancelledError if the node no longer holds the lease of the job's term. So after a frozen
 loop resumes, the job never takes another step on a stale lease; it learns of the loss
 before any of its code runs. What no in-process check can stop is a step already under way
-when the lease ends (a blocking call in the middle of the job): pass `term`, the fencing
-token, with every write (README, "Run something only on the goose").
+when the lease ends (a blocking call in the middle of the job), nor a task the job created
+(only the job's own coroutine passes the gate): pass `term`, the fencing token, with every
+write (README, "Run something only on the goose").
 
 The watch stream (ddg.client.watch) tells the member of every change at once; the `/status`
 poll, every half of the lease's slack while the node is the goose, keeps the deadline fresh.
