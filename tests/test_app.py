@@ -131,6 +131,14 @@ async def test_a_step_due_after_the_lease_never_runs() -> None:
     assert steps == [7, 7, 7] and lease.confirms == 1
 
 
+async def test_the_gate_returns_the_jobs_value() -> None:
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    assert await _Fenced(answer(), _Lease(), 7) == 42  # type: ignore[arg-type]
+
+
 async def test_a_renewed_lease_lets_the_job_go_on() -> None:
     lease, steps = _Lease(), []
     lease.renew = True
@@ -182,6 +190,13 @@ async def test_one_member_runs_its_job_and_stops_it_on_close(
         assert first.term >= 0
         await _until(lambda: len(steps) >= 20)
         assert me.is_goose and me.term == steps[-1][0] >= 1
+        # A task of the job's, checked against the lease as the job is.
+        assert await me.fenced(me.term, asyncio.sleep(0, result=5)) == 5
+        with pytest.raises(ConfigError, match="fenced needs a coroutine"):
+            me.fenced(me.term, 5)  # type: ignore[arg-type]
+        stale = me.fenced(me.term - 1, asyncio.sleep(0))
+        with pytest.raises(asyncio.CancelledError, match="not the goose of term"):
+            await stale
         await changes.aclose()
     # The block's end stopped the job first, then the node.
     with pytest.raises(MemberClosed):

@@ -18,7 +18,7 @@ gets CancelledError if the node no longer holds the lease of the job's term. So 
 loop resumes, the job never takes another step on a stale lease; it learns of the loss
 before any of its code runs. What no in-process check can stop is a step already under way
 when the lease ends (a blocking call in the middle of the job), nor a task the job created
-(only the job's own coroutine passes the gate): pass `term`, the fencing token, with every
+unless it is wrapped in `me.fenced(term, ...)`: pass `term`, the fencing token, with every
 write (README, "Run something only on the goose").
 
 The watch stream (ddg.client.watch) tells the member of every change at once; the `/status`
@@ -30,10 +30,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from ddg.client import NodeClient, NodeStatus, Role, WatchEvent, watch
@@ -409,6 +416,13 @@ class Member:
                               f"{awaitable!r}")
         await _Fenced(awaitable, self, term)
 
+    def fenced(self, term: int, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
+        """CORO, each of whose steps is checked against TERM's lease as a job's are: for the
+        tasks a job creates (`tasks.create_task(me.fenced(term, flush()))`)."""
+        if not asyncio.iscoroutine(coro):
+            raise ConfigError(f"fenced needs a coroutine, got {coro!r}")
+        return _Fenced(coro, self, term)
+
     async def changes(self) -> AsyncGenerator[Change, None]:
         """The node's changes, from now on, each once, in order: first the state now. Ends
         with the member's MemberError."""
@@ -432,19 +446,19 @@ def _loop_time(monotonic: float) -> float:
     return loop.time() + (monotonic - time.monotonic())
 
 
-class _Fenced:
+class _Fenced(Generic[T]):
     """Drives a job's coroutine and checks the lease before each of its steps: a step due
     after the deadline waits for a fresh /status and, if the lease is gone, gets
     CancelledError instead of running. A cancellation from outside goes through at once."""
 
     __slots__ = ("_coro", "_member", "_term")
 
-    def __init__(self, coro: Any, member: Member, term: int) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, T], member: Member, term: int) -> None:
         self._coro = coro
         self._member = member
         self._term = term
 
-    def __await__(self) -> Generator[Any, Any, None]:
+    def __await__(self) -> Generator[Any, Any, T]:
         coro, member, term = self._coro, self._member, self._term
         value: Any = None
         error: BaseException | None = None
@@ -458,8 +472,8 @@ class _Fenced:
                     error = asyncio.CancelledError(f"not the goose of term {term} any more")
             try:
                 step = coro.throw(error) if error is not None else coro.send(value)
-            except StopIteration:
-                return
+            except StopIteration as done:
+                return cast(T, done.value)
             value, error = None, None
             try:
                 value = yield step
