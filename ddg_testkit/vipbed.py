@@ -12,21 +12,26 @@ against.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from ddg.ops import vipkeeper
 
 from .hosts import CLIENT, Bed, BedConfig
+from .procs import proc_stat
 
 Fault = Literal["kill", "cut", "freeze", "stop"]
 PROBE_EVERY = 0.010  # s
 PROBE_TIMEOUT = 0.3  # s: a request without an answer by then is a miss (a gap)
 WATCH_EVERY = 0.010  # s
+MOVED = "moved"  # what a 503 through the VIP counts as: "not the goose, the address moved"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +57,9 @@ class VipReport:
     failovers: list[Failover] = field(default_factory=list)
     samples: int = 0  # readings of every host's addresses
     two_holders: list[tuple[float, frozenset[str]]] = field(default_factory=list)
-    vip_answers: dict[str, int] = field(default_factory=dict)  # body (or "none") -> count
-    # answers through the VIP other than goose: (sent, done, body, the last fault before)
+    # body (or "none": no answer; MOVED: 503 from a node the address just left) -> count
+    vip_answers: dict[str, int] = field(default_factory=dict)
+    # answers through the VIP that say anything but goose: (sent, done, body, the last fault)
     not_goose: list[tuple[float, float, str, str]] = field(default_factory=list)
     max_sample_gap_ms: float = 0.0  # the longest time between two readings
 
@@ -107,6 +113,20 @@ class VipBed:
     def held_by(self, name: str) -> bool:
         out = self.bed.net.ip(self.bed.host_of(name), "-4", "-o", "addr", "show", "dev", "eth0")
         return f" {self.vip}/" in out.stdout
+
+    def keeper_of(self, name: str) -> int:
+        """The pid of NAME's VIP keeper (its node's child running ddg/ops/vipkeeper.py)."""
+        node = self.bed.cluster.pid(name)
+        found = []
+        for entry in os.listdir("/proc"):
+            stat = proc_stat(int(entry)) if entry.isdigit() else None
+            if stat is not None and stat[1] == str(node):
+                with contextlib.suppress(OSError):
+                    if b"vipkeeper.py" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                        found.append(int(entry))
+        if len(found) != 1:
+            raise AssertionError(f"{name} (pid {node}) has keepers {found}")
+        return found[0]
 
     def start(self, *, stale: Sequence[str] = ()) -> None:
         """The bed, STALE hosts holding the address before any node starts, the nodes, then the
@@ -170,7 +190,10 @@ class VipBed:
                 finally:
                     writer.close()
             head, _, rest = raw.partition(b"\r\n\r\n")
-            body = rest.decode(errors="replace").strip() if head.startswith(b"HTTP/1") else None
+            if head.startswith(b"HTTP/1.1 503") or head.startswith(b"HTTP/1.0 503"):
+                body = MOVED  # a non-goose that held the address when the request came
+            elif head.startswith(b"HTTP/1"):
+                body = rest.decode(errors="replace").strip()
         except (OSError, TimeoutError):
             body = None
         answer = Answer(sent, time.monotonic(), target, body)
@@ -179,7 +202,7 @@ class VipBed:
             if target == "vip":
                 key = body or "none"
                 self.report.vip_answers[key] = self.report.vip_answers.get(key, 0) + 1
-                if body is not None and body != "goose":
+                if body is not None and body not in ("goose", MOVED):
                     last = self.report.failovers[-1] if self.report.failovers else None
                     self.report.not_goose.append(
                         (sent, answer.done, body, "none yet" if last is None else

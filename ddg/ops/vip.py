@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -181,11 +182,25 @@ class Vip:
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
         if self._chan is not None:
-            log.critical("the VIP keeper (pid %d) exited (code %d): stopping, since nothing "
-                         "would remove %s from %s at this node's lease end; the next start "
-                         "removes a copy left behind", proc.pid, code, self.config.address,
-                         self.config.device)
+            log.critical("the VIP keeper (pid %d) exited (code %d): removing %s from %s and "
+                         "stopping, since nothing would remove it at this node's lease end",
+                         proc.pid, code, self.config.address, self.config.device)
+            self._remove_here()
             self.on_lost()
+
+    def _remove_here(self) -> None:
+        """The keeper is gone: remove the address from this process (a blocking call of well
+        under a millisecond)."""
+        try:
+            with vipkeeper.netlink() as sock:
+                err = vipkeeper.change(sock, add=False, ip=self.config.ip,
+                                       prefix=self.config.prefix,
+                                       index=socket.if_nametoindex(self.config.device))
+        except OSError as exc:
+            err = exc.errno or 0
+        if err and err != errno.EADDRNOTAVAIL:
+            log.error("cannot remove %s from %s: %s", self.config.address, self.config.device,
+                      os.strerror(err))
 
     async def context(self, app: Any = None) -> AsyncIterator[None]:
         await self._start()
