@@ -293,7 +293,7 @@ class Node(NodeApi):
 
         The write runs in a thread so a slow disk never stalls `GET /`; the lock keeps outputs
         in order, so a later output (which may depend on that state) waits for the write too.
-        The VIP's keeper hears of a step down before that wait: meanwhile `GET /` says duck.
+        The VIP's keeper hears of a step down before that wait (GET / no longer says goose).
         """
         self._tell_vip(time.monotonic())
         async with self._persist_lock:
