@@ -57,8 +57,12 @@ def main() -> int:
                              [f.direct_ms for f in fs]))
     print(f"address readings: {report.samples} (longest between two "
           f"{report.max_sample_gap_ms:.1f} ms), with two holders: {len(report.two_holders)}")
+    if report.handovers_ms:
+        print(stats_line("one host's removal to another's add (the keepers' logs)",
+                         report.handovers_ms))
+    print(f"holds in the keepers' logs: {len(report.held)}, overlapping: {len(report.overlaps)}")
     print(f"answers through the VIP: {report.vip_answers}; not goose: {report.not_goose}")
-    return 1 if report.two_holders or report.not_goose else 0
+    return 1 if report.two_holders or report.not_goose or report.overlaps else 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import re
 import statistics
 import threading
 import time
@@ -62,6 +64,14 @@ class VipReport:
     # answers through the VIP that say anything but goose: (sent, done, body, the last fault)
     not_goose: list[tuple[float, float, str, str]] = field(default_factory=list)
     max_sample_gap_ms: float = 0.0  # the longest time between two readings
+    # From the nodes' logs (the keepers' monotonic instants of each add and removal, taken
+    # conservatively: before an add, after a removal): every interval a host held the
+    # address, the pairs of hosts' intervals that overlap, and the shortest time between one
+    # host's removal and another's add.
+    held: list[tuple[float, float, str]] = field(default_factory=list)
+    overlaps: list[tuple[tuple[float, float, str], tuple[float, float, str]]] = field(
+        default_factory=list)
+    handovers_ms: list[float] = field(default_factory=list)
 
     def figures(self) -> str:
         lines = []
@@ -72,6 +82,10 @@ class VipReport:
             lines.append(f"{kind or 'all':6} n={len(fs):3}  through the VIP: "
                          f"{_spread([f.vip_ms for f in fs])}   direct: "
                          f"{_spread([f.direct_ms for f in fs])}")
+        if self.handovers_ms:
+            lines.append(f"from the keepers' logs: {len(self.held)} holds, "
+                         f"{len(self.overlaps)} overlapping; one host's removal to another's "
+                         f"add: {_spread(self.handovers_ms)} (min {min(self.handovers_ms):.1f})")
         lines.append(f"address readings {self.samples} (longest between two "
                      f"{self.max_sample_gap_ms:.1f} ms), with two holders: "
                      f"{len(self.two_holders)}; answers through the VIP: {self.vip_answers}")
@@ -275,9 +289,40 @@ class VipBed:
                   and st.role.value == "duck", f"{old} back as a duck", 30)
         return failover
 
+    def _read_logs(self) -> None:
+        """The keepers' add and removal instants from every node's log (ddg.ops.vipkeeper)."""
+        pattern = re.compile(r"(added|removed) (a stale )?\S+ (to|from) \S+.*\["
+                             + vipkeeper.MONO + r" ([\d.]+)\]")
+        held: list[tuple[float, float, str]] = []
+        for name in self.names:
+            since: float | None = None
+            path = self.bed.cluster.log_path(name)
+            text = path.read_text(errors="replace") if path.exists() else ""
+            for m in pattern.finditer(text):
+                at = float(m.group(4))
+                if m.group(1) == "added":
+                    since = at if since is None else since
+                elif since is not None:
+                    held.append((since, at, name))
+                    since = None
+            if since is not None:
+                held.append((since, float("inf"), name))
+        held.sort()
+        self.report.held = held
+        for a, b in itertools.pairwise(held):
+            if b[0] < a[1]:
+                self.report.overlaps.append((a, b))
+            elif a[2] != b[2]:
+                self.report.handovers_ms.append((b[0] - a[1]) * 1000)
+
     def close(self) -> VipReport:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=10)
-        self.bed.close()
+        try:
+            if self.bed.cluster.names:
+                self.bed.cluster.stop_all()  # each keeper removes the address, and logs it
+                self._read_logs()
+        finally:
+            self.bed.close()
         return self.report

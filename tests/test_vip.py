@@ -99,6 +99,9 @@ def test_the_vip_follows_the_goose_through_kills_cuts_and_freezes() -> None:
         report = vb.close()
     print(f"\n{report.figures()}")
     assert report.two_holders == [], report.two_holders[:10]
+    # The exact check, between the readings: the keepers' own instants of each add and removal
+    assert report.held and report.overlaps == [], report.overlaps
+    assert len(report.handovers_ms) >= kills + cuts + freezes + 2, report.held
     # "moved": a 503 from a node whose lease ended while it handled a request it had accepted
     # on the address (it never says duck there)
     assert report.not_goose == [], report.not_goose

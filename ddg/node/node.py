@@ -48,6 +48,7 @@ from ddg.registry.registry import Registry
 from ddg.util.ratelimit import LogThrottle, Throttle
 
 WARN_EVERY = 60.0  # seconds between two log lines about the same recurring problem
+VIP_RELEASE_WAIT = 1.0  # s: a hand-over waits this long for the keeper to remove the VIP
 log = logging.getLogger("ddg.node")
 
 class Node(NodeApi):
@@ -266,6 +267,15 @@ class Node(NodeApi):
             return
         out = self.core.transfer_leadership(time.monotonic())
         await self._apply(out, send=False)
+        if self.vip is not None:
+            try:
+                async with asyncio.timeout(VIP_RELEASE_WAIT):
+                    await self.vip.released()
+            except TimeoutError:
+                log.error("the VIP keeper did not confirm the address's removal in %g s: no "
+                          "hand-over (the next goose waits for this lease to end)",
+                          VIP_RELEASE_WAIT)
+                return
         await asyncio.gather(*(self.peers.deliver(s) for s in out.sends),
                              return_exceptions=True)
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +110,9 @@ class Vip:
         self._chan: socket.socket | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._told: tuple[float, int] | None = None  # last (until, term) said; None: dropped
+        self._drops = 0  # "D"s sent to the keeper
+        self._dropped = 0  # ... and done, as it told
+        self._acked = asyncio.Event()
 
     def on_lease(self, until: float | None, term: int) -> None:
         """UNTIL: the end of this node's lease as the goose of TERM, or None when it is not
@@ -122,6 +126,22 @@ class Vip:
             self._chan.send(line.encode())
         except OSError as exc:  # the keeper is gone: the node stops (below)
             log.error("cannot reach the VIP keeper: %s", exc.strerror or exc)
+            return
+        if told is None:
+            self._drops += 1
+
+    async def released(self) -> None:
+        """Until the keeper has done every removal it was told of: a hand-over waits for this
+        before the new goose may take over, since no lease protects that moment."""
+        while self._chan is not None and self._dropped < self._drops:
+            self._acked.clear()
+            await self._acked.wait()
+
+    async def _read_acks(self, chan: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while data := await loop.sock_recv(chan, 4096):
+            self._dropped += data.count(f"{vipkeeper.DROP}\n".encode())
+            self._acked.set()
 
     async def _start(self) -> None:
         arping = check_host(self.config)
@@ -201,16 +221,21 @@ class Vip:
         if err and err != errno.EADDRNOTAVAIL:
             log.error("cannot remove %s from %s: %s", self.config.address, self.config.device,
                       os.strerror(err))
+        elif not err:
+            log.warning("removed %s from %s [%s %.6f]", self.config.address,
+                        self.config.device, vipkeeper.MONO, time.monotonic())
 
     async def context(self, app: Any = None) -> AsyncIterator[None]:
         await self._start()
-        assert self._proc is not None
-        watch = asyncio.create_task(self._watch(self._proc), name="vip")
+        assert self._proc is not None and self._chan is not None
+        tasks = [asyncio.create_task(self._watch(self._proc), name="vip"),
+                 asyncio.create_task(self._read_acks(self._chan), name="vip-acks")]
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._told = None
+            self._acked.set()
             await self._stop()
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch

@@ -36,7 +36,8 @@ from collections.abc import Sequence
 
 EARLY = 0.010  # s: the keeper removes the address this long before the lease it was told ends
 READY, ERROR = "ready", "error"  # keeper -> node
-HOLD, DROP = "H", "D"  # node -> keeper: "H UNTIL TERM", "D"
+MONO = "monotonic"  # in a log line: when the address was added or removed
+HOLD, DROP = "H", "D"  # node -> keeper: "H UNTIL TERM", "D"; keeper -> node: "D" (removed)
 
 # <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_addr.h>
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
@@ -146,20 +147,25 @@ class _Keeper:
         except OSError:
             pass
 
-    def note(self, text: str) -> None:
-        print(f"ddg vip keeper: {text}", file=sys.stderr, flush=True)
+    def note(self, text: str, at: float | None = None) -> None:
+        """A line in the node's log; AT: the monotonic instant of an address change, which
+        the tests and benchmarks/vip.py read to check that holders never overlap."""
+        when = "" if at is None else f" [{MONO} {at:.6f}]"
+        print(f"ddg vip keeper: {text}{when}", file=sys.stderr, flush=True)
 
     def release(self, why: str) -> None:
         self.until = None
         if not self.held:
             return
         err = change(self.sock, add=False, ip=self.ip, prefix=self.prefix, index=self.index)
+        at = time.monotonic()
         self.held = False
         if err and err != errno.EADDRNOTAVAIL:
             self.note(f"removing {self.ip}/{self.prefix} from {self.dev} failed: "
                       f"{os.strerror(err)}")
         else:
-            self.note(f"removed {self.ip}/{self.prefix} from {self.dev} (term {self.term}): {why}")
+            self.note(f"removed {self.ip}/{self.prefix} from {self.dev} (term {self.term}): {why}",
+                      at)
 
     def hold(self, until: float, term: int) -> None:
         if until - EARLY <= time.monotonic():
@@ -167,12 +173,13 @@ class _Keeper:
         self.until, self.term = until, term
         if self.held:
             return
+        before = time.monotonic()  # the address may be there from now on
         err = change(self.sock, add=True, ip=self.ip, prefix=self.prefix, index=self.index)
         if err:
             self.note(f"adding {self.ip}/{self.prefix} to {self.dev} failed: {os.strerror(err)}")
             return
         self.held = True
-        self.note(f"added {self.ip}/{self.prefix} to {self.dev} (term {term})")
+        self.note(f"added {self.ip}/{self.prefix} to {self.dev} (term {term})", before)
         try:  # neighbours move their ARP entry now: 2 unsolicited ARPs, 1 s apart
             os.posix_spawn(self.arping, [self.arping, "-q", "-U", "-c", "2",
                                          "-I", self.dev, self.ip], os.environ)
@@ -198,6 +205,7 @@ class _Keeper:
                 self.hold(float(words[1]), int(words[2]))
             elif words[:1] == [DROP]:
                 self.release("the node is no longer the goose")
+                self.say(DROP)  # done: a hand-over waits for this before it lets go
         return True
 
     def run(self) -> int:
