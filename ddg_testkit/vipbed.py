@@ -151,7 +151,14 @@ class VipBed:
         for name in self.names:
             self.bed.add(name, bind="0.0.0.0",
                          extra_args=["--vip", f"{self.vip}/24", "--vip-dev", "eth0"])
-        goose = self.bed.cluster.wait_goose(timeout=30)
+        c = self.bed.cluster
+        # every node a member (a fault before the last join leaves a cluster of 2 of 2)
+        self.wait(lambda: len({(st.goose, len(st.members)) for n in self.names
+                               if (st := c.status(n)) is not None}) == 1
+                  and (st := c.status(self.names[0])) is not None and st.goose is not None
+                  and len(st.members) == len(self.names),
+                  "every node a member, all following one goose", 30)
+        goose = c.wait_goose(timeout=30)
         self.wait(lambda: [n for n in self.names if self.held_by(n)] == [goose],
                   f"only {goose} to hold {self.vip}", 15)
         socks = {}
