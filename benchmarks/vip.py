@@ -60,7 +60,8 @@ def main() -> int:
     if report.handovers_ms:
         print(stats_line("one host's removal to another's add (the keepers' logs)",
                          report.handovers_ms))
-    print(f"holds in the keepers' logs: {len(report.held)}, overlapping: {len(report.overlaps)}")
+    print(f"holds in the keepers' logs: {len(report.held)}, overlapping: {len(report.overlaps)}"
+          f"; removals by reason: {report.removals}")
     print(f"answers through the VIP: {report.vip_answers}; not goose: {report.not_goose}")
     return 1 if report.two_holders or report.not_goose or report.overlaps else 0
 

@@ -72,6 +72,7 @@ class VipReport:
     overlaps: list[tuple[tuple[float, float, str], tuple[float, float, str]]] = field(
         default_factory=list)
     handovers_ms: list[float] = field(default_factory=list)
+    removals: dict[str, int] = field(default_factory=dict)  # why (the keeper's words) -> count
 
     def figures(self) -> str:
         lines = []
@@ -85,7 +86,8 @@ class VipReport:
         if self.handovers_ms:
             lines.append(f"from the keepers' logs: {len(self.held)} holds, "
                          f"{len(self.overlaps)} overlapping; one host's removal to another's "
-                         f"add: {_spread(self.handovers_ms)} (min {min(self.handovers_ms):.1f})")
+                         f"add: {_spread(self.handovers_ms)} (min {min(self.handovers_ms):.1f}); "
+                         f"removals: {self.removals}")
         lines.append(f"address readings {self.samples} (longest between two "
                      f"{self.max_sample_gap_ms:.1f} ms), with two holders: "
                      f"{len(self.two_holders)}; answers through the VIP: {self.vip_answers}")
@@ -298,7 +300,7 @@ class VipBed:
 
     def _read_logs(self) -> None:
         """The keepers' add and removal instants from every node's log (ddg.ops.vipkeeper)."""
-        pattern = re.compile(r"(added|removed) (a stale )?\S+ (to|from) \S+.*\["
+        pattern = re.compile(r"(added|removed) (a stale )?\S+ (to|from) \S+(.*)\["
                              + vipkeeper.MONO + r" ([\d.]+)\]")
         held: list[tuple[float, float, str]] = []
         for name in self.names:
@@ -306,10 +308,12 @@ class VipBed:
             path = self.bed.cluster.log_path(name)
             text = path.read_text(errors="replace") if path.exists() else ""
             for m in pattern.finditer(text):
-                at = float(m.group(4))
+                at = float(m.group(5))
                 if m.group(1) == "added":
                     since = at if since is None else since
                 elif since is not None:
+                    why = m.group(4).partition(": ")[2].strip() or "by the node"
+                    self.report.removals[why] = self.report.removals.get(why, 0) + 1
                     held.append((since, at, name))
                     since = None
             if since is not None:
