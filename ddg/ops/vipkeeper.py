@@ -231,7 +231,10 @@ class _Keeper:
             if not self.read() or os.getppid() != self.parent:
                 self.release("the node is gone")
                 return 0
-            if signals & {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}:
+            if signal.SIGHUP in signals:  # the parent-death signal
+                self.release("the node is gone")
+                return 0
+            if signals & {signal.SIGTERM, signal.SIGINT}:
                 self.release("the keeper was told to stop")
                 return 0
             if self.until is not None and time.monotonic() >= self.until - EARLY:
