@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ddg.errors import ConfigError, DdgError
-from ddg.ops import lifeline, vipkeeper
+from ddg.ops import vipkeeper
+from ddg.ops.job import spawn_bound
 
 log = logging.getLogger("ddg.vip")
 
@@ -145,20 +146,8 @@ class Vip:
 
     async def _start(self) -> None:
         arping = check_host(self.config)
-        ours, theirs = socket.socketpair()
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *KEEPER, str(os.getpid()), str(theirs.fileno()), self.config.ip,
-                str(self.config.prefix), self.config.device, arping,
-                stdin=asyncio.subprocess.DEVNULL, stdout=sys.stderr.fileno(),
-                start_new_session=True, close_fds=True, pass_fds=(theirs.fileno(),),
-                preexec_fn=lifeline.die_with_parent(lifeline.GUARD_DEATH_SIGNAL))
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        ours.setblocking(False)
+        self._proc, ours = await spawn_bound(
+            KEEPER, (self.config.ip, str(self.config.prefix), self.config.device, arping))
         self._chan = ours
         loop = asyncio.get_running_loop()
         line = b""
