@@ -69,3 +69,30 @@ async def test_a_slow_disk_delays_the_vote_but_not_get_root(tmp_path: Path) -> N
         release.set()
         await client.close()
         node.data.close()
+
+
+async def test_a_duck_never_says_duck_on_the_floating_address(tmp_path: Path) -> None:
+    """A request a node accepted on its --vip address (127.0.0.2 here: loopback, no address is
+    added or removed, no keeper runs) after it stopped being the goose gets 503, never `duck`:
+    the address speaks for the goose only. On its own address the node says `duck`."""
+    from dataclasses import replace
+
+    from ddg.ops.vip import VipConfig
+
+    for host, vip, expect in (("127.0.0.2", "127.0.0.2/8", 503),
+                              ("127.0.0.1", "127.0.0.2/8", 200)):
+        node = make_node(tmp_path / host)
+        node.config = replace(node.config, vip=VipConfig(address=vip, device="lo"))
+        assert node.vip is None  # the keeper is the node's only when built with the config
+        client = TestClient(TestServer(node.make_app(), host=host))
+        await client.start_server()
+        try:
+            resp = await client.get("/")
+            assert resp.status == expect, await resp.text()
+            if expect == 503:
+                assert "not the goose: 127.0.0.2 has moved" in (await resp.json())["error"]
+            else:
+                assert await resp.text() == "duck"
+        finally:
+            await client.close()
+            node.data.close()

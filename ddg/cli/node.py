@@ -41,6 +41,7 @@ from ddg.node.config import NodeConfig, default_data_dir
 from ddg.node.stopping import exit_now, stop_deadline
 from ddg.ops.logs import JsonFormatter
 from ddg.ops.sdnotify import Notifier
+from ddg.ops.vip import VipConfig, check_host
 
 _MARGIN = Timing().drift_margin
 _RATE = f"{max_rate_error(_MARGIN):.1%}"  # the clock-rate bound, stated in --help
@@ -143,7 +144,23 @@ def run_parser() -> argparse.ArgumentParser:
                         "event, term, msg (env DDG_LOG_FORMAT; default %(default)s)")
     add_tls_arguments(p, node=True)
     add_job_arguments(p)
+    p.add_argument("--vip", metavar="ADDR/PREFIX", default=env("DDG_VIP"),
+                   help="a floating IPv4 address only the goose holds, on --vip-dev: added "
+                        "(and announced with arping -U) when this node becomes the goose, "
+                        "removed before its lease ends (env DDG_VIP)")
+    p.add_argument("--vip-dev", metavar="DEV", default=env("DDG_VIP_DEV"),
+                   help="the network interface for --vip (env DDG_VIP_DEV)")
     return p
+
+
+def vip_config(ns: argparse.Namespace) -> VipConfig | None:
+    if ns.vip is None and ns.vip_dev is None:
+        return None
+    if ns.vip is None or ns.vip_dev is None:
+        raise ConfigError("--vip ADDR/PREFIX and --vip-dev DEV go together")
+    config = VipConfig(address=ns.vip, device=ns.vip_dev)
+    check_host(config)
+    return config
 
 
 def config_from_args(ns: argparse.Namespace) -> NodeConfig:
@@ -166,7 +183,7 @@ def config_from_args(ns: argparse.Namespace) -> NodeConfig:
         "node name", name))
     job, on_change = job_configs(ns)
     return NodeConfig(
-        job=job, on_change=on_change,
+        job=job, on_change=on_change, vip=vip_config(ns),
         name=name, host=ns.host, port=port, redis_url=ns.redis_url, cluster=cluster,
         data_dir=data_dir, timing=timing, timing_explicit=timing_given(ns),
         secret=secret.encode() if secret else None,

@@ -124,6 +124,13 @@ class NodeApi:
 
     async def handle_root(self, request: web.Request) -> web.Response:
         goose = self.core is not None and self.core.is_goose(time.monotonic())
+        vip = self.config.vip
+        if not goose and vip is not None and _local_ip(request) == vip.ip:
+            # A request that reached this node through the floating address before it left
+            # (the keeper removes it before the lease ends, but a request already accepted
+            # waits for the loop): the address speaks for the goose only, so no `duck` here.
+            return web.json_response({"error": f"not the goose: {vip.ip} has moved to the "
+                                      "new goose; retry"}, status=503)
         return web.Response(text=Role.GOOSE if goose else Role.DUCK)
 
     async def handle_healthz(self, request: web.Request) -> web.Response:
@@ -317,3 +324,9 @@ class NodeApi:
             raise MessageError(f"cannot listen again: {exc.strerror or exc}", status=500) from None
         log.warning("fault injection: listening again", extra={"event": "listener_opened"})
         return web.json_response({"listening": True})
+
+
+def _local_ip(request: web.Request) -> str | None:
+    """The address the client connected to (the floating one, or the node's own)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return sockname[0] if isinstance(sockname, tuple) and sockname else None

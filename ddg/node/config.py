@@ -15,6 +15,7 @@ from ddg.election.timing import Timing
 from ddg.errors import ConfigError
 from ddg.net.tls import TlsConfig
 from ddg.ops.job import HookConfig, JobConfig
+from ddg.ops.vip import VipConfig
 from ddg.registry.keys import DEFAULT_CLUSTER
 from ddg.registry.redisconn import DEFAULT_REDIS_URL, RedisOptions
 
@@ -122,6 +123,7 @@ class NodeConfig:
     refresh_interval: float = 1.0
     job: JobConfig | None = None  # --exec: a command run only while this node is the goose
     on_change: HookConfig | None = None  # --on-change: a hook run on every role change
+    vip: VipConfig | None = None  # --vip: a floating address only the goose holds
     tls: TlsConfig | None = None  # --tls-*: HTTPS, peers verified, maybe mutual TLS
 
     def __post_init__(self) -> None:

@@ -41,12 +41,14 @@ from ddg.ops.changes import Changes, View
 from ddg.ops.job import Jobs
 from ddg.ops.metrics import NodeMetrics
 from ddg.ops.sdnotify import Notifier, describe
+from ddg.ops.vip import Vip
 from ddg.ops.watch import Watchers
 from ddg.registry.records import Membership
 from ddg.registry.registry import Registry
 from ddg.util.ratelimit import LogThrottle, Throttle
 
 WARN_EVERY = 60.0  # seconds between two log lines about the same recurring problem
+VIP_RELEASE_WAIT = 1.0  # s: a hand-over waits this long for the keeper to remove the VIP
 log = logging.getLogger("ddg.node")
 
 class Node(NodeApi):
@@ -95,6 +97,7 @@ class Node(NodeApi):
         self.changes.listen(self.metrics.observe)
         self.jobs = Jobs(config.job, config.on_change, node=config.name, cluster=config.cluster)
         self.changes.listen(self.jobs.on_change)  # before the watchers: SIGTERM at once
+        self.vip = None if config.vip is None else Vip(config.vip, on_lost=self._vip_lost)
         self.watchers = Watchers(node=config.name, status=self.status)
         self.changes.listen(self.watchers.publish)
         if notify is not None:
@@ -120,6 +123,8 @@ class Node(NodeApi):
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
         self.add_routes(app)
+        if self.vip is not None:  # first in, last out: the address goes after everything
+            app.cleanup_ctx.append(self.vip.context)
         app.cleanup_ctx.append(self._background)
         app.cleanup_ctx.append(self.jobs.context)  # stops --exec's command before exiting
         app.on_shutdown.append(self.watchers.shutdown)  # ends /watch streams: no delay
@@ -137,6 +142,10 @@ class Node(NodeApi):
         await self.sync.close()
         await self.timing.close()
         await self.peers.close()
+
+    def _vip_lost(self) -> None:
+        self.exit_code = 1
+        self.stop_event.set()
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -258,6 +267,15 @@ class Node(NodeApi):
             return
         out = self.core.transfer_leadership(time.monotonic())
         await self._apply(out, send=False)
+        if self.vip is not None:
+            try:
+                async with asyncio.timeout(VIP_RELEASE_WAIT):
+                    await self.vip.released()
+            except TimeoutError:
+                log.error("the VIP keeper did not confirm the address's removal in %g s: no "
+                          "hand-over (the next goose waits for this lease to end)",
+                          VIP_RELEASE_WAIT)
+                return
         await asyncio.gather(*(self.peers.deliver(s) for s in out.sends),
                              return_exceptions=True)
 
@@ -285,7 +303,9 @@ class Node(NodeApi):
 
         The write runs in a thread so a slow disk never stalls `GET /`; the lock keeps outputs
         in order, so a later output (which may depend on that state) waits for the write too.
+        The VIP's keeper hears of a step down before that wait (GET / no longer says goose).
         """
+        self._tell_vip(time.monotonic())
         async with self._persist_lock:
             if out.persist is not None and out.persist != self._on_disk:
                 await self._persist(out.persist)
@@ -336,6 +356,11 @@ class Node(NodeApi):
                       ", ".join(f"{p} {r:.3f}x" for p, r in rates.items()) or "no recent "
                       "evidence", extra={"event": "clock_contradicted", "term": core.term})
 
+    def _tell_vip(self, now: float) -> None:
+        core = self.core
+        if self.vip is not None and core is not None:
+            self.vip.on_lease(core.lease_until if core.is_goose(now) else None, core.term)
+
     def observe(self) -> None:
         """Tell the listeners if the role, term, goose or membership changed."""
         core = self.core
@@ -349,6 +374,7 @@ class Node(NodeApi):
                  goose=core.known_goose(now), members=tuple(sorted(core.members)),
                  version=core.version),
             at=now, wall=time.time())
+        self._tell_vip(now)
         if core.state is State.GOOSE:
             self.holds.became_goose()
         else:

@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -228,26 +228,38 @@ class Guarded:
         return None
 
 
-async def _spawn(argv: tuple[str, ...], env: dict[str, str], out: IO[bytes] | None) -> Guarded:
-    """ARGV under a guard, in a session of its own (the node's terminal signals do not reach
-    it), its output to OUT or the node's stderr. The guard also gets the parent-death signal,
-    a second messenger after the socket's end."""
+async def spawn_bound(program: Sequence[str], args: Sequence[str], *,
+                      env: dict[str, str] | None = None, out: IO[bytes] | None = None,
+                      merge_stderr: bool = False,
+                      ) -> tuple[asyncio.subprocess.Process, socket.socket]:
+    """PROGRAM NODE_PID FD ARGS...: a helper bound to this node (the job guard, the VIP
+    keeper), in a session of its own (the node's terminal signals do not reach it), its output
+    to OUT or the node's stderr. FD is its end of a socket pair whose other end, returned
+    non-blocking, only the node holds: the kernel closes it however the node dies. The
+    parent-death signal is a second messenger."""
     ours, theirs = socket.socketpair()
     try:
-        guard = await asyncio.create_subprocess_exec(
-            *GUARD, str(os.getpid()), str(theirs.fileno()), "--", *argv,
+        proc = await asyncio.create_subprocess_exec(
+            *program, str(os.getpid()), str(theirs.fileno()), *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out if out is not None else sys.stderr.fileno(),
-            stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
-            preexec_fn=lifeline.die_with_parent(lifeline.GUARD_DEATH_SIGNAL), close_fds=True,
-            pass_fds=(theirs.fileno(),))
+            stderr=asyncio.subprocess.STDOUT if merge_stderr else None,
+            env=env if env is not None else _environment({}),  # never the secrets
+            start_new_session=True, close_fds=True, pass_fds=(theirs.fileno(),),
+            preexec_fn=lifeline.die_with_parent(lifeline.GUARD_DEATH_SIGNAL))
     except BaseException:
         ours.close()
         raise
     finally:
         theirs.close()
     ours.setblocking(False)
-    return Guarded(guard, ours, argv[0])
+    return proc, ours
+
+
+async def _spawn(argv: tuple[str, ...], env: dict[str, str], out: IO[bytes] | None) -> Guarded:
+    """ARGV under a guard (spawn_bound)."""
+    guard, chan = await spawn_bound(GUARD, ("--", *argv), env=env, out=out, merge_stderr=True)
+    return Guarded(guard, chan, argv[0])
 
 
 # ---- the job ----------------------------------------------------------------------------
