@@ -260,6 +260,10 @@ def test_sigterm_is_not_delayed_by_watchers(make_cluster: Make, watching: Watchi
     c.wait_goose(among=names, exclude=[goose])
 
 
+def _sigint_as_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _reader(proc: subprocess.Popen[str], lines: queue.Queue[tuple[float, str]]) -> None:
     assert proc.stdout is not None
     for text in proc.stdout:
@@ -278,8 +282,11 @@ def test_cli_watch_prints_the_failover_as_it_happens(make_cluster: Make) -> None
     lines: dict[str, queue.Queue[tuple[float, str]]] = {}
     try:
         for d in ducks:
+            # Ctrl-C is what this checks: a run started in the background of a shell
+            # (`.ci/run &`) ignores SIGINT, and a child would inherit that.
             procs[d] = subprocess.Popen([*argv, c.address(d)], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, bufsize=1)
+                                        stderr=subprocess.PIPE, text=True, bufsize=1,
+                                        preexec_fn=_sigint_as_default)
             lines[d] = queue.Queue()
             threading.Thread(target=_reader, args=(procs[d], lines[d]), daemon=True).start()
         # human lines, into a pipe its reader closes after the first line
