@@ -119,21 +119,25 @@ def test_a_bad_socket_or_a_gone_manager_is_one_warning_not_a_crash(
 def test_watchdog_pings_stop_while_the_event_loop_is_frozen(manager: Manager) -> None:
     n = Notifier(str(manager.path), watchdog=0.05)
 
+    async def received(count: int, what: str) -> None:
+        """Until the manager has read COUNT datagrams in all (a condition with a deadline)."""
+        deadline = time.monotonic() + 5
+        while manager.got.qsize() < count:
+            assert time.monotonic() < deadline, f"no {what} within 5 s"
+            await asyncio.sleep(0.01)
+
     async def main() -> None:
         task = asyncio.create_task(n.run_watchdog())
-        await asyncio.sleep(0.3)
+        await received(3, "3 pings")
         frozen_at = time.monotonic()
         # the fault: a loop that does not run (a blocking call, a GC pause)
         time.sleep(0.6)  # noqa: ASYNC251
         thawed_at = time.monotonic()
-        await asyncio.sleep(0.3)
+        await received(manager.got.qsize() + 3, "3 pings after the thaw")
         task.cancel()
         pings = []
-        while True:
-            try:
-                at, fields = manager.got.get(timeout=0.5)
-            except queue.Empty:
-                break
+        while not manager.got.empty():
+            at, fields = manager.got.get_nowait()
             assert fields == {"WATCHDOG": "1"}
             pings.append(at)
         before = [t for t in pings if t < frozen_at]
