@@ -4,4 +4,4 @@ cli and app (leader election inside a Python app: `from ddg.app import member`).
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
