@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
-# Set-up for the peer benchmark (benchmarks/etcd.py): Debian's etcd 3.4 (etcd-server: the
-# etcd binary; etcd-client: etcdctl). Not a test dependency. As root, installs the two packages
-# when missing; otherwise says what to install.
+# Set-up for the peer benchmarks (benchmarks/etcd.py, benchmarks/idle.py): Debian's etcd 3.4
+# (etcd-server: the etcd binary; etcd-client: etcdctl), and PySyncObj 0.3.17 in a venv of its
+# own (benchmarks/.peers-venv, not committed). Not a test dependency. As root, installs the two
+# Debian packages when missing; otherwise says what to install.
 set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+pysyncobj() {
+  local venv="$here/.peers-venv"
+  if ! "$venv/bin/python" -c "import pysyncobj" >/dev/null 2>&1; then
+    echo "installing PySyncObj 0.3.17 into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "pysyncobj==0.3.17"
+  fi
+  echo "pysyncobj $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("pysyncobj"))') ($venv)"
+}
+pysyncobj
 if command -v etcd >/dev/null 2>&1 && command -v etcdctl >/dev/null 2>&1; then
   etcd --version | head -1
   exit 0

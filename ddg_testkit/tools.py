@@ -143,7 +143,8 @@ def etcd() -> tuple[Tool, Tool]:
     how = "benchmarks/setup.sh (as root: Debian's etcd-server and etcd-client)"
     return (find_tool("etcd", env="DDG_ETCD", install=how,
                       version=_after(r"^etcd Version: (\S+)")),
-            find_tool("etcdctl", env="DDG_ETCDCTL", install=how,
+            # etcdctl 3.4 (API v3, its default) has a `version` command and no --version flag
+            find_tool("etcdctl", env="DDG_ETCDCTL", install=how, version_args=("version",),
                       version=_after(r"^etcdctl version: (\S+)")))
 
 

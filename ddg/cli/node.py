@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ddg import __version__
-from ddg.cli.admin import cmd_config, cmd_remove, cmd_status
 from ddg.cli.args import (
     CliError,
     Parser,
@@ -29,7 +29,6 @@ from ddg.cli.args import (
     timing_given,
     tls_from_args,
 )
-from ddg.cli.watch import cmd_watch
 from ddg.election.clockrate import max_rate_error
 from ddg.election.names import check_name
 from ddg.election.timing import Timing
@@ -94,7 +93,7 @@ environment (used when the flag is not given):
   DDG_HTTP_PORT, DDG_HOST, DDG_ADVERTISE_URL, DDG_NODE_NAME, DDG_REDIS_URL,
   DDG_REDIS_PASSWORD, DDG_REDIS_CA, DDG_REDIS_CERT, DDG_REDIS_KEY, DDG_CLUSTER, DDG_DATA_DIR,
   DDG_CLUSTER_SECRET, DDG_BOOTSTRAP, DDG_LOG_FORMAT, DDG_TIMING, DDG_TLS_CERT, DDG_TLS_KEY,
-  DDG_TLS_CA, DDG_TLS_CLIENT_AUTH
+  DDG_TLS_CA, DDG_TLS_CLIENT_AUTH, DDG_LOOP
 
 endpoints: GET / (goose|duck), GET /status (JSON), GET /healthz, GET /metrics (Prometheus),
 GET /watch (Server-Sent Events); peers POST /raft/vote, /raft/heartbeat, /raft/timeout_now,
@@ -150,7 +149,32 @@ def run_parser() -> argparse.ArgumentParser:
                         "removed before its lease ends (env DDG_VIP)")
     p.add_argument("--vip-dev", metavar="DEV", default=env("DDG_VIP_DEV"),
                    help="the network interface for --vip (env DDG_VIP_DEV)")
+    p.add_argument("--loop", choices=LOOPS, default=env("DDG_LOOP", "auto"),
+                   help="the event loop: uvloop (pip install 'duckduckgoose[fast]'), asyncio "
+                        "(the standard library's), or auto: uvloop when installed, else "
+                        "asyncio (env DDG_LOOP; default %(default)s)")
     return p
+
+
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop --loop CHOICE asks for (None: asyncio's own). uvloop costs a node less
+    CPU at rest than asyncio's loop (README, "Performance")."""
+    if choice not in LOOPS:
+        raise ConfigError(f"--loop (or DDG_LOOP) must be one of {', '.join(LOOPS)}, "
+                          f"not {choice!r}")
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop  # optional: the [fast] extra
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("--loop uvloop: uvloop is not installed (pip install "
+                              "'duckduckgoose[fast]', or --loop asyncio)") from None
+        return None
+    return uvloop.new_event_loop
 
 
 def vip_config(ns: argparse.Namespace) -> VipConfig | None:
@@ -219,6 +243,7 @@ def cmd_run(argv: Sequence[str]) -> int:
 
     ns = run_parser().parse_args(argv)
     config = config_from_args(ns)
+    new_loop = loop_factory(ns.loop)
     json_logs = setup_logging(config.log_level, config.name, log_format=config.log_format,
                               cluster=config.cluster)
 
@@ -236,16 +261,24 @@ def cmd_run(argv: Sequence[str]) -> int:
             return 1
 
     # Everything is closed and logged: skip the interpreter's teardown (ddg/node/stopping.py).
-    exit_now(asyncio.run(run()))
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        code = runner.run(run())
+    exit_now(code)
+
+
+# ddg-node's other commands: the module of each one's cmd_NAME(argv).
+COMMANDS = {"remove": "ddg.cli.admin", "status": "ddg.cli.admin", "config": "ddg.cli.admin",
+            "watch": "ddg.cli.watch"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"remove": cmd_remove, "status": cmd_status, "watch": cmd_watch,
-                "config": cmd_config}
     try:
-        if args and args[0] in commands:
-            return commands[args[0]](args[1:])
+        if args and args[0] in COMMANDS:
+            # Imported when asked for: their HTTP client (httpx) is no part of a running node.
+            module = importlib.import_module(COMMANDS[args[0]])
+            command: Callable[[Sequence[str]], int] = getattr(module, f"cmd_{args[0]}")
+            return command(args[1:])
         return cmd_run(args)
     except (DdgError, CliError) as exc:
         print(f"ddg-node: error: {exc}", file=sys.stderr)

@@ -17,7 +17,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from ddg.client.http import NodeClient
 from ddg.client.nodestatus import RedisInfo
 from ddg.election.timing import TimingRecord
 from ddg.errors import (
@@ -121,6 +120,9 @@ class MembershipSync:
         """Say whether the node holding the name is alive: only a dead one may be removed."""
         if exc.address is None:
             return exc
+        # Here, not at the top: a running node has no other use for httpx (~6 MiB of RSS).
+        from ddg.client.http import NodeClient
+
         # With the node's own TLS settings: a live holder behind the cluster's CA must not be
         # taken for a dead one (and its removal suggested).
         client = NodeClient(timeout=1.0, tls=self.config.tls)
