@@ -284,17 +284,24 @@ def find_peers(args: argparse.Namespace) -> tuple[dict[str, str], list[str]]:
 async def main(args: argparse.Namespace) -> None:
     found, skipped = find_peers(args)
     costs: list[Cost] = []
+    failed: list[str] = []
     for size in args.nodes:
         for system in args.only:
             if system not in found:
                 continue
-            if system == "ddg":
-                costs.append(await run_ddg(size, args))
-            elif system == "etcd":
-                costs.append(await run_etcd(size, args))
-            else:
-                costs.append(await run_pysyncobj(size, args, found[system]))
-            c = costs[-1]
+            try:
+                if system == "ddg":
+                    c = await run_ddg(size, args)
+                elif system == "etcd":
+                    c = await run_etcd(size, args)
+                else:
+                    c = await run_pysyncobj(size, args, found[system])
+            except (TimeoutError, RuntimeError) as exc:  # a row that says so; the others run
+                first = str(exc).splitlines()[0]
+                print(f"  {system} n={size}: {first}", flush=True)
+                failed.append(f"{system} n={size}: not measured: {first}")
+                continue
+            costs.append(c)
             print(f"  {c.system} n={size}: leader {c.cpu_percent[c.leader]:.2f} %, "
                   f"cluster {sum(c.cpu_percent.values()):.1f} % of a core", flush=True)
     m = common.machine()
@@ -304,12 +311,13 @@ async def main(args: argparse.Namespace) -> None:
         *(f"{k}: {v}" for k, v in found.items()), *skipped,
         f"at rest: CPU % of one core over {args.window:.0f} s after {args.settle:.0f} s "
         "settled; RSS (VmRSS) at the window's end", "",
-        table(costs)])
+        table(costs), *failed])
     print("\n" + text)
     if args.json:
         common.write_json(args.json, {"machine": m, "systems": found, "skipped": skipped,
                                       "window_s": args.window, "settle_s": args.settle,
-                                      "costs": [c.to_json() for c in costs]})
+                                      "costs": [c.to_json() for c in costs],
+                                      "not_measured": failed})
         print(f"\nfigures written to {args.json}")
 
 

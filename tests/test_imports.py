@@ -87,3 +87,15 @@ def test_an_unknown_loop_is_a_one_line_error() -> None:
                          env={"DDG_LOOP": "trio", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "DDG_LOOP" in out.stderr and "trio" in out.stderr
+
+
+def test_asyncio_is_the_default_and_auto_takes_uvloop_when_installed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ddg.cli.node import loop_factory, run_parser
+
+    monkeypatch.delenv("DDG_LOOP", raising=False)
+    assert run_parser().parse_args(["--port", "4001"]).loop == "asyncio"
+    assert loop_factory("asyncio") is None
+    uvloop = pytest.importorskip("uvloop")
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
