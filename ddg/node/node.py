@@ -216,15 +216,15 @@ class Node(NodeApi):
             self.observe()
             watcher = asyncio.create_task(self.sync.watch(), name="registry")
             watcher.add_done_callback(self._loop_ended)
-            loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+            loop_kind = type(loop).__module__.partition(".")[0]
             log.info("serving %s as %s in cluster %r: term %d, members %s (version %d), "
                      "event loop %s", self.config.address, self.config.name,
                      self.config.cluster, hard.term, ",".join(sorted(membership.names)),
-                     membership.version, loop,
+                     membership.version, loop_kind,
                      extra={"event": "started", "term": hard.term,
                             "address": self.config.address,
                             "members": sorted(membership.names),
-                            "membership_version": membership.version, "loop": loop})
+                            "membership_version": membership.version, "loop": loop_kind})
             if not self.config.authenticated:
                 log.info("peer messages are not signed: fine on loopback only; set "
                          "DDG_CLUSTER_SECRET (the same on every node) to sign them, or use "
