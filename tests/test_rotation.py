@@ -168,6 +168,7 @@ def _signed_refusal(url: str, node: str, secret: str, verify: ssl.SSLContext | b
     return r.text if r.status_code == 401 and "bad signature" in r.text else None
 
 
+@pytest.mark.timeout(600)  # 15 restarts of 5 s each on a loaded machine
 @pytest.mark.parametrize("how", ["reload", "restart"])
 def test_cluster_secret_rotation_as_documented(bed_ready: None, tmp_path: Path,
                                                walks: list[Walk], how: str) -> None:
@@ -219,6 +220,7 @@ def _restart_passes(w: Walk, steps: Sequence[str], env: dict[str, str] | None = 
     return time.monotonic() - t0, w.elections(t0)
 
 
+@pytest.mark.timeout(600)  # 15 restarts of 5 s each on a loaded machine
 def test_redis_password_rotation_as_documented(bed_ready: None, tmp_path: Path,
                                                walks: list[Walk]) -> None:
     """The ACL user gets the new password beside the old, every node restarts on the new one,
@@ -261,6 +263,7 @@ def test_redis_password_rotation_as_documented(bed_ready: None, tmp_path: Path,
           f"observations, 0 violations; load {os.getloadavg()[0]:.1f}")
 
 
+@pytest.mark.timeout(600)  # 15 restarts of 5 s each on a loaded machine
 def test_ca_rotation_as_documented(bed_ready: None, tmp_path: Path,
                                    walks: list[Walk]) -> None:
     """Both CAs trusted, new certificates, the old CA dropped: a node on a certificate of

@@ -169,3 +169,12 @@ def test_sighup_reloads_the_file_and_a_bad_file_keeps_the_secrets(
     st = c.status(goose)
     assert st is not None and st.role == "goose" and st.term == term, c.describe()
 
+
+
+def test_the_console_signs_with_the_first_of_a_list() -> None:
+    from ddg_tui.config import ConsoleConfig
+
+    c = ConsoleConfig(demo=3, secret="new-secret-4567,old-secret-0123")
+    assert c.secret == "new-secret-4567"
+    with pytest.raises(ConfigError, match="at least 8 bytes"):
+        ConsoleConfig(demo=3, secret="new-secret-4567,short")
