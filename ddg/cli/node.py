@@ -87,7 +87,7 @@ security:
   DDG_CLUSTER_SECRET, one a line in --cluster-secret-file); it signs with the first and
   accepts any. Add the new one second on every node, then make it first on every node, then
   drop the old one; SIGHUP makes a node read --cluster-secret-file again, with no restart
-  (docs/operations.md, "Rotating the cluster secret").
+  (docs/operations.md, "Rotating secrets").
 
 clocks:
   The lease assumes every node's monotonic clock runs within {_RATE} of real time (drift

@@ -7,7 +7,7 @@ the receiver for exactly that long, makes a second use of the same request detec
 
 A node may hold several secrets: it signs with the first and accepts any, so a secret is
 rotated without an outage (add the new one second everywhere, then first, then drop the old;
-docs/operations.md "Rotating the cluster secret").
+docs/operations.md "Rotating secrets").
 """
 
 from __future__ import annotations
