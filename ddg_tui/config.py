@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ddg.election.names import check_name
 from ddg.errors import ConfigError
+from ddg.net.auth import parse_secrets
 from ddg.net.tls import TlsConfig
 from ddg.registry.keys import DEFAULT_CLUSTER
 from ddg.registry.redisconn import check_redis_url
@@ -62,8 +63,9 @@ class ConsoleConfig:
         if self.redis_url is not None:
             check_redis_url(self.redis_url)
         check_name("cluster name", self.cluster)
-        if self.secret is not None and len(self.secret.encode()) < 8:
-            raise ConfigError("cluster secret must be at least 8 bytes")
+        if self.secret is not None:  # a rotation's list (new,old): sign with the first
+            first = parse_secrets(self.secret, separator=",")[0]
+            object.__setattr__(self, "secret", first.decode())
 
     @property
     def owned(self) -> bool:

@@ -23,7 +23,6 @@ from ddg.cli.args import (
     env,
     job_configs,
     optional_path,
-    read_secret_file,
     redis_password,
     timing_from_args,
     timing_given,
@@ -36,6 +35,7 @@ from ddg.errors import (
     ConfigError,
     DdgError,
 )
+from ddg.net import auth
 from ddg.node.config import NodeConfig, default_data_dir
 from ddg.node.stopping import exit_now, stop_deadline
 from ddg.ops.logs import JsonFormatter
@@ -82,6 +82,11 @@ security:
   --tls-key, --tls-ca, --tls-client-auth) also satisfies that rule: then each node's
   certificate must name it (subjectAltName DNS:<name>), as peers take a message only from its
   sender's certificate. With --tls-cert the node serves HTTPS and advertises https://.
+  Rotating the secret without an outage: a node may hold several (comma-separated in
+  DDG_CLUSTER_SECRET, one a line in --cluster-secret-file); it signs with the first and
+  accepts any. Add the new one second on every node, then make it first on every node, then
+  drop the old one; SIGHUP makes a node read --cluster-secret-file again, with no restart
+  (docs/operations.md, "Rotating secrets").
 
 clocks:
   The lease assumes every node's monotonic clock runs within {_RATE} of real time (drift
@@ -129,9 +134,13 @@ def run_parser() -> argparse.ArgumentParser:
     add_timing_arguments(p, node=True)
     p.add_argument("--cluster-secret", default=None,
                    help="sign peer messages with this shared secret (env DDG_CLUSTER_SECRET; "
-                        "prefer the env or --cluster-secret-file: flags show in `ps`)")
+                        "prefer the env or --cluster-secret-file: flags show in `ps`). "
+                        "Several, comma-separated: signs with the first, accepts any (a "
+                        "rotation); each at least 8 bytes")
     p.add_argument("--cluster-secret-file", metavar="FILE",
-                   help="read the cluster secret from FILE")
+                   help="read the cluster secret from FILE; several, one a line: signs with "
+                        "the first, accepts any. SIGHUP reads FILE again (a bad file keeps "
+                        "the secrets in use), so a rotation needs no restart")
     p.add_argument("--allow-fault-injection", action="store_true",
                    help="enable POST /admin/partition, /admin/heal and /admin/fault/* "
                         "(for tests and demos)")
@@ -188,6 +197,21 @@ def vip_config(ns: argparse.Namespace) -> VipConfig | None:
     return config
 
 
+def cluster_secrets(ns: argparse.Namespace) -> tuple[tuple[bytes, ...], Path | None]:
+    """The cluster secrets (the first signs) and the file they came from, if one did."""
+    if not ns.cluster_secret and ns.cluster_secret_file:
+        path = Path(ns.cluster_secret_file).absolute()
+        return auth.read_secrets(path), path
+    where, value = (("--cluster-secret", ns.cluster_secret) if ns.cluster_secret
+                    else ("DDG_CLUSTER_SECRET", env("DDG_CLUSTER_SECRET")))
+    if not value:
+        return (), None
+    try:
+        return auth.parse_secrets(value, separator=","), None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def config_from_args(ns: argparse.Namespace) -> NodeConfig:
     port = ns.port
     if port is None:
@@ -201,9 +225,7 @@ def config_from_args(ns: argparse.Namespace) -> NodeConfig:
     name = ns.name or f"{ns.host}-{port}"
     cluster = check_name("cluster name", ns.cluster)
     timing = timing_from_args(ns)
-    secret = ns.cluster_secret or (
-        read_secret_file(ns.cluster_secret_file, "cluster secret") if ns.cluster_secret_file
-        else env("DDG_CLUSTER_SECRET"))
+    secrets, secret_file = cluster_secrets(ns)
     data_dir = Path(ns.data_dir) if ns.data_dir else default_data_dir(cluster, check_name(
         "node name", name))
     job, on_change = job_configs(ns)
@@ -211,7 +233,8 @@ def config_from_args(ns: argparse.Namespace) -> NodeConfig:
         job=job, on_change=on_change, vip=vip_config(ns),
         name=name, host=ns.host, port=port, redis_url=ns.redis_url, cluster=cluster,
         data_dir=data_dir, timing=timing, timing_explicit=timing_given(ns),
-        secret=secret.encode() if secret else None,
+        secret=secrets[0] if secrets else None, extra_secrets=secrets[1:],
+        secret_file=secret_file,
         redis_password=redis_password(ns), redis_ca_file=optional_path(ns.redis_ca),
         redis_cert_file=optional_path(ns.redis_cert), redis_key_file=optional_path(ns.redis_key),
         advertise_url=ns.advertise_url,

@@ -4,6 +4,10 @@ HMAC-SHA256 over the recipient's name, a timestamp, a random nonce, the method, 
 the body. The recipient binds a request to one node (a message signed for n2 is useless at
 n3); the timestamp bounds how long a captured request stays usable; the nonce, remembered by
 the receiver for exactly that long, makes a second use of the same request detectable.
+
+A node may hold several secrets: it signs with the first and accepts any, so a secret is
+rotated without an outage (add the new one second everywhere, then first, then drop the old;
+docs/operations.md "Rotating secrets").
 """
 
 from __future__ import annotations
@@ -15,19 +19,61 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ddg.errors import ConfigError
 
 TS_HEADER = "X-DDG-Timestamp"
 NONCE_HEADER = "X-DDG-Nonce"
 SIG_HEADER = "X-DDG-Signature"
 MAX_SKEW = 5.0  # seconds of wall-clock difference a signed message may carry
 MAX_NONCES = 200_000  # replay-cache cap: bounds memory whatever the request rate
+MIN_SECRET = 8  # bytes, for each secret
+MAX_SECRETS = 4  # a rotation needs two; a refused request is checked against each
 DOMAIN = b"ddg-auth-v2\n"  # versions the MAC input, so no other format can collide with it
 
 # Strict ASCII grammars (no nan/inf, signs, spaces, '_' or Unicode digits that float() accepts).
 _TS_RE = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,9})?")
 _NONCE_RE = re.compile(r"[0-9a-f]{1,64}")
 _SIG_RE = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def parse_secrets(text: str, *, separator: str) -> tuple[bytes, ...]:
+    """The secrets in TEXT, split at SEPARATOR ("\\n" for a file, "," for the environment),
+    in order, surrounding whitespace and empty parts dropped, a repeat kept once. ConfigError
+    (that never quotes a secret) if there is none, too many, or one is too short."""
+    found: list[bytes] = []
+    for part in text.split(separator):
+        value = part.strip().encode()
+        if value and value not in found:
+            found.append(value)
+    if not found:
+        raise ConfigError("no cluster secret in it")
+    if len(found) > MAX_SECRETS:
+        raise ConfigError(f"{len(found)} cluster secrets: at most {MAX_SECRETS} (a rotation "
+                          "needs two)")
+    for i, value in enumerate(found, 1):
+        if len(value) < MIN_SECRET:
+            which = "cluster secret" if len(found) == 1 else f"cluster secret {i} of {len(found)}"
+            raise ConfigError(f"{which} must be at least {MIN_SECRET} bytes")
+    return tuple(found)
+
+
+def read_secrets(path: Path) -> tuple[bytes, ...]:
+    """The secrets in the file PATH, one a line (parse_secrets). ConfigError names the file,
+    never a secret."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the cluster secret file {path}: "
+                          f"{exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the cluster secret file {path} is not UTF-8 text") from None
+    try:
+        return parse_secrets(text, separator="\n")
+    except ConfigError as exc:
+        raise ConfigError(f"the cluster secret file {path}: {exc}") from None
 
 
 def signature(secret: bytes, *, recipient: str, ts: str, nonce: str, method: str, path: str,
@@ -66,13 +112,18 @@ class Verifier:
     without the secret can fill the cache), and never beyond MAX_NONCES entries.
     """
 
-    def __init__(self, secret: bytes, *, recipient: str, window: float = MAX_SKEW,
-                 max_nonces: int = MAX_NONCES) -> None:
+    def __init__(self, secret: bytes | Sequence[bytes], *, recipient: str,
+                 window: float = MAX_SKEW, max_nonces: int = MAX_NONCES) -> None:
+        """SECRET: one secret, or the several a rotation holds (a request signed with any of
+        them passes)."""
         if not (math.isfinite(window) and window > 0):
             raise ValueError(f"window must be a positive finite number of seconds: {window!r}")
         if max_nonces < 1:
             raise ValueError(f"max_nonces must be at least 1: {max_nonces!r}")
-        self.secret = secret
+        self.secrets: tuple[bytes, ...] = ((secret,) if isinstance(secret, bytes)
+                                           else tuple(secret))
+        if not self.secrets:
+            raise ValueError("a verifier needs at least one secret")
         self.recipient = recipient
         self.window = float(window)
         self.max_nonces = max_nonces
@@ -118,9 +169,10 @@ class Verifier:
         sent = float(ts)  # finite: the grammar has no nan, inf or exponent
         if sent < floor or sent > wall + self.window:
             return "stale or future timestamp"
-        expected = signature(self.secret, recipient=self.recipient, ts=ts, nonce=nonce,
-                             method=method, path=path, body=body)
-        if not hmac.compare_digest(bytes.fromhex(expected), bytes.fromhex(sig)):
+        given = bytes.fromhex(sig)
+        if not any(hmac.compare_digest(bytes.fromhex(signature(
+                secret, recipient=self.recipient, ts=ts, nonce=nonce, method=method, path=path,
+                body=body)), given) for secret in self.secrets):
             return "bad signature"
 
         if nonce in self._seen:

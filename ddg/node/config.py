@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from ddg.election.names import check_name
 from ddg.election.timing import Timing
 from ddg.errors import ConfigError
+from ddg.net.auth import MIN_SECRET
 from ddg.net.tls import TlsConfig
 from ddg.ops.job import HookConfig, JobConfig
 from ddg.ops.vip import VipConfig
@@ -105,7 +106,11 @@ class NodeConfig:
     # Whether --timing (or its parts, or DDG_TIMING) was given: then it must match the
     # cluster's timing; without, the node runs whatever its cluster's record says.
     timing_explicit: bool = False
-    secret: bytes | None = field(default=None, repr=False)
+    secret: bytes | None = field(default=None, repr=False)  # signs; checked: see secrets
+    # More cluster secrets accepted (never used to sign), during a rotation.
+    extra_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    # Where the secrets came from (--cluster-secret-file): SIGHUP reads it again.
+    secret_file: Path | None = None
     # Kept out of the URL so it is not in `ps` output; it overrides a password in the URL.
     redis_password: str | None = field(default=None, repr=False)
     # rediss://: the CA that signed the server's certificate, and a client certificate + key.
@@ -148,8 +153,12 @@ class NodeConfig:
                 f"to reach this node: pass --advertise-url "
                 f"{self.scheme}://THIS-HOST-ADDRESS:{self.port}"
             )
-        if self.secret is not None and len(self.secret) < 8:
-            raise ConfigError("cluster secret must be at least 8 bytes")
+        if self.secret is not None and len(self.secret) < MIN_SECRET:
+            raise ConfigError(f"cluster secret must be at least {MIN_SECRET} bytes")
+        if self.extra_secrets and self.secret is None:
+            raise ConfigError("extra cluster secrets without one to sign with")
+        if any(len(s) < MIN_SECRET for s in self.extra_secrets):
+            raise ConfigError(f"every cluster secret must be at least {MIN_SECRET} bytes")
         if not self.authenticated and not is_loopback(self.host):
             raise ConfigError(
                 f"--host {self.host} is not loopback, so anyone on the network could send "
@@ -213,6 +222,12 @@ class NodeConfig:
         return RedisOptions(url=self.redis_url, password=self.redis_password,
                             ca_file=self.redis_ca_file, cert_file=self.redis_cert_file,
                             key_file=self.redis_key_file)
+
+    @property
+    def secrets(self) -> tuple[bytes, ...]:
+        """Every secret a peer message may be signed with; the first is the one this node
+        signs with."""
+        return () if self.secret is None else (self.secret, *self.extra_secrets)
 
     @property
     def signed(self) -> bool:

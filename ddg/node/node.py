@@ -18,13 +18,14 @@ import random
 import signal
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from aiohttp import web
 
 from ddg.election.core import Election, HardState, Output, State
 from ddg.election.messages import Message
 from ddg.election.timing import JointTiming
-from ddg.errors import DdgError, StorageError
+from ddg.errors import ConfigError, DdgError, StorageError
 from ddg.net import auth
 from ddg.net.server.limits import ServerLimits, raise_fd_limit
 from ddg.net.server.listener import GuardedServer, serve
@@ -87,7 +88,7 @@ class Node(NodeApi):
                              address_of=self._address_of, blocked=self.partitions.blocked,
                              on_lost=self._goose_lost, warn=self.warn)
         self.verifier = (None if config.secret is None
-                         else auth.Verifier(config.secret, recipient=config.name))
+                         else auth.Verifier(config.secrets, recipient=config.name))
         self.core: Election | None = None
         self.started = time.monotonic()
         self.fsync_last_ms: float | None = None
@@ -186,6 +187,8 @@ class Node(NodeApi):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        if self.config.secret_file is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.reload_secrets)
         watcher: asyncio.Task[None] | None = None
         watchdog: asyncio.Task[None] | None = None
         if self.notify is not None:
@@ -255,6 +258,28 @@ class Node(NodeApi):
             log.info("received %s: stopping (this node stays a member)", name, extra=extra)
         self._begin_stop(name)
         self.stop_event.set()
+
+    def reload_secrets(self) -> None:
+        """SIGHUP: read --cluster-secret-file again and sign with its first secret, accept any
+        (a rotation with no restart). All at once, between two messages; a file that will not
+        do leaves the secrets in use as they were. The log never shows a secret."""
+        path = self.config.secret_file
+        assert path is not None and self.verifier is not None
+        try:
+            secrets = auth.read_secrets(path)
+        except ConfigError as exc:
+            log.error("SIGHUP: kept the %d cluster secrets in use: %s",
+                      len(self.verifier.secrets), exc, extra={"event": "secrets_kept"})
+            return
+        before = self.verifier.secrets
+        self.peers.config = replace(self.peers.config, secret=secrets[0])
+        self.holder.config = replace(self.holder.config, secret=secrets[0])
+        self.verifier.secrets = secrets
+        kept = sum(s in before for s in secrets)
+        log.info("SIGHUP: cluster secrets reloaded from %s: %d (%d new, %d dropped); signing "
+                 "with the %s one", path, len(secrets), len(secrets) - kept, len(before) - kept,
+                 "same" if secrets[0] == before[0] else "new",
+                 extra={"event": "secrets_reloaded", "secrets": len(secrets)})
 
     def _begin_stop(self, why: str) -> None:
         """Start the stop's deadline (once); from now on SIGTERM and SIGINT end the process."""
