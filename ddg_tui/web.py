@@ -6,9 +6,9 @@ textual-serve runs one console process per browser tab (per websocket). Here tha
 --demo: its own Redis and nodes) make one tree that ends with the tab, whatever ends it:
 
 - the tab closes, or the browser goes without a word (killed, or a headless screenshot that
-  exits): the console is told to quit (it stops its demo as on `q`); QUIT_GRACE later the guard
-  sends SIGTERM to the whole tree, TERM_GRACE later SIGKILL; this server waits for the guard,
-  which ends only once the tree has;
+  exits): the console is told to quit (it stops its demo as on `q`) and the guard sends
+  SIGTERM to the whole tree at once, SIGKILL TERM_GRACE s later; this server waits for the
+  guard, which ends only once the tree has;
 - this server is told to stop (SIGTERM, Ctrl-C): every tab is ended so, at once;
 - this server dies however it dies (SIGKILL included): each guard sees its socket close and
   SIGKILLs its tree (the demo's temp dir is then removed by the next demo).
@@ -47,14 +47,14 @@ log = logging.getLogger("ddg.console.web")
 
 TITLE = "DuckDuckGoose console"
 TAB_MARKER = "DDG_CONSOLE_SERVER"  # in each tab's environment: this server's pid
-# A tab's end, 2 s at most: the console quits by itself (stopping a 3-node demo takes 0.3-0.9 s),
-# else SIGTERM to its whole tree, then SIGKILL.
-QUIT_GRACE = 1.0
-TERM_GRACE = 0.5
+# A tab's end, well within 2 s: the console is told to quit and its whole tree gets SIGTERM at
+# once (the demo is going: its nodes owe nobody a hand-over), SIGKILL TERM_GRACE s later.
+TERM_GRACE = 1.0
 OUTPUT_GRACE = 0.5  # s for the tab's last output once its processes are gone
-# A browser that vanished without closing its connection (no FIN: a network cut) is noticed
-# after two missed pings, 2 x HEARTBEAT s (textual-serve's own is 15 s).
-HEARTBEAT = 5.0
+# A browser that vanished without closing its connection (a network cut: no FIN, no RST) is
+# noticed when a ping goes unanswered for HEARTBEAT / 2 s (textual-serve's HEARTBEAT is 15 s).
+# A killed browser or a finished headless screenshot closes its connection: noticed at once.
+HEARTBEAT = 10.0
 WS_CLOSE_TIMEOUT = 0.5  # s for a browser to answer our close (the server is stopping)
 
 # textual-serve's page takes its terminal font ("Roboto Mono") from a stylesheet on another host
@@ -96,7 +96,7 @@ def tab_environment(base: dict[str, str], argv: Sequence[str], server_pid: int) 
 
 class TabConsole(AppService):
     """textual-serve's AppService, but the console runs under a guard (ddg.ops.lifeline), and
-    stop() ends its whole tree within QUIT_GRACE + TERM_GRACE s (see the module's doc)."""
+    stop() ends its whole tree within TERM_GRACE s and a SIGKILL (see the module's doc)."""
 
     def __init__(self, argv: Sequence[str], **kw: object) -> None:
         super().__init__("ddg-console (tab)", **kw)  # type: ignore[arg-type]
@@ -136,13 +136,10 @@ class TabConsole(AppService):
             return
         await self._download_manager.cancel_app_downloads(app_service_id=self.app_service_id)
         await self.send_meta({"type": "quit"})
-        if not await _ended(guarded, QUIT_GRACE):
-            log.info("the console of a closed tab (pid %s) still runs %g s after quit: SIGTERM "
-                     "to its processes", guarded.pid, QUIT_GRACE)
-            guarded.terminate()
-            if not await _ended(guarded, TERM_GRACE):
-                log.warning("the processes of a closed tab still run %g s after SIGTERM: "
-                            "SIGKILL", TERM_GRACE)
+        guarded.terminate()
+        if not await _ended(guarded, TERM_GRACE):
+            log.warning("the processes of a closed tab (console pid %s) still ran %g s after "
+                        "SIGTERM: SIGKILL", guarded.pid, TERM_GRACE)
         await guarded.reap()  # SIGKILL to what is left; returns once the guard has ended
         task, self._task = self._task, None
         if task is not None:  # the output ends with the last process that held it
