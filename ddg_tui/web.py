@@ -111,10 +111,10 @@ class TabConsole(AppService):
         guard, chan = await spawn_bound(GUARD, ("--", *tab_command(server)), env=env,
                                         pipes=True)
         self.guarded = Guarded(guard, chan, "the tab's console")
-        await self.guarded.started()
         self._process = guard
         assert guard.stdin is not None
         self._stdin = guard.stdin
+        await self.guarded.started()  # OSError if the console cannot start: stop() reaps
         return guard
 
     async def on_data(self, payload: bytes) -> None:
