@@ -543,7 +543,8 @@ async def test_a_headless_screenshot_leaves_nothing_behind(tmp_path: Path) -> No
                 await shot.wait()
         since = time.monotonic()
         assert (tmp_path / "shot.png").is_file()
-        assert consoles(seen), "the page started a console"
+        # (its guard at least: the console may be ended before it is seen running)
+        assert [c for c in seen.values() if "--served-by" in c], "the page started a console"
         assert not [c for c in seen.values() if any(secret in a for a in c)], \
             "the secret is on a tab's command line"
         await nothing_left(server.pid, set(seen), since=since, what="a headless screenshot")
