@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import signal
 import sys
@@ -13,11 +14,10 @@ from typing import NoReturn
 
 from ddg.cli.args import add_tls_arguments, tls_from_args
 from ddg.errors import ConfigError, DdgError
-from ddg.ops.lifeline import bind_to_parent
 from ddg.registry.keys import DEFAULT_CLUSTER
 from ddg.registry.redisconn import RedisOptions, mask_url
 
-from .config import MAX_DEMO_NODES, ConsoleConfig, PollSettings
+from .config import MAX_DEMO_NODES, SERVED_ARGV_ENV, ConsoleConfig, PollSettings
 from .keys import epilog as keys_epilog
 
 PROG = "ddg-console"
@@ -31,9 +31,9 @@ examples:
       quitting stops every process it started and deletes its temp dir
   ddg-console --redis-url redis://10.0.0.5:6379/0 --cluster prod
       attach to a running cluster; quitting leaves its nodes alone
-  ddg-console --web --demo 3
+  DDG_CLUSTER_SECRET=... ddg-console --web --demo 3
       the same console in a browser, on http://127.0.0.1:8000 (each tab runs its own console,
-      with its own demo cluster)
+      with its own demo cluster; the secret from the environment stays out of `ps`)
 
 """ + keys_epilog()
 
@@ -80,13 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-secret", metavar="SECRET",
                    default=os.environ.get("DDG_CLUSTER_SECRET") or None,
                    help="shared secret used to sign admin requests (isolate/heal); with "
-                        "--demo the nodes are started with it (env DDG_CLUSTER_SECRET)")
+                        "--demo the nodes are started with it (env DDG_CLUSTER_SECRET: "
+                        "prefer it, flags show in `ps`)")
     add_tls_arguments(p, node=False)
-    web = p.add_argument_group("in a browser")
+    web = p.add_argument_group("in a browser", f"""\
+--web serves this console to browsers (textual-serve) instead of showing it here. Each
+browser tab runs its own console process, `python -m ddg_tui --served-by PID`, with the
+other options given here (with --demo: its own Redis and nodes), under a guard process
+(ddg.ops.lifeline) that ends it and everything it started within 2 s of the tab closing,
+the browser going away, or this server stopping (Ctrl-C, SIGTERM) or dying.
+The options reach each tab's console in its environment ({SERVED_ARGV_ENV}), never on
+its command line: a --cluster-secret or a Redis password is not in `ps` for the tabs, and
+nothing prints it. Give the server its secret as DDG_CLUSTER_SECRET to keep it out of the
+server's own command line too.""")
     web.add_argument("--web", action="store_true",
                      help="serve this console (with the other options given here) to browsers "
-                          "instead of showing it in this terminal, with textual-serve; each tab "
-                          "runs its own console process")
+                          "instead of showing it in this terminal; each tab runs its own "
+                          "console process (see above)")
     web.add_argument("--host", metavar="HOST", default=None,
                      help=f"address to serve on, with --web (default {WEB_HOST}; anything else "
                           "lets others kill your nodes: there is no login)")
@@ -95,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--public-url", metavar="URL", default=None,
                      help="the URL the page tells browsers to reach the server at, with "
                           "--web, behind a proxy (default: the address the browser used)")
-    # The console a --web server runs for a browser tab: --web and its options are ignored, and
-    # the console exits cleanly (SIGTERM) when the server PID dies.
+    # The console a --web server (PID) runs for a browser tab: its options come from
+    # SERVED_ARGV_ENV, --web and its options are ignored; its guard ends it with the tab.
     p.add_argument("--served-by", metavar="PID", type=_positive_int, default=None,
                    help=argparse.SUPPRESS)
     p.epilog = ((p.epilog or "") + "\nA Redis password may come from DDG_REDIS_PASSWORD instead "
@@ -152,6 +162,17 @@ def missing_console_packages() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # A tab's console (web.py): the server's options, kept from the nodes' environment.
+    if (served := os.environ.pop(SERVED_ARGV_ENV, None)) is not None and "--served-by" in argv:
+        try:
+            options = json.loads(served)
+            if not (isinstance(options, list) and all(isinstance(a, str) for a in options)):
+                raise ValueError("not a list of strings")
+        except ValueError as exc:
+            print(f"{PROG}: error: {SERVED_ARGV_ENV} is not a JSON list of arguments: {exc}",
+                  file=sys.stderr)
+            return 2
+        argv = [*options, *argv]
     try:
         args, config = _parse(argv)
     except ConfigError as exc:
@@ -163,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.web and args.served_by is None:
         from .web import serve
-        return serve(argv, host=args.host or WEB_HOST, port=args.port or WEB_PORT,
-                     public_url=args.public_url)
+        _exit_now(serve(argv, host=args.host or WEB_HOST, port=args.port or WEB_PORT,
+                        public_url=args.public_url))
 
     # Imported late so that --help and option errors stay fast.
     from .app import ConsoleApp
@@ -174,8 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Until the app installs its own handlers, SIGTERM/SIGHUP unwind through `finally`.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_terminated)
-    if args.served_by is not None and not bind_to_parent(args.served_by, signal.SIGTERM):
-        return 128 + signal.SIGTERM  # the server that started this console is gone already
     demo: Demo | None = None
     code = 0
     try:
@@ -217,4 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else f"removed them from cluster {config.cluster!r}")
             print(f"{PROG}: stopped {len(stopped)} node(s) and {what}; "
                   "removed the demo's temp dir", file=sys.stderr)
+    if args.served_by is not None:
+        _exit_now(code)
     return code
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without the interpreter's teardown of Textual, aiohttp and the rest (0.6 s of CPU
+    on a busy host: a stopped web server or tab console would linger in `ps` that long). For
+    the web server and a tab's console, once every process they started is gone."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

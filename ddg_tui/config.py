@@ -12,6 +12,9 @@ from ddg.registry.keys import DEFAULT_CLUSTER
 from ddg.registry.redisconn import check_redis_url
 
 MAX_DEMO_NODES = 15
+# How a --web server gives each tab's console its options (JSON, a list of arguments): in the
+# environment, which only the user can read, not on the command line, which `ps` shows anyone.
+SERVED_ARGV_ENV = "DDG_CONSOLE_ARGV"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -57,6 +57,28 @@ def test_help_explains_the_options() -> None:
         assert opt in r.stdout
 
 
+def test_web_help_says_what_each_tab_runs_and_how_the_secret_travels() -> None:
+    r = run("--web", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    for needle in ("Each browser tab runs its own console process",
+                   "under a guard process", "within 2 s of the tab closing",
+                   "in its environment (DDG_CONSOLE_ARGV), never on its command line",
+                   "not in `ps`", "nothing prints it", "as DDG_CLUSTER_SECRET"):
+        assert needle in text, needle
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", "--demo 3", '{"demo": 3}'])
+def test_a_tabs_options_that_are_not_a_list_of_strings_are_one_line(value: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DDG_")}
+    r = subprocess.run([*CONSOLE, "--served-by", "1"], capture_output=True, text=True,
+                       timeout=30, env={**env, "DDG_CONSOLE_ARGV": value}, check=False)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "ddg-console: error: DDG_CONSOLE_ARGV is not a JSON list of arguments"), r.stderr
+
+
 def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DDG_CLUSTER_SECRET", "s3cret-s3cret")
     monkeypatch.delenv("DDG_REDIS_URL", raising=False)

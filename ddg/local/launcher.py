@@ -36,8 +36,8 @@ TLS_ENV = ("DDG_TLS_CERT", "DDG_TLS_KEY", "DDG_TLS_CA", "DDG_TLS_CLIENT_AUTH")
 # shutdown on Redis timeouts); a node that was frozen (SIGSTOP: the fault harness does it)
 # cannot act on SIGTERM and would live on, stopped, an orphan; SIGKILL ends a frozen or wedged
 # process as surely as a running one. The cluster is built to survive a node that dies without
-# a word, which is all this is. (A console served by `ddg-console --web` binds itself to the
-# server with SIGTERM instead: it has cleanup to do, and then its own nodes follow it.)
+# a word, which is all this is. (A console served by `ddg-console --web` runs under a job guard,
+# ddg.ops.lifeline, which ends its whole tree with the tab or the server.)
 PARENT_DEATH_SIGNAL = signal.SIGKILL
 
 

@@ -230,20 +230,22 @@ class Guarded:
 
 async def spawn_bound(program: Sequence[str], args: Sequence[str], *,
                       env: dict[str, str] | None = None, out: IO[bytes] | None = None,
-                      merge_stderr: bool = False,
+                      merge_stderr: bool = False, pipes: bool = False,
                       ) -> tuple[asyncio.subprocess.Process, socket.socket]:
     """PROGRAM NODE_PID FD ARGS...: a helper bound to this node (the job guard, the VIP
     keeper), in a session of its own (the node's terminal signals do not reach it), its output
-    to OUT or the node's stderr. FD is its end of a socket pair whose other end, returned
-    non-blocking, only the node holds: the kernel closes it however the node dies. The
+    to OUT or the node's stderr (with PIPES: stdin, stdout and stderr are pipes to this
+    process, as the web console's tabs need). FD is its end of a socket pair whose other end,
+    returned non-blocking, only the node holds: the kernel closes it however the node dies. The
     parent-death signal is a second messenger."""
+    pipe = asyncio.subprocess.PIPE
     ours, theirs = socket.socketpair()
     try:
         proc = await asyncio.create_subprocess_exec(
             *program, str(os.getpid()), str(theirs.fileno()), *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out if out is not None else sys.stderr.fileno(),
-            stderr=asyncio.subprocess.STDOUT if merge_stderr else None,
+            stdin=pipe if pipes else asyncio.subprocess.DEVNULL,
+            stdout=pipe if pipes else out if out is not None else sys.stderr.fileno(),
+            stderr=(pipe if pipes else asyncio.subprocess.STDOUT if merge_stderr else None),
             env=env if env is not None else _environment({}),  # never the secrets
             start_new_session=True, close_fds=True, pass_fds=(theirs.fileno(),),
             preexec_fn=lifeline.die_with_parent(lifeline.GUARD_DEATH_SIGNAL))
