@@ -72,6 +72,15 @@ class NotAMember(RegistryError):
     """The name is not in the registry."""
 
 
+class Removed(RegistryError):
+    """This data dir's node was removed from its cluster on purpose: it does not join again
+    (a new member starts from an empty data dir)."""
+
+    def __init__(self, message: str, *, version: int | None = None) -> None:
+        super().__init__(message)
+        self.version = version  # the membership version that removed it, if known
+
+
 class StorageError(DdgError):
     """The node's data dir could not be read, written or locked."""
 

@@ -29,6 +29,7 @@ from ddg.cli.args import (
     timing_given,
     tls_from_args,
 )
+from ddg.cli.datadirs import cmd_data_dirs
 from ddg.cli.watch import cmd_watch
 from ddg.election.clockrate import max_rate_error
 from ddg.election.names import check_name
@@ -48,9 +49,11 @@ _RATE = f"{max_rate_error(_MARGIN):.1%}"  # the clock-rate bound, stated in --he
 _FACTOR = f"{1 / _MARGIN:g}x"
 RUN_EPILOG = f"""\
 other commands:
-  ddg-node remove NAME [--redis-url URL] [--cluster NAME] [--timeout S]
-                     remove a member from the cluster for good (alive or dead), once a
-                     majority confirmed the current membership version
+  ddg-node remove NAME... [--redis-url URL] [--cluster NAME] [--timeout S]
+                     remove members from the cluster for good (alive or dead), one at a
+                     time, each once a majority confirmed the current membership version
+  ddg-node data-dirs [--prune [--yes]] [--redis-url URL]
+                     this host's data dirs, and whether each is still a member
   ddg-node status [--redis-url URL] [--cluster NAME] [--json] [--tls-ca FILE]
                      one row per member: address, role, term, goose it follows
   ddg-node watch [URL] [--json] [--tls-ca FILE]
@@ -242,7 +245,7 @@ def cmd_run(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     commands = {"remove": cmd_remove, "status": cmd_status, "watch": cmd_watch,
-                "config": cmd_config}
+                "config": cmd_config, "data-dirs": cmd_data_dirs}
     try:
         if args and args[0] in commands:
             return commands[args[0]](args[1:])
