@@ -5,6 +5,7 @@ node processes. And `ddg-node data-dirs` tells those data dirs apart and prunes 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,6 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from ddg.election.timing import Timing, TimingRecord
+from ddg.local.embedded import EmbeddedRedis
+from ddg.node.storage import DataDir
+from ddg.registry.records import Member, Membership
+from ddg.registry.registry import Registry
 from ddg_testkit import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -153,3 +159,49 @@ def test_data_dirs_lists_and_prunes_only_what_is_not_a_member(make_cluster: Make
     c.wait_joined([goose, stopped])
     empty = ddg("data-dirs", "--root", str(tmp_path / "none"))
     assert empty.returncode == 0 and "does not exist" in empty.stdout
+
+
+def test_data_dirs_keeps_what_it_cannot_be_sure_of(tmp_path: Path) -> None:
+    """Data dirs written by hand against a real registry: an entry a Redis restore lost (it
+    adds itself back when started), one of another cluster under the same name, one that
+    never joined; and every one of them while Redis cannot be asked."""
+    with EmbeddedRedis() as server:
+        async def setup() -> str:
+            reg = Registry(server.url, "c", timeout=2.0)
+            try:
+                cid, _ = await reg.create(Member("a", "http://127.0.0.1:1", node_id="a" * 32),
+                                          TimingRecord.first(Timing()))
+                return cid
+            finally:
+                await reg.close()
+
+        cid = asyncio.run(setup())
+        root = tmp_path / "ddg"
+
+        def data_dir(name: str, node_id: str, cached: Membership | None) -> None:
+            d = DataDir(root / "c" / name)
+            d.path.mkdir(parents=True)
+            (d.path / "node.json").write_text(json.dumps({"node_id": node_id}))
+            if cached is not None:
+                d.save_membership(cached)
+
+        lost = Member("lost", "http://127.0.0.1:2", node_id="b" * 32)
+        data_dir("a", "a" * 32, None)
+        data_dir("lost", "b" * 32, Membership(2, {"lost": lost}, cid))
+        data_dir("other", "c" * 32, Membership(2, {"other": lost}, "d" * 32))
+        data_dir("never", "e" * 32, None)
+        out = ddg("data-dirs", "--root", str(root), "--redis-url", server.url, "--prune",
+                  "--yes")
+        assert out.returncode == 0, out.stderr
+        state = {ln.split()[1]: " ".join(ln.split()[3:]) for ln in out.stdout.splitlines()[1:]
+                 if ln.startswith(str(root))}
+        assert state == {
+            "a": "member",
+            "lost": "lost entry (not removed: adds itself back when started)",
+            "other": "unknown (Redis holds another cluster of that name)",
+            "never": "not a member"}, out.stdout
+        assert sorted(p.name for p in (root / "c").iterdir()) == ["a", "lost", "other"]
+        url = server.url
+    down = ddg("data-dirs", "--root", str(root), "--redis-url", url, "--prune", "--yes")
+    assert down.returncode == 0 and down.stdout.endswith("nothing to prune\n"), down.stdout
+    assert all("unknown (Redis: " in ln for ln in down.stdout.splitlines()[1:-1]), down.stdout

@@ -54,7 +54,7 @@ def _identity(data: DataDir, root: Path) -> tuple[str, str]:
     return name, cluster
 
 
-async def _state(data: DataDir, cluster: str, registries: dict[str, Registry],
+async def _state(data: DataDir, name: str, cluster: str, registries: dict[str, Registry],
                  memberships: dict[str, Membership | str], options: RedisOptions) -> str:
     if data.in_use():
         return "in use"
@@ -85,8 +85,7 @@ async def _state(data: DataDir, cluster: str, registries: dict[str, Registry],
             return "removed"
     except RegistryError as exc:
         return f"unknown (Redis: {exc})"
-    name = data.owner()[0]
-    if (cached is not None and name is not None and name not in current.members
+    if (cached is not None and name not in current.members
             and any(m.node_id == node_id for m in cached.members.values())):
         # Lost by a restore from an older membership, not removed: it adds itself back.
         return "lost entry (not removed: adds itself back when started)"
@@ -103,7 +102,7 @@ def survey(root: Path, options: RedisOptions) -> list[Found]:
                 data = DataDir(path)
                 name, cluster = _identity(data, root)
                 try:
-                    state = await _state(data, cluster, registries, memberships, options)
+                    state = await _state(data, name, cluster, registries, memberships, options)
                 except StorageError as exc:
                     state = f"unknown ({exc})"
                 out.append(Found(path, name, cluster, state))
