@@ -42,10 +42,10 @@ def members(c: LocalCluster, url: str) -> list[str]:
 
 
 def refused_line(c: LocalCluster, name: str) -> str:
-    """Start NAME again on its data dir: it must exit 1 with one line, joining nothing."""
+    """Start NAME again on its data dir: it must exit 3 with one line, joining nothing."""
     c.restart(name)
     code = c.wait(name, 20)
-    assert code == 1, c.log_tail(name)
+    assert code == 3, c.log_tail(name)
     lines = [ln for ln in c.log_tail(name, 40).splitlines() if "removed from cluster" in ln]
     assert lines, c.log_tail(name)
     return lines[-1]

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from ddg.errors import Removed
 from ddg.local.embedded import free_port, redis_server
 from ddg.local.tools import Tool
 from ddg_testkit import LocalCluster, tools
@@ -72,7 +73,7 @@ def squeeze(text: str) -> list[str]:
 def test_every_runbook_block_is_run_here() -> None:
     assert set(blocks()) == {"timing-show", "timing-set", "replace-remove", "replace-start",
                              "retire-remove", "retire-host", "data-dirs", "redis-unit",
-                             "sentinel-unit"}
+                             "sentinel-unit"}, "a new block: run it in a test here"
 
 
 def test_changing_the_timing(make_cluster: Make) -> None:
@@ -148,7 +149,7 @@ def test_removing_a_host_for_good(make_cluster: Make) -> None:
 
     # started again by mistake: refused with the line the doc shows, nothing changes
     c.restart("n3")
-    assert c.wait("n3", 20) == 1
+    assert c.wait("n3", 20) == 3, "exit status 3: the unit's RestartPreventExitStatus=3"
     line = c.log_tail("n3").splitlines()[-1]
     shown = next(ln for ln in OPERATIONS.read_text().splitlines()
                  if ln.startswith("ddg-node: error: this data dir"))
@@ -352,3 +353,11 @@ def _master(client: redis.Redis) -> tuple[str, str] | None:
         return None
     host, port = (x.decode() if isinstance(x, bytes) else x for x in reply)
     return host, port
+
+
+def test_the_node_unit_does_not_restart_a_removed_node() -> None:
+    """deploy.md's unit names the exit status of a removed data dir's refusal (systemd would
+    otherwise start it again every RestartSec)."""
+    name, unit = unit_text((OPERATIONS.parent / "deploy.md").read_text())
+    assert name == "ddg-node.service"
+    assert service(unit)["RestartPreventExitStatus"] == str(Removed.EXIT_STATUS)

@@ -37,6 +37,7 @@ from ddg.election.timing import Timing
 from ddg.errors import (
     ConfigError,
     DdgError,
+    Removed,
 )
 from ddg.node.config import NodeConfig, default_data_dir
 from ddg.node.stopping import exit_now, stop_deadline
@@ -236,7 +237,7 @@ def cmd_run(argv: Sequence[str]) -> int:
             if json_logs is None:
                 raise  # main() prints it, as it always has
             logging.getLogger("ddg.node").critical("%s", exc, extra={"event": "failed"})
-            return 1
+            return Removed.EXIT_STATUS if isinstance(exc, Removed) else 1
 
     # Everything is closed and logged: skip the interpreter's teardown (ddg/node/stopping.py).
     exit_now(asyncio.run(run()))
@@ -252,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_run(args)
     except (DdgError, CliError) as exc:
         print(f"ddg-node: error: {exc}", file=sys.stderr)
-        return 1
+        return Removed.EXIT_STATUS if isinstance(exc, Removed) else 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
