@@ -72,6 +72,18 @@ class NotAMember(RegistryError):
     """The name is not in the registry."""
 
 
+class Removed(RegistryError):
+    """This data dir's node was removed from its cluster on purpose: it does not join again
+    (a new member starts from an empty data dir). ddg-node exits with EXIT_STATUS, which a
+    unit's RestartPreventExitStatus= names so that it is not restarted in a loop."""
+
+    EXIT_STATUS = 3
+
+    def __init__(self, message: str, *, version: int | None = None) -> None:
+        super().__init__(message)
+        self.version = version  # the membership version that removed it, if known
+
+
 class StorageError(DdgError):
     """The node's data dir could not be read, written or locked."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from ddg.election.timing import JointTiming, Timing, TimingRecord
 from ddg.errors import (
     ChangeWaiting,
     NoCluster,
+    NotAMember,
     RegistryError,
     RegistryUnavailable,
 )
@@ -39,16 +41,20 @@ from ddg.registry.registry import Registry
 
 def cmd_remove(argv: Sequence[str]) -> int:
     p = Parser(prog="ddg-node remove",
-                description="Remove a member from the cluster's registry, alive or dead. A "
-                            "live node notices within a heartbeat or two and exits. The "
-                            "registry takes the removal once a majority of the members have "
-                            "confirmed the current membership version (milliseconds on a "
-                            "healthy cluster, one change at a time): this waits for that.")
-    p.add_argument("name")
+                description="Remove members from the cluster's registry, alive or dead, one "
+                            "at a time in the order given. A live node notices within a "
+                            "heartbeat or two and exits; a removed node's data dir never "
+                            "joins again. The registry takes each removal once a majority of "
+                            "the members have confirmed the current membership version "
+                            "(milliseconds on a healthy cluster): this waits for that. Exit "
+                            "status 0 when every name was removed, 1 when a name was not a "
+                            "member (the others are removed) or a removal failed (the names "
+                            "after it are left alone).")
+    p.add_argument("names", nargs="+", metavar="name")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="wait at most this long for a majority of the members to confirm "
-                        "the current membership version; then fail, removing nothing "
-                        "(default %(default)s)")
+                   help="wait at most this long, for each name, for a majority of the "
+                        "members to confirm the current membership version; then fail, "
+                        "removing nothing more (default %(default)s)")
     p.add_argument("--force", action="store_true",
                    help="remove without that confirmation: ONLY for members that are down for "
                         "good (their hosts gone), when a majority of the cluster is lost and "
@@ -56,25 +62,38 @@ def cmd_remove(argv: Sequence[str]) -> int:
                         "beside the rest: two geese")
     add_redis_arguments(p)
     ns = p.parse_args(argv)
-    check_name("node name", ns.name)
+    names = list(dict.fromkeys(check_name("node name", n) for n in ns.names))
     if not 0 <= ns.timeout <= 3600:
         raise CliError(f"--timeout must be between 0 and 3600 seconds, not {ns.timeout:g}")
     options = redis_options(ns)
+    cluster = check_name("cluster name", ns.cluster)
 
     async def go() -> int:
-        registry = Registry(options, check_name("cluster name", ns.cluster), timeout=2.0)
+        registry = Registry(options, cluster, timeout=2.0)
+        code = 0
         try:
-            return await registry.remove(ns.name, wait=ns.timeout, force=ns.force)
-        except ChangeWaiting as exc:
-            raise CliError(f"{ns.name} not removed (nothing written) after {ns.timeout:g} s: "
-                           f"{exc}; if a majority of the members is down for good, see "
-                           "--force") from None
+            for i, name in enumerate(names):
+                try:
+                    version = await registry.remove(name, wait=ns.timeout, force=ns.force)
+                except NotAMember:
+                    print(f"{name} is not a member of cluster {cluster}: nothing to remove",
+                          file=sys.stderr, flush=True)
+                    code = 1
+                    continue
+                except ChangeWaiting as exc:
+                    rest = names[i + 1:]
+                    left = f" ({', '.join(rest)} not tried)" if rest else ""
+                    raise CliError(f"{name} not removed (nothing written) after "
+                                   f"{ns.timeout:g} s: {exc}; if a majority of the members is "
+                                   f"down for good, see --force{left}") from None
+                print(f"removed {name} from cluster {cluster} (membership version {version})",
+                      flush=True)
         finally:
             await registry.close()
+        return code
 
-    version = _redis(options, go)
-    print(f"removed {ns.name} from cluster {ns.cluster} (membership version {version})")
-    return 0
+    code: int = _redis(options, go)
+    return code
 
 
 def _redis(options: RedisOptions, fn: Any) -> Any:

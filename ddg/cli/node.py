@@ -34,6 +34,7 @@ from ddg.election.timing import Timing
 from ddg.errors import (
     ConfigError,
     DdgError,
+    Removed,
 )
 from ddg.net import auth
 from ddg.node.config import NodeConfig, default_data_dir
@@ -47,9 +48,11 @@ _RATE = f"{max_rate_error(_MARGIN):.1%}"  # the clock-rate bound, stated in --he
 _FACTOR = f"{1 / _MARGIN:g}x"
 RUN_EPILOG = f"""\
 other commands:
-  ddg-node remove NAME [--redis-url URL] [--cluster NAME] [--timeout S]
-                     remove a member from the cluster for good (alive or dead), once a
-                     majority confirmed the current membership version
+  ddg-node remove NAME... [--redis-url URL] [--cluster NAME] [--timeout S]
+                     remove members from the cluster for good (alive or dead), one at a
+                     time, each once a majority confirmed the current membership version
+  ddg-node data-dirs [--prune [--yes]] [--redis-url URL]
+                     this host's data dirs, and whether each is still a member
   ddg-node status [--redis-url URL] [--cluster NAME] [--json] [--tls-ca FILE]
                      one row per member: address, role, term, goose it follows
   ddg-node watch [URL] [--json] [--tls-ca FILE]
@@ -282,7 +285,7 @@ def cmd_run(argv: Sequence[str]) -> int:
             if json_logs is None:
                 raise  # main() prints it, as it always has
             logging.getLogger("ddg.node").critical("%s", exc, extra={"event": "failed"})
-            return 1
+            return Removed.EXIT_STATUS if isinstance(exc, Removed) else 1
 
     # Everything is closed and logged: skip the interpreter's teardown (ddg/node/stopping.py).
     with asyncio.Runner(loop_factory=new_loop) as runner:
@@ -292,7 +295,7 @@ def cmd_run(argv: Sequence[str]) -> int:
 
 # ddg-node's other commands: the module of each one's cmd_NAME(argv).
 COMMANDS = {"remove": "ddg.cli.admin", "status": "ddg.cli.admin", "config": "ddg.cli.admin",
-            "watch": "ddg.cli.watch"}
+            "watch": "ddg.cli.watch", "data-dirs": "ddg.cli.datadirs"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,12 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] in COMMANDS:
             # Imported when asked for: their HTTP client (httpx) is no part of a running node.
             module = importlib.import_module(COMMANDS[args[0]])
-            command: Callable[[Sequence[str]], int] = getattr(module, f"cmd_{args[0]}")
+            command: Callable[[Sequence[str]], int] = getattr(module, "cmd_" + args[0].replace("-", "_"))
             return command(args[1:])
         return cmd_run(args)
     except (DdgError, CliError) as exc:
         print(f"ddg-node: error: {exc}", file=sys.stderr)
-        return 1
+        return Removed.EXIT_STATUS if isinstance(exc, Removed) else 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

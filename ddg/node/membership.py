@@ -30,6 +30,7 @@ from ddg.errors import (
     RegistryError,
     RegistryFull,
     RegistryUnavailable,
+    Removed,
     StorageError,
 )
 from ddg.node.clustertiming import ClusterTiming
@@ -120,6 +121,15 @@ class MembershipSync:
         """Say whether the node holding the name is alive: only a dead one may be removed."""
         if exc.address is None:
             return exc
+        if exc.address == self.config.address:
+            # This process listens there: whoever answers is this node itself, so the data
+            # dir that registered the name is not running (a disk that died, a wiped dir).
+            return NameConflict(
+                f"name {exc.name!r} is already registered at {exc.address}, this node's own "
+                "address, by another data dir, which is not running (this one is new: a disk "
+                f"that died, a deleted data dir?); if it is gone for good: ddg-node remove "
+                f"{exc.name}",
+                name=exc.name, address=exc.address)
         # Here, not at the top: a running node has no other use for httpx (~6 MiB of RSS).
         from ddg.client.http import NodeClient
 
@@ -143,6 +153,26 @@ class MembershipSync:
             f"(another data dir), which does not answer ({why}); if it is gone for good: "
             f"ddg-node remove {exc.name}", name=exc.name, address=exc.address)
 
+    def _refusal(self, version: object) -> Removed:
+        """The one line a removed data dir starts with: why, and how to join as a new member."""
+        path = self.data.path
+        when = f" (membership version {version})" if isinstance(version, int) else ""
+        return Removed(
+            f"this data dir ({path}) is node {self.config.name!r}, removed from cluster "
+            f"{self.config.cluster!r}{when}: it does not join again; to join as a new member, "
+            f"delete it (ddg-node data-dirs --prune, or rm -r {path}) or start with an empty "
+            "--data-dir")
+
+    def _mark_removed(self, version: int | None) -> None:
+        """Remember the removal in the data dir: a restart refuses even if Redis lost the
+        tombstone (flushed, failed over to a replica without it)."""
+        try:
+            self.data.mark_removed(name=self.config.name, cluster=self.config.cluster,
+                                   version=version or 0)
+        except StorageError as exc:
+            self._warn.warning("removed-json", "%s (the registry's tombstone still refuses "
+                               "this data dir)", exc)
+
     def _member(self) -> Member:
         return Member(self.config.name, self.config.address, time.time(), self.node_id)
 
@@ -153,11 +183,17 @@ class MembershipSync:
         # half a second of it.
         backoff = Backoff(initial=0.1, maximum=0.5, rng=self.rng)
         known = cached is not None and cached.cluster_id is not None
+        gone = self.data.load_removed()
+        if gone is not None:
+            raise self._refusal(gone.get("version"))
         while not stop.is_set():
             try:
                 membership = await self._register(cached)
             except NameConflict as exc:
                 raise await self._explain(exc) from None
+            except Removed as exc:
+                self._mark_removed(exc.version)
+                raise self._refusal(exc.version) from None
             except (RegistryFull, RegistryAuthError):
                 raise
             except ChangeWaiting as exc:
@@ -310,16 +346,21 @@ class MembershipSync:
         self._registry_fine()
         if current.version < self.membership.version:
             return  # a restore that lost a race; the next read sees the winner
-        if (name not in current.members and name in self.membership.members
-                and not await self.registry.was_removed(self.node_id)):
-            # A member restored a membership older than this node's join: put it back.
-            if not await self._add_back(current, f"membership version {current.version} lost "
-                                        "this node's entry (restored from an older "
-                                        "membership, not removed)"):
-                return
-            current = await self.registry.read(name)
-            if name not in current.members:
-                return  # flushed again: the next refresh tries again
+        if name not in current.members and name in self.membership.members:
+            if await self.registry.was_removed(self.node_id):
+                log.warning("removed from cluster %r (membership version %d): this data dir "
+                            "does not join again", self.config.cluster, current.version,
+                            extra={"event": "removed", "membership_version": current.version})
+                self._mark_removed(current.version)
+            else:
+                # A member restored a membership older than this node's join: put it back.
+                if not await self._add_back(current, f"membership version {current.version} "
+                                            "lost this node's entry (restored from an older "
+                                            "membership, not removed)"):
+                    return
+                current = await self.registry.read(name)
+                if name not in current.members:
+                    return  # flushed again: the next refresh tries again
         if not (current.version == self.membership.version
                 and current.names == self.membership.names
                 and current.members == self.membership.members):
@@ -342,6 +383,8 @@ class MembershipSync:
         registry holds it back (the next refresh tries again)."""
         try:
             await self.registry.add(self._member(), cluster_id=self.membership.cluster_id)
+        except Removed:
+            return True  # removed meanwhile: the caller's next read adopts the removal
         except ChangeWaiting as exc:
             self._waiting.warning("add-back", "%s; adding it back once the registry lets it: "
                                   "%s", why, exc)

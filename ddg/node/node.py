@@ -172,6 +172,7 @@ class Node(NodeApi):
         cached = self.data.load_membership()
         self.timing.cached = self.data.load_timing()
         self.sync.node_id = self.data.node_id()
+        self.data.note_owner(name=self.config.name, cluster=self.config.cluster)
         soft, hard_fds = raise_fd_limit()
         try:
             tls = self.config.tls

@@ -1,6 +1,8 @@
 """The node's data dir: its term and vote (durable before they are acted on), a lock, the
-last membership it read (so it can keep electing, and restore Redis, while Redis is empty) and
-the cluster's timing record it runs on (written before the node confirms it)."""
+last membership it read (so it can keep electing, and restore Redis, while Redis is empty),
+the cluster's timing record it runs on (written before the node confirms it) and, once the
+node saw itself removed, that it was (so it never joins again, even if Redis lost the
+tombstone)."""
 
 from __future__ import annotations
 
@@ -75,6 +77,10 @@ class DataDir:
     def node_file(self) -> Path:
         return self.path / "node.json"
 
+    @property
+    def removed_file(self) -> Path:
+        return self.path / "removed.json"
+
     def node_id(self) -> str:
         """This data dir's identity, made once: a member is this id, not a name and address."""
         data = _read(self.node_file)
@@ -86,6 +92,40 @@ class DataDir:
         if not isinstance(value, str) or not NODE_ID_RE.fullmatch(value):
             raise StorageError(f"{self.node_file} is corrupt: {data!r}")
         return value
+
+    def node_id_if_any(self) -> str | None:
+        """This data dir's identity, if it has one (never makes one)."""
+        value = (_read(self.node_file) or {}).get("node_id")
+        return value if isinstance(value, str) and NODE_ID_RE.fullmatch(value) else None
+
+    def note_owner(self, *, name: str, cluster: str) -> None:
+        """Record which node and cluster this data dir is (for `ddg-node data-dirs`)."""
+        data = _read(self.node_file) or {}
+        if data.get("name") != name or data.get("cluster") != cluster:
+            _write_atomic(self.node_file, {**data, "name": name, "cluster": cluster})
+
+    def owner(self) -> tuple[str | None, str | None]:
+        """The node name and cluster note_owner recorded (None: not recorded)."""
+        data = _read(self.node_file) or {}
+        name, cluster = data.get("name"), data.get("cluster")
+        return (name if isinstance(name, str) else None,
+                cluster if isinstance(cluster, str) else None)
+
+    def in_use(self) -> bool:
+        """Whether a running node holds this data dir's lock."""
+        try:
+            fd = os.open(self.path / "lock", os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True  # cannot tell: count it as used
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the lock we may have taken
+        return False
 
     def open(self) -> None:
         try:
@@ -145,3 +185,10 @@ class DataDir:
 
     def save_timing(self, record: TimingRecord) -> None:
         _write_atomic(self.timing_file, json.loads(record.to_json()))
+
+    def load_removed(self) -> dict[str, Any] | None:
+        """What mark_removed wrote ({"name", "cluster", "version"}), or None."""
+        return _read(self.removed_file)
+
+    def mark_removed(self, *, name: str, cluster: str, version: int) -> None:
+        _write_atomic(self.removed_file, {"name": name, "cluster": cluster, "version": version})

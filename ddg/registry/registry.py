@@ -28,6 +28,7 @@ from ddg.errors import (
     RegistryError,
     RegistryFull,
     RegistryUnavailable,
+    Removed,
 )
 from ddg.registry import scripts
 from ddg.registry.keys import ClusterKeys
@@ -179,6 +180,11 @@ class Registry:
                                "the most it may have")
         if code == -5:
             raise self._waiting(value, rest)
+        if code == -6:
+            version = int(float(as_text(value, "version")))
+            raise Removed(f"node {member.name!r} was removed from cluster {self.cluster!r} "
+                          f"(membership version {version}) and does not join again",
+                          version=version)
         if code == -1:
             address: str | None
             try:

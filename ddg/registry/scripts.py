@@ -71,7 +71,8 @@ end
 # KEYS: members, version, events, id, removed, timing, timing_seen, version_seen, term_floor.
 # ARGV: name, entry, node_id, address, cluster id the node already belongs to (or ''), max
 # members. The reply carries the timing record as it was at the add: a node runs on nothing
-# older. A new name (not a move of a member's data dir) passes the gate.
+# older. A new name (not a move of a member's data dir) passes the gate. A data dir that was
+# removed (its node id has a tombstone) is refused: removed means removed.
 ADD = GATE + """
 local id = redis.call('GET', KEYS[4])
 if not id then return {-2, ''} end
@@ -91,10 +92,13 @@ if cur then
   redis.call('PUBLISH', KEYS[3], cjson.encode({op='move', name=ARGV[1], version=v}))
   return {1, tostring(v), id, redis.call('GET', KEYS[6])}
 end
+if ARGV[3] ~= '' then
+  local gone = redis.call('ZSCORE', KEYS[5], ARGV[3])
+  if gone then return {-6, gone} end
+end
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[6]) then return {-4, ''} end
 local wait = gate()
 if wait then return wait end
-redis.call('ZREM', KEYS[5], ARGV[3])
 redis.call('HDEL', KEYS[7], ARGV[1])  -- another node's confirmations under this name
 redis.call('HDEL', KEYS[8], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
