@@ -304,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] in COMMANDS:
             # Imported when asked for: their HTTP client (httpx) is no part of a running node.
             module = importlib.import_module(COMMANDS[args[0]])
-            command: Callable[[Sequence[str]], int] = getattr(module, "cmd_" + args[0].replace("-", "_"))
+            name = "cmd_" + args[0].replace("-", "_")
+            command: Callable[[Sequence[str]], int] = getattr(module, name)
             return command(args[1:])
         return cmd_run(args)
     except (DdgError, CliError) as exc:
