@@ -75,7 +75,9 @@ class NodeMetrics:
         self._counters = counters
         self._clock = clock
         self._peers: frozenset[str] = frozenset()
-        self._no_goose_since: float | None = None  # monotonic
+        # monotonic: a node starts without a goose (waiting to join counts: a cluster that
+        # was never created must not look healthy)
+        self._no_goose_since: float | None = clock()
         self._no_goose_total = 0.0
         self.registry = CollectorRegistry()
         self.peer_failures = Counter(
