@@ -145,6 +145,10 @@ class NodeMetrics:
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
+    def goose_gap(self, now: float) -> float:
+        """How long this node has been without a goose (0 while it has one)."""
+        return self._no_goose(now)[0]
+
     def _no_goose(self, now: float) -> tuple[float, float]:
         """(the current stretch without a goose, all of them) in seconds."""
         gap = 0.0 if self._no_goose_since is None else max(0.0, now - self._no_goose_since)
