@@ -8,17 +8,21 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import redis
 
 from ddg.cli.diagnosis import Health, diagnose
 from ddg.client import NodeStatus, Role
 from ddg.client.http import Reply
 from ddg.client.nodestatus import RedisInfo
+from ddg.local.embedded import free_port
 from ddg.registry.records import Member, Membership
 from ddg_testkit import LocalCluster, wait_until
 
 Make = Callable[..., LocalCluster]
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def ddg(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -142,3 +146,41 @@ def test_a_registry_that_kept_an_old_cluster(make_cluster: Make) -> None:
     healthy = wait_until(lambda: (r := ddg("status", "--redis-url", url)).returncode == 0
                          and r, timeout=15, what="status to exit 0")
     assert healthy.stdout.count(" goose ") == 1
+
+
+@pytest.mark.integration
+def test_the_readmes_by_hand_redis_saves_nothing(tmp_path: Path) -> None:
+    """The README's line that starts Redis, run twice in the same directory with a cluster
+    made in between: the second Redis starts empty (no dump.rdb, no appendonly file), so the
+    second try-out bootstraps a new cluster rather than joining the dead one."""
+    [line] = [ln for ln in README.read_text().splitlines()
+              if "find_redis_server" in ln and "--port 6379" in ln]
+    for run in range(2):
+        port = free_port()
+        proc = subprocess.Popen(["sh", "-c", "exec " + line.replace("6379", str(port))
+                                 .removesuffix("&").strip()], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "PATH": f"{Path(sys.executable).parent}:"
+                                     f"{os.environ.get('PATH', '')}"})
+        try:
+            r = redis.Redis(port=port)
+            wait_until(lambda r=r: _pings(r), timeout=10, what="the README's Redis")
+            assert r.dbsize() == 0, f"run {run}: Redis started with the last run's data"
+            c = LocalCluster(redis_url=f"redis://127.0.0.1:{port}/0")
+            try:
+                c.start(1)
+                c.wait_goose(timeout=10)
+            finally:
+                c.close()
+            r.close()
+        finally:
+            proc.terminate()  # redis-server saves on SIGTERM when it has save points
+            proc.wait(10)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], "Redis wrote files"
+
+
+def _pings(r: redis.Redis) -> bool:
+    try:
+        return bool(r.ping())
+    except redis.ConnectionError:
+        return False
