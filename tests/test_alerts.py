@@ -139,7 +139,7 @@ def test_a_cluster_that_was_never_created_fires(
                                  if a["state"] == "firing"], timeout=30,
                         what="DdgNoGoose to fire")
     assert [a["labels"]["cluster"] for a in firing] == ["never"]
-    members = wait_until(lambda: prom.alerts().get("DdgNotAMember"), timeout=10,
-                         what="DdgNotAMember")
-    assert sorted(a["labels"]["instance"] for a in members) == sorted(
-        hostport(c.address(n)) for n in names)
+    want = sorted(hostport(c.address(n)) for n in names)
+    wait_until(lambda: sorted(a["labels"]["instance"] for a in
+                              prom.alerts().get("DdgNotAMember", [])) == want, timeout=20,
+               what=f"DdgNotAMember for {want}")

@@ -94,6 +94,7 @@ class MembershipSync:
         self.confirmed: str | None = None  # the confirmation this process made (prefix)
         self._saved: tuple[int, frozenset[str]] | None = None  # what members.json holds
         self._confirming: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None  # a fresh node: an old cluster?
 
     @property
     def joining(self) -> str | None:
@@ -115,7 +116,8 @@ class MembershipSync:
             self.refresh_soon()
 
     async def close(self) -> None:
-        tasks = [t for t in (self._refreshing, self._confirming) if t is not None]
+        tasks = [t for t in (self._refreshing, self._confirming, self._checking)
+                 if t is not None]
         if tasks:
             await cancel_and_wait(*tasks)
 
@@ -187,8 +189,9 @@ class MembershipSync:
                                  self.registry.url, exc)
             else:
                 self.joining = None
-                if cached is None or cached.cluster_id is None:
-                    await self._say_if_old(membership)
+                if cached is None or cached.cluster_id is None:  # never delays the join
+                    self._checking = asyncio.create_task(self._say_if_old(membership),
+                                                         name="old-cluster-check")
                 return membership
             await wait_event(stop, backoff.next())
         return None
