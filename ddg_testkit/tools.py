@@ -13,6 +13,7 @@ PATH finds first" by accident), each with its version; pytest's header lists the
 | chromium (the browser test) | DDG_CHROMIUM | chromium on PATH |
 | systemd-analyze (the guide's unit check) | DDG_SYSTEMD_ANALYZE | systemd-analyze on PATH |
 | promtool (the alert rules) | PROMTOOL | promtool on PATH |
+| prometheus (the alert rules, evaluated) | DDG_PROMETHEUS | prometheus on PATH |
 | etcd, etcdctl (benchmarks/etcd.py) | DDG_ETCD, DDG_ETCDCTL | on PATH |
 """
 
@@ -139,6 +140,12 @@ def promtool() -> Tool:
                      version=_after(r"^promtool, version (\S+)"))
 
 
+def prometheus() -> Tool:
+    return find_tool("prometheus", env="DDG_PROMETHEUS",
+                     install="apt-get install prometheus (or Prometheus' release tarball)",
+                     version=_after(r"^prometheus, version (\S+)"))
+
+
 def etcd() -> tuple[Tool, Tool]:
     how = "benchmarks/setup.sh (as root: Debian's etcd-server and etcd-client)"
     return (find_tool("etcd", env="DDG_ETCD", install=how,
@@ -162,7 +169,8 @@ def report() -> list[str]:
     finders: list[tuple[str, Callable[[], Tool]]] = [
         ("redis-server", redis_server), ("system redis-server", system_redis_server),
         ("iptables", lambda: iptables()[0]), ("openssl", openssl), ("chromium", chromium),
-        ("systemd-analyze", systemd_analyze), ("promtool", promtool)]
+        ("systemd-analyze", systemd_analyze), ("promtool", promtool),
+        ("prometheus", prometheus)]
     for what, find in finders:
         found = optional(find)
         if isinstance(found, Tool):

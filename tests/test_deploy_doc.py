@@ -466,8 +466,9 @@ class Walk:
             nonlocal last
             last = st = self.status()
             nodes = st["members"]
-            if set(nodes) != members or any("error" in n for n in nodes.values()):
-                return None
+            if set(nodes) != members or any("error" in n or not n["redis"]["connected"]
+                                            for n in nodes.values()):
+                return None  # (`ddg-node status` exits 3 while a member is without Redis)
             for name, n in nodes.items():
                 want = address.get(name, f"https://{self.net.addresses[name]}:{PORT}")
                 if n["address"] != want or set(n["members"]) != members:

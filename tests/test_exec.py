@@ -303,6 +303,60 @@ def test_a_forking_job_and_its_hooks_never_outlive_their_node(make_cluster: Make
     assert max(gone) < GONE_BOUND_MS, gone
 
 
+@pytest.mark.integration
+def test_the_hook_fires_for_real_changes_and_a_duck_learns_its_goose(
+        make_cluster: Make, tmp_path: Path) -> None:
+    """The rule (README, docs/operations.md): HOOK ROLE TERM GOOSE runs when this node becomes
+    the goose, stops being it, or (not the goose) first follows a goose, or another one than it
+    last said. Never `duck 0 ""` before the node knows anything; a duck that lost an election
+    is told the winner's name once it learns it."""
+    out = tmp_path / "hooks.txt"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'echo "$DDG_NODE_NAME $1 $2 $3 $DDG_PREVIOUS_ROLE" >> {out}\n')
+    c = make_cluster()
+    names = [c.add(extra_args=["--on-change", f"sh {hook}"]).name for _ in range(3)]
+    c.wait_joined(names)
+
+    def last_runs(expect: dict[str, str]) -> dict[str, list[str]] | None:
+        """Each node's last run, once each names the goose EXPECT says for it."""
+        if not out.exists():
+            return None
+        last: dict[str, list[str]] = {}
+        for line in out.read_text().splitlines():
+            node, *rest = line.split(" ")
+            last[node] = rest
+        ok = all(last.get(n, [None, None, None])[2] == g for n, g in expect.items())
+        return last if ok else None
+
+    goose = c.wait_goose(timeout=10)
+    last = c.wait_for(lambda: last_runs({n: goose for n in names}), timeout=10,
+                      what="every node's hook to name the goose")
+    assert last[goose][0] == "goose"
+    assert all(last[n][0] == "duck" for n in names if n != goose), last
+    check_runs(out.read_text(), names)
+    c.kill(goose)
+    rest = [n for n in names if n != goose]
+    new = c.wait_goose(among=rest, timeout=10)
+    c.wait_for(lambda: last_runs({n: new for n in rest}), timeout=10,
+               what="the surviving ducks' hooks to name the new goose")
+    check_runs(out.read_text(), names)
+
+
+def check_runs(text: str, names: list[str]) -> None:
+    """Each node's runs: never one without a goose's name but right after its own goose run
+    (it stepped down: said at once), never the same run twice in a row, the previous role
+    the run before's."""
+    mine = [ln.split(" ") for ln in text.splitlines()]
+    for node in names:
+        runs = [m[1:] for m in mine if m[0] == node]
+        assert runs, f"{node}'s hook never ran"
+        for before, run in zip([None, *runs], runs, strict=False):
+            said = "" if before is None else before[0]
+            assert run[3] == said, f"{node}: DDG_PREVIOUS_ROLE {run[3]!r}: {runs}"
+            assert run[2] or said == "goose", f"{node}: a run without the goose: {runs}"
+            assert before is None or run[:3] != before[:3], f"{node}: a repeated run: {runs}"
+
+
 def test_bad_exec_flags_fail_at_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["--port", "1", "--data-dir", str(tmp_path)]
     for argv, words in (([*base, "--exec"], "needs a command"),
@@ -373,6 +427,28 @@ async def test_a_job_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Pa
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await job.close()
+
+
+def test_the_hook_rule_says_each_role_and_goose_once() -> None:
+    hooks = Hooks(HookConfig(command=("true",)), node="n1", cluster="c")
+    said = []
+    for i, (role, goose) in enumerate([
+            (Role.DUCK, None),  # just started: nothing known yet
+            (Role.CANDIDATE, None),  # an election: not said
+            (Role.DUCK, "b"),  # follows b: said
+            (Role.DUCK, "b"),  # b again in a later term: known already
+            (Role.DUCK, None),  # b lost: not said until the next goose is known
+            (Role.DUCK, "c"),  # said: another goose
+            (Role.GOOSE, "n1"),  # said
+            (Role.DUCK, None),  # stepped down: said at once
+            (Role.CANDIDATE, None),  # not said
+            (Role.DUCK, "c")], start=1):  # said
+        view = View(role=role, state=role.value, term=i, goose=goose, members=("n1",),
+                    version=1)
+        hooks.on_change(Change(id=i, at=i, wall=i, view=view, previous=None))
+    said = [(c.view.role.value, c.view.goose, before) for c, before in hooks._queue]
+    assert said == [("duck", "b", ""), ("duck", "c", "duck"), ("goose", "n1", "duck"),
+                    ("duck", None, "goose"), ("duck", "c", "duck")]
 
 
 async def test_hooks_run_one_at_a_time_are_killed_on_timeout_and_drop_the_oldest(

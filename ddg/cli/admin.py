@@ -22,6 +22,7 @@ from ddg.cli.args import (
     timing_given,
     tls_from_args,
 )
+from ddg.cli.diagnosis import Health, diagnose
 from ddg.client.http import NodeClient, Reply
 from ddg.election.names import check_name
 from ddg.election.timing import JointTiming, Timing, TimingRecord
@@ -33,7 +34,6 @@ from ddg.errors import (
     RegistryUnavailable,
 )
 from ddg.net.tls import TlsConfig
-from ddg.registry.keys import DEFAULT_CLUSTER
 from ddg.registry.records import Membership, TimingState
 from ddg.registry.redisconn import RedisOptions
 from ddg.registry.registry import Registry
@@ -151,34 +151,48 @@ def read_cluster(ns: argparse.Namespace) -> tuple[Membership, TimingState, dict[
     return result
 
 
+STATUS_EXIT_CODES = f"""exit codes (also with --json):
+  {Health.OK:d}  a goose, every member answers, the members agree on their settings
+  {Health.DEGRADED:d}  a goose, but something to fix: a member does not answer, mixed versions,
+     security or timing, a member without Redis or with a contradicted clock
+  {Health.NO_GOOSE:d}  no goose: no cluster (start one node with --bootstrap), no quorum (which
+     members are silent, how many are needed), or an election under way
+  1  an error: Redis unreachable, its data unusable; 2  bad arguments
+Each problem is one line under the table, with its fix."""
+
+
 def cmd_status(argv: Sequence[str]) -> int:
-    p = Parser(prog="ddg-node status", description="Show every member's answer, one row each.")
+    p = Parser(prog="ddg-node status",
+               description="Show every member's answer, one row each, and say what is wrong "
+                           "with the cluster, one line per cause, with its fix.",
+               epilog=STATUS_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_redis_arguments(p)
     _polling(p)
     ns = p.parse_args(argv)
     membership, timing, replies = read_cluster(ns)
+    found = diagnose(ns.cluster, membership, replies,
+                     where=f" at {redis_options(ns).shown}")
     if ns.json:
         members = {n: r.status.to_json() if r.status is not None else {"error": r.error}
                    for n, r in replies.items()}
         print(json.dumps({"version": membership.version, "members": members,
-                          "timing": timing_json(timing)}, indent=2))
-        return 0
-    if not membership.members:
-        print(f"cluster {ns.cluster} has no members (version {membership.version})")
-        return 0
-    rows = [("NAME", "ADDRESS", "ROLE", "TERM", "GOOSE", "ERROR")]
-    for name, r in replies.items():
-        st = r.status
-        rows.append((name, membership.members[name].address, st.role if st else "-",
-                     str(st.term) if st else "-", (st.goose if st else None) or "-",
-                     r.error or ""))
-    print_table(rows)
-    silent = [n for n, r in replies.items() if r.status is None]
-    for name in silent:
-        print(f"{name} does not answer; if it is gone for good: ddg-node remove {name}"
-              f"{'' if ns.cluster == DEFAULT_CLUSTER else ' --cluster ' + ns.cluster}")
-    print(f"timing: {timing_line(timing)}")
-    return 0
+                          "timing": timing_json(timing), "health": found.health.name.lower(),
+                          "exit_code": int(found.health), "problems": list(found.lines)},
+                         indent=2))
+        return int(found.health)
+    if membership.members:
+        rows = [("NAME", "ADDRESS", "ROLE", "TERM", "GOOSE", "ERROR")]
+        for name, r in replies.items():
+            st = r.status
+            rows.append((name, membership.members[name].address, st.role if st else "-",
+                         str(st.term) if st else "-", (st.goose if st else None) or "-",
+                         r.error or ""))
+        print_table(rows)
+    for line in found.lines:
+        print(line)
+    if membership.members:
+        print(f"timing: {timing_line(timing)}")
+    return int(found.health)
 
 
 # ---- the cluster's timing ---------------------------------------------------------------

@@ -178,8 +178,10 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exec-log", metavar="FILE",
                    help="append the command's output to FILE (default: the node's stderr)")
     p.add_argument("--on-change", metavar="CMD",
-                   help="run CMD ROLE TERM GOOSE on every role change, one at a time "
-                        "(CMD is split like a shell would)")
+                   help="run CMD ROLE TERM GOOSE when this node becomes the goose, stops "
+                        "being it, or (not the goose) follows a goose it has not named "
+                        "before; never before it follows one (CMD is split like a shell "
+                        "would; one at a time)")
     p.add_argument("--on-change-timeout-ms", type=int, default=10_000, metavar="MS",
                    help="kill an on-change hook after this long (default %(default)s)")
     p.add_argument("command", nargs="*", metavar="-- CMD ARGS",

@@ -65,7 +65,9 @@ other commands:
 run something only on the goose:
   ddg-node [flags] --exec -- CMD ARGS...   CMD runs while this node is the goose, with
   DDG_TERM (a fencing token), DDG_NODE_NAME, DDG_CLUSTER; SIGTERM the moment it is not,
-  SIGKILL --exec-grace-ms later. --on-change CMD runs CMD ROLE TERM GOOSE on role changes.
+  SIGKILL --exec-grace-ms later. --on-change CMD runs CMD ROLE TERM GOOSE when this node
+  becomes the goose, stops being it, or follows a goose it has not named before (a duck's
+  GOOSE is never empty, but right after it stepped down as the goose).
 
 starting a cluster:
   The first node of a new cluster is started once with --bootstrap; every other node (and

@@ -37,6 +37,7 @@ from ddg.node.clustertiming import ClusterTiming
 from ddg.node.config import MemberConfig
 from ddg.node.stopping import cancel_and_wait
 from ddg.node.storage import DataDir
+from ddg.registry.keys import DEFAULT_CLUSTER
 from ddg.registry.records import Member, Membership
 from ddg.registry.registry import Registry
 from ddg.util.backoff import Backoff
@@ -48,6 +49,7 @@ OnChange = Callable[[Membership], Awaitable[None]]
 OnError = Callable[[RegistryError], None]
 Running = Callable[[], tuple[int, frozenset[str], int]]  # the core's version, members, term
 WAIT_LOG_EVERY = 5.0  # seconds between two lines about a change the registry holds back
+WAITING_FOR_CLUSTER = "waiting for the cluster to exist in Redis"  # `joining`, without one
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:
@@ -92,6 +94,7 @@ class MembershipSync:
         self.confirmed: str | None = None  # the confirmation this process made (prefix)
         self._saved: tuple[int, frozenset[str]] | None = None  # what members.json holds
         self._confirming: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None  # a fresh node: an old cluster?
 
     @property
     def joining(self) -> str | None:
@@ -113,7 +116,8 @@ class MembershipSync:
             self.refresh_soon()
 
     async def close(self) -> None:
-        tasks = [t for t in (self._refreshing, self._confirming) if t is not None]
+        tasks = [t for t in (self._refreshing, self._confirming, self._checking)
+                 if t is not None]
         if tasks:
             await cancel_and_wait(*tasks)
 
@@ -208,7 +212,7 @@ class MembershipSync:
             except NoCluster as exc:
                 self.joining = ("waiting for the cluster's timing record"
                                 if isinstance(exc, NoTimingRecord)
-                                else "waiting for the cluster to exist in Redis")
+                                else WAITING_FOR_CLUSTER)
                 self._redis_up()
                 self._warn.warning("no-cluster", "%s", exc)
             except RegistryError as exc:
@@ -223,9 +227,36 @@ class MembershipSync:
                                  self.registry.url, exc)
             else:
                 self.joining = None
+                if cached is None or cached.cluster_id is None:  # never delays the join
+                    self._checking = asyncio.create_task(self._say_if_old(membership),
+                                                         name="old-cluster-check")
                 return membership
             await wait_event(stop, backoff.next())
         return None
+
+    async def _say_if_old(self, membership: Membership) -> None:
+        """A fresh node (or one started with --bootstrap) that joined a cluster none of whose
+        other members answers says so: most likely a registry that kept an old cluster (a
+        Redis that reloaded an earlier try-out's dump.rdb), where it would wait forever."""
+        others = {n: m.address for n, m in sorted(membership.members.items())
+                  if n != self.config.name}
+        if not others:
+            return
+        client = NodeClient(timeout=1.0, tls=self.config.tls)
+        try:
+            replies = await asyncio.gather(*(client.poll(a) for a in others.values()))
+        finally:
+            await client.aclose()
+        if any(r.status is not None and r.status.name == n
+               for n, r in zip(others, replies, strict=True)):
+            return
+        cluster = self.config.cluster
+        opt = "" if cluster == DEFAULT_CLUSTER else f" --cluster {cluster}"
+        log.warning("none of the cluster's other %d members answers (%s): this registry holds "
+                    "an old cluster (a Redis that kept an earlier run's data, a dump.rdb?), or "
+                    "they are all down. If they are gone for good: ddg-node remove --force %s%s "
+                    "(or use an empty Redis)", len(others), ", ".join(others), " ".join(others),
+                    opt, extra={"event": "old_cluster", "silent": list(others)})
 
     async def _register(self, cached: Membership | None) -> Membership:
         """One attempt. A node that knows its cluster puts back what Redis lost before adding

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from ddg.election.core import Election, HardState, Output, State
+from ddg.election.core import Election, HardState, Output, State, quorum_of
 from ddg.election.messages import Message
 from ddg.election.timing import JointTiming
 from ddg.errors import ConfigError, DdgError, StorageError
@@ -33,7 +33,7 @@ from ddg.node.api import MAX_BODY, NodeApi, errors_as_json
 from ddg.node.clustertiming import ClusterTiming
 from ddg.node.config import NodeConfig
 from ddg.node.hold import Holder, HoldServer
-from ddg.node.membership import MembershipSync
+from ddg.node.membership import WAITING_FOR_CLUSTER, MembershipSync
 from ddg.node.partitions import Partitions
 from ddg.node.peers import PeerTransport
 from ddg.node.stopping import StopDeadline, cancel_and_wait, stop_deadline
@@ -50,6 +50,8 @@ from ddg.util.ratelimit import LogThrottle, Throttle
 
 WARN_EVERY = 60.0  # seconds between two log lines about the same recurring problem
 VIP_RELEASE_WAIT = 1.0  # s: a hand-over waits this long for the keeper to remove the VIP
+NO_GOOSE_SAY_AFTER = 3.0  # s without a goose before a node says why (a failover takes less)
+NO_GOOSE_SAY_EVERY = 5.0  # s between two such lines
 log = logging.getLogger("ddg.node")
 
 class Node(NodeApi):
@@ -110,6 +112,7 @@ class Node(NodeApi):
         self._persist_lock = asyncio.Lock()
         self._on_disk: HardState | None = None
         self._clock_nag: Throttle | None = None  # while peers contradict this node's clock
+        self._no_goose_nag = Throttle(NO_GOOSE_SAY_EVERY)
 
     def _address_of(self, name: str) -> str | None:
         return self.sync.membership.address_of(name)
@@ -250,6 +253,40 @@ class Node(NodeApi):
             await self.http.close()
             await self.sync.registry.close()
 
+    def _explain_no_goose(self, now: float) -> None:
+        """A node without a goose for a while says why, every few seconds (not only that it
+        is a candidate): the members that do not answer and how many are needed, or what
+        it waits for to join."""
+        gap = self.metrics.goose_gap(now)
+        if gap < NO_GOOSE_SAY_AFTER or self._no_goose_nag.allow() is None:
+            return
+        log.warning("no goose for %.0f s: %s", gap, self._why_no_goose(now),
+                    extra={"event": "no_goose", "seconds": round(gap, 1)})
+
+    def _why_no_goose(self, now: float) -> str:
+        core = self.core
+        if core is None:
+            why = self.sync.joining or "starting"
+            if why == WAITING_FOR_CLUSTER:
+                return ("not a member: waiting to join (is there a cluster? start one node "
+                        "with --bootstrap)")
+            return f"not a member: {why}"
+        members = sorted(core.members)
+        if self.config.name not in members:
+            return f"not in membership version {core.version} ({', '.join(members)})"
+        # Without a goose every member sends pre-votes each election timeout: a peer that
+        # answered none of them for a few rounds is silent.
+        window = max(1.0, 4 * core.timing.election_max)
+        answering = [m for m in members if m == self.config.name
+                     or now - self.peers.answered_at.get(m, -math.inf) <= window]
+        silent = [m for m in members if m not in answering]
+        need = quorum_of(len(members))
+        counted = f"{len(answering)} of {len(members)} members answer"
+        if len(answering) < need:
+            return f"{counted}, {need} needed; silent: {', '.join(silent)}"
+        return (f"{counted} ({need} needed): an election is under way (term {core.term}, "
+                f"{core.state.value})")
+
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
         extra = {"event": "stopping", "signal": name}
@@ -319,6 +356,7 @@ class Node(NodeApi):
                 delay = core.next_deadline() - time.monotonic()
             else:
                 delay = math.inf
+            self._explain_no_goose(time.monotonic())
             self._wake.clear()
             # Cap the sleep so a missed wake-up costs at most one heartbeat interval.
             delay = min(max(delay, 0.0), self.heartbeat)

@@ -82,6 +82,7 @@ class PeerTransport:
         self._outgoing = 0
         self._backoff: dict[str, Backoff] = {}
         self._retry_at: dict[str, float] = {}
+        self.answered_at: dict[str, float] = {}  # monotonic: each peer's last usable answer
 
     def _timeout(self) -> ClientTimeout:
         return ClientTimeout(total=self.timing.election_min)
@@ -166,6 +167,7 @@ class PeerTransport:
             if isinstance(send.msg, Heartbeat) and self._metrics is not None:
                 self._metrics.heartbeat_round_trip(send.to, time.monotonic() - sent_at)
             self.alive(send.to)
+            self.answered_at[send.to] = time.monotonic()
             reply_cls = REPLIES[type(send.msg)]
             if reply_cls is None:
                 return

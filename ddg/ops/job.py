@@ -442,22 +442,41 @@ class Hooks:
         self.cluster = cluster
         self.dropped = 0
         self.ran = 0
-        self._queue: deque[Change] = deque()
+        self._queue: deque[tuple[Change, str]] = deque()  # and the role the run before said
         self._wake = asyncio.Event()
         self._proc: Guarded | None = None
+        self._said: tuple[Role, str | None] | None = None  # the last run's role and goose
 
     def on_change(self, change: Change) -> None:
-        """A Changes listener: appends, drops the oldest if full, never blocks."""
-        previous = change.previous
-        if previous is not None and previous.role == change.view.role:
+        """A Changes listener: appends, drops the oldest if full, never blocks. Only what
+        `_worth_a_run` lets through runs."""
+        before = "" if self._said is None else self._said[0].value
+        if not self._worth_a_run(change):
             return
         if len(self._queue) >= self.config.queue_size:
-            old = self._queue.popleft()
+            old, _ = self._queue.popleft()
             self.dropped += 1
             log.warning("on-change hook queue full (%d): dropped the run for %s in term %d",
                         self.config.queue_size, old.view.role.value, old.view.term)
-        self._queue.append(change)
+        self._queue.append((change, before))
         self._wake.set()
+
+    def _worth_a_run(self, change: Change) -> bool:
+        """The rule (README, docs/operations.md): a run when this node becomes the goose,
+        stops being it, or, not the goose, follows a goose (another one than it last said).
+        A node that follows none yet (it just started, or an election is on) is not told: the
+        run comes once it knows whom it follows, with that name."""
+        v = change.view
+        said = self._said
+        goose = Role.GOOSE
+        if v.role is not goose and v.goose is None:
+            worth = said is not None and said[0] is goose  # a goose that stepped down
+        else:
+            worth = said is None or (said[0] is goose) != (v.role is goose) \
+                or (v.role is not goose and said[1] != v.goose)
+        if worth:
+            self._said = (v.role, v.goose)
+        return worth
 
     async def run(self) -> None:
         while True:
@@ -465,14 +484,14 @@ class Hooks:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await self._run_one(self._queue.popleft())
+            await self._run_one(*self._queue.popleft())
 
-    async def _run_one(self, change: Change) -> None:
+    async def _run_one(self, change: Change, previous_role: str) -> None:
         v = change.view
         args = (v.role.value, str(v.term), v.goose or "")
         env = _environment({
             "DDG_ROLE": v.role.value, "DDG_TERM": str(v.term), "DDG_GOOSE": v.goose or "",
-            "DDG_PREVIOUS_ROLE": "" if change.previous is None else change.previous.role.value,
+            "DDG_PREVIOUS_ROLE": previous_role,
             "DDG_NODE_NAME": self.node, "DDG_CLUSTER": self.cluster})
         name = self.config.command[0]
         try:

@@ -75,7 +75,9 @@ class NodeMetrics:
         self._counters = counters
         self._clock = clock
         self._peers: frozenset[str] = frozenset()
-        self._no_goose_since: float | None = None  # monotonic
+        # monotonic: a node starts without a goose (waiting to join counts: a cluster that
+        # was never created must not look healthy)
+        self._no_goose_since: float | None = clock()
         self._no_goose_total = 0.0
         self.registry = CollectorRegistry()
         self.peer_failures = Counter(
@@ -142,6 +144,10 @@ class NodeMetrics:
         OpenMetrics)."""
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+    def goose_gap(self, now: float) -> float:
+        """How long this node has been without a goose (0 while it has one)."""
+        return self._no_goose(now)[0]
 
     def _no_goose(self, now: float) -> tuple[float, float]:
         """(the current stretch without a goose, all of them) in seconds."""
