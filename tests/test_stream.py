@@ -27,11 +27,16 @@ from ddg.node.node import Node
 from ddg.node.peers import MAX_QUEUED, Link, PeerTransport, _Out
 from ddg.registry.records import Member, Membership
 from ddg.util.ratelimit import LogThrottle
+from ddg_testkit.wait import wait_until_async
 
 SECRET = b"s3cret-s3cret"
 # Timeouts (an election timeout's minimum) no busy machine reaches: no message is lost to
 # one here, unless the test wants it (then the default timing).
 PATIENT = Timing(heartbeat_ms=500, election_timeout_min_ms=5000, election_timeout_max_ms=10000)
+
+
+async def until(cond: Callable[[], bool], what: str) -> None:
+    await wait_until_async(cond, timeout=10, what=what, interval=0.005)
 
 
 # ---- framing -----------------------------------------------------------------------------
@@ -133,10 +138,9 @@ class Peer:
     async def _on_reply(self, msg: Message, version: int) -> None:
         self.replies.append(msg)
 
-    async def acks(self, n: int, timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while sum(isinstance(r, HeartbeatAck) for r in self.replies) < n:
-                await asyncio.sleep(0.005)
+    async def acks(self, n: int) -> None:
+        await until(lambda: sum(isinstance(r, HeartbeatAck) for r in self.replies) >= n,
+                    f"{n} acks")
 
 
 class Counted:
@@ -198,8 +202,8 @@ async def test_heartbeats_ride_one_stream_and_their_acks_come_back_on_it(served)
 
 
 async def test_a_peer_of_0_2_0_gets_posts_and_is_offered_the_stream_again_later(
-        served, monkeypatch: pytest.MonkeyPatch) -> None:
-    node, peer, counted = await served(old=True)
+        served) -> None:
+    _node, peer, counted = await served(old=True)
     for seq in range(1, 6):
         peer.transport.send(hb(seq))
         await peer.acks(seq)
@@ -214,11 +218,9 @@ async def test_a_peer_of_0_2_0_gets_posts_and_is_offered_the_stream_again_later(
 
 
 async def test_a_message_in_another_members_name_is_refused_on_the_stream(served) -> None:
-    node, peer, counted = await served()
+    node, peer, _counted = await served()
     peer.transport.send(Send(to="a", msg=Heartbeat(term=1, sender="c", seq=1)))
-    async with asyncio.timeout(5):
-        while peer.transport._backoff.get("a") is None:
-            await asyncio.sleep(0.005)
+    await until(lambda: peer.transport._backoff.get("a") is not None, "a failure")
     assert node.core is not None and node.core.leader is None
     assert not peer.replies
 
@@ -227,16 +229,13 @@ async def test_a_wrong_secret_is_refused_at_the_upgrade_and_said(served, caplog)
     node, peer, counted = await served(secret=b"another-secret")
     with caplog.at_level(logging.WARNING):
         peer.transport.send(hb(1))
-        async with asyncio.timeout(5):
-            while "/raft/heartbeat" not in counted.paths:
-                await asyncio.sleep(0.005)
-            while "refused our signature" not in caplog.text:
-                await asyncio.sleep(0.005)
+        await until(lambda: "/raft/heartbeat" in counted.paths, "the POST instead")
+        await until(lambda: "refused our signature" in caplog.text, "the warning")
     assert not peer.replies and node.streams_in.senders == []
 
 
 async def test_fault_injection_drops_messages_both_ways(served) -> None:
-    node, peer, counted = await served()
+    node, peer, _counted = await served()
     peer.transport.send(hb(1))
     await peer.acks(1)
     peer.blocked.add("a")  # this side's partition: nothing leaves
@@ -246,9 +245,7 @@ async def test_fault_injection_drops_messages_both_ways(served) -> None:
     peer.blocked.clear()
     node.partitions.isolate(False, {"b"}, node.membership.names, "a")  # the other side's
     peer.transport.send(hb(3))
-    async with asyncio.timeout(5):
-        while not peer.transport._backoff.get("a"):
-            await asyncio.sleep(0.005)
+    await until(lambda: peer.transport._backoff.get("a") is not None, "a failure")
     assert node.core.counters.heartbeats_received == 1
     assert sum(isinstance(r, HeartbeatAck) for r in peer.replies) == 1
 
@@ -284,9 +281,8 @@ async def test_a_peer_that_never_answers_costs_a_timeout_and_bounded_memory(
             link = peer.transport._links["a"]
             assert len(link.pending) <= peers.MAX_HEARTBEATS_IN_FLIGHT
             await asyncio.sleep(0.01)
-        async with asyncio.timeout(5):
-            while "timeout" not in failures or len(opened) < 2:
-                await asyncio.sleep(0.01)
+        await until(lambda: "timeout" in failures and len(opened) >= 2,
+                    "a timeout, and a new stream")
         assert time.monotonic() - t0 < 5
         assert not peer.replies
     finally:

@@ -100,8 +100,8 @@ def test_a_rolling_upgrade_from_0_2_0_keeps_one_goose_and_ends_on_the_stream(
             c.forget(n)
             starting = time.monotonic()
             c.add(n, port=spec.port, data_dir=spec.data_dir, bootstrap=False)
-            c.wait_for(lambda n=n: (s := c.status(n)) is not None and s.joining is None
-                       and s.goose is not None and s.goose != n or None, timeout=30,
+            c.wait_for(lambda n=n: ((s := c.status(n)) is not None and s.joining is None
+                       and s.goose is not None and s.goose != n) or None, timeout=30,
                        what=f"{n}, upgraded, to follow a goose")
             events.append(Event(start=starting, end=time.monotonic(), kind="restart",
                                 targets=(n,), topology=topology))
@@ -117,8 +117,8 @@ def test_a_rolling_upgrade_from_0_2_0_keeps_one_goose_and_ends_on_the_stream(
                 new_to_old_http(c, n, goose, old_duck)
         final = c.wait_goose(timeout=20)
         ducks = [n for n in names if n != final]
-        c.wait_for(lambda: (s := c.status(final)) is not None
-                   and all(s.peer_links.get(d) == "stream" for d in ducks) or None,
+        c.wait_for(lambda: ((s := c.status(final)) is not None
+                   and all(s.peer_links.get(d) == "stream" for d in ducks)) or None,
                    timeout=20, what=f"the goose {final} to use the stream to {ducks}")
         c.wait_for(lambda: all((s := c.status(d)) is not None and final in s.streams_in
                                for d in ducks) or None,
@@ -141,10 +141,10 @@ def new_to_old_http(c: LocalCluster, new: str, goose: str, old: str) -> None:
     term changes). Then heal."""
     c.admin(new, "/admin/partition", {"peers": [goose]})
     try:
-        c.wait_for(lambda: (s := c.status(new)) is not None
-                   and s.peer_links.get(old) == "http" or None, timeout=15,
+        c.wait_for(lambda: ((s := c.status(new)) is not None
+                   and s.peer_links.get(old) == "http") or None, timeout=15,
                    what=f"{new} to fall back to POSTs to {old}")
     finally:
         c.admin(new, "/admin/heal", {"all": True})
-    c.wait_for(lambda: (s := c.status(new)) is not None and s.goose == goose or None,
+    c.wait_for(lambda: ((s := c.status(new)) is not None and s.goose == goose) or None,
                timeout=15, what=f"{new} to follow {goose} again")
