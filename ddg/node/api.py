@@ -255,6 +255,7 @@ class NodeApi:
                                    f"{self.config.cluster!r}")
         if self.partitions.blocked(name):
             return json_error(503, "partitioned by fault injection")
+        self.peers.warm([name])  # (ours to it: a restarted peer opens its own to every member)
         return await self.streams_in.serve(request, name,
                                            lambda frame: self._stream_frame(name, frame))
 

@@ -217,6 +217,7 @@ class Node(NodeApi):
             self.sync.settles_at = lambda: core.membership_settles_at
             self.sync.confirm_soon()
             self.observe()
+            self.peers.warm(membership.names - {self.config.name})
             watcher = asyncio.create_task(self.sync.watch(), name="registry")
             watcher.add_done_callback(self._loop_ended)
             log.info("serving %s as %s in cluster %r: term %d, members %s (version %d)",
@@ -423,6 +424,7 @@ class Node(NodeApi):
 
     async def _membership_changed(self, membership: Membership) -> None:
         self.peers.keep(membership.names)
+        self.peers.warm(membership.names - {self.config.name})
         if self.core is not None:
             await self._apply(self.core.set_membership(membership.names, membership.version,
                                                        time.monotonic(), membership.term_floor))

@@ -27,7 +27,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import (
     ClientConnectorError,
@@ -119,6 +119,7 @@ class Link:
         self.heartbeats_pending = 0
         self.next_id = 0
         self.fallen_back = False  # the peer did not serve the stream: HTTP POSTs to it
+        self.warm = False  # open the stream with nothing to send yet (PeerTransport.warm)
         self.retry_stream_at = -math.inf
 
     @property
@@ -254,6 +255,20 @@ class PeerTransport:
             async with asyncio.timeout(2 * self.timing.election_min):  # connect, then reply
                 await out.done
 
+    def warm(self, peers: Iterable[str]) -> None:
+        """Open a stream to each of PEERS that has none, ahead of need: a candidate's first
+        votes then go on an open stream, not behind a connect and an upgrade (an idle stream
+        costs nothing at rest). Once, quietly: a peer that is down is left for later."""
+        now = time.monotonic()
+        for peer in peers:
+            link = self._link(peer)
+            if (link.ws is None or link.ws.closed) and not link.uses_http(now) \
+                    and not self._blocked(peer):
+                link.warm = True
+                link.wake.set()
+                if link.task is None or link.task.done():
+                    link.task = self._spawn(self._run(link), f"peer-{link.peer}")
+
     def alive(self, peer: str) -> None:
         """PEER was just heard from: send to it again at once."""
         if self._backoff.pop(peer, None) is not None:
@@ -285,14 +300,15 @@ class PeerTransport:
             while True:
                 await link.wake.wait()
                 link.wake.clear()
-                if link.heartbeat is None and not link.queue:
+                warm, link.warm = link.warm, False
+                if link.heartbeat is None and not link.queue and not warm:
                     continue
                 ws = link.ws
                 if ws is None or ws.closed:
                     if link.uses_http(time.monotonic()):
                         self._flush_to_http(link)
                         continue
-                    ws = await self._open(link)
+                    ws = await self._open(link, quiet=link.heartbeat is None and not link.queue)
                     if ws is None:
                         continue
                 await self._write(link, ws)
@@ -316,7 +332,10 @@ class PeerTransport:
         finally:
             out.finish()
 
-    async def _open(self, link: Link) -> ClientWebSocketResponse | None:
+    async def _open(self, link: Link, *, quiet: bool = False
+                    ) -> ClientWebSocketResponse | None:
+        """The stream to LINK's peer, or None (then what was queued went as POSTs, or was
+        dropped). QUIET (a warm-up, nothing to send): a failure is no peer failure."""
         peer = link.peer
         address = self._address_of(peer)
         if address is None or self._streams is None:
@@ -352,7 +371,8 @@ class PeerTransport:
             if reason == "tls":
                 self._warn.warning(f"tls:{peer}", "TLS with %s at %s failed: %s", peer, address,
                                    str(exc) or type(exc).__name__)
-            self._failed(peer, reason)
+            if not quiet:
+                self._failed(peer, reason)
             while (out := link.take()) is not None:
                 out.finish()
             return None
