@@ -290,3 +290,36 @@ async def test_a_peer_that_never_answers_costs_a_timeout_and_bounded_memory(
         await peer.transport.close()
         await server.close()
     assert not peer.transport._tasks, "tasks left after close"
+
+
+async def test_a_peer_gone_before_its_stream_opened_is_no_error(served, caplog) -> None:
+    """A peer whose connect timed out closes the connection while this node answers the
+    upgrade: nothing to log but a debug line (it was logged as an unexpected error, a
+    traceback: found by tests/test_faults.py's join-lag scenario under load)."""
+    node, peer, _counted = await served()
+    host, port = node_address(peer)
+    with caplog.at_level(logging.DEBUG, logger="ddg.node"):
+        for _ in range(5):
+            headers = auth.sign_headers(SECRET, "GET", frames.PATH + "b", b"", recipient="a")
+            request = (f"GET {frames.PATH}b HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                       "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                       "Sec-WebSocket-Version: 13\r\n"
+                       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                       + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n")
+            _, writer = await asyncio.open_connection(host, port)
+            writer.write(request.encode())
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+        await until(lambda: sum(caplog.text.count(end) for end in (
+            "stream of b not opened", "stream of b closed", "unexpected error")) == 5,
+            "the 5 upgrades' ends")
+    assert "unexpected error" not in caplog.text
+    assert node.streams_in.senders == []
+
+
+def node_address(peer: Peer) -> tuple[str, int]:
+    url = peer.transport._address_of("a")
+    assert url is not None
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)

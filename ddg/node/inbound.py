@@ -44,8 +44,12 @@ class InboundStreams:
             raise web.HTTPServiceUnavailable(reason="node is stopping")
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, compress=False,
                                    timeout=CLOSE_TIMEOUT)
-        async with asyncio.timeout(WRITE_TIMEOUT):
-            await ws.prepare(request)
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await ws.prepare(request)
+        except (ConnectionError, TimeoutError) as exc:  # the peer gave up (its own timeout)
+            log.debug("stream of %s not opened: %s", sender, str(exc) or type(exc).__name__)
+            return ws
         older = self._open.get(sender)
         self._open[sender] = ws
         if older is not None:
@@ -68,6 +72,7 @@ class InboundStreams:
                 del self._open[sender]
             with contextlib.suppress(Exception):
                 await ws.close()
+            log.debug("stream of %s closed", sender)
         return ws
 
     async def shutdown(self, app: object = None) -> None:
