@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -156,6 +157,9 @@ class Counted:
         return await handler(request)  # type: ignore[misc,no-any-return]
 
 
+SERVERS: dict[Peer, TestServer] = {}
+
+
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
     servers: list[TestServer] = []
@@ -177,6 +181,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
         await server.start_server()
         servers.append(server)
         peer = Peer(str(server.make_url("")).rstrip("/"), secret)
+        SERVERS[peer] = server
         await peer.transport.start()
         transports.append(peer.transport)
         return node, peer, counted
@@ -314,8 +319,18 @@ async def test_a_peer_gone_before_its_stream_opened_is_no_error(served, caplog) 
         await until(lambda: sum(caplog.text.count(end) for end in (
             "stream of b not opened", "stream of b closed", "unexpected error")) == 5,
             "the 5 upgrades' ends")
+        server = served_servers(peer)
+        await until(lambda: not server.connections, "the server to finish them")
     assert "unexpected error" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert node.streams_in.senders == []
+
+
+def served_servers(peer: Peer) -> Any:
+    """The aiohttp Server behind the node PEER sends to (its open connections)."""
+    server = SERVERS[peer]
+    assert server.runner is not None
+    return server.runner.server
 
 
 def node_address(peer: Peer) -> tuple[str, int]:

@@ -49,7 +49,8 @@ class InboundStreams:
                 await ws.prepare(request)
         except (ConnectionError, TimeoutError) as exc:  # the peer gave up (its own timeout)
             log.debug("stream of %s not opened: %s", sender, str(exc) or type(exc).__name__)
-            return ws
+            # (not the half-prepared ws: aiohttp would finish it, and fail loudly)
+            return web.json_response({"error": "stream not opened"}, status=503)
         older = self._open.get(sender)
         self._open[sender] = ws
         if older is not None:
