@@ -101,6 +101,11 @@ class NodeStatus:
     heartbeats_sent: int = 0
     heartbeats_received: int = 0
     hint_streams: int = 0  # the goose: ducks holding a crash-hint stream to it (ddg/node/hold.py)
+    # How this node's messages go to each peer it has sent to: "stream" (the peer stream is
+    # open), "http" (POSTs: a peer of 0.2.0) or "closed" (the next message opens a stream);
+    # and the peers with a stream into this node. Empty from nodes of 0.2.0.
+    peer_links: dict[str, str] = field(default_factory=dict)
+    streams_in: tuple[str, ...] = ()
     redis: RedisInfo = field(default_factory=RedisInfo)
     storage: StorageInfo = field(default_factory=StorageInfo)
     http: dict[str, int] | None = None  # connection counters of the node's listener
@@ -128,6 +133,7 @@ class NodeStatus:
             "step_downs": self.step_downs, "heartbeats_sent": self.heartbeats_sent,
             "heartbeats_received": self.heartbeats_received,
             "hint_streams": self.hint_streams,
+            "peer_links": dict(self.peer_links), "streams_in": list(self.streams_in),
             "redis": {"connected": self.redis.connected, "error": self.redis.error,
                       "problem": self.redis.problem, "url": self.redis.url},
             "storage": {"fsync_last_ms": self.storage.fsync_last_ms,
@@ -188,6 +194,7 @@ class NodeStatus:
             heartbeats_sent=r.integer("heartbeats_sent", 0),
             heartbeats_received=r.integer("heartbeats_received", 0),
             hint_streams=r.integer("hint_streams", 0),
+            peer_links=r.texts_by_name("peer_links"), streams_in=r.texts("streams_in"),
             redis=RedisInfo(connected=redis.flag("connected", True),
                             error=redis.opt_text("error"), problem=redis.opt_text("problem"),
                             url=redis.opt_text("url")),
@@ -291,6 +298,13 @@ class FieldReader:
                 for v in value.values()):
             raise self._fail(key, "an object of numbers", value)
         return {str(k): float(v) for k, v in value.items()}
+
+    def texts_by_name(self, key: str) -> dict[str, str]:
+        """An object of strings by name."""
+        value = self.data.get(key) or {}
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise self._fail(key, "an object of strings", value)
+        return {str(k): v for k, v in value.items()}
 
     def integers(self, key: str) -> list[int]:
         value = self.data.get(key) or []

@@ -21,16 +21,19 @@ from ddg import __version__
 from ddg.client.nodestatus import ClockInfo, NodeStatus, StorageInfo
 from ddg.election.clockrate import max_rate_error
 from ddg.election.core import Election, Output, State, quorum_of
-from ddg.election.messages import REQUESTS, decode, encode
+from ddg.election.messages import REQUESTS, Message, decode, encode
+from ddg.election.names import NAME_RE
 from ddg.election.roles import Role
 from ddg.errors import MessageError
 from ddg.net import auth
 from ddg.net.server.body import read_body
 from ddg.net.server.listener import GuardedServer
 from ddg.net.tls import CERT_DOES_NOT_NAME, CLIENT_CERT_REQUIRED, peer_names, peer_verified
+from ddg.node import frames
 from ddg.node.clustertiming import ClusterTiming
 from ddg.node.config import NodeConfig
 from ddg.node.hold import HoldServer
+from ddg.node.inbound import InboundStreams
 from ddg.node.membership import MembershipSync
 from ddg.node.partitions import Partitions, parse_listener_fault
 from ddg.node.peers import PeerTransport
@@ -90,6 +93,7 @@ class NodeApi:
     partitions: Partitions
     peers: PeerTransport
     holds: HoldServer
+    streams_in: InboundStreams
     metrics: NodeMetrics
     watchers: Watchers
     changes: Changes
@@ -115,7 +119,8 @@ class NodeApi:
         app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_get("/watch", self.watchers.handle)
         for kind in REQUESTS:
-            app.router.add_post(f"/raft/{kind}", self.handle_raft)
+            app.router.add_post(frames.raft_path(kind), self.handle_raft)
+        app.router.add_get(frames.PATH + "{name}", self.handle_stream)
         app.router.add_get("/raft/hold/{name}", self.handle_hold)
         app.router.add_post("/admin/partition", self.handle_partition)
         app.router.add_post("/admin/heal", self.handle_heal)
@@ -186,7 +191,8 @@ class NodeApi:
             elections_started=c.elections_started, pre_votes_started=c.pre_votes_started,
             elections_won=c.elections_won, step_downs=c.step_downs,
             heartbeats_sent=c.heartbeats_sent, heartbeats_received=c.heartbeats_received,
-            hint_streams=self.holds.open,
+            hint_streams=self.holds.open, peer_links=self.peers.links(),
+            streams_in=tuple(self.streams_in.senders),
             clock=ClockInfo(contradicted=snap.clock_contradicted, rate_bound=shell.clock.rate_bound,
                             rates={p: round(r, 4) for p, r in snap.clock_rates.items()}))
 
@@ -224,38 +230,96 @@ class NodeApi:
         return body
 
     async def handle_raft(self, request: web.Request) -> web.Response:
+        """A peer's message as an HTTP POST (nodes of 0.2.0 send these; and any node to a
+        peer that does not serve the stream)."""
         kind = request.path.rsplit("/", 1)[-1]
         body = await self._signed_body(request)
         msg, version = decode(REQUESTS[kind], parse_json(body))
         self._check_sender(request, msg.sender)
+        status, answer = await self._step_message(msg, version)
+        return web.json_response(answer, status=status)
+
+    async def handle_stream(self, request: web.Request) -> web.StreamResponse:
+        """A peer's message stream (ddg/node/frames.py): opened by the peer NAME only (a
+        certificate naming it, a GET signed for this node), then each frame is checked as a
+        POST would be (its own signature; the sender the stream's)."""
+        name = request.match_info["name"]
+        self._check_sender(request, name)
+        await self._signed_body(request)
+        if not NAME_RE.fullmatch(name) or name == self.config.name:
+            return json_error(400, f"{name!r} cannot open a peer stream here")
+        if self.core is None:
+            return json_error(503, "node is starting")
+        if not await self._is_member(name):
+            return json_error(403, f"{name!r} is not a member of cluster "
+                                   f"{self.config.cluster!r}")
+        if self.partitions.blocked(name):
+            return json_error(503, "partitioned by fault injection")
+        self.peers.warm([name])  # (ours to it: a restarted peer opens its own to every member)
+        return await self.streams_in.serve(request, name,
+                                           lambda frame: self._stream_frame(name, frame))
+
+    async def _stream_frame(self, sender: str, frame: bytes) -> bytes | None:
+        """One frame of SENDER's stream: the reply frame (the status and body a POST would
+        have had), or None for bytes that are not even a request frame."""
+        id = frames.request_id(frame)
+        if id is None:
+            return None
+        try:
+            req = frames.parse_request(frame)
+            if self.verifier is not None:
+                reason = self.verifier.check(req.signature, "POST", frames.raft_path(req.kind),
+                                             req.body)
+                if reason is not None:
+                    raise MessageError(reason, status=401)
+            msg, version = decode(REQUESTS[req.kind], parse_json(req.body))
+            if msg.sender != sender:
+                raise MessageError(f"a message in {msg.sender!r}'s name on {sender!r}'s "
+                                   "stream", status=403)
+            status, answer = await self._step_message(msg, version)
+        except MessageError as exc:
+            status, answer = exc.status, {"error": exc.reason}
+        except Exception:
+            log.exception("unexpected error serving a frame of %s's stream", sender)
+            status, answer = 500, {"error": "internal error; see the node's log"}
+        return frames.reply_frame(id, status, json.dumps(answer).encode())
+
+    async def _is_member(self, name: str) -> bool:
+        """NAME is a member; if not, maybe one that joined since our last read: ask once."""
+        if name not in self.membership.members:
+            refresh = self.sync.refresh_soon()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.sync.registry.timeout):
+                    await asyncio.shield(refresh)
+        return name in self.membership.members
+
+    async def _step_message(self, msg: Message, version: int) -> tuple[int, dict[str, Any]]:
+        """A peer's message (its signature and sender checked) into the core: the answer's
+        status and body, the same over either transport."""
         core = self.core
         if core is None:
-            return json_error(503, "node is starting")
+            return 503, {"error": "node is starting"}
         if msg.sender == self.config.name:
-            return json_error(400, "message claims to come from this node")
-        if msg.sender not in self.membership.members or version > self.membership.version:
-            refresh = self.sync.refresh_soon()
-            if msg.sender not in self.membership.members:
-                # Unknown sender: maybe a member that joined since our last read. Ask once.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.sync.registry.timeout):
-                        await asyncio.shield(refresh)
-                if msg.sender not in self.membership.members:
-                    return json_error(403, f"{msg.sender!r} is not a member of cluster "
-                                           f"{self.config.cluster!r}")
+            return 400, {"error": "message claims to come from this node"}
+        if msg.sender in self.membership.members:
+            if version > self.membership.version:
+                self.sync.refresh_soon()  # in the background
+        elif not await self._is_member(msg.sender):
+            return 403, {"error": f"{msg.sender!r} is not a member of cluster "
+                                  f"{self.config.cluster!r}"}
         if self.partitions.blocked(msg.sender):
-            return json_error(503, "partitioned by fault injection")
+            return 503, {"error": "partitioned by fault injection"}
         self.peers.alive(msg.sender)
         out = core.step(msg, time.monotonic(), version)
         if out.refused:
             self.warn.warning(f"refused:{msg.sender}", "not believing %s: %s", msg.sender,
                               out.refused)
-            return json_error(400, out.refused)
+            return 400, {"error": out.refused}
         await self._apply(out)
         if out.reply is None:  # TimeoutNow has no answer but an acknowledgement
-            return web.json_response({"term": core.term, "sender": self.config.name,
-                                      "version": core.version})
-        return web.json_response(encode(out.reply, version=core.version))
+            return 200, {"term": core.term, "sender": self.config.name,
+                         "version": core.version}
+        return 200, encode(out.reply, version=core.version)
 
     async def handle_hold(self, request: web.Request) -> web.StreamResponse:
         """A duck's crash-hint stream (ddg/node/hold.py): open while this node is the goose. A new

@@ -33,6 +33,7 @@ from ddg.node.api import MAX_BODY, NodeApi, errors_as_json
 from ddg.node.clustertiming import ClusterTiming
 from ddg.node.config import NodeConfig
 from ddg.node.hold import Holder, HoldServer
+from ddg.node.inbound import InboundStreams
 from ddg.node.membership import WAITING_FOR_CLUSTER, MembershipSync
 from ddg.node.partitions import Partitions
 from ddg.node.peers import PeerTransport
@@ -86,6 +87,7 @@ class Node(NodeApi):
             version=self._version, blocked=self.partitions.blocked,
             on_reply=self._on_reply, warn=self.warn, metrics=self.metrics)
         self.holds = HoldServer(config.timing)
+        self.streams_in = InboundStreams()
         self.holder = Holder(config=config.peer, session=lambda: self.peers.session,
                              address_of=self._address_of, blocked=self.partitions.blocked,
                              on_lost=self._goose_lost, warn=self.warn)
@@ -133,6 +135,7 @@ class Node(NodeApi):
         app.cleanup_ctx.append(self.jobs.context)  # stops --exec's command before exiting
         app.on_shutdown.append(self.watchers.shutdown)  # ends /watch streams: no delay
         app.on_shutdown.append(self.holds.shutdown)  # `bye`: a stop is not taken for a crash
+        app.on_shutdown.append(self.streams_in.shutdown)  # peers' streams: no delay
         return app
 
     async def _background(self, app: web.Application) -> AsyncIterator[None]:
@@ -221,6 +224,7 @@ class Node(NodeApi):
             self.sync.settles_at = lambda: core.membership_settles_at
             self.sync.confirm_soon()
             self.observe()
+            self.peers.warm(membership.names - {self.config.name})
             watcher = asyncio.create_task(self.sync.watch(), name="registry")
             watcher.add_done_callback(self._loop_ended)
             loop_kind = type(loop).__module__.partition(".")[0]
@@ -485,6 +489,8 @@ class Node(NodeApi):
                                         stop_deadline(self.config, timing))
 
     async def _membership_changed(self, membership: Membership) -> None:
+        self.peers.keep(membership.names)
+        self.peers.warm(membership.names - {self.config.name})
         if self.core is not None:
             await self._apply(self.core.set_membership(membership.names, membership.version,
                                                        time.monotonic(), membership.term_floor))
