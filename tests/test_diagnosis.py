@@ -80,6 +80,16 @@ def test_the_rules() -> None:
     assert mixed == (Health.DEGRADED, ("mixed versions: 0.1.0 (c); 0.2.0 (a, b)",
                                        "c cannot reach Redis (refused)"))
 
+    # This command's own trust store refusing the nodes is no reason to remove them.
+    tls = "TLS: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
+    untrusted = diagnose("ddg", members("a", "b"), {"a": down(tls), "b": down(tls)})
+    assert untrusted.health is Health.NO_GOOSE
+    assert untrusted.lines == ("cannot verify a, b over TLS (see ERROR): pass the cluster's CA "
+                               "with --tls-ca FILE (and --tls-cert/--tls-key if the nodes ask "
+                               "for a client certificate)",)
+    one = diagnose("ddg", members("a", "b", "c"), {**healthy, "c": down(tls)})
+    assert one.health is Health.DEGRADED and not any("remove" in ln for ln in one.lines)
+
     electing = diagnose("ddg", members("a", "b", "c"),
                         {n: up(n, Role.CANDIDATE, None) for n in "abc"})
     assert electing.health is Health.NO_GOOSE and "election" in electing.lines[0]

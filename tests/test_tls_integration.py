@@ -202,9 +202,12 @@ def test_status_cli_over_https(mtls: tuple[LocalCluster, Pki]) -> None:
     assert sorted(r[0] for r in rows) == sorted(c.names[:3])
     assert all(r[1].startswith("https://") for r in rows)
     assert sum(r[2] == "goose" for r in rows) == 1
-    # without the CA, the system's trust store does not know the nodes' certificates
+    # without the CA, the system's trust store does not know the nodes' certificates: no goose
+    # seen (4), and the fix is the CA, never removing the members
     table = ddg("status", "--redis-url", url, "--cluster", c.cluster)
-    assert table.returncode == 0 and "CERTIFICATE_VERIFY_FAILED" in table.stdout
+    assert table.returncode == 4 and "CERTIFICATE_VERIFY_FAILED" in table.stdout
+    assert "pass the cluster's CA with --tls-ca FILE" in table.stdout
+    assert "remove" not in table.stdout
 
 
 @pytest.mark.integration

@@ -46,19 +46,28 @@ def diagnose(cluster: str, membership: Membership, replies: Mapping[str, Reply],
             f"no cluster: {what}: start one node with --bootstrap (ddg-node --name NAME "
             f"--bootstrap{opt}), then the others without it",))
     answering = {n: r.status for n, r in replies.items() if r.status is not None}
-    silent = [n for n in members if n not in answering]
+    # A TLS failure is this command's trust, not a dead node: never advise removing those.
+    unverified = [n for n in members if n in replies and (replies[n].error or "")
+                  .startswith("TLS:")]
+    silent = [n for n in members if n not in answering and n not in unverified]
     geese = sorted(n for n, st in answering.items() if st.is_goose)
     need = quorum_of(len(members))
     lines: list[str] = []
     if not geese:
-        if len(answering) < need:
+        if unverified and not answering:
+            pass  # this command cannot see them: the TLS line says why
+        elif len(answering) < need:
             lines.append(f"no quorum: {len(answering)} of {len(members)} members answer, "
-                         f"{need} needed; silent: {_names(silent)}")
+                         f"{need} needed; silent: {_names(silent + unverified)}")
         else:
             lines.append(f"no goose, though {len(answering)} of {len(members)} members answer "
                          f"({need} needed): an election is under way, or they cannot reach "
                          "each other (see ERROR and each node's log)")
-    if silent and not answering:
+    if unverified:
+        lines.append(f"cannot verify {_names(unverified)} over TLS (see ERROR): pass the "
+                     "cluster's CA with --tls-ca FILE (and --tls-cert/--tls-key if the nodes "
+                     "ask for a client certificate)")
+    if silent and not answering and not unverified:
         lines.append(f"every member is silent ({_names(silent)}): this registry holds an old "
                      "cluster (a Redis that kept an earlier run's data?), or every node is "
                      f"down. Start them, or if they are gone for good: ddg-node remove --force "
