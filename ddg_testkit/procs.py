@@ -20,6 +20,17 @@ def proc_stat(pid: int) -> list[str] | None:
     return stat.rsplit(")", 1)[1].split()
 
 
+def node_name(argv: list[str]) -> str | None:
+    """The --name of a ddg-node command line (ARGV as /proc/PID/cmdline splits it), or None if
+    it is none: the console script (`python .../ddg-node`, as nodes are started) or `-m ddg`."""
+    if "--name" not in argv[:-1]:
+        return None
+    at = argv.index("--name")
+    if not any(a == "ddg" or Path(a).name == "ddg-node" for a in argv[:at]):
+        return None
+    return argv[at + 1]
+
+
 def gone(pid: int) -> bool:
     fields = proc_stat(pid)
     return fields is None or fields[0] in ("Z", "X")

@@ -107,6 +107,7 @@ class ConsoleApp(NodeActions):
         self._rendered_seq = -1
         self._render_pending = False
         self._detail: NodeDetailScreen | None = None
+        self._toasts_at: tuple[int, int, int, int] | None = None  # see _place_toasts
         self._membership_seen = asyncio.Event()
         self._poll_text = (f"poll {self.poll.interval * 1000:.0f} ms, timeout "
                            f"{self.poll.timeout * 1000:.0f} ms",
@@ -146,6 +147,32 @@ class ConsoleApp(NodeActions):
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 loop.add_signal_handler(sig, self._on_signal, sig)
         self.render_now()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.call_after_refresh(self._place_toasts)
+
+    def _place_toasts(self) -> None:
+        """Fit the main screen's notifications inside the event log's border (it says what
+        they say), so that they cover nothing shown only once: not the history panel, not
+        the table; and at most half of the log. The newest stay in view when there are more
+        than fit."""
+        if not self.screen_stack or not hasattr(self, "_ui_log"):
+            return
+        racks = self.screen_stack[0].query("#textual-toastrack")
+        box = self._ui_log.region
+        if not racks or box.height < 3:
+            return
+        rack = racks.first()
+        styles = rack.styles
+        place = (box.x + 1, self.screen_stack[0].size.height - box.bottom + 1,
+                 box.width - 2, max(1, (box.height - 2) // 2))
+        if self._toasts_at == place:
+            return
+        self._toasts_at = place
+        left, bottom, width, height = place
+        styles.margin = (0, 0, bottom, left)
+        styles.width = width
+        styles.max_height = height
 
     def _on_signal(self, sig: int) -> None:
         self.exit(128 + sig, return_code=128 + sig)
@@ -221,6 +248,7 @@ class ConsoleApp(NodeActions):
             self._ui_keys.update_state()
             if isinstance(self.screen, NodeDetailScreen):
                 self.screen.update_view()
+        self._place_toasts()
         for e in new:
             if e.kind in ("failover", "split"):
                 self.notify(e.text, severity=NOTIFY_SEVERITY[e.severity],  # type: ignore[arg-type]
@@ -331,7 +359,10 @@ class ConsoleApp(NodeActions):
         proc = self.model.procs.get(name)
         if expected:
             if proc is not None and proc.state in ("killed", "stopped", "removed"):
+                # The kill, stop or remove logged it already (a stop when the process ended,
+                # with its code): one line for one action.
                 proc.code = code
+                return
             self.report(f"{name} process exited (code {code})", "info", node=name,
                         notify=False)
             return

@@ -65,6 +65,9 @@ class ClusterModel:
         self.latest: dict[str, Observation] = {}
         self.last_ok: dict[str, Observation] = {}
         self.first_failure: dict[str, float] = {}
+        # Nodes whose loss of Redis was logged: only those are logged reaching it again (a node
+        # just started answers before its first connection, which is no recovery).
+        self.lost_redis: set[str] = set()
         self.procs: dict[str, ProcInfo] = {}
         self.events: deque[Event] = deque(maxlen=max_events)
         self.tracker = GooseTracker(self._event, self._loss_cause)
@@ -175,6 +178,7 @@ class ClusterModel:
             self.latest.pop(name, None)
             self.last_ok.pop(name, None)
             self.first_failure.pop(name, None)
+            self.lost_redis.discard(name)
             self.tracker.removed(name, at=at)
         out += self.tracker.update(None, at=at, wall=wall, members=self.members)
         return out
@@ -256,9 +260,12 @@ class ClusterModel:
                                                f"{name} is no longer isolated", "good", name))
                 if old.redis.connected != st.redis.connected:
                     if st.redis.connected:
-                        out.append(self._event(obs.wall, "redis",
-                                               f"{name} reaches Redis again", "good", name))
+                        if name in self.lost_redis:
+                            self.lost_redis.discard(name)
+                            out.append(self._event(obs.wall, "redis",
+                                                   f"{name} reaches Redis again", "good", name))
                     else:
+                        self.lost_redis.add(name)
                         out.append(self._event(
                             obs.wall, "redis",
                             f"{name} lost Redis: {st.redis.error or 'no detail'}", "warning",

@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Label, Log, Static
+from textual.widgets import Button, Label, Static
 
 from ddg.client import NodeStatus
 
@@ -26,6 +26,7 @@ from .views import row_view
 from .widgets.eventlog import EventLog
 from .widgets.keybar import KeyBar
 from .widgets.textbox import TextBox
+from .widgets.wrapped import WrappedLog
 
 LEGEND: tuple[tuple[str, str], ...] = (
     ("★ GOOSE", "the node that answers goose: the leader"),
@@ -228,7 +229,7 @@ class NodeDetailScreen(Screen[None]):
                 yield TextBox(id="detail-fields")
             with Vertical(id="detail-right"):
                 yield EventLog(self._stamp, node=self.node, id="detail-events")
-                yield Log(max_lines=LOG_LINES, id="detail-log")
+                yield WrappedLog(max_entries=LOG_LINES, id="detail-log")
         own = {k.action for k in DETAIL_OWN}
         yield KeyBar(DETAIL_KEYS, lambda action: True if action in own else self._check(action),
                      id="detail-keys")
@@ -264,7 +265,7 @@ class NodeDetailScreen(Screen[None]):
         if events_log.node != self.node:
             events_log.reset(node=self.node)
         events_log.border_title = f"events about {self.node}"
-        log = self.query_one("#detail-log", Log)
+        log = self.query_one("#detail-log", WrappedLog)
         path = self._log_path(self.node)
         if path != self.log_file:
             log.clear()
@@ -336,7 +337,7 @@ class NodeDetailScreen(Screen[None]):
 
     async def _follow(self, path: Path) -> None:
         """Show the tail of PATH, then each line written to it (bounded: LOG_LINES)."""
-        log = self.query_one("#detail-log", Log)
+        log = self.query_one("#detail-log", WrappedLog)
         start: int | None = self._log_position if log.line_count else None
         while True:
             lines, self._log_position = await asyncio.to_thread(read_tail, path, start)

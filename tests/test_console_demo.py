@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import httpx
 import pytest
@@ -10,6 +11,7 @@ import redis
 
 from ddg.local.embedded import EmbeddedRedis
 from ddg_testkit import wait_until
+from ddg_testkit.procs import node_name
 from ddg_tui.demo import Demo, DemoConfig
 
 pytestmark = pytest.mark.integration
@@ -60,3 +62,32 @@ def test_closing_a_demo_counts_the_nodes_it_really_stopped() -> None:
         stopped = demo.close()
     assert stopped == ["n1", "n3"]  # n2 was dead already: the quit message says 2
     assert demo.close() == []
+
+
+def test_demo_nodes_are_ddg_node_in_ps_without_a_secret_or_a_password() -> None:
+    """`ps` shows the demo's nodes as ddg-node and their names; the cluster secret and the
+    Redis URL's password reach them by the environment, never by the command line."""
+    password, secret = "redis-pw-4711", "hunter2hunter2"
+    with EmbeddedRedis(args=("--requirepass", password), userinfo=f":{password}") as server:
+        demo = Demo(DemoConfig(nodes=2, redis_url=server.url, secret=secret, cluster="ps"))
+        try:
+            demo.launch()
+            for name, pid in demo.pids.items():
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                assert comm == "ddg-node", (comm, argv)
+                assert node_name(argv) == name and argv[1].endswith("/ddg-node"), argv
+                shown = " ".join(argv)
+                assert password not in shown and secret not in shown, shown
+                assert "--redis-url redis://127.0.0.1:" in shown, shown
+            # and the password did reach them: they run a cluster on that Redis
+            url = demo.supervisor.address("n1") + "/status"
+
+            def goose() -> str | None:
+                try:  # n1 may not listen yet
+                    return httpx.get(url, timeout=2).json().get("goose")
+                except httpx.HTTPError:
+                    return None
+            wait_until(goose, timeout=15, what="a goose, on the password-protected Redis")
+        finally:
+            demo.close()

@@ -139,6 +139,36 @@ async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
         assert not alive(pid), f"pid {pid} survived"
 
 
+async def test_a_stop_is_one_line_and_a_start_is_no_redis_recovery(demo: Demo) -> None:
+    """Each node of a fresh demo answers before it first reaches Redis: no "reaches Redis
+    again" (it never lost it). A stop is two lines, in time order: the SIGTERM, then the
+    exit with its code and how long it took; not a third one for the exit."""
+    assert demo.redis_url is not None
+    app = ConsoleApp(source=LiveSource(redis_url=demo.redis_url, cluster="pilot", timeout=0.4),
+                     fleet=demo)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await until(pilot, lambda: table_names(app) == {"n1", "n2", "n3"}, 10, "3 rows")
+        await until(pilot, lambda: app.model.live_goose() is not None, 10, "a goose")
+        await until(pilot, lambda: all(
+            o.reply.status is not None and o.reply.status.redis.connected
+            for o in app.model.latest.values()), 10, "every node connected to Redis")
+        assert not [e.text for e in app.model.events if "Redis" in e.text]
+        duck = next(n for n in sorted(table_names(app)) if n != app.model.live_goose())
+        pid = demo.pid(duck)
+        app.query_one(NodeTable).select(duck)
+        await pilot.press("s")
+        proc = app.model.procs[duck]
+        await until(pilot, lambda: proc.code is not None and any(
+            e.text.startswith(f"{duck} stopped: ") for e in app.model.events), 10,
+            "the stop's end, and its exit reaped")
+        about = [e for e in app.model.events if e.node == duck and e.kind == "action"]
+        assert [e.text.split(":")[0] for e in about] == [
+            f"stopping {duck} (SIGTERM, pid {pid})", f"{duck} stopped"], [e.text for e in about]
+        assert about[1].text.startswith(f"{duck} stopped: pid {pid} exited with code 0 after ")
+        walls = [e.wall for e in app.model.events]
+        assert walls == sorted(walls)
+
+
 async def test_attached_mode_does_not_touch_processes() -> None:
     source: FakeSource = healthy_cluster()
     app = ConsoleApp(source=source, fleet=None, clock=FixedClock())

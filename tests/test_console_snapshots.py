@@ -12,18 +12,20 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Log
 
 from ddg_testkit import wait_until_async
 from ddg_testkit.fake_source import FakeFleet, FakeSource, healthy_cluster, troubled_cluster
 from ddg_tui.app import ConsoleApp
 from ddg_tui.source import FixedClock
+from ddg_tui.widgets.wrapped import WrappedLog
 
 SIZES = [(80, 24), (120, 30), (200, 50)]
 SIZE = (120, 30)
 # A fixed place, so that the path shown in the detail screen's log panel is always the same.
 LOG_DIR = Path(tempfile.gettempdir()) / "ddg-console-snapshots"
-LOG_LINES = [f"2026-01-01 00:00:0{i}.000 INFO n1: line {i} of the node's log" for i in range(6)]
+# As long as a node's: the detail screen wraps them, whole, and shows the newest.
+LOG_LINES = [f"2026-01-01 00:00:0{i}.000 INFO    [n1] ddg.node.member: line {i} of the node's "
+             f"log, as long as a real one: now answering duck (term 3)" for i in range(6)]
 
 
 class LoggingFleet(FakeFleet):
@@ -108,8 +110,9 @@ def test_node_detail(snap_compare, size: tuple[int, int]) -> None:
 
     async def open_detail(pilot: Pilot[int]) -> None:
         await pilot.press("enter")
-        await wait_until_async(lambda: app.screen.query_one(Log).line_count == len(LOG_LINES),
-                               timeout=5, what="the log's tail", pause=pilot.pause)
+        await wait_until_async(
+            lambda: app.screen.query_one("#detail-log", WrappedLog).line_count == len(LOG_LINES),
+            timeout=5, what="the log's tail", pause=pilot.pause)
         app.render_now()
         await pilot.pause()
 

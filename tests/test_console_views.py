@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Log
 
 from ddg.client import Reply
 from ddg.registry.records import Member
@@ -24,6 +23,7 @@ from ddg_tui.widgets.eventlog import EventLog
 from ddg_tui.widgets.header import Banner, ClusterHeader
 from ddg_tui.widgets.keybar import KeyBar
 from ddg_tui.widgets.table import NodeTable
+from ddg_tui.widgets.wrapped import WrappedLog
 
 
 async def until(pilot: Pilot[int], cond: Callable[[], object], what: str,
@@ -154,11 +154,11 @@ async def test_enter_shows_every_status_field_the_nodes_events_and_its_log_live(
         await until(pilot, lambda: events.lines, "n2's events")
         assert any("n2 is duck" in line for line in events.lines)
         assert not any("n1 is goose" in line for line in events.lines)
-        log = screen.query_one("#detail-log", Log)
+        log = screen.query_one("#detail-log", WrappedLog)
         await until(pilot, lambda: log.line_count == 3, "the log's tail")
         with (tmp_path / "n2.log").open("a") as f:
             f.write("a new line, written while the screen is open\n")
-        await until(pilot, lambda: "a new line" in log.lines[-1], "the new log line")
+        await until(pilot, lambda: "a new line" in log.entries[-1], "the new log line")
         # ] shows the next node; Escape goes back
         await pilot.press("right_square_bracket")
         assert screen.node == "n3"

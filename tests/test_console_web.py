@@ -38,7 +38,7 @@ import pytest
 from ddg.local.embedded import free_port
 from ddg.local.tools import Tool
 from ddg_testkit import tools, wait_until_async
-from ddg_testkit.procs import gone, proc_stat
+from ddg_testkit.procs import gone, node_name, proc_stat
 from ddg_tui.keys import KEYS
 
 T = TypeVar("T")
@@ -119,8 +119,8 @@ def nodes_under(root: int) -> dict[str, tuple[int, int]]:
     """name -> (pid, port) of the ddg-node processes under ROOT."""
     found = {}
     for pid, cmd in descendants(root).items():
-        if "--name" in cmd and "--port" in cmd and "ddg" in cmd:
-            found[cmd[cmd.index("--name") + 1]] = (pid, int(cmd[cmd.index("--port") + 1]))
+        if (name := node_name(cmd)) is not None and "--port" in cmd:
+            found[name] = (pid, int(cmd[cmd.index("--port") + 1]))
     return found
 
 

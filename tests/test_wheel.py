@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -94,3 +95,35 @@ def test_the_console_without_its_extra_says_what_to_install() -> None:
     assert proc.stderr.splitlines() == [
         "ddg-console: error: the console is not installed (textual missing): "
         "pip install 'duckduckgoose[console]'"], proc.stderr
+
+
+def dev_requirements(tmp_path: Path, extras: str) -> list[str]:
+    """What ./dev's setup installs for EXTRAS: its own `requirements` function, run."""
+    venv = tmp_path / "venv"
+    if not venv.exists():
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "python").symlink_to(sys.executable)
+    script = (f'VENV={venv}; source <(sed -n "/^requirements()/,/^}}/p" dev); '
+              f'requirements {extras}')
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    return [Requirement(line).name for line in proc.stdout.split()]
+
+
+def test_dev_demo_installs_what_the_demo_needs_and_dev_test_the_rest(tmp_path: Path) -> None:
+    """The first `./dev demo` installs the core, the console and the demo's Redis (and the
+    build's setuptools), not the test tools; ./dev test and ./dev setup install every extra."""
+    text = (REPO / "dev").read_text()
+    demo_extras = text.split("\nDEMO_EXTRAS=", 1)[1].split("\n", 1)[0]
+    all_extras = text.split("\nALL_EXTRAS=", 1)[1].split("\n", 1)[0]
+    assert set(demo_extras.split(",")) == set(EXTRAS)
+    assert 'demo)\n    setup "$DEMO_EXTRAS"' in text
+    assert 'test)\n    setup "$ALL_EXTRAS"' in text
+    with open(REPO / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)
+    assert set(all_extras.split(",")) == set(project["project"]["optional-dependencies"])
+    demo = dev_requirements(tmp_path, demo_extras)
+    assert set(demo) == CORE | EXTRAS["console"] | EXTRAS["demo"] | {"setuptools"}, demo
+    tests = {Requirement(r).name for r in project["project"]["optional-dependencies"]["test"]}
+    assert set(dev_requirements(tmp_path, all_extras)) == set(demo) | tests

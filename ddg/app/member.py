@@ -41,12 +41,11 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from ddg.client import NodeClient, NodeStatus, Role, WatchEvent, watch
 from ddg.election.names import check_name
 from ddg.errors import ConfigError, MemberClosed, MemberError, NodeExited
-from ddg.local.launcher import NodeProcess, NodeSpec
+from ddg.local.launcher import NodeProcess, NodeSpec, split_password
 from ddg.node.config import default_data_dir
 from ddg.registry.redisconn import check_redis_url
 from ddg.util.backoff import Backoff
@@ -106,7 +105,7 @@ class MemberConfig:
         """The node's spec, and the environment that carries what must not be in `ps`: the
         Redis URL's password goes by DDG_REDIS_PASSWORD, the cluster secret by
         DDG_CLUSTER_SECRET (NodeProcess sets it from the spec)."""
-        url, password = _split_password(self.redis_url)
+        url, password = split_password(self.redis_url)
         env: tuple[tuple[str, str], ...] = ()
         if password is not None:
             env = (("DDG_REDIS_PASSWORD", password),)
@@ -117,16 +116,6 @@ class MemberConfig:
         return NodeSpec(name=self.name, port=self.port, redis_url=url, cluster=self.cluster,
                         data_dir=data_dir, host=self.host, secret=self.secret,
                         bootstrap=self.bootstrap, extra_args=args, env=env), env
-
-
-def _split_password(url: str) -> tuple[str, str | None]:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url, None
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"{user}@{host}" if user else host
-    return urlunsplit(parts._replace(netloc=netloc)), parts.password
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -14,12 +14,14 @@ import queue
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from ddg.errors import ConfigError, DdgError
 from ddg.net.tls import TlsConfig
@@ -83,6 +85,29 @@ class _Spawner:
 _SPAWNER = _Spawner()
 
 
+def node_command() -> list[str]:
+    """How to run ddg-node in this Python environment: its console script, run itself (its
+    #! line names this environment's interpreter), so that `ps` and `top` show ddg-node and
+    its arguments, not `python -m ddg`; `-m ddg` where no script was installed (a source tree
+    run in place)."""
+    script = Path(sysconfig.get_path("scripts")) / "ddg-node"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "ddg"]
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """URL without its password, and the password (None: it has none): a password goes to a
+    child by DDG_REDIS_PASSWORD, never on its command line, where `ps` shows it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, None
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{user}@{host}" if user else host
+    return urlunsplit(parts._replace(netloc=netloc)), parts.password
+
+
 def start_spawner() -> None:
     """Start the spawner thread now if it is not running. A thread starts in its creator's
     network namespace: a test that moves its own thread into another one (ddg_testkit.hosts)
@@ -142,8 +167,9 @@ class NodeSpec:
         return f"{scheme}://{self.host}:{self.port}"
 
     def argv(self) -> list[str]:
-        args = [*self.prefix, sys.executable, "-m", "ddg", "--name", self.name, "--host", self.host,
-                "--port", str(self.port), "--redis-url", self.redis_url,
+        # The URL's password goes by the environment (NodeProcess.start): not in `ps`.
+        args = [*self.prefix, *node_command(), "--name", self.name, "--host", self.host,
+                "--port", str(self.port), "--redis-url", split_password(self.redis_url)[0],
                 "--cluster", self.cluster, "--data-dir", str(self.data_dir),
                 "--log-level", self.log_level]
         if self.heartbeat_ms is not None:
@@ -202,6 +228,9 @@ class NodeProcess:
             env.pop(var, None)
         if self.spec.secret is not None:
             env["DDG_CLUSTER_SECRET"] = self.spec.secret
+        password = split_password(self.spec.redis_url)[1]
+        if password:
+            env["DDG_REDIS_PASSWORD"] = password
         env.update(self.spec.env)
         out: IO[bytes] | int = subprocess.DEVNULL
         self._terminated = False
