@@ -108,7 +108,7 @@ def dev_requirements(tmp_path: Path, extras: str) -> list[str]:
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
                           cwd=REPO)
     assert proc.returncode == 0, proc.stderr
-    return [Requirement(line).name for line in proc.stdout.split()]
+    return [Requirement(line).name for line in proc.stdout.splitlines() if line.strip()]
 
 
 def test_dev_demo_installs_what_the_demo_needs_and_dev_test_the_rest(tmp_path: Path) -> None:
