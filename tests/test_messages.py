@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -42,6 +43,15 @@ def test_round_trip_through_json(msg: Message) -> None:
     wire = json.loads(json.dumps(encode(msg, version=12)))
     assert wire["version"] == 12
     assert decode(type(msg), wire) == (msg, 12)
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_encode_writes_every_field_of_the_message(msg: Message) -> None:
+    """encode reads the wire's field list, not the dataclass: a field added to one and not
+    the other would be dropped silently."""
+    expected = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)
+                if getattr(msg, f.name) is not None}
+    assert encode(msg, version=3) == expected | {"version": 3}
 
 
 def test_wire_kinds_are_consistent() -> None:
