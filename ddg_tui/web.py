@@ -135,7 +135,11 @@ class TabConsole(AppService):
         if guarded is None:
             return
         await self._download_manager.cancel_app_downloads(app_service_id=self.app_service_id)
-        await self.send_meta({"type": "quit"})
+        try:  # a wedged console with a full stdin pipe must not hold back its SIGTERM
+            async with asyncio.timeout(0.2):
+                await self.send_meta({"type": "quit"})
+        except (TimeoutError, OSError):
+            pass
         guarded.terminate()
         if not await _ended(guarded, TERM_GRACE):
             log.warning("the processes of a closed tab (console pid %s) still ran %g s after "

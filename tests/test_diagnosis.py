@@ -84,9 +84,17 @@ def test_the_rules() -> None:
     tls = "TLS: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
     untrusted = diagnose("ddg", members("a", "b"), {"a": down(tls), "b": down(tls)})
     assert untrusted.health is Health.NO_GOOSE
-    assert untrusted.lines == ("cannot verify a, b over TLS (see ERROR): pass the cluster's CA "
+    assert untrusted.lines == ("no goose seen: 0 of 2 members answer this command, 2 cannot "
+                               "be verified",
+                               "cannot verify a, b over TLS (see ERROR): pass the cluster's CA "
                                "with --tls-ca FILE (and --tls-cert/--tls-key if the nodes ask "
-                               "for a client certificate)",)
+                               "for a client certificate)")
+    # ... nor with one of them down: a and b may be a goose and a duck it cannot see
+    for replies in ({"a": down(tls), "b": down(tls), "c": down()},
+                    {"a": down(tls), "b": up("b", goose=None), "c": down()}):
+        partly = diagnose("ddg", members("a", "b", "c"), replies)
+        assert not any("--force" in ln or "no quorum" in ln for ln in partly.lines), partly
+        assert "c does not answer (see ERROR)" in partly.lines
     one = diagnose("ddg", members("a", "b", "c"), {**healthy, "c": down(tls)})
     assert one.health is Health.DEGRADED and not any("remove" in ln for ln in one.lines)
 

@@ -96,3 +96,48 @@ async def test_a_duck_never_says_duck_on_the_floating_address(tmp_path: Path) ->
         finally:
             await client.close()
             node.data.close()
+
+
+async def test_a_cancelled_apply_keeps_the_write_lock_until_its_write_ends(
+        tmp_path: Path) -> None:
+    """A peer stream that ends while its reply is applied cancels that apply mid-write; the
+    write goes on in its thread, so the next one must wait for it (never two at once on one
+    file, never the core told of a state that is not on disk)."""
+    from ddg.election.core import Output
+
+    node = make_node(tmp_path)
+    entered, release, overlapping = threading.Event(), threading.Event(), threading.Event()
+    running, overlaps = [0], [0]
+    lock = threading.Lock()
+    save = node.data.save_hard_state
+
+    def slow_save(hard: HardState) -> None:
+        with lock:
+            running[0] += 1
+            overlaps[0] = max(overlaps[0], running[0])
+            if running[0] > 1:
+                overlapping.set()
+        entered.set()
+        release.wait(5)
+        save(hard)
+        with lock:
+            running[0] -= 1
+
+    node.data.save_hard_state = slow_save  # type: ignore[method-assign]
+    try:
+        first = asyncio.create_task(node._apply(Output(persist=HardState(term=1))))
+        assert await asyncio.to_thread(entered.wait, 5), "the first write never started"
+        first.cancel()
+        second = asyncio.create_task(node._apply(Output(persist=HardState(term=2))))
+        # Without the lock held, the second write starts at once: give it 0.3 s to show.
+        assert not await asyncio.to_thread(overlapping.wait, 0.3), "the second write did not wait"
+        assert not second.done()
+        release.set()
+        async with asyncio.timeout(5):
+            await asyncio.gather(first, second, return_exceptions=True)
+        assert first.cancelled()
+        assert overlaps[0] == 1, "two writes of the hard state ran at once"
+        assert node.data.load_hard_state().term == 2
+    finally:
+        release.set()
+        node.data.close()

@@ -217,3 +217,13 @@ def test_an_external_redis_is_left_as_it_was_found(tmp_path: Path) -> None:
         assert tmp_path.is_dir() and (tmp_path / "logs" / "n1.log").is_file(), \
             "a base dir that was given is left in place"
         client.close()
+
+
+def test_a_url_password_goes_to_the_child_decoded() -> None:
+    """The child gets the password by DDG_REDIS_PASSWORD, which is taken as it is: a URL's
+    percent-encoded one must be decoded first, as the URL's own reader would."""
+    from ddg.local.launcher import split_password
+
+    assert split_password("redis://:p%40ss%2Fw@h:6379/0") == ("redis://h:6379/0", "p@ss/w")
+    assert split_password("redis://u:pw@h/0") == ("redis://u@h/0", "pw")
+    assert split_password("redis://h/0") == ("redis://h/0", None)

@@ -89,6 +89,14 @@ async def _state(data: DataDir, name: str, cluster: str, registries: dict[str, R
             and any(m.node_id == node_id for m in cached.members.values())):
         # Lost by a restore from an older membership, not removed: it adds itself back.
         return "lost entry (not removed: adds itself back when started)"
+    try:
+        took_part = data.load_hard_state().term > 0
+    except StorageError:
+        return "unknown (its state file is unreadable)"
+    if cached is None and took_part:
+        # It took part in elections, so it was a member; with no membership of its own to
+        # compare, a Redis that lost its entry cannot be told from one that never had it.
+        return "unknown (it was a member; Redis does not list it)"
     return "not a member"
 
 

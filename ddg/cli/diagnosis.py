@@ -54,8 +54,11 @@ def diagnose(cluster: str, membership: Membership, replies: Mapping[str, Reply],
     need = quorum_of(len(members))
     lines: list[str] = []
     if not geese:
-        if unverified and not answering:
-            pass  # this command cannot see them: the TLS line says why
+        if unverified:
+            # Those may well hold a goose and a quorum: this command cannot see them, so it
+            # claims no quorum and advises no removal (--force would skip the confirmations).
+            lines.append(f"no goose seen: {len(answering)} of {len(members)} members answer "
+                         f"this command, {len(unverified)} cannot be verified")
         elif len(answering) < need:
             lines.append(f"no quorum: {len(answering)} of {len(members)} members answer, "
                          f"{need} needed; silent: {_names(silent + unverified)}")
@@ -76,6 +79,9 @@ def diagnose(cluster: str, membership: Membership, replies: Mapping[str, Reply],
         for name in silent:  # (the table's ERROR column says why)
             lines.append(f"{name} does not answer; if it is gone for good: ddg-node remove "
                          f"{name}{opt}")
+    elif silent and unverified:
+        for name in silent:
+            lines.append(f"{name} does not answer (see ERROR)")
     elif silent:
         # No goose, so no majority confirms a removal: only --force takes them out. Enough of
         # them gone and the rest elect.

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ddg.errors import ConfigError, DdgError
 from ddg.net.tls import TlsConfig
@@ -105,7 +105,8 @@ def split_password(url: str) -> tuple[str, str | None]:
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     netloc = f"{user}@{host}" if user else host
-    return urlunsplit(parts._replace(netloc=netloc)), parts.password
+    # (percent-decoded, as the URL's own reader does: `p%40ss` is the password `p@ss`)
+    return urlunsplit(parts._replace(netloc=netloc)), unquote(parts.password)
 
 
 def start_spawner() -> None:

@@ -37,7 +37,7 @@ from ddg.node.inbound import InboundStreams
 from ddg.node.membership import WAITING_FOR_CLUSTER, MembershipSync
 from ddg.node.partitions import Partitions
 from ddg.node.peers import PeerTransport
-from ddg.node.stopping import StopDeadline, cancel_and_wait, stop_deadline
+from ddg.node.stopping import StopDeadline, cancel_and_wait, stop_deadline, wait_out
 from ddg.node.storage import DataDir
 from ddg.ops.changes import Changes, View
 from ddg.ops.job import Jobs
@@ -392,8 +392,15 @@ class Node(NodeApi):
 
     async def _persist(self, hard: HardState) -> None:
         t0 = time.monotonic()
+        write = asyncio.ensure_future(asyncio.to_thread(self.data.save_hard_state, hard))
         try:
-            await asyncio.to_thread(self.data.save_hard_state, hard)
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # The caller was cancelled (a peer stream ended while its reply was applied), but
+            # the thread writes on: hold the lock until it is done, or the next write would
+            # run beside it on the same file and the core be told of a state not on disk.
+            await wait_out(write)
+            raise
         except StorageError as exc:
             log.critical("%s; stopping so no vote is given that is not on disk", exc,
                          extra={"event": "storage_failed"})

@@ -466,7 +466,8 @@ class PeerTransport:
 
     async def _deliver_http(self, send: Send) -> None:
         address = self._address_of(send.to)
-        if address is None or self._session is None:
+        # (blocked: a partition made while the message waited in the stream's queue)
+        if address is None or self._session is None or self._blocked(send.to):
             return
         kind = KIND_OF[type(send.msg)]
         path = frames.raft_path(kind)

@@ -51,6 +51,19 @@ def stop_deadline(config: NodeConfig, timing: Timing | JointTiming | None = None
     return STOP_DEADLINE + (timing or config.timing).election_min + grace
 
 
+async def wait_out(future: asyncio.Future[Any]) -> None:
+    """Wait until FUTURE is done, whatever cancellations arrive meanwhile (they are taken as
+    read: the caller re-raises its own). For work that cannot be stopped halfway, such as a
+    file write running in a thread."""
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            pass
+    if not future.cancelled():
+        future.exception()  # retrieved: its caller was cancelled and reports nothing
+
+
 async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
     """Cancel TASKS and wait until each has ended, cancelling again every RECANCEL_EVERY s
     one that is still running (its cancellation may have been dropped)."""
