@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 from ddg.client import AdminResult, NodeClient, NodeStatus, Role
 from ddg.errors import ConfigError
 from ddg.local.supervisor import Supervisor, SupervisorConfig
+from ddg.registry.keys import ClusterKeys
+from ddg.registry.redisconn import RedisOptions, sync_client
 
 from .wait import wait_until
 
@@ -74,6 +76,30 @@ class LocalCluster(Supervisor):
                        for st in sts.values())
 
         self.wait_for(joined, timeout=timeout, what=f"{','.join(sorted(want))} to join")
+
+    def wait_confirmed(self, names: Iterable[str], *, timeout: float = 10.0) -> None:
+        """Until each of NAMES confirmed the registry's current membership version: only then
+        may a majority of them die without holding back the next join (a node confirms once
+        the leases acknowledged under the version before have ended, after it joined)."""
+        want = set(names)
+        keys = ClusterKeys.of(self.cluster)
+        url = self.redis_url or self.config.redis_url
+        assert url is not None
+
+        def confirmed() -> bool:
+            r = sync_client(RedisOptions.from_env(url), timeout=2.0)
+            try:
+                version = r.get(keys.version)
+                seen = r.hgetall(keys.version_seen)
+            finally:
+                r.close()
+            prefix = f"{int(version or 0)}:"
+            mine = {k.decode() if isinstance(k, bytes) else k:
+                    v.decode() if isinstance(v, bytes) else v for k, v in seen.items()}
+            return all(str(mine.get(n, "")).startswith(prefix) for n in want)
+
+        self.wait_for(confirmed, timeout=timeout,
+                      what=f"{','.join(sorted(want))} to confirm the membership")
 
     def close(self, timeout: float | None = None) -> list[str]:
         try:

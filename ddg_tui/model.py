@@ -83,6 +83,10 @@ class ClusterModel:
             # time order; those seen after it fold on their own.
             self._flush_terms()
         self._seq += 1
+        if self.events and wall < self.events[-1].wall:
+            # An answer received just before a line logged here, applied just after it: the
+            # log keeps time order (the answer is then as of the line before, ms later).
+            wall = self.events[-1].wall
         ev = Event(seq=self._seq, wall=wall, kind=kind, text=text, severity=severity, node=node,
                    nodes=nodes)
         self.events.append(ev)

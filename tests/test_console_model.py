@@ -425,3 +425,15 @@ def test_no_quorum_banner_says_what_it_knows() -> None:
     assert h3.goose == "n1"
     assert h3.banner is not None and h3.banner.startswith(
         "No quorum: 1 of 3 members answer, 2 needed")
+
+
+def test_an_answer_applied_after_a_later_note_keeps_the_log_in_time_order() -> None:
+    """A poll answer received just before the operator's action may be applied just after
+    its line: the log stays in time order (the answer's line takes the action's instant)."""
+    m = healthy()
+    seq = m.last_seq
+    m.note(1000 + 2.5, "stopping n2 (SIGTERM, pid 1)", node="n2")
+    m.apply_observation(up("n2", "duck", 2, at=2.4, goose="n1"))  # received before the note
+    m.tick(10.0)
+    walls = [e.wall for e in m.events_after(seq)]
+    assert len(walls) >= 2 and walls == sorted(walls), texts(m, seq)

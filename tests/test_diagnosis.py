@@ -133,6 +133,7 @@ def test_a_registry_that_kept_an_old_cluster(make_cluster: Make) -> None:
     c = make_cluster()
     old = c.start(3)
     c.wait_goose(timeout=10)
+    c.wait_confirmed(old)  # else the first new node waits for the dead to confirm, too
     for n in old:
         c.kill(n)
         c.wait(n, 5)

@@ -228,6 +228,9 @@ def test_five_nodes_one_frozen_then_all_sigtermed_all_exit_cleanly(make_cluster:
     c = make_cluster()
     names = c.start(5)
     for r in range(rounds):
+        # Every node up, not only a goose: a node restarted last round may still be importing,
+        # before its SIGTERM handler exists (the default action then ends it: -15).
+        c.wait_joined(names, timeout=20)
         c.wait_goose(timeout=20)
         frozen = rng.choice(names)
         assert c.pause(frozen)
