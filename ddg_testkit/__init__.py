@@ -1,6 +1,6 @@
 """Helpers for the tests, the benchmark, the screenshots and the fault harness: a LocalCluster
-to observe and one way to wait for a condition. Not shipped in the wheel (tests/test_wheel.py).
-"""
+to observe and one way to wait for a condition. Not shipped in the wheel
+(tests/package/test_wheel.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A job that forks the way real ones do, and /proc as the judge of what still runs: shared by
-the `--exec`/`--on-change` tests (tests/test_exec.py) and benchmarks/exec_kill.py.
+the `--exec`/`--on-change` tests (tests/ops/test_exec.py) and benchmarks/exec_kill.py.
 
 The job (or hook) is a shell script whose long-lived program starts without `exec`, so the
 shell forks it and waits (the issue's case: Debian's `sh -c 'a; b'` forks too). That program

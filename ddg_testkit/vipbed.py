@@ -2,7 +2,7 @@
 `--vip VIP/24 --vip-dev eth0`, a client host that asks `http://VIP:PORT/` every 10 ms, a
 watcher that reads every node host's addresses every 10 ms (rtnetlink dumps, one socket per
 namespace), and goose faults: SIGKILL (then a restart), a link cut (then the link back), a
-freeze (SIGSTOP, then SIGCONT). Used by tests/test_vip.py and benchmarks/vip.py.
+freeze (SIGSTOP, then SIGCONT). Used by tests/ops/test_vip.py and benchmarks/vip.py.
 
 The client also asks each node's own address every 10 ms: the first `goose` there after a fault
 is the failover as any client of the cluster sees it, the reference the VIP's gap is measured

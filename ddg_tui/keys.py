@@ -2,7 +2,8 @@
 
 The app's BINDINGS (and so its footer), its command palette, the help screen, the epilog of
 `ddg-console --help` and README.md's key table are all made from KEYS;
-tests/test_console_keys.py checks that the README says the same and that every action exists.
+tests/console/test_console_keys.py checks that the README says the same and that every action
+exists.
 `python -m ddg_tui.keys` prints the README table.
 
 This module imports nothing from Textual, so that `ddg-console --help` stays fast.

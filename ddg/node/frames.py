@@ -12,7 +12,7 @@ A reply frame names the request it answers and carries the HTTP answer's status 
 
     {"re": 7, "status": 200}\\n{...body...}
 
-Pure: no I/O, so the framing is tested on its own (tests/test_stream.py).
+Pure: no I/O, so the framing is tested on its own (tests/node/test_stream.py).
 """
 
 from __future__ import annotations
