@@ -268,10 +268,10 @@ def setup_logging(level: str, name: str, *, log_format: str = "text",
 
 
 def cmd_run(argv: Sequence[str]) -> int:
-    from ddg.node.node import Node
-
     ns = run_parser().parse_args(argv)
     config = config_from_args(ns)
+    from ddg.node.node import Node  # after the flags: a bad one is refused at once
+
     new_loop = loop_factory(ns.loop)
     json_logs = setup_logging(config.log_level, config.name, log_format=config.log_format,
                               cluster=config.cluster)

@@ -102,3 +102,20 @@ def test_asyncio_is_the_default_and_auto_takes_uvloop_when_installed(
     uvloop = pytest.importorskip("uvloop")
     assert loop_factory("auto") is uvloop.new_event_loop
     assert loop_factory("uvloop") is uvloop.new_event_loop
+
+
+@pytest.mark.integration
+def test_a_bad_flag_is_refused_before_the_node_is_imported() -> None:
+    """`ddg-node --port abc` (and every refused flag or value) answers before the node, its
+    HTTP stack and its peers are loaded: half the time of a full import."""
+    probe = ("import json, sys\nfrom ddg.cli.node import main\n"
+             "try:\n    main(['--port', '4001', '--heartbeat-ms', '100', "
+             "'--election-timeout-ms', '150-300'])\n"
+             "except SystemExit:\n    pass\nprint(json.dumps(sorted(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60)
+    assert "at least twice the heartbeat" in out.stderr, out.stderr
+    loaded = set(json.loads(out.stdout))
+    assert "ddg.cli.node" in loaded
+    assert not loaded & {"ddg.node.node", "aiohttp"}, sorted(loaded & {"ddg.node.node",
+                                                                      "aiohttp"})
