@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 from textual.geometry import Region
-from textual.pilot import Pilot
 from textual.widget import Widget
 from textual.widgets._toast import Toast
 
 from ddg.client import RedisInfo, Reply, Role
 from ddg.registry.records import Member
-from ddg_testkit import wait_until_async
 from ddg_testkit.fake_source import FakeFleet, FakeSource, healthy_cluster
+from ddg_testkit.pilot import settled, texts, until
 from ddg_tui.app import ConsoleApp
 from ddg_tui.screens import NodeDetailScreen
 from ddg_tui.source import FixedClock
@@ -28,23 +26,6 @@ from ddg_tui.widgets.eventlog import EventLog
 
 SIZES = [(80, 24), (120, 30), (200, 50)]
 STAMP = re.compile(r"\d\d:\d\d:\d\d\.\d{3}  ")  # FixedClock's: an event's first line
-
-
-async def until(pilot: Pilot[int], cond: Callable[[], object], what: str,
-                within: float = 5.0) -> None:
-    await wait_until_async(cond, timeout=within, what=what, pause=pilot.pause)
-
-
-async def settled(app: ConsoleApp, pilot: Pilot[int]) -> None:
-    await app.wait_for_membership()
-    await until(pilot, lambda: len(app.model.latest) == len(app.model.members),
-                "every node's first answer")
-    app.render_now()
-    await pilot.pause()
-
-
-def texts(app: ConsoleApp) -> list[str]:
-    return [e.text for e in app.model.events]
 
 
 def screen_rows(app: ConsoleApp) -> list[str]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
-from textual.pilot import Pilot
 
 from ddg.registry.registry import Registry
-from ddg_testkit import wait_until_async
 from ddg_testkit.fake_source import FakeSource, healthy_cluster
+from ddg_testkit.pilot import until
 from ddg_testkit.procs import alive
 from ddg_tui.app import ConsoleApp
 from ddg_tui.demo import Demo, DemoConfig
@@ -24,11 +23,6 @@ from ddg_tui.widgets.table import NodeTable
 pytestmark = pytest.mark.integration
 
 
-
-
-async def until(pilot: Pilot[int], cond: Callable[[], object], within: float,
-                what: str) -> None:
-    await wait_until_async(cond, timeout=within, what=what, pause=pilot.pause)
 
 
 def role_cell(app: ConsoleApp, name: str) -> str:
@@ -56,8 +50,8 @@ async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
     pids: list[int] = list(demo.pids.values())
     async with app.run_test(size=(120, 36)) as pilot:
         # The demo comes up with exactly one goose shown.
-        await until(pilot, lambda: table_names(app) == {"n1", "n2", "n3"}, 10, "3 rows")
-        await until(pilot, lambda: app.model.live_goose() is not None, 10, "a goose")
+        await until(pilot, lambda: table_names(app) == {"n1", "n2", "n3"}, "3 rows", 10)
+        await until(pilot, lambda: app.model.live_goose() is not None, "a goose", 10)
         await pilot.pause(0.3)
         app.render_now()
         geese = [n for n in ("n1", "n2", "n3") if "GOOSE" in role_cell(app, n)]
@@ -66,8 +60,8 @@ async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
 
         # a: a new node joins and gets a row.
         await pilot.press("a")
-        await until(pilot, lambda: "n4" in table_names(app), 10, "row n4")
-        await until(pilot, lambda: role_cell(app, "n4") == "duck", 10, "n4 answering as duck")
+        await until(pilot, lambda: "n4" in table_names(app), "row n4", 10)
+        await until(pilot, lambda: role_cell(app, "n4") == "duck", "n4 answering as duck", 10)
         pid4 = demo.pid("n4")
         assert pid4 is not None
         pids.append(pid4)
@@ -79,13 +73,13 @@ async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
         assert app.query_one(NodeTable).selected() == old
         t0 = time.monotonic()
         await pilot.press("k")
-        await until(pilot, lambda: app.model.live_goose() not in (None, old), 3,
-                    "a new goose")
+        await until(pilot, lambda: app.model.live_goose() not in (None, old), "a new goose",
+                    3)
         assert time.monotonic() - t0 < 3
         fo = app.model.failovers[-1]
         assert fo.old == old and fo.cause == f"{old} killed"
         assert 0 < fo.duration_ms < 3000
-        await until(pilot, lambda: role_cell(app, old) == "✗ killed", 2, "killed row")
+        await until(pilot, lambda: role_cell(app, old) == "✗ killed", "killed row", 2)
         assert not demo.running(old)
         assert any(f"{old} killed → {fo.new} goose after" in e.text for e in app.model.events)
         # The row of the killed node stays: it is still a member.
@@ -95,7 +89,7 @@ async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
         app.query_one(NodeTable).select(old)
         await pilot.press("t")
         await until(pilot, lambda: any(e.text.startswith(f"{old} started as ")
-                                       for e in app.model.events), 10, f"{old} to start")
+                                       for e in app.model.events), f"{old} to start", 10)
         assert not any(f"{old}: goose → duck" in e.text for e in app.model.events)
         new_pid = demo.pid(old)
         assert new_pid is not None
@@ -109,7 +103,7 @@ async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
         os.kill(outside_pid, signal.SIGKILL)
         await until(pilot, lambda: any(
             e.text == f"{outsider} was killed by SIGKILL, not by this console "
-                      f"(pid {outside_pid})" for e in app.model.events), 5, "the outside kill")
+                      f"(pid {outside_pid})" for e in app.model.events), "the outside kill", 5)
         assert not any(f"{outsider} exited by itself" in e.text for e in app.model.events)
 
         # r then y: remove a live duck; its row goes and the registry shrinks.
@@ -119,14 +113,14 @@ async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
         await pilot.press("r")
         await pilot.pause()
         await pilot.press("y")
-        await until(pilot, lambda: victim not in table_names(app), 5, f"{victim}'s row to go")
+        await until(pilot, lambda: victim not in table_names(app), f"{victim}'s row to go", 5)
         reg = Registry(demo.redis_url, "pilot")
         try:
             members = (await reg.read()).names
         finally:
             await reg.close()
         assert victim not in members and len(members) == 3
-        await until(pilot, lambda: not demo.running(victim), 8, f"{victim} to exit")
+        await until(pilot, lambda: not demo.running(victim), f"{victim} to exit", 8)
 
         await pilot.press("q")
     # Quitting the console and closing the demo leaves no process and no temp dir.
@@ -147,11 +141,11 @@ async def test_a_stop_is_one_line_and_a_start_is_no_redis_recovery(demo: Demo) -
     app = ConsoleApp(source=LiveSource(redis_url=demo.redis_url, cluster="pilot", timeout=0.4),
                      fleet=demo)
     async with app.run_test(size=(120, 36)) as pilot:
-        await until(pilot, lambda: table_names(app) == {"n1", "n2", "n3"}, 10, "3 rows")
-        await until(pilot, lambda: app.model.live_goose() is not None, 10, "a goose")
+        await until(pilot, lambda: table_names(app) == {"n1", "n2", "n3"}, "3 rows", 10)
+        await until(pilot, lambda: app.model.live_goose() is not None, "a goose", 10)
         await until(pilot, lambda: all(
             o.reply.status is not None and o.reply.status.redis.connected
-            for o in app.model.latest.values()), 10, "every node connected to Redis")
+            for o in app.model.latest.values()), "every node connected to Redis", 10)
         assert not [e.text for e in app.model.events if "Redis" in e.text]
         duck = next(n for n in sorted(table_names(app)) if n != app.model.live_goose())
         pid = demo.pid(duck)
@@ -159,8 +153,8 @@ async def test_a_stop_is_one_line_and_a_start_is_no_redis_recovery(demo: Demo) -
         await pilot.press("s")
         proc = app.model.procs[duck]
         await until(pilot, lambda: proc.code is not None and any(
-            e.text.startswith(f"{duck} stopped: ") for e in app.model.events), 10,
-            "the stop's end, and its exit reaped")
+            e.text.startswith(f"{duck} stopped: ") for e in app.model.events),
+            "the stop's end, and its exit reaped", 10)
         about = [e for e in app.model.events if e.node == duck and e.kind == "action"]
         assert [e.text.split(":")[0] for e in about] == [
             f"stopping {duck} (SIGTERM, pid {pid})", f"{duck} stopped"], [e.text for e in about]
@@ -173,7 +167,7 @@ async def test_attached_mode_does_not_touch_processes() -> None:
     source: FakeSource = healthy_cluster()
     app = ConsoleApp(source=source, fleet=None, clock=FixedClock())
     async with app.run_test(size=(120, 36)) as pilot:
-        await until(pilot, lambda: len(app.model.latest) == 3, 5, "3 answers")
+        await until(pilot, lambda: len(app.model.latest) == 3, "3 answers", 5)
         await pilot.press("a", "k", "s", "t")
         text = [e.text for e in app.model.events]
         assert any("adding nodes needs demo mode" in t for t in text)
@@ -182,9 +176,9 @@ async def test_attached_mode_does_not_touch_processes() -> None:
         assert any(t.startswith("cannot start n1") for t in text)
         # Isolate and heal go to the node's admin API, whoever started it.
         await pilot.press("p")
-        await until(pilot, lambda: source.admin_calls, 2, "the partition call")
+        await until(pilot, lambda: source.admin_calls, "the partition call", 2)
         await pilot.press("h")
-        await until(pilot, lambda: len(source.admin_calls) == 2, 2, "the heal call")
+        await until(pilot, lambda: len(source.admin_calls) == 2, "the heal call", 2)
         assert [c[1] for c in source.admin_calls] == ["/admin/partition", "/admin/heal"]
         assert source.admin_calls[0][2] == {"all": True}
         # Escape cancels a removal.

@@ -4,18 +4,16 @@ counts and wording that stay true, and a layout that follows the terminal's size
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.pilot import Pilot
 
 from ddg.client import Reply
 from ddg.registry.records import Member
-from ddg_testkit import wait_until_async
 from ddg_testkit.fake_source import FakeFleet, healthy_cluster
+from ddg_testkit.pilot import settled, texts, until
 from ddg_tui.app import ConsoleApp, FilterInput
 from ddg_tui.screens import NodeDetailScreen, status_fields
 from ddg_tui.source import Exit, FixedClock
@@ -24,24 +22,6 @@ from ddg_tui.widgets.header import Banner, ClusterHeader
 from ddg_tui.widgets.keybar import KeyBar
 from ddg_tui.widgets.table import NodeTable
 from ddg_tui.widgets.wrapped import WrappedLog
-
-
-async def until(pilot: Pilot[int], cond: Callable[[], object], what: str,
-                within: float = 5.0) -> None:
-    await wait_until_async(cond, timeout=within, what=what, pause=pilot.pause)
-
-
-async def settled(app: ConsoleApp, pilot: Pilot[int]) -> NodeTable:
-    await app.wait_for_membership()
-    await until(pilot, lambda: len(app.model.latest) == len(app.model.members),
-                "every node's first answer")
-    app.render_now()
-    await pilot.pause()
-    return app.query_one(NodeTable)
-
-
-def texts(app: ConsoleApp) -> list[str]:
-    return [e.text for e in app.model.events]
 
 
 def footer(app: ConsoleApp) -> str:

@@ -4,8 +4,6 @@ node's poll, the registry discovery, the screen tick) start again after a Backof
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +17,13 @@ except ImportError:  # before the fake moved out of tests/
 import ddg_tui.app
 from ddg.client import AdminResult, Reply
 from ddg.registry.records import Membership
+from ddg_testkit.pilot import until
 from ddg_tui.app import ConsoleApp
 from ddg_tui.events import Event
 from ddg_tui.source import Exit, FixedClock
 from ddg_tui.widgets.eventlog import EventLog
 from ddg_tui.widgets.table import NodeTable
 from ddg_tui.workers import RESTART_INITIAL, RESTART_MAX
-
-
-async def until(pilot, cond: Callable[[], object], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await pilot.pause(0.05)
 
 
 class Recording(ConsoleApp):
@@ -130,7 +121,7 @@ async def test_a_crashed_poll_loop_is_reported_and_restarted_with_backoff() -> N
     app = Recording(source=source, fleet=None, clock=FixedClock())
     async with app.run_test(size=(120, 36)) as pilot:
         crash = "the poll loop of n2 crashed: RuntimeError: n2 status exploded; restarting it in"
-        await until(pilot, lambda: len(events(app, crash)) == 3, 10, "three crash events")
+        await until(pilot, lambda: len(events(app, crash)) == 3, "three crash events", 10)
         crashes = events(app, crash)
         assert all(e.severity == "error" and e.node == "n2" for e in crashes)
         # Backoff: each delay is the step (0.25, 0.5, 1 s, capped at 2 s) times 0.5-1.5.
@@ -138,12 +129,12 @@ async def test_a_crashed_poll_loop_is_reported_and_restarted_with_backoff() -> N
             step = min(RESTART_INITIAL * 2 ** i, RESTART_MAX)
             assert 0.5 * step - 0.001 <= delay_s(e) <= 1.5 * step + 0.001, e.text
         # The restarted loop polls n2 again: its answer reaches the model and the table.
-        await until(pilot, lambda: "n2" in app.model.latest, 10, "n2's answer after restarts")
+        await until(pilot, lambda: "n2" in app.model.latest, "n2's answer after restarts", 10)
         await until(pilot, lambda: app.query_one(NodeTable).get_cell("n2", "role").plain
-                    == "duck", 5, "n2's row to show its answer")
+                    == "duck", "n2's row to show its answer", 5)
         assert all(shown(app, e) for e in crashes)
         calls = source.calls["n2"]
-        await until(pilot, lambda: source.calls["n2"] >= calls + 2, 5, "n2 polled on and on")
+        await until(pilot, lambda: source.calls["n2"] >= calls + 2, "n2 polled on and on", 5)
         # One notification per crash streak, not per crash; the other nodes were not touched.
         assert [t for t in app.toasts if "n2 crashed" in t[0]] == [(crashes[0].text, "error")]
         assert not events(app, "n1 crashed") and not events(app, "n3 crashed")
@@ -155,14 +146,14 @@ async def test_a_crashed_discovery_loop_is_reported_and_restarted() -> None:
     async with app.run_test(size=(120, 36)) as pilot:
         crash = ("registry discovery crashed: RuntimeError: registry decoder exploded; "
                  "restarting it in")
-        await until(pilot, lambda: len(events(app, crash)) == 2, 10, "two crash events")
-        await until(pilot, lambda: sorted(app.model.members) == ["n1", "n2", "n3"], 10,
-                    "the membership after the restart")
-        await until(pilot, lambda: len(app.model.latest) == 3, 5, "every node answering")
+        await until(pilot, lambda: len(events(app, crash)) == 2, "two crash events", 10)
+        await until(pilot, lambda: sorted(app.model.members) == ["n1", "n2", "n3"],
+                    "the membership after the restart", 10)
+        await until(pilot, lambda: len(app.model.latest) == 3, "every node answering", 5)
         assert all(shown(app, e) for e in events(app, crash))
         # Discovery goes on after its restart: a change in the registry still arrives.
         await source.remove("n3")
-        await until(pilot, lambda: "n3" not in app.model.members, 5, "n3 to leave")
+        await until(pilot, lambda: "n3" not in app.model.members, "n3 to leave", 5)
         assert len(events(app, crash)) == 2
 
 
@@ -171,18 +162,18 @@ async def test_a_crashed_admin_action_is_reported_and_notified(key: str) -> None
     source = cluster(AdminCrashes)
     app = Recording(source=source, fleet=None, clock=FixedClock())
     async with app.run_test(size=(120, 36)) as pilot:
-        await until(pilot, lambda: app.query_one(NodeTable).row_count == 3, 5, "3 rows")
+        await until(pilot, lambda: app.query_one(NodeTable).row_count == 3, "3 rows", 5)
         if key == "h":
             app.isolated_here.add("n1")  # as if an earlier isolate had gone through
         await pilot.press(key)
         what = "isolate n1" if key == "p" else "heal"
         text = f"{what} failed unexpectedly: RuntimeError: admin client exploded on /admin/"
-        await until(pilot, lambda: events(app, text), 5, f"the {what} failure event")
+        await until(pilot, lambda: events(app, text), f"the {what} failure event", 5)
         [event] = events(app, text)
         assert event.severity == "error"
         assert "[sic]" in event.text  # the message is shown as it is, not read as markup
         assert (event.text, "error") in app.toasts
-        await until(pilot, lambda: shown(app, event), 5, "the event in the log")
+        await until(pilot, lambda: shown(app, event), "the event in the log", 5)
         assert app.is_running
 
 
@@ -191,10 +182,10 @@ async def test_a_crashed_stop_thread_is_reported_and_notified() -> None:
     app = Recording(source=source, fleet=StopCrashes(sorted(source.members)),
                     clock=FixedClock())
     async with app.run_test(size=(120, 36)) as pilot:
-        await until(pilot, lambda: app.query_one(NodeTable).row_count == 3, 5, "3 rows")
+        await until(pilot, lambda: app.query_one(NodeTable).row_count == 3, "3 rows", 5)
         await pilot.press("s")
         text = "stop n1 failed unexpectedly: RuntimeError: waitpid exploded for n1"
-        await until(pilot, lambda: events(app, text), 5, "the stop failure event")
+        await until(pilot, lambda: events(app, text), "the stop failure event", 5)
         [event] = events(app, text)
         assert event.node == "n1" and (event.text, "error") in app.toasts
 
@@ -205,14 +196,14 @@ async def test_a_crashed_screen_tick_is_reported_and_resumes() -> None:
     app = Recording(source=source, fleet=fleet, clock=FixedClock())
     async with app.run_test(size=(120, 36)) as pilot:
         text = "the screen update crashed: RuntimeError: exit queue exploded; restarting it in"
-        await until(pilot, lambda: events(app, text), 5, "the tick crash event")
+        await until(pilot, lambda: events(app, text), "the tick crash event", 5)
         [event] = events(app, text)
         renders = app.renders
         # The tick runs again: the screen is redrawn and shows the event.
-        await until(pilot, lambda: app.renders > renders and shown(app, event), 5,
-                    "a redraw after the crash")
+        await until(pilot, lambda: app.renders > renders and shown(app, event),
+                    "a redraw after the crash", 5)
         assert (event.text, "error") in app.toasts
-        await until(pilot, lambda: len(app.model.latest) == 3, 5, "3 answers")
+        await until(pilot, lambda: len(app.model.latest) == 3, "3 answers", 5)
         assert app.is_running
 
 
@@ -231,11 +222,11 @@ async def test_a_crashed_poll_loop_of_a_node_that_left_is_not_restarted() -> Non
     app = Recording(source=source, fleet=None, clock=FixedClock())
     async with app.run_test(size=(120, 36)) as pilot:
         # Whether the crash or the registry change is seen first, the event says why.
-        await until(pilot, lambda: events(app, "the poll loop of n2"), 5, "the crash event")
-        await until(pilot, lambda: events(app, "not restarted: n2 left the registry"), 5,
-                    "the reason it is not restarted")
+        await until(pilot, lambda: events(app, "the poll loop of n2"), "the crash event", 5)
+        await until(pilot, lambda: events(app, "not restarted: n2 left the registry"),
+                    "the reason it is not restarted", 5)
         assert events(app, "the poll loop of n2 crashed: RuntimeError: n2 status exploded")
-        await until(pilot, lambda: "n2" not in app.query_one(NodeTable).rows, 5,
-                    "n2's row to go")
+        await until(pilot, lambda: "n2" not in app.query_one(NodeTable).rows, "n2's row to go",
+                    5)
         assert "n2" not in app._pollers
         assert len(app.model.latest) == 2

@@ -4,36 +4,18 @@ show the detail: what happens while the disk is slow."""
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 import time
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from ddg.election.core import Election, HardState
-from ddg.election.timing import Timing
-from ddg.node.config import NodeConfig
-from ddg.node.node import Node
-from ddg.registry.records import Member, Membership
-
-
-def make_node(tmp_path: Path) -> Node:
-    config = NodeConfig(name="a", port=1, data_dir=tmp_path / "a")
-    node = Node(config, rng=random.Random(1))
-    node.data.open()
-    members = {n: Member(n, f"http://127.0.0.1:{i}", node_id=f"{i:032x}")
-               for i, n in enumerate(("a", "b", "c"), 1)}
-    node.sync.membership = Membership(1, members, "f" * 32)
-    # past the startup stickiness, so that it grants a vote
-    node.core = Election(name="a", timing=Timing(), rng=node.rng, now=time.monotonic() - 10,
-                         members=node.membership.names, version=1, hard=HardState())
-    node.core.last_heard = time.monotonic() - 10
-    return node
+from ddg.election.core import HardState
+from ddg_testkit.innode import node_in_process
 
 
 async def test_a_slow_disk_delays_the_vote_but_not_get_root(tmp_path: Path) -> None:
-    node = make_node(tmp_path)
+    node = node_in_process(tmp_path)
     entered, written, release = threading.Event(), threading.Event(), threading.Event()
     save = node.data.save_hard_state
 
@@ -81,7 +63,7 @@ async def test_a_duck_never_says_duck_on_the_floating_address(tmp_path: Path) ->
 
     for host, vip, expect in (("127.0.0.2", "127.0.0.2/8", 503),
                               ("127.0.0.1", "127.0.0.2/8", 200)):
-        node = make_node(tmp_path / host)
+        node = node_in_process(tmp_path / host)
         node.config = replace(node.config, vip=VipConfig(address=vip, device="lo"))
         assert node.vip is None  # the keeper is the node's only when built with the config
         client = TestClient(TestServer(node.make_app(), host=host))
@@ -105,7 +87,7 @@ async def test_a_cancelled_apply_keeps_the_write_lock_until_its_write_ends(
     file, never the core told of a state that is not on disk)."""
     from ddg.election.core import Output
 
-    node = make_node(tmp_path)
+    node = node_in_process(tmp_path)
     entered, release, overlapping = threading.Event(), threading.Event(), threading.Event()
     running, overlaps = [0], [0]
     lock = threading.Lock()

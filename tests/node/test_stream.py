@@ -17,17 +17,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ddg.election.core import Election, HardState, Send
+from ddg.election.core import Send
 from ddg.election.messages import Heartbeat, HeartbeatAck, Message, TimeoutNow, VoteRequest
 from ddg.election.timing import Timing
 from ddg.errors import MessageError
 from ddg.net import auth
 from ddg.node import frames, peers
-from ddg.node.config import NodeConfig, PeerConfig
+from ddg.node.config import PeerConfig
 from ddg.node.node import Node
 from ddg.node.peers import MAX_QUEUED, Link, PeerTransport, _Out
-from ddg.registry.records import Member, Membership
 from ddg.util.ratelimit import LogThrottle
+from ddg_testkit.innode import node_in_process
 from ddg_testkit.wait import wait_until_async
 
 SECRET = b"s3cret-s3cret"
@@ -111,18 +111,6 @@ async def test_a_link_keeps_the_newest_heartbeat_and_a_bounded_queue() -> None:
 
 # ---- the transport against a node -------------------------------------------------------
 
-def make_node(tmp_path: Path) -> Node:
-    config = NodeConfig(name="a", port=1, data_dir=tmp_path / "a", secret=SECRET)
-    node = Node(config, rng=random.Random(1))
-    node.data.open()
-    members = {n: Member(n, f"http://127.0.0.1:{i}", node_id=f"{i:032x}")
-               for i, n in enumerate(("a", "b", "c"), 1)}
-    node.sync.membership = Membership(1, members, "f" * 32)
-    node.core = Election(name="a", timing=Timing(), rng=node.rng, now=time.monotonic() - 10,
-                         members=node.membership.names, version=1, hard=HardState())
-    return node
-
-
 class Peer:
     """Node b's side: a PeerTransport sending to A at ADDRESS, its replies collected."""
 
@@ -167,7 +155,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
 
     async def serve(*, old: bool = False, secret: bytes | None = SECRET
                     ) -> tuple[Node, Peer, Counted]:
-        node = make_node(tmp_path)
+        node = node_in_process(tmp_path, secret=SECRET)
         counted = Counted()
         if old:  # what a node of 0.2.0 serves: the POSTs, no stream
             app = web.Application(middlewares=[counted.middleware])
