@@ -51,6 +51,10 @@ class InboundStreams:
             log.debug("stream of %s not opened: %s", sender, str(exc) or type(exc).__name__)
             # (not the half-prepared ws: aiohttp would finish it, and fail loudly)
             return web.json_response({"error": "stream not opened"}, status=503)
+        if self._closing:  # the stop began during the handshake: shutdown() did not see it
+            with contextlib.suppress(Exception):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node is stopping")
+            return ws
         older = self._open.get(sender)
         self._open[sender] = ws
         if older is not None:

@@ -326,3 +326,27 @@ def node_address(peer: Peer) -> tuple[str, int]:
     assert url is not None
     host, port = url.removeprefix("http://").split(":")
     return host, int(port)
+
+
+async def test_a_stream_opened_while_the_node_stops_is_closed_not_served(
+        served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer's upgrade that passed the stopping check just before the node began to stop:
+    its handshake ends after shutdown closed the streams. It is closed at once, not served
+    until the peer hangs up (which a stop would wait for)."""
+    node, peer, _counted = await served()
+    prepare = web.WebSocketResponse.prepare
+    shaken: list[bool] = []
+
+    async def stop_meanwhile(self: web.WebSocketResponse, request: web.Request) -> Any:
+        await node.streams_in.shutdown()  # the stop begins during the handshake
+        try:
+            return await prepare(self, request)
+        finally:
+            shaken.append(True)
+
+    monkeypatch.setattr(web.WebSocketResponse, "prepare", stop_meanwhile)
+    peer.transport.send(hb(1))
+    await until(lambda: bool(shaken), "the handshake")
+    await until(lambda: node.streams_in.senders == [] and served_servers(peer).connections == [],
+                "the stream to be closed")
+    assert peer.transport.links().get("a") != "stream"
