@@ -52,10 +52,12 @@ async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
         # The demo comes up with exactly one goose shown.
         await until(pilot, lambda: table_names(app) == {"n1", "n2", "n3"}, "3 rows", 10)
         await until(pilot, lambda: app.model.live_goose() is not None, "a goose", 10)
-        await pilot.pause(0.3)
-        app.render_now()
-        geese = [n for n in ("n1", "n2", "n3") if "GOOSE" in role_cell(app, n)]
-        assert len(geese) == 1
+
+        def geese_shown() -> list[str]:
+            app.render_now()
+            return [n for n in ("n1", "n2", "n3") if "GOOSE" in role_cell(app, n)]
+
+        await until(pilot, lambda: len(geese_shown()) == 1, "one goose on the screen", 5)
         assert header_view(app.model, time.monotonic()).banner is None
 
         # a: a new node joins and gets a row.
