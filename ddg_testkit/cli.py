@@ -9,20 +9,22 @@ import sys
 
 
 def ddg(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
-        timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run `python -m ddg ARGS` with ENV over this environment less its DDG_* variables."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("DDG_")} | (env or {})
     return subprocess.run([sys.executable, "-m", "ddg", *args], capture_output=True, text=True,
                           timeout=timeout, input=stdin, env=full)
 
 
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The one line RESULT printed on stderr when it failed: no traceback, one error line (after
-    argparse's usage lines, for a bad flag)."""
-    assert result.returncode != 0, result.stdout
+def one_line_error(result: subprocess.CompletedProcess[str], *, code: int | None = None
+                   ) -> str:
+    """The one line RESULT printed on stderr when it failed (with exit CODE, if given): no
+    traceback, one `ddg-node: error: ` line, after argparse's usage lines for a bad flag."""
+    assert result.returncode != 0 if code is None else result.returncode == code, (
+        result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) >= 1 and "error" in lines[-1], result.stderr
+    assert lines and lines[-1].startswith("ddg-node: error: "), result.stderr
     usage = lines[:-1]
     assert not usage or (usage[0].startswith("usage:")
                          and all(ln.startswith(" ") for ln in usage[1:])), result.stderr

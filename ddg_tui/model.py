@@ -23,6 +23,7 @@ ProcState = Literal["running", "killed", "stopped", "exited", "removed"]
 
 # The term changes of several nodes within this long (a failover's ducks catching up) are one
 # event.
+ORDER_SLACK_S = 1.0  # s: see _event
 TERM_FOLD_S = 0.5
 
 
@@ -83,9 +84,11 @@ class ClusterModel:
             # time order; those seen after it fold on their own.
             self._flush_terms()
         self._seq += 1
-        if self.events and wall < self.events[-1].wall:
-            # An answer received just before a line logged here, applied just after it: the
-            # log keeps time order (the answer is then as of the line before, ms later).
+        if self.events and 0 < self.events[-1].wall - wall <= ORDER_SLACK_S:
+            # Seen just before the line above, logged just after it (an answer applied after
+            # the operator's action, term changes folded for up to TERM_FOLD_S): the log keeps
+            # time order, this line as of the one above. A larger step back is the wall clock
+            # being set: shown as it is, not hidden until the clock catches up.
             wall = self.events[-1].wall
         ev = Event(seq=self._seq, wall=wall, kind=kind, text=text, severity=severity, node=node,
                    nodes=nodes)

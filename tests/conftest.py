@@ -34,32 +34,45 @@ def make_cluster() -> Iterator[Callable[..., LocalCluster]]:
         c.close()
 
 
+# `./dev test --quick` (DDG_QUICK=1): only the tests that start no process. Selected here, not
+# by -m, so that a -m of the caller (`./dev test --quick -m node`) narrows it.
+QUICK = os.environ.get("DDG_QUICK") == "1"
+NOT_QUICK = ("integration", "faults", "slow")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its folder (the markers are declared in pyproject.toml)."""
+    """Mark each test with its folder (the markers are declared in pyproject.toml); under
+    --quick, leave out the tests that start processes or take seconds."""
     for item in items:
-        folder = item.path.relative_to(TESTS).parts[0]
-        item.add_marker(getattr(pytest.mark, folder))
+        if item.path.is_relative_to(TESTS) and item.path.parent != TESTS:
+            item.add_marker(getattr(pytest.mark, item.path.relative_to(TESTS).parts[0]))
+    if QUICK:
+        slow = [i for i in items if any(i.get_closest_marker(m) for m in NOT_QUICK)]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [i for i in items if i not in set(slow)]
 
 
-@pytest.fixture(autouse=True)
-def _quick_starts_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-                             ) -> None:
-    """Under `./dev test --quick` (DDG_QUICK=1), a test that starts a process fails: it must be
-    marked integration, or the edit loop's minute grows unseen."""
-    if os.environ.get("DDG_QUICK") != "1":
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under --quick, from here on starting a process fails (in a test, or a fixture of any
+    scope): the test must be marked integration, or the edit loop's minute grows unseen.
+    (Collection may: some modules ask at import whether a tool is installed.)"""
+    if not QUICK:
         return
-    nodeid = request.node.nodeid
 
     def refuse(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"{nodeid} starts a process ({args[0] if args else kwargs}): "
-                             "mark it @pytest.mark.integration")
+        raise AssertionError(f"--quick: this starts a process ({args[0] if args else kwargs}): "
+                             "mark the test @pytest.mark.integration")
 
-    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    subprocess.Popen.__init__ = refuse  # type: ignore[method-assign]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Say which external programs this run uses (ddg_testkit.tools: each may be overridden),
-    with -q too: a failure on another machine starts with what differs there."""
+    with -q too: a failure on another machine starts with what differs there. (Not under
+    --quick: it runs none, and finding them starts processes.)"""
+    if QUICK:
+        return
     from ddg_testkit.tools import report
     terminal = session.config.pluginmanager.get_plugin("terminalreporter")
     if terminal is not None:

@@ -437,3 +437,12 @@ def test_an_answer_applied_after_a_later_note_keeps_the_log_in_time_order() -> N
     m.tick(10.0)
     walls = [e.wall for e in m.events_after(seq)]
     assert len(walls) >= 2 and walls == sorted(walls), texts(m, seq)
+
+
+def test_a_wall_clock_set_back_shows_in_the_log_not_frozen() -> None:
+    """Time order is kept for lines a moment apart; a wall clock set back a minute (NTP, an
+    operator) shows as it is: the next lines are not stamped with the old time."""
+    m = healthy()
+    m.note(1000 + 100.0, "before the clock was set back")
+    line = m.note(1000 + 40.0, "after")
+    assert line.wall == 1040.0

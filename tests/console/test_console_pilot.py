@@ -57,7 +57,8 @@ async def test_demo_add_kill_failover_remove_and_quit(demo: Demo) -> None:
             app.render_now()
             return [n for n in ("n1", "n2", "n3") if "GOOSE" in role_cell(app, n)]
 
-        await until(pilot, lambda: len(geese_shown()) == 1, "one goose on the screen", 5)
+        await until(pilot, geese_shown, "a goose on the screen", 5)
+        assert len(geese_shown()) == 1, geese_shown()
         assert header_view(app.model, time.monotonic()).banner is None
 
         # a: a new node joins and gets a row.

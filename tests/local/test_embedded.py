@@ -5,7 +5,7 @@ Debian's redis-server package: Redis 7, which refuses other hosts' clients in pr
 another only when DDG_REDIS_SERVER (or the caller) asks for it: `system` or a path. A choice
 that names no usable redis-server is one line. The readiness probe authenticates as the URL
 does and reports the server's own refusal at once instead of waiting out its timeout.
-tests/faults/test_netbed.py starts the bed's Redis on a system redis-server, off loopback.
+tests/harness/test_netbed.py starts the bed's Redis on a system redis-server, off loopback.
 """
 
 from __future__ import annotations

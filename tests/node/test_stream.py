@@ -288,7 +288,7 @@ async def test_a_peer_that_never_answers_costs_a_timeout_and_bounded_memory(
 async def test_a_peer_gone_before_its_stream_opened_is_no_error(served, caplog) -> None:
     """A peer whose connect timed out closes the connection while this node answers the
     upgrade: nothing to log but a debug line (it was logged as an unexpected error, a
-    traceback: found by tests/faults/test_faults.py's join-lag scenario under load)."""
+    traceback: found by tests/harness/test_faults.py's join-lag scenario under load)."""
     node, peer, _counted = await served()
     host, port = node_address(peer)
     with caplog.at_level(logging.DEBUG, logger="ddg.node"):

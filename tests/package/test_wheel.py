@@ -76,6 +76,7 @@ def requirements(wheel: Path) -> dict[str | None, set[str]]:
     return out
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_a_plain_install_is_the_node_and_the_client_without_textual(wheel: Path) -> None:
     reqs = requirements(wheel)
