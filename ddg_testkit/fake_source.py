@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ddg.client import AdminResult, NodeStatus, Reply, Role, TimingInfo
@@ -143,6 +144,17 @@ class FakeFleet:
     def exits(self) -> list[Exit]:
         out, self._exits = self._exits, []
         return out
+
+
+class LoggingFleet(FakeFleet):
+    """A FakeFleet whose nodes' logs are LOGS/NAME.log (the detail screen shows them)."""
+
+    def __init__(self, names: list[str], logs: Path) -> None:
+        super().__init__(names)
+        self.logs = logs
+
+    def log_path(self, name: str) -> Path | None:
+        return self.logs / f"{name}.log" if self.owns(name) else None
 
 
 def healthy_cluster(n: int = 3, *, goose: str = "n1", term: int = 3) -> FakeSource:

@@ -17,7 +17,7 @@ from textual.widgets._toast import Toast
 
 from ddg.client import RedisInfo, Reply, Role
 from ddg.registry.records import Member
-from ddg_testkit.fake_source import FakeFleet, FakeSource, healthy_cluster
+from ddg_testkit.fake_source import FakeFleet, FakeSource, LoggingFleet, healthy_cluster
 from ddg_testkit.pilot import settled, texts, until
 from ddg_tui.app import ConsoleApp
 from ddg_tui.screens import NodeDetailScreen
@@ -123,15 +123,6 @@ async def test_notifications_leave_the_history_panel_and_its_failover_line_visib
 LONG_LINES = [
     f"2026-01-01 00:00:0{i}.000 INFO ddg.node.member n1: line {i}: now answering goose (term 3) "
     f"after an election of 212 ms, 2 of 3 votes; lease 80 ms" for i in range(8)]
-
-
-class LoggingFleet(FakeFleet):
-    def __init__(self, names: list[str], logs: Path) -> None:
-        super().__init__(names)
-        self.logs = logs
-
-    def log_path(self, name: str) -> Path | None:
-        return self.logs / f"{name}.log" if self.owns(name) else None
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 30)], ids=lambda s: f"{s[0]}x{s[1]}")

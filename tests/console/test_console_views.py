@@ -12,7 +12,7 @@ import pytest
 
 from ddg.client import Reply
 from ddg.registry.records import Member
-from ddg_testkit.fake_source import FakeFleet, healthy_cluster
+from ddg_testkit.fake_source import FakeFleet, LoggingFleet, healthy_cluster
 from ddg_testkit.pilot import settled, texts, until
 from ddg_tui.app import ConsoleApp, FilterInput
 from ddg_tui.screens import NodeDetailScreen, status_fields
@@ -26,15 +26,6 @@ from ddg_tui.widgets.wrapped import WrappedLog
 
 def footer(app: ConsoleApp) -> str:
     return app.query_one("#keys", KeyBar).render().plain
-
-
-class LoggingFleet(FakeFleet):
-    def __init__(self, names: list[str], logs: Path) -> None:
-        super().__init__(names)
-        self.logs = logs
-
-    def log_path(self, name: str) -> Path | None:
-        return self.logs / f"{name}.log" if self.owns(name) else None
 
 
 class QueuedExits(FakeFleet):
