@@ -36,6 +36,7 @@ import aiohttp
 import pytest
 
 from ddg.local.embedded import free_port
+from ddg.local.launcher import spawn_bound
 from ddg.local.tools import Tool
 from ddg_testkit import tools, wait_until_async
 from ddg_testkit.procs import gone, node_name, proc_stat
@@ -137,10 +138,11 @@ def redis_under(root: int) -> list[int]:
 @contextlib.contextmanager
 def started(argv: list[str], log: Path, **kw: Any) -> Iterator[subprocess.Popen[bytes]]:
     """ARGV in a session of its own; afterwards it and all it started are gone (SIGKILL to
-    what is left, so that a failing test leaks nothing either)."""
+    what is left, so that a failing test leaks nothing either), and it dies with this process
+    if that is killed first (seen: a web console left running by a SIGKILLed test run)."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        proc = spawn_bound(argv, stdin=subprocess.DEVNULL, stdout=out,
+                           stderr=subprocess.STDOUT, start_new_session=True, **kw)
     try:
         yield proc
     finally:
