@@ -101,12 +101,16 @@ def console_in_pty(*args: str) -> Iterator[PtyConsole]:
 
 
 def demo_up(console: PtyConsole, nodes: int) -> dict[int, list[str]]:
-    """Wait for the console's Redis and NODES nodes, and for the app to show the last node."""
+    """Wait for the console's Redis and NODES nodes, and for the app to show the last node.
+    A child counts once it runs its own program: between fork and exec its command line is
+    still the console's (the app shows a node it starts from the fork on)."""
     last = f"n{nodes}".encode()
 
     def up() -> dict[int, list[str]] | None:
         kids = children(console.proc.pid)
-        return kids if len(kids) == nodes + 1 and last in console.output else None
+        execd = (sum("redis-server" in cmd[0] for cmd in kids.values()) == 1
+                 and sum("--data-dir" in cmd for cmd in kids.values()) == nodes)
+        return kids if len(kids) == nodes + 1 and execd and last in console.output else None
 
     return wait_until(up, timeout=20, interval=0.05,
                       what=f"Redis + {nodes} nodes and the console showing them")
