@@ -23,8 +23,8 @@ ProcState = Literal["running", "killed", "stopped", "exited", "removed"]
 
 # The term changes of several nodes within this long (a failover's ducks catching up) are one
 # event.
-ORDER_SLACK_S = 1.0  # s: see _event
 TERM_FOLD_S = 0.5
+ORDER_SLACK_S = 1.0  # s: see _event
 
 
 @dataclass(kw_only=True, slots=True)
