@@ -12,9 +12,12 @@ both ends (else the window is measured again, up to 3 times).
              300), heartbeat 30 ms, pre-vote
   pysyncobj  PySyncObj 0.3.17 (benchmarks/pysyncobj_node.py, in benchmarks/.peers-venv):
              election timeout 150-300 ms, AppendEntries every 30 ms, its 50 ms tick thread
+  floor      benchmarks/floor_node.py: asyncio processes that exchange ddg's messages at
+             rest (one to each follower every 50 ms, each answered) and do nothing else: the
+             floor under a Python node's cost on this machine (this venv's Python)
 
     .venv/bin/python -m benchmarks.idle [--nodes 5,25] [--window 20] [--settle 5]
-        [--only ddg,etcd,pysyncobj] [--skip-missing] [--node-arg=ARG ...] [--json FILE]
+        [--only ddg,etcd,pysyncobj,floor] [--skip-missing] [--node-arg=ARG ...] [--json FILE]
 
 A peer that is not installed stops the run with one line (benchmarks/setup.sh installs both)
 unless --skip-missing, which leaves its rows out and says so.
@@ -46,10 +49,11 @@ from . import common
 from .common import Probe
 from .failover import DdgSystem, csv_of, sizes
 
-SYSTEMS = ("ddg", "etcd", "pysyncobj")
+SYSTEMS = ("ddg", "etcd", "pysyncobj", "floor")
 HERE = Path(__file__).resolve().parent
 PEERS_PYTHON = HERE / ".peers-venv" / "bin" / "python"
 PYSYNCOBJ_NODE = HERE / "pysyncobj_node.py"
+FLOOR_NODE = HERE / "floor_node.py"
 HOST = "127.0.0.1"
 LEADER_STATE = 2  # pysyncobj's _RAFT_STATE.LEADER
 WINDOW_TRIES = 3
@@ -156,6 +160,45 @@ class SyncObjCluster:
         return {n: p.pid for n, p in self._procs.items() if p.poll() is None}
 
 
+class FloorCluster:
+    """benchmarks/floor_node.py: a leader and N-1 followers exchanging ddg's messages at rest
+    on asyncio and nothing else (the floor under a Python node's cost, on this machine)."""
+
+    label = "asyncio floor"
+
+    def __init__(self, size: int, heartbeat_ms: int) -> None:
+        self._ports = {f"f{i}": free_port(HOST) for i in range(2, size + 1)}
+        self._heartbeat_ms = heartbeat_ms
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _spawn(self, name: str, *args: object) -> None:
+        proc = spawn_bound([sys.executable, str(FLOOR_NODE), *map(str, args)],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL)
+        self._procs[name] = proc
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"floor node {name} did not start")
+
+    def start(self) -> None:
+        for name, port in self._ports.items():
+            self._spawn(name, "follower", port)
+        self._spawn("f1", "leader", self._heartbeat_ms, *self._ports.values())
+
+    def close(self) -> None:
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs.values():
+            stop(proc, 5)
+
+    async def wait_stable(self, within: float) -> str:
+        return "f1"
+
+    def pids(self) -> dict[str, int]:
+        return {n: p.pid for n, p in self._procs.items() if p.poll() is None}
+
+
 # ---- the measurement ------------------------------------------------------------------------
 
 async def cost(system: Any, *, settle: float, window: float, timing: str) -> Cost:
@@ -219,6 +262,19 @@ async def run_etcd(size: int, args: argparse.Namespace) -> Cost:
                                      f"{2 * timing.election_timeout_min_ms} ms")
 
 
+async def run_floor(size: int, args: argparse.Namespace) -> Cost:
+    heartbeat_ms = Timing().heartbeat_ms
+    cluster = FloorCluster(size, heartbeat_ms)
+    try:
+        await asyncio.to_thread(cluster.start)
+        print(f"floor n={size}: started", flush=True)
+        return await cost(cluster, settle=args.settle, window=args.window,
+                          timing=f"one message to each follower every {heartbeat_ms} ms, "
+                                 "each answered (ddg's default heartbeat)")
+    finally:
+        await asyncio.to_thread(cluster.close)
+
+
 async def run_pysyncobj(size: int, args: argparse.Namespace, version: str) -> Cost:
     cluster = SyncObjCluster(size, version)
     try:
@@ -259,7 +315,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=float, default=5.0,
                    help="s of a stable cluster before the window (default 5)")
     p.add_argument("--only", type=csv_of(SYSTEMS), default=list(SYSTEMS),
-                   help="ddg,etcd,pysyncobj (default all three)")
+                   help="ddg,etcd,pysyncobj,floor (default all four)")
     p.add_argument("--skip-missing", action="store_true",
                    help="leave out a peer that is not installed (default: stop with an error)")
     p.add_argument("--node-arg", action="append", default=[], metavar="ARG",
@@ -274,7 +330,8 @@ def find_peers(args: argparse.Namespace) -> tuple[dict[str, str], list[str]]:
     found: dict[str, str] = {}
     skipped: list[str] = []
     finders = {"etcd": lambda: tools.etcd()[0].describe(), "pysyncobj": pysyncobj_version,
-               "ddg": lambda: f"ddg-node, redis-server {redis_server().describe()}"}
+               "ddg": lambda: f"ddg-node, redis-server {redis_server().describe()}",
+               "floor": lambda: f"benchmarks/floor_node.py on {sys.version.split()[0]}"}
     for system in args.only:
         try:
             found[system] = finders[system]()
@@ -298,6 +355,8 @@ async def main(args: argparse.Namespace) -> None:
                     c = await run_ddg(size, args)
                 elif system == "etcd":
                     c = await run_etcd(size, args)
+                elif system == "floor":
+                    c = await run_floor(size, args)
                 else:
                     c = await run_pysyncobj(size, args, found[system])
             except (TimeoutError, RuntimeError) as exc:  # a row that says so; the others run

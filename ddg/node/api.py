@@ -47,6 +47,7 @@ log = logging.getLogger("ddg.node")
 
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 2.0  # a peer message is a few hundred bytes: a client this slow is not a peer
+MAX_REASON = 1000  # characters of an error reason in a stream's reply
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -262,11 +263,13 @@ class NodeApi:
     async def _stream_frame(self, sender: str, frame: bytes) -> bytes | None:
         """One frame of SENDER's stream: the reply frame (the status and body a POST would
         have had), or None for bytes that are not even a request frame."""
-        id = frames.request_id(frame)
-        if id is None:
+        read = frames.read_request(frame)
+        if read is None:
             return None
+        id, req = read
         try:
-            req = frames.parse_request(frame)
+            if isinstance(req, MessageError):
+                raise req
             if self.verifier is not None:
                 reason = self.verifier.check(req.signature, "POST", frames.raft_path(req.kind),
                                              req.body)
@@ -278,7 +281,8 @@ class NodeApi:
                                    "stream", status=403)
             status, answer = await self._step_message(msg, version)
         except MessageError as exc:
-            status, answer = exc.status, {"error": exc.reason}
+            # (bounded: a reason may quote the frame, and a reply must stay small, inbound.py)
+            status, answer = exc.status, {"error": exc.reason[:MAX_REASON]}
         except Exception:
             log.exception("unexpected error serving a frame of %s's stream", sender)
             status, answer = 500, {"error": "internal error; see the node's log"}

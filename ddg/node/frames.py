@@ -86,7 +86,24 @@ def _integer(header: dict[str, Any], key: str) -> int:
 def parse_request(frame: bytes) -> Request:
     """A request frame; MessageError (a 400) for anything else. The signature is not checked
     here: the receiver's Verifier does, as for an HTTP POST."""
-    header, body = _split(frame)
+    return _request(*_split(frame))
+
+
+def read_request(frame: bytes) -> tuple[int, Request | MessageError] | None:
+    """What the receiver answers: the frame's id and its request, or why it is none (a 400
+    under that id); None for bytes that are not even a request frame (no id to answer)."""
+    try:
+        header, body = _split(frame)
+        id = _integer(header, "id")
+    except MessageError:
+        return None
+    try:
+        return id, _request(header, body)
+    except MessageError as exc:
+        return id, exc
+
+
+def _request(header: dict[str, Any], body: bytes) -> Request:
     unknown = set(header) - {"id", "kind", *_SIGNATURE}
     if unknown:
         raise MessageError(f"unknown frame header field(s): {', '.join(sorted(unknown))}")
@@ -101,14 +118,6 @@ def parse_request(frame: bytes) -> Request:
                 raise MessageError(f"frame header {short!r} must be a string")
             signature[name] = value
     return Request(id=_integer(header, "id"), kind=kind, body=body, signature=signature)
-
-
-def request_id(frame: bytes) -> int | None:
-    """The id of what looks like a request frame, to answer even a malformed one."""
-    try:
-        return _integer(_split(frame)[0], "id")
-    except MessageError:
-        return None
 
 
 def parse_reply(frame: bytes) -> Reply:

@@ -2,9 +2,10 @@
 WebSocket per sender, each frame a signed election message answered on the same stream.
 
 One stream per sender: a newer one ends the older (the peer reconnected; the membership
-bounds how many there are). Frames are handled one after another, as they came; every write
-has a timeout (a peer that does not read its replies loses its stream, not this node's
-loop). At shutdown every stream is closed, so a stop is never waiting on one.
+bounds how many there are). Frames are handled one after another, as they came. A peer that
+does not read its replies loses its stream once MAX_UNREAD bytes of them wait to be sent, so
+a reply's write never waits (no timer per frame: the cost at rest). At shutdown every stream
+is closed, so a stop is never waiting on one.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ddg.node.peers import MAX_FRAME
 
-WRITE_TIMEOUT = 2.0  # s: a reply is a few hundred bytes; a reader this slow is not a peer
+WRITE_TIMEOUT = 2.0  # s: the handshake's
+# Replies not yet taken by the peer: far below the transport's high-water mark (64 KiB), so
+# writing one more (a reply is a few hundred bytes) never pauses for the peer to read.
+MAX_UNREAD = 16 * 1024
 CLOSE_TIMEOUT = 0.5  # s: how long a closing stream waits for the peer's close frame
 log = logging.getLogger("ddg.node")
 
@@ -68,8 +72,11 @@ class InboundStreams:
                     break
                 answer = await on_frame(msg.data)
                 if answer is not None:
-                    async with asyncio.timeout(WRITE_TIMEOUT):
-                        await ws.send_bytes(answer)
+                    transport = request.transport
+                    if transport is None or transport.get_write_buffer_size() > MAX_UNREAD:
+                        log.debug("stream of %s ended: it does not read its replies", sender)
+                        break
+                    await ws.send_bytes(answer)
         except (ConnectionError, TimeoutError) as exc:
             log.debug("stream of %s ended: %s", sender, str(exc) or type(exc).__name__)
         finally:

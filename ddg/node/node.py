@@ -51,6 +51,7 @@ from ddg.util.ratelimit import LogThrottle, Throttle
 
 WARN_EVERY = 60.0  # seconds between two log lines about the same recurring problem
 VIP_RELEASE_WAIT = 1.0  # s: a hand-over waits this long for the keeper to remove the VIP
+TICK_CAP = 0.5  # s: the longest the ticker sleeps (it wakes earlier for a core deadline)
 NO_GOOSE_SAY_AFTER = 3.0  # s without a goose before a node says why (a failover takes less)
 NO_GOOSE_SAY_EVERY = 5.0  # s between two such lines
 log = logging.getLogger("ddg.node")
@@ -111,6 +112,9 @@ class Node(NodeApi):
         self.stop_event = asyncio.Event()
         self.exit_code = 0
         self._wake = asyncio.Event()
+        self._tick_at = -math.inf  # monotonic: when the ticker wakes by itself next
+        self._members_of: frozenset[str] | None = None
+        self._members: tuple[str, ...] = ()
         self._persist_lock = asyncio.Lock()
         self._on_disk: HardState | None = None
         self._clock_nag: Throttle | None = None  # while peers contradict this node's clock
@@ -357,15 +361,16 @@ class Node(NodeApi):
                 await self._apply(core.tick(time.monotonic()))
                 self.observe()  # a deadline of the clock alone (a lease edge) changes the role
                 self._remind_clock(core)
-                delay = core.next_deadline() - time.monotonic()
-            else:
-                delay = math.inf
-            self._explain_no_goose(time.monotonic())
+            now = time.monotonic()
+            self._explain_no_goose(now)
             self._wake.clear()
-            # Cap the sleep so a missed wake-up costs at most one heartbeat interval.
-            delay = min(max(delay, 0.0), self.heartbeat)
+            # _apply wakes the ticker only for a deadline earlier than this one (an ack or a
+            # duck's heartbeat moves none earlier: no wake-up per message, the cost at rest).
+            # The cap is for what has no deadline: the "no goose" and clock reminders.
+            self._tick_at = min(core.next_deadline() if core is not None else math.inf,
+                                now + TICK_CAP)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
+                async with asyncio.timeout(max(self._tick_at - now, 0.0)):
                     await self._wake.wait()
 
     async def _apply(self, out: Output, *, send: bool = True) -> None:
@@ -387,8 +392,9 @@ class Node(NodeApi):
             self.stop_event.set()
         if send:
             for s in out.sends:
-                self.peers.send(s)
-        self._wake.set()
+                await self.peers.send(s)
+        if self.core is not None and self.core.next_deadline() < self._tick_at:
+            self._wake.set()
 
     async def _persist(self, hard: HardState) -> None:
         t0 = time.monotonic()
@@ -446,10 +452,11 @@ class Node(NodeApi):
         # On the goose this runs for every acknowledgement: read only what a View holds (no
         # snapshot with its copy of the counters).
         now = time.monotonic()
+        if core.members is not self._members_of:  # (sorted once per membership, not per ack)
+            self._members_of, self._members = core.members, tuple(sorted(core.members))
         change = self.changes.observe(
             View(role=core.reported_role(now), state=core.state.value, term=core.term,
-                 goose=core.known_goose(now), members=tuple(sorted(core.members)),
-                 version=core.version),
+                 goose=core.known_goose(now), members=self._members, version=core.version),
             at=now, wall=time.time())
         self._tell_vip(now)
         if core.state is State.GOOSE:

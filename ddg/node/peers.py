@@ -88,18 +88,14 @@ def failure_reason(failure: BaseException | int) -> str:
 class _Out:
     """One message on its way: queued, then pending its reply."""
 
-    __slots__ = ("done", "send", "sent_at", "timer")
+    __slots__ = ("done", "send", "sent_at")
 
     def __init__(self, send: Send, done: asyncio.Future[None] | None = None) -> None:
         self.send = send
         self.done = done  # set once it is answered, failed or dropped (deliver() waits)
         self.sent_at = 0.0
-        self.timer: asyncio.TimerHandle | None = None
 
     def finish(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
 
@@ -115,7 +111,8 @@ class Link:
         self.task: asyncio.Task[None] | None = None
         self.ws: ClientWebSocketResponse | None = None
         self.reader: asyncio.Task[None] | None = None
-        self.pending: dict[int, _Out] = {}
+        self.pending: dict[int, _Out] = {}  # in the order written (ids grow)
+        self.expiry: asyncio.TimerHandle | None = None  # for the oldest pending's reply
         self.heartbeats_pending = 0
         self.next_id = 0
         self.fallen_back = False  # the peer did not serve the stream: HTTP POSTs to it
@@ -225,8 +222,10 @@ class PeerTransport:
                 await session.close()
         self._session = self._streams = None
 
-    def send(self, send: Send) -> None:
-        """Fire and forget (the reply, if any, goes to on_reply)."""
+    async def send(self, send: Send) -> None:
+        """Fire and forget (the reply, if any, goes to on_reply). On an open stream with
+        nothing queued before it, the message is written at once, by the caller (no wake-up
+        of the link's task per message: the cost at rest); else it is queued."""
         if self._blocked(send.to):
             return
         if isinstance(send.msg, Heartbeat) and \
@@ -236,8 +235,12 @@ class PeerTransport:
             # would otherwise miss elections for up to PEER_BACKOFF_MAX: split votes).
             return  # it keeps failing: try it again after its backoff
         link = self._link(send.to)
+        ws = link.ws
         if link.uses_http(time.monotonic()):
             self._post(send)
+        elif (ws is not None and not ws.closed and link.heartbeat is None and not link.queue
+              and link.task is not None and not link.task.done()):
+            await self._write_one(link, ws, _Out(send))
         else:
             self._enqueue(link, _Out(send))
 
@@ -316,6 +319,9 @@ class PeerTransport:
         finally:
             while (out := link.take()) is not None:
                 out.finish()
+            if link.expiry is not None:
+                link.expiry.cancel()
+                link.expiry = None
             if link.reader is not None:
                 link.reader.cancel()
                 await asyncio.gather(link.reader, return_exceptions=True)
@@ -385,39 +391,55 @@ class PeerTransport:
         return ws
 
     async def _write(self, link: Link, ws: ClientWebSocketResponse) -> None:
-        peer = link.peer
-        loop = asyncio.get_running_loop()
         while (out := link.take()) is not None:
-            msg = out.send.msg
-            heartbeat = isinstance(msg, Heartbeat)
-            if self._blocked(peer) or len(link.pending) >= MAX_PENDING or (
-                    heartbeat and link.heartbeats_pending >= MAX_HEARTBEATS_IN_FLIGHT):
-                out.finish()
-                continue
-            kind = KIND_OF[type(msg)]
-            body = json.dumps(encode(msg, version=self._version())).encode()
-            link.next_id += 1
-            id = link.next_id
-            frame = frames.request_frame(id, kind, body, secret=self.config.secret,
-                                         recipient=peer)
-            out.sent_at = time.monotonic()
-            out.timer = loop.call_later(self.timing.election_min, self._expired, link, ws, id)
-            link.pending[id] = out
-            if heartbeat:
-                link.heartbeats_pending += 1
-            try:
-                async with asyncio.timeout(self.timing.election_min):
-                    await ws.send_bytes(frame)
-            except (ClientError, ConnectionError, TimeoutError) as exc:
-                log.debug("%s %s failed: %s", peer, kind, str(exc) or type(exc).__name__)
-                self._failed(peer, failure_reason(exc))
-                self._end_stream(link, ws)
+            if not await self._write_one(link, ws, out):
                 return
 
-    def _expired(self, link: Link, ws: ClientWebSocketResponse, id: int) -> None:
-        """No reply in time: the peer is slow, frozen or gone. End the stream (as a POST's
-        timeout ends its connection); the next message opens another."""
-        if link.settle(id) is None:
+    async def _write_one(self, link: Link, ws: ClientWebSocketResponse, out: _Out) -> bool:
+        """Write OUT to the stream; False if that ended the stream. Never waits: what was
+        written and not yet answered is at most MAX_PENDING small frames, far below the
+        transport's high-water mark (64 KiB), and a peer that does not answer loses the
+        stream (_expire)."""
+        peer = link.peer
+        msg = out.send.msg
+        heartbeat = isinstance(msg, Heartbeat)
+        if self._blocked(peer) or len(link.pending) >= MAX_PENDING or (
+                heartbeat and link.heartbeats_pending >= MAX_HEARTBEATS_IN_FLIGHT):
+            out.finish()
+            return True
+        kind = KIND_OF[type(msg)]
+        body = json.dumps(encode(msg, version=self._version())).encode()
+        link.next_id += 1
+        id = link.next_id
+        frame = frames.request_frame(id, kind, body, secret=self.config.secret, recipient=peer)
+        out.sent_at = time.monotonic()
+        link.pending[id] = out
+        if link.expiry is None:
+            link.expiry = asyncio.get_running_loop().call_at(
+                out.sent_at + self.timing.election_min, self._expire, link)
+        if heartbeat:
+            link.heartbeats_pending += 1
+        try:
+            await ws.send_bytes(frame)
+        except (ClientError, ConnectionError) as exc:
+            log.debug("%s %s failed: %s", peer, kind, str(exc) or type(exc).__name__)
+            self._failed(peer, failure_reason(exc))
+            self._end_stream(link, ws)
+            return False
+        return True
+
+    def _expire(self, link: Link) -> None:
+        """The oldest request's reply is due (one timer per link, not one per message: the
+        cost at rest). None in time: the peer is slow, frozen or gone. End the stream (as a
+        POST's timeout ends its connection); the next message opens another."""
+        link.expiry = None
+        ws = link.ws  # (what is pending was written to the current stream)
+        if ws is None or not link.pending:
+            return
+        oldest = next(iter(link.pending.values()))
+        due = oldest.sent_at + self.timing.election_min
+        if time.monotonic() < due:
+            link.expiry = asyncio.get_running_loop().call_at(due, self._expire, link)
             return
         log.debug("%s: no reply in %g s", link.peer, self.timing.election_min)
         self._failed(link.peer, "timeout")

@@ -75,6 +75,7 @@ class NodeMetrics:
         self._counters = counters
         self._clock = clock
         self._peers: frozenset[str] = frozenset()
+        self._rtt: dict[str, Histogram] = {}  # each peer's heartbeat_rtt child
         # monotonic: a node starts without a goose (waiting to join counts: a cluster that
         # was never created must not look healthy)
         self._no_goose_since: float | None = clock()
@@ -106,8 +107,9 @@ class NodeMetrics:
             self.peer_failures.labels(peer, reason).inc()
 
     def heartbeat_round_trip(self, peer: str, seconds: float) -> None:
-        if peer in self._peers:
-            self.heartbeat_rtt.labels(peer).observe(seconds)
+        rtt = self._rtt.get(peer)  # (labels() per acknowledgement was a goose's hot path)
+        if rtt is not None:
+            rtt.observe(seconds)
 
     def registry_error(self, exc: RegistryError) -> None:
         self.registry_errors.labels(registry_error_kind(exc)).inc()
@@ -126,10 +128,11 @@ class NodeMetrics:
                     self.peer_failures.remove(gone, reason)
             with contextlib.suppress(KeyError):
                 self.heartbeat_rtt.remove(gone)
+            self._rtt.pop(gone, None)
         for new in peers - self._peers:  # zeros from the start, so rate() sees the first one
             for reason in PEER_FAILURE_REASONS:
                 self.peer_failures.labels(new, reason)
-            self.heartbeat_rtt.labels(new)
+            self._rtt[new] = self.heartbeat_rtt.labels(new)
         self._peers = peers
         if view.goose is None and self._no_goose_since is None:
             self._no_goose_since = change.at

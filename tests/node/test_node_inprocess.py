@@ -1,5 +1,5 @@
 """The node's HTTP contract in-process (aiohttp's test client), where a real process cannot
-show the detail: what happens while the disk is slow."""
+show the detail: what happens while the disk is slow; when its ticker wakes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from ddg.election.core import HardState
+from ddg.election.core import HardState, State
+from ddg.election.messages import Heartbeat
 from ddg_testkit.innode import node_in_process
+from ddg_testkit.wait import wait_until_async
 
 
 async def test_a_slow_disk_delays_the_vote_but_not_get_root(tmp_path: Path) -> None:
@@ -122,4 +124,51 @@ async def test_a_cancelled_apply_keeps_the_write_lock_until_its_write_ends(
         assert node.data.load_hard_state().term == 2
     finally:
         release.set()
+        node.data.close()
+
+
+async def test_a_ducks_ticker_does_not_wake_for_every_heartbeat(tmp_path: Path) -> None:
+    """The ticker runs at the core's deadlines; a heartbeat moves a duck's deadline later, so
+    it wakes nothing (it woke the ticker once per message: the cost at rest, issue 17). A
+    deadline made earlier still wakes it at once (the goose's first heartbeat)."""
+    node = node_in_process(tmp_path)
+    core = node.core
+    assert core is not None
+    ticks = 0
+    tick = core.tick
+
+    def counted(now: float) -> object:
+        nonlocal ticks
+        ticks += 1
+        return tick(now)
+
+    core.tick = counted  # type: ignore[assignment,method-assign]
+
+    async def heartbeat(seq: int) -> None:
+        assert core is not None
+        await node._apply(core.step(Heartbeat(term=1, sender="b", seq=seq), time.monotonic(),
+                                    1))
+
+    await heartbeat(1)
+    ticker = asyncio.create_task(node._run_ticker())
+    try:
+        await asyncio.sleep(0)  # its first run
+        first = ticks
+        for seq in range(2, 32):
+            await heartbeat(seq)
+            await asyncio.sleep(0.01)
+        assert core.state is State.DUCK and core.leader == "b"
+        # 30 heartbeats 10 ms apart: the deadline (an election timeout after the last) and the
+        # ticker's cap wake it a few times at most, where every heartbeat woke it.
+        assert ticks - first < 10, f"{ticks - first} ticks for 30 heartbeats"
+        # An earlier deadline wakes it: the heartbeats stop and the duck campaigns, its
+        # deadline now; its pre-vote round is the tick that the wait does not delay.
+        before = ticks
+        await node._apply(core.goose_lost("b", time.monotonic()))
+        await wait_until_async(lambda: ticks > before, timeout=5, what="a tick",
+                               interval=0.005)
+    finally:
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+        await node.peers.close()
         node.data.close()

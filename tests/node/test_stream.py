@@ -6,6 +6,7 @@ peer that never answers costs a timeout, not memory; fault injection drops both 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -75,8 +76,9 @@ def test_a_malformed_request_frame_is_a_clear_error(frame: bytes) -> None:
 def test_a_reply_frame_round_trips() -> None:
     reply = frames.parse_reply(frames.reply_frame(3, 503, b'{"error":"x"}'))
     assert (reply.re, reply.status, reply.body) == (3, 503, b'{"error":"x"}')
-    assert frames.request_id(b'{"id":4,"kind":"nope"}\n') == 4
-    assert frames.request_id(b"junk") is None
+    read = frames.read_request(b'{"id":4,"kind":"nope"}\n')  # answered: a 400 under id 4
+    assert read is not None and read[0] == 4 and isinstance(read[1], MessageError)
+    assert frames.read_request(b"junk") is None  # nothing to answer
     with pytest.raises(MessageError):
         frames.parse_reply(b'{"re":1}\n{}')
 
@@ -184,7 +186,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
 async def test_heartbeats_ride_one_stream_and_their_acks_come_back_on_it(served) -> None:
     node, peer, counted = await served()
     for seq in range(1, 21):
-        peer.transport.send(hb(seq))
+        await peer.transport.send(hb(seq))
         await peer.acks(seq)
     assert counted.paths == [frames.PATH + "b"], "one upgrade, no POST"
     assert peer.transport.links() == {"a": "stream"}
@@ -198,13 +200,13 @@ async def test_a_peer_of_0_2_0_gets_posts_and_is_offered_the_stream_again_later(
         served) -> None:
     _node, peer, counted = await served(old=True)
     for seq in range(1, 6):
-        peer.transport.send(hb(seq))
+        await peer.transport.send(hb(seq))
         await peer.acks(seq)
     assert counted.paths == [frames.PATH + "b"] + ["/raft/heartbeat"] * 5
     assert peer.transport.links() == {"a": "http"}
     link = peer.transport._links["a"]
     link.retry_stream_at = time.monotonic()  # STREAM_RETRY later
-    peer.transport.send(hb(6))
+    await peer.transport.send(hb(6))
     await peer.acks(6)
     assert counted.paths[-2:] == [frames.PATH + "b", "/raft/heartbeat"]
     assert peer.transport.links() == {"a": "http"}
@@ -212,7 +214,7 @@ async def test_a_peer_of_0_2_0_gets_posts_and_is_offered_the_stream_again_later(
 
 async def test_a_message_in_another_members_name_is_refused_on_the_stream(served) -> None:
     node, peer, _counted = await served()
-    peer.transport.send(Send(to="a", msg=Heartbeat(term=1, sender="c", seq=1)))
+    await peer.transport.send(Send(to="a", msg=Heartbeat(term=1, sender="c", seq=1)))
     await until(lambda: peer.transport._backoff.get("a") is not None, "a failure")
     assert node.core is not None and node.core.leader is None
     assert not peer.replies
@@ -221,7 +223,7 @@ async def test_a_message_in_another_members_name_is_refused_on_the_stream(served
 async def test_a_wrong_secret_is_refused_at_the_upgrade_and_said(served, caplog) -> None:
     node, peer, counted = await served(secret=b"another-secret")
     with caplog.at_level(logging.WARNING):
-        peer.transport.send(hb(1))
+        await peer.transport.send(hb(1))
         await until(lambda: "/raft/heartbeat" in counted.paths, "the POST instead")
         await until(lambda: "refused our signature" in caplog.text, "the warning")
     assert not peer.replies and node.streams_in.senders == []
@@ -229,15 +231,15 @@ async def test_a_wrong_secret_is_refused_at_the_upgrade_and_said(served, caplog)
 
 async def test_fault_injection_drops_messages_both_ways(served) -> None:
     node, peer, _counted = await served()
-    peer.transport.send(hb(1))
+    await peer.transport.send(hb(1))
     await peer.acks(1)
     peer.blocked.add("a")  # this side's partition: nothing leaves
-    peer.transport.send(hb(2))
+    await peer.transport.send(hb(2))
     await asyncio.sleep(0.05)
     assert node.core is not None and node.core.counters.heartbeats_received == 1
     peer.blocked.clear()
     node.partitions.isolate(False, {"b"}, node.membership.names, "a")  # the other side's
-    peer.transport.send(hb(3))
+    await peer.transport.send(hb(3))
     await until(lambda: peer.transport._backoff.get("a") is not None, "a failure")
     assert node.core.counters.heartbeats_received == 1
     assert sum(isinstance(r, HeartbeatAck) for r in peer.replies) == 1
@@ -270,7 +272,7 @@ async def test_a_peer_that_never_answers_costs_a_timeout_and_bounded_memory(
     try:
         t0 = time.monotonic()
         for seq in range(1, 40):
-            peer.transport.send(hb(seq))
+            await peer.transport.send(hb(seq))
             link = peer.transport._links["a"]
             assert len(link.pending) <= peers.MAX_HEARTBEATS_IN_FLIGHT
             await asyncio.sleep(0.01)
@@ -345,8 +347,87 @@ async def test_a_stream_opened_while_the_node_stops_is_closed_not_served(
             shaken.append(True)
 
     monkeypatch.setattr(web.WebSocketResponse, "prepare", stop_meanwhile)
-    peer.transport.send(hb(1))
+    await peer.transport.send(hb(1))
     await until(lambda: bool(shaken), "the handshake")
     await until(lambda: node.streams_in.senders == [] and served_servers(peer).connections == [],
                 "the stream to be closed")
     assert peer.transport.links().get("a") != "stream"
+
+
+async def test_a_reply_that_stops_coming_after_one_that_came_still_times_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One reply timer per link (not one per message): once the first request is answered,
+    the next one's missing reply still ends the stream in an election timeout's minimum."""
+    answered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def once(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        first = await ws.receive_bytes()
+        req = frames.parse_request(first)
+        await ws.send_bytes(frames.reply_frame(req.id, 503, b'{"error":"busy"}'))
+        answered.set()
+        await release.wait()  # then silent: a process frozen after one answer
+        return ws
+
+    app = web.Application()
+    app.router.add_get(frames.PATH + "{name}", once)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    peer = Peer(str(server.make_url("")).rstrip("/"), timing=Timing())
+    await peer.transport.start()
+    failures: list[str] = []
+    monkeypatch.setattr(peer.transport, "_failed", lambda p, reason: failures.append(reason))
+    try:
+        await peer.transport.send(hb(1))
+        await until(lambda: "http_5xx" in failures, "the first request's answer")
+        await peer.transport.send(hb(2))
+        await until(lambda: "timeout" in failures, "the second request's timeout")
+        assert peer.transport.links() == {"a": "closed"}
+    finally:
+        release.set()
+        await peer.transport.close()
+        await server.close()
+
+
+async def test_a_peer_that_does_not_read_its_replies_loses_its_stream(
+        served, caplog: pytest.LogCaptureFixture) -> None:
+    """A sender that writes frames and never reads the replies: once MAX_UNREAD bytes of
+    replies wait, its stream is closed; no write of a reply ever waits on it (there is no
+    timer per reply to end such a wait)."""
+    import socket
+
+    node, peer, _counted = await served()
+    host, port = node_address(peer)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    headers = auth.sign_headers(SECRET, "GET", frames.PATH + "b", b"", recipient="a")
+    writer.write((f"GET {frames.PATH}b HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode())
+    async with asyncio.timeout(5):
+        assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+    # Each frame is refused with a reason that names its 40 unknown fields: ~1 KB a reply.
+    fields = {f"field{i:02d}" + "x" * 40: 1 for i in range(40)}
+    try:
+        with caplog.at_level(logging.DEBUG, logger="ddg.node"):
+            for id in range(1, 5001):
+                body = b'{"id":%d,' % id + json.dumps(fields)[1:].encode() + b"\n{}"
+                # a client's frame is masked: a zero mask leaves the bytes as they are
+                writer.write(b"\x82\xfe" + len(body).to_bytes(2, "big") + b"\0\0\0\0" + body)
+                if id % 50 == 0:
+                    async with asyncio.timeout(5):
+                        await writer.drain()
+                    if not node.streams_in.senders:
+                        break
+            await until(lambda: node.streams_in.senders == [], "the stream to be closed")
+        assert "stream of b ended: it does not read its replies" in caplog.text
+    finally:
+        writer.close()
+    await peer.transport.send(hb(1))  # and b's next stream is served as any
+    await peer.acks(1)
