@@ -113,6 +113,8 @@ class Node(NodeApi):
         self.exit_code = 0
         self._wake = asyncio.Event()
         self._tick_at = -math.inf  # monotonic: when the ticker wakes by itself next
+        self._tick_cap = -math.inf  # ... at the latest
+        self._ticking: asyncio.Timeout | None = None  # its wait's timeout, while it waits
         self._members_of: frozenset[str] | None = None
         self._members: tuple[str, ...] = ()
         self._persist_lock = asyncio.Lock()
@@ -367,11 +369,13 @@ class Node(NodeApi):
             # _apply wakes the ticker only for a deadline earlier than this one (an ack or a
             # duck's heartbeat moves none earlier: no wake-up per message, the cost at rest).
             # The cap is for what has no deadline: the "no goose" and clock reminders.
+            self._tick_cap = now + TICK_CAP
             self._tick_at = min(core.next_deadline() if core is not None else math.inf,
-                                now + TICK_CAP)
+                                self._tick_cap)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(self._tick_at - now, 0.0)):
+                async with asyncio.timeout(max(self._tick_at - now, 0.0)) as self._ticking:
                     await self._wake.wait()
+            self._ticking = None
 
     async def _apply(self, out: Output, *, send: bool = True) -> None:
         """Persist, log, then send: nothing leaves before the term and vote are on disk.
@@ -393,8 +397,22 @@ class Node(NodeApi):
         if send:
             for s in out.sends:
                 await self.peers.send(s)
-        if self.core is not None and self.core.next_deadline() < self._tick_at:
+        if self.core is not None:
+            self._retime_ticker(self.core.next_deadline())
+
+    def _retime_ticker(self, deadline: float) -> None:
+        """Wake the ticker for a DEADLINE earlier than its own; let it sleep on if the one it
+        waits for is soon and now later (the quorum's ack cancels the goose's resend: else a
+        wake-up for nothing each heartbeat)."""
+        if deadline < self._tick_at:
             self._wake.set()
+            return
+        ticking = self._ticking
+        now = time.monotonic()
+        if (ticking is not None and not ticking.expired() and deadline > self._tick_at
+                and self._tick_at - now < self.heartbeat):
+            self._tick_at = min(deadline, self._tick_cap)
+            ticking.reschedule(asyncio.get_running_loop().time() + self._tick_at - now)
 
     async def _persist(self, hard: HardState) -> None:
         t0 = time.monotonic()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from ddg.election.core import HardState, State
-from ddg.election.messages import Heartbeat
+from ddg.election.core import HardState, Send, State
+from ddg.election.messages import Heartbeat, HeartbeatAck, VoteResponse
 from ddg_testkit.innode import node_in_process
 from ddg_testkit.wait import wait_until_async
 
@@ -171,4 +171,55 @@ async def test_a_ducks_ticker_does_not_wake_for_every_heartbeat(tmp_path: Path) 
         ticker.cancel()
         await asyncio.gather(ticker, return_exceptions=True)
         await node.peers.close()
+        node.data.close()
+
+
+async def test_a_gooses_ticker_runs_once_per_heartbeat_round(tmp_path: Path) -> None:
+    """A goose whose ducks answer at once: the quorum's ack cancels the round's resend, and
+    the ticker sleeps on to the next heartbeat instead of waking for the resend it no longer
+    has (a wake-up for nothing each round: the cost at rest)."""
+    node = node_in_process(tmp_path)
+    core = node.core
+    assert core is not None
+    loop = asyncio.get_running_loop()
+
+    async def ack(msg: Heartbeat) -> None:  # b answers each round as a peer's stream would
+        await node._on_reply(HeartbeatAck(term=msg.term, sender="b", seq=msg.seq,
+                                          success=True), 1)
+
+    acks: set[asyncio.Task[None]] = set()
+
+    async def send(s: Send) -> None:
+        if isinstance(s.msg, Heartbeat) and s.to == "b":
+            task = loop.create_task(ack(s.msg))
+            acks.add(task)
+            task.add_done_callback(acks.discard)
+
+    node.peers.send = send  # type: ignore[assignment,method-assign]
+    await node._apply(core.tick(time.monotonic()))  # pre-vote (its deadline is long past)
+    await node._apply(core.step(VoteResponse(term=1, sender="b", granted=True, pre_vote=True),
+                                time.monotonic()))
+    await node._apply(core.step(VoteResponse(term=1, sender="b", granted=True),
+                                time.monotonic()))
+    assert core.state is State.GOOSE
+    ticks = 0
+    tick = core.tick
+
+    def counted(now: float) -> object:
+        nonlocal ticks
+        ticks += 1
+        return tick(now)
+
+    core.tick = counted  # type: ignore[assignment,method-assign]
+    ticker = asyncio.create_task(node._run_ticker())
+    try:
+        first_seq = core.seq
+        await asyncio.sleep(1.0)  # a busy machine may run fewer rounds: they are counted
+        rounds = core.seq - first_seq
+        assert rounds >= 5 and core.is_goose(time.monotonic())
+        # one tick per round, and a few for the cap; the resend's made it two per round
+        assert ticks <= 1.5 * rounds + 3, f"{ticks} ticks for {rounds} rounds"
+    finally:
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
         node.data.close()
