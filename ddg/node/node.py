@@ -372,10 +372,12 @@ class Node(NodeApi):
             self._tick_cap = now + TICK_CAP
             self._tick_at = min(core.next_deadline() if core is not None else math.inf,
                                 self._tick_cap)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(self._tick_at - now, 0.0)) as self._ticking:
-                    await self._wake.wait()
-            self._ticking = None
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(self._tick_at - now, 0.0)) as self._ticking:
+                        await self._wake.wait()
+            finally:
+                self._ticking = None  # (also when cancelled: _apply runs on, at the stop)
 
     async def _apply(self, out: Output, *, send: bool = True) -> None:
         """Persist, log, then send: nothing leaves before the term and vote are on disk.

@@ -223,3 +223,27 @@ async def test_a_gooses_ticker_runs_once_per_heartbeat_round(tmp_path: Path) -> 
         ticker.cancel()
         await asyncio.gather(ticker, return_exceptions=True)
         node.data.close()
+
+
+async def test_outputs_applied_after_the_ticker_stopped_are_no_error(tmp_path: Path) -> None:
+    """At a stop the ticker is cancelled while it waits, and the node still applies outputs
+    (the goose's hand-over): that must not touch the dead ticker's timer (it raised
+    RuntimeError: Cannot change state of exited Timeout)."""
+    node = node_in_process(tmp_path)
+    core = node.core
+    assert core is not None
+    await node._apply(core.step(Heartbeat(term=1, sender="b", seq=1), time.monotonic(), 1))
+    ticker = asyncio.create_task(node._run_ticker())
+    try:  # waiting for its deadline, which is near (a later one would reschedule its timer)
+        await asyncio.sleep(0)  # its first run
+        await asyncio.sleep(max(node._tick_at - time.monotonic() - 0.03, 0.0))
+    finally:
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+    try:
+        for seq in range(2, 5):
+            await node._apply(core.step(Heartbeat(term=1, sender="b", seq=seq),
+                                        time.monotonic(), 1))
+        assert core.leader == "b"
+    finally:
+        node.data.close()
