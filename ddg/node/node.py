@@ -386,21 +386,24 @@ class Node(NodeApi):
         in order, so a later output (which may depend on that state) waits for the write too.
         The VIP's keeper hears of a step down before that wait (GET / no longer says goose).
         """
-        self._tell_vip(time.monotonic())
-        async with self._persist_lock:
-            if out.persist is not None and out.persist != self._on_disk:
-                await self._persist(out.persist)
-        for event in out.events:
-            level = logging.DEBUG if event.debug else logging.ERROR if event.error else logging.INFO
-            log.log(level, "%s", event.text, extra={"event": event.name, **event.fields})
-        self.observe()
-        if self.core is not None and self.core.state is State.REMOVED:
-            self.stop_event.set()
-        if send:
-            for s in out.sends:
-                await self.peers.send(s)
-        if self.core is not None:
-            self._retime_ticker(self.core.next_deadline())
+        try:
+            self._tell_vip(time.monotonic())
+            async with self._persist_lock:
+                if out.persist is not None and out.persist != self._on_disk:
+                    await self._persist(out.persist)
+            for event in out.events:
+                level = (logging.DEBUG if event.debug else logging.ERROR if event.error
+                         else logging.INFO)
+                log.log(level, "%s", event.text, extra={"event": event.name, **event.fields})
+            self.observe()
+            if self.core is not None and self.core.state is State.REMOVED:
+                self.stop_event.set()
+            if send:
+                for s in out.sends:
+                    await self.peers.send(s)
+        finally:  # the core stepped already: its deadline counts even if this was cut short
+            if self.core is not None:
+                self._retime_ticker(self.core.next_deadline())
 
     def _retime_ticker(self, deadline: float) -> None:
         """Wake the ticker for a DEADLINE earlier than its own; let it sleep on if the one it

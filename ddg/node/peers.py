@@ -12,9 +12,12 @@ stream, MAX_HEARTBEATS_IN_FLIGHT heartbeats in flight (more would only queue beh
 link); peer POSTs in flight overall (a membership full of black-holed addresses must not take
 the event loop, and so `GET /`, with it); and how often a peer that keeps failing is tried (a
 backoff up to PEER_BACKOFF_MAX; any message from it ends the backoff; heartbeats only, votes
-always go). Every send, connect and reply wait has a timeout (an election timeout's minimum);
-a reply that does not come in time closes the stream (the next message opens a new one).
-Hand-overs are never dropped for lack of room.
+always go). Every connect and reply wait has a timeout (an election timeout's minimum; one
+timer per stream, for its oldest request); a reply that does not come in time closes the
+stream (the next message opens a new one). A write on a stream never waits: at most
+MAX_PENDING small frames are unanswered, far below the transport's high-water mark, so a
+heartbeat on an open stream goes out from the caller at once. Hand-overs are never dropped
+for lack of room.
 """
 
 from __future__ import annotations
@@ -240,7 +243,11 @@ class PeerTransport:
             self._post(send)
         elif (ws is not None and not ws.closed and link.heartbeat is None and not link.queue
               and link.task is not None and not link.task.done()):
-            await self._write_one(link, ws, _Out(send))
+            try:
+                await self._write_one(link, ws, _Out(send))
+            except Exception:  # a bug: the caller (the ticker, a handler) must go on
+                log.exception("writing %s to %s failed", KIND_OF[type(send.msg)], send.to)
+                self._end_stream(link, ws)
         else:
             self._enqueue(link, _Out(send))
 
