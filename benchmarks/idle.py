@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -79,6 +80,16 @@ class Cost:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def stop_all(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to every process first (they stop side by side), then wait for each."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        stop(proc, 5)
 
 
 # ---- PySyncObj ------------------------------------------------------------------------------
@@ -128,11 +139,7 @@ class SyncObjCluster:
                 self._state[name] = int(parts[1])
 
     def close(self) -> None:
-        for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self._procs.values():
-            stop(proc, 5)
+        stop_all(self._procs.values())
         for t in self._readers:
             t.join(5)
 
@@ -186,11 +193,7 @@ class FloorCluster:
         self._spawn("f1", "leader", self._heartbeat_ms, *self._ports.values())
 
     def close(self) -> None:
-        for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self._procs.values():
-            stop(proc, 5)
+        stop_all(self._procs.values())
 
     async def wait_stable(self, within: float) -> str:
         return "f1"

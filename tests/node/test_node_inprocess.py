@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from ddg.election.core import HardState, Send, State
+from ddg.election.core import Election, HardState, Output, Send, State
 from ddg.election.messages import Heartbeat, HeartbeatAck, VoteResponse
 from ddg.election.timing import Timing
 from ddg_testkit.innode import node_in_process
@@ -128,6 +128,19 @@ async def test_a_cancelled_apply_keeps_the_write_lock_until_its_write_ends(
         node.data.close()
 
 
+def count_ticks(core: Election) -> list[int]:
+    """CORE's tick() counted from now: the one-element list holds the count."""
+    ticks = [0]
+    tick = core.tick
+
+    def counted(now: float) -> Output:
+        ticks[0] += 1
+        return tick(now)
+
+    core.tick = counted  # type: ignore[method-assign]
+    return ticks
+
+
 async def test_a_ducks_ticker_does_not_wake_for_every_heartbeat(tmp_path: Path) -> None:
     """The ticker runs at the core's deadlines; a heartbeat moves a duck's deadline later, so
     it wakes nothing (it woke the ticker once per message: the cost at rest, issue 17). A
@@ -135,15 +148,7 @@ async def test_a_ducks_ticker_does_not_wake_for_every_heartbeat(tmp_path: Path) 
     node = node_in_process(tmp_path)
     core = node.core
     assert core is not None
-    ticks = 0
-    tick = core.tick
-
-    def counted(now: float) -> object:
-        nonlocal ticks
-        ticks += 1
-        return tick(now)
-
-    core.tick = counted  # type: ignore[assignment,method-assign]
+    ticks = count_ticks(core)
 
     async def heartbeat(seq: int) -> None:
         assert core is not None
@@ -154,19 +159,19 @@ async def test_a_ducks_ticker_does_not_wake_for_every_heartbeat(tmp_path: Path) 
     ticker = asyncio.create_task(node._run_ticker())
     try:
         await asyncio.sleep(0)  # its first run
-        first = ticks
+        first = ticks[0]
         for seq in range(2, 32):
             await heartbeat(seq)
             await asyncio.sleep(0.01)
         assert core.state is State.DUCK and core.leader == "b"
         # 30 heartbeats 10 ms apart: the deadline (an election timeout after the last) and the
         # ticker's cap wake it a few times at most, where every heartbeat woke it.
-        assert ticks - first < 10, f"{ticks - first} ticks for 30 heartbeats"
+        assert ticks[0] - first < 10, f"{ticks[0] - first} ticks for 30 heartbeats"
         # An earlier deadline wakes it: the heartbeats stop and the duck campaigns, its
         # deadline now; its pre-vote round is the tick that the wait does not delay.
-        before = ticks
+        before = ticks[0]
         await node._apply(core.goose_lost("b", time.monotonic()))
-        await wait_until_async(lambda: ticks > before, timeout=5, what="a tick",
+        await wait_until_async(lambda: ticks[0] > before, timeout=5, what="a tick",
                                interval=0.005)
     finally:
         ticker.cancel()
@@ -206,15 +211,7 @@ async def test_a_gooses_ticker_runs_once_per_heartbeat_round(tmp_path: Path) -> 
     await node._apply(core.step(VoteResponse(term=1, sender="b", granted=True),
                                 time.monotonic()))
     assert core.state is State.GOOSE
-    ticks = 0
-    tick = core.tick
-
-    def counted(now: float) -> object:
-        nonlocal ticks
-        ticks += 1
-        return tick(now)
-
-    core.tick = counted  # type: ignore[assignment,method-assign]
+    ticks = count_ticks(core)
     ticker = asyncio.create_task(node._run_ticker())
     try:
         first_seq = core.seq
@@ -222,7 +219,7 @@ async def test_a_gooses_ticker_runs_once_per_heartbeat_round(tmp_path: Path) -> 
         rounds = core.seq - first_seq
         assert rounds >= 5 and core.state is State.GOOSE
         # one tick per round, and a few for the cap; the resend's made it two per round
-        assert ticks <= 1.5 * rounds + 3, f"{ticks} ticks for {rounds} rounds"
+        assert ticks[0] <= 1.5 * rounds + 3, f"{ticks[0]} ticks for {rounds} rounds"
     finally:
         ticker.cancel()
         await asyncio.gather(ticker, return_exceptions=True)
