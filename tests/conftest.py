@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ddg.local.embedded import PORTS_ENV, local_ports
 from ddg_testkit import LocalCluster
 
 TESTS = Path(__file__).resolve().parent
@@ -40,12 +41,35 @@ QUICK = os.environ.get("DDG_QUICK") == "1"
 NOT_QUICK = ("integration", "faults", "slow")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist (./dev test runs two workers), each worker's nodes and Redis servers take
+    ports from a slice of their own (DDG_LOCAL_PORTS, inherited by what the tests start): the
+    workers cannot both pick a port that is free now, nor take one a killed node waits on."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(
+        "PYTEST_XDIST_WORKER_COUNT")
+    if worker is None or count is None or os.environ.get(PORTS_ENV):
+        return
+    lo, hi = local_ports()
+    size = (hi - lo + 1) // int(count)
+    first = lo + int(worker.removeprefix("gw")) * size
+    os.environ[PORTS_ENV] = f"{first}-{first + size - 1}"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with its folder (the markers are declared in pyproject.toml); under
     --quick, leave out the tests that start processes or take seconds."""
     for item in items:
         if item.path.is_relative_to(TESTS) and item.path.parent != TESTS:
             item.add_marker(getattr(pytest.mark, item.path.relative_to(TESTS).parts[0]))
+    # Modules with the long tests first (real faults, then processes), each module's tests
+    # together and in order: the workers start on the long ones and end on short ones, not
+    # one worker on a 2-minute fault run while the other has nothing left.
+    rank: dict[Path, int] = {}
+    for item in items:
+        mine = 0 if item.get_closest_marker("faults") else (
+            1 if item.get_closest_marker("integration") else 2)
+        rank[item.path] = min(rank.get(item.path, 2), mine)
+    items.sort(key=lambda i: rank[i.path])
     if QUICK:
         slow = [i for i in items if any(i.get_closest_marker(m) for m in NOT_QUICK)]
         if slow:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote
 
-from ddg.errors import EmbeddedRedisError
+from ddg.errors import ConfigError, EmbeddedRedisError
 from ddg.local.launcher import spawn_bound
 from ddg.local.tools import Tool, find_tool
 
@@ -84,18 +84,44 @@ def _bindable(host: str, port: int) -> bool:
 # when the next is picked, so "bindable now" alone could hand the same port out twice.
 _handed_out: set[int] = set()
 
+# LO-HI: the ports free_port() picks from, e.g. a firewall's open range, or one slice per
+# process when several pick at once (the test suite's workers: two processes that each check
+# "bindable now" could hand out the same port, or take one a killed node waits to restart on).
+PORTS_ENV = "DDG_LOCAL_PORTS"
+
+
+def local_ports() -> tuple[int, int]:
+    """The range free_port() picks from, both ends included: $DDG_LOCAL_PORTS, else from 10000
+    up to the kernel's ephemeral range. Raises ConfigError, one line, on a bad value."""
+    raw = os.environ.get(PORTS_ENV, "").strip()
+    if not raw:
+        return 10000, max(10000, _ephemeral_range()[0] - 1)
+    lo_text, sep, hi_text = raw.partition("-")
+    try:
+        lo, hi = int(lo_text), int(hi_text)
+    except ValueError:
+        lo = hi = 0
+    if not sep or not 1024 <= lo <= hi <= 65535:
+        raise ConfigError(f"{PORTS_ENV}={raw!r} must be LO-HI, two ports from 1024 to 65535, "
+                          "e.g. 20000-20999")
+    return lo, hi
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A free port below the kernel's ephemeral range, so that no outgoing connection can take
-    it between now and the bind (or while a killed node waits to restart on it), and never one
-    this process handed out before."""
-    lo, _hi = _ephemeral_range()
+    """A free port below the kernel's ephemeral range (or in $DDG_LOCAL_PORTS), so that no
+    outgoing connection can take it between now and the bind (or while a killed node waits to
+    restart on it), and never one this process handed out before."""
+    lo, hi = local_ports()
     rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(10000, max(10001, lo))
+    tries = [rng.randrange(lo, hi + 1) for _ in range(200)]
+    if os.environ.get(PORTS_ENV, "").strip():  # a range of the user's: all of it, or an error
+        tries += range(lo, hi + 1)
+    for port in tries:
         if port not in _handed_out and _bindable(host, port):
             _handed_out.add(port)
             return port
+    if os.environ.get(PORTS_ENV, "").strip():
+        raise ConfigError(f"no free port left in {PORTS_ENV}={lo}-{hi} on {host}")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         bound: int = s.getsockname()[1]

@@ -225,7 +225,7 @@ class MembershipSync:
                                 "(version %d) until it is back", exc, cached.version)
                     self._saved = (cached.version, cached.names)  # members.json holds it
                     return cached
-                self.joining = "waiting for Redis"
+                self.joining = f"waiting for Redis ({exc})"  # the "no goose" line says why
                 self._warn.warning("join", "waiting for the registry at %s (%s)",
                                  self.registry.url, exc)
             else:

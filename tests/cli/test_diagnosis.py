@@ -119,6 +119,24 @@ def test_a_cluster_that_was_never_created(make_cluster: Make) -> None:
 
 
 @pytest.mark.integration
+def test_a_node_that_cannot_reach_redis_says_why_in_every_line(make_cluster: Make) -> None:
+    """Found with two test workers (a busy machine): a node that Redis kept refusing logged the
+    cause in its "waiting for the registry" lines, but its "no goose for N s" reminder said
+    only "not a member: waiting for Redis". The reminder carries the cause too."""
+    c = make_cluster()
+    c.pause_redis()  # SIGSTOP: it takes connections and never answers
+    try:
+        n = c.add(bootstrap=True).name
+        tail = wait_until(lambda: next((t for t in [c.log_tail(n, 40)] if "no goose for" in t),
+                                       None), timeout=20, what=f"{n} to say why it has no goose")
+    finally:
+        c.resume_redis()
+    said = [ln for ln in tail.splitlines() if "no goose for" in ln]
+    assert all("not a member: waiting for Redis (redis: no answer within" in ln
+               for ln in said), said
+
+
+@pytest.mark.integration
 def test_a_registry_that_kept_an_old_cluster(make_cluster: Make) -> None:
     """The README's by-hand path with a Redis that saved its data: three dead members in the
     registry, new nodes join them: never a goose. The first new node joins (4 members, quorum

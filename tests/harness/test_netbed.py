@@ -79,7 +79,10 @@ def test_link_failover_across_hosts(bed_ready: None, security: str, tmp_path: Pa
     bed = secured(tmp_path, BedConfig(nodes=5)) if security != "hmac" else None
     outcome, notes = run_scenario(link_failover, RunConfig(), bed)
     assert outcome.ok, verdict(outcome)
-    assert outcome.report.figures.faults == 1 and len(outcome.report.figures.failovers) == 1
+    # One fault, one election from it to the end (the rejoin costs none). Not "one failover in
+    # the run": on a busy machine (two test workers) a lease may lapse before the fault.
+    assert outcome.report.figures.faults == 1
+    assert outcome.report.figures.elections_per_fault == [1], outcome.report.figures
     assert any("rejoined as a duck" in n for n in notes), notes
     # Secured, the observer only ever read the nodes at https:// (verifying their certificates
     # against the test's CA), and the nodes only ever had the ACL user for Redis.

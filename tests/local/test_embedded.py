@@ -220,3 +220,29 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch)
     first, second = embedded.free_port(), embedded.free_port()
     assert first == 23456
     assert second != first
+
+
+def test_local_ports_narrows_where_free_port_picks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DDG_LOCAL_PORTS=LO-HI: every port comes from the range (the suite's workers each get a
+    slice of their own), and a range with none free left is an error, not a port outside it."""
+    from ddg.local import embedded
+
+    monkeypatch.setattr(embedded, "_handed_out", set())
+    monkeypatch.setenv("DDG_LOCAL_PORTS", "23450-23452")
+    assert embedded.local_ports() == (23450, 23452)
+    got = {embedded.free_port() for _ in range(3)}
+    assert got == {23450, 23451, 23452}
+    with pytest.raises(ConfigError, match="no free port left in DDG_LOCAL_PORTS=23450-23452"):
+        embedded.free_port()
+
+
+@pytest.mark.parametrize("value", ["20000", "abc-def", "30000-20000", "80-90", "60000-70000",
+                                   "20000-"])
+def test_a_bad_local_ports_range_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                              value: str) -> None:
+    from ddg.local import embedded
+
+    monkeypatch.setenv("DDG_LOCAL_PORTS", value)
+    with pytest.raises(ConfigError, match=r"^DDG_LOCAL_PORTS=.* must be LO-HI, two ports from "
+                                          r"1024 to 65535, e.g. 20000-20999$"):
+        embedded.local_ports()

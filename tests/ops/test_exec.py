@@ -129,8 +129,10 @@ def current_run(c: LocalCluster, path: Path, goose: str) -> Run:
     return c.wait_for(find, timeout=5, what=f"{goose}'s CMD")
 
 
-def follows(c: LocalCluster, name: str, goose: str) -> bool:
-    return (s := c.status(name)) is not None and s.goose == goose
+def follows(c: LocalCluster, name: str) -> bool:
+    """NAME answers and knows a goose: back in the cluster. Not a given goose: on a busy
+    machine the new goose may lose its quorum while NAME restarts, and another take over."""
+    return (s := c.status(name)) is not None and s.goose is not None
 
 
 def overlaps_ms(done: list[Run], ends: dict[int, int]) -> list[float]:
@@ -174,8 +176,7 @@ def test_the_job_follows_the_goose_through_kills(make_cluster: Make, tmp_path: P
         new = c.wait_goose(among=names, exclude=[goose], timeout=10)
         current_run(c, path, new)
         c.restart(goose)
-        c.wait_for(partial(follows, c, goose, new), timeout=10,
-                   what=f"{goose} back, following {new}")
+        c.wait_for(partial(follows, c, goose), timeout=10, what=f"{goose} back, following a goose")
     done = runs(path)
     c.close()
     assert find([marker]) == [], "a CMD outlived the cluster"
