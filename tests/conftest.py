@@ -39,6 +39,10 @@ def make_cluster() -> Iterator[Callable[..., LocalCluster]]:
 # by -m, so that a -m of the caller (`./dev test --quick -m node`) narrows it.
 QUICK = os.environ.get("DDG_QUICK") == "1"
 NOT_QUICK = ("integration", "faults", "slow")
+# DDG_ALONE, set by ./dev test when it runs workers: `skip` leaves out the tests marked alone
+# (a bound on latency or availability under a load the test makes, which another worker's
+# test beside it would add to), `only` runs just them, afterwards, in one process.
+ALONE = os.environ.get("DDG_ALONE", "")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -70,11 +74,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             1 if item.get_closest_marker("integration") else 2)
         rank[item.path] = min(rank.get(item.path, 2), mine)
     items.sort(key=lambda i: rank[i.path])
+    left_out = []
     if QUICK:
-        slow = [i for i in items if any(i.get_closest_marker(m) for m in NOT_QUICK)]
-        if slow:
-            config.hook.pytest_deselected(items=slow)
-            items[:] = [i for i in items if i not in set(slow)]
+        left_out = [i for i in items if any(i.get_closest_marker(m) for m in NOT_QUICK)]
+    if ALONE in ("skip", "only"):
+        left_out += [i for i in items if bool(i.get_closest_marker("alone")) == (ALONE == "skip")]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        gone = set(left_out)
+        items[:] = [i for i in items if i not in gone]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -95,7 +103,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Say which external programs this run uses (ddg_testkit.tools: each may be overridden),
     with -q too: a failure on another machine starts with what differs there. (Not under
     --quick: it runs none, and finding them starts processes.)"""
-    if QUICK:
+    if QUICK or ALONE == "only":  # (the run before said it)
         return
     from ddg_testkit.tools import report
     terminal = session.config.pluginmanager.get_plugin("terminalreporter")

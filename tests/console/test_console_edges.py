@@ -106,10 +106,16 @@ async def test_notifications_leave_the_history_panel_and_its_failover_line_visib
         await until(pilot, lambda: app.model.failovers, "the failover")
         await until(pilot, lambda: len(app.screen.query(Toast)) >= 2,
                     "the kill's and the failover's notifications")
-        app.render_now()
-        await pilot.pause()
         history = app.query_one("#history")
         events = app.query_one(EventLog)
+
+        def laid_out() -> bool:
+            """The second toast's first region can be a moment's (CI, two test workers: one
+            row below the screen, before the toasts' rack was laid out again)."""
+            app.render_now()
+            return all(events.region.contains_region(t.region) for t in app.screen.query(Toast))
+
+        await until(pilot, laid_out, "the notifications laid out over the event log")
         for toast in app.screen.query(Toast):
             assert not overlaps(toast.region, history.region), (toast.region, history.region)
             assert events.region.contains_region(toast.region), (toast.region, events.region)
