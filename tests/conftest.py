@@ -74,11 +74,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             1 if item.get_closest_marker("integration") else 2)
         rank[item.path] = min(rank.get(item.path, 2), mine)
     items.sort(key=lambda i: rank[i.path])
-    left_out = []
-    if QUICK:
-        left_out = [i for i in items if any(i.get_closest_marker(m) for m in NOT_QUICK)]
-    if ALONE in ("skip", "only"):
-        left_out += [i for i in items if bool(i.get_closest_marker("alone")) == (ALONE == "skip")]
+    left_out = [i for i in items
+                if (QUICK and any(i.get_closest_marker(m) for m in NOT_QUICK))
+                or (ALONE in ("skip", "only")
+                    and bool(i.get_closest_marker("alone")) == (ALONE == "skip"))]
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         gone = set(left_out)

@@ -112,15 +112,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     outgoing connection can take it between now and the bind (or while a killed node waits to
     restart on it), and never one this process handed out before."""
     lo, hi = local_ports()
+    asked = bool(os.environ.get(PORTS_ENV, "").strip())  # then all of it, or an error
     rng = random.Random()
     tries = [rng.randrange(lo, hi + 1) for _ in range(200)]
-    if os.environ.get(PORTS_ENV, "").strip():  # a range of the user's: all of it, or an error
-        tries += range(lo, hi + 1)
-    for port in tries:
+    for port in [*tries, *(range(lo, hi + 1) if asked else ())]:
         if port not in _handed_out and _bindable(host, port):
             _handed_out.add(port)
             return port
-    if os.environ.get(PORTS_ENV, "").strip():
+    if asked:
         raise ConfigError(f"no free port left in {PORTS_ENV}={lo}-{hi} on {host}")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
