@@ -46,16 +46,21 @@ ALONE = os.environ.get("DDG_ALONE", "")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under xdist (./dev test runs two workers), each worker's nodes and Redis servers take
-    ports from a slice of their own (DDG_LOCAL_PORTS, inherited by what the tests start): the
-    workers cannot both pick a port that is free now, nor take one a killed node waits on."""
+    """Under xdist (DDG_TEST_WORKERS; --quick: a worker a core), each worker's nodes and Redis
+    servers take ports from a slice of their own of the range (DDG_LOCAL_PORTS, or the
+    default; the tests' processes inherit it): the workers cannot both pick a port that is
+    free now, nor take one a killed node waits on. A range too small to share is left whole."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(
         "PYTEST_XDIST_WORKER_COUNT")
-    if worker is None or count is None or os.environ.get(PORTS_ENV):
+    if worker is None or count is None:
         return
     lo, hi = local_ports()
     size = (hi - lo + 1) // int(count)
-    first = lo + int(worker.removeprefix("gw")) * size
+    if size < 200:
+        return
+    # A worker that crashed is replaced by gw<count>, gw<count+1>, ...: the slice of the one
+    # it replaces.
+    first = lo + int(worker.removeprefix("gw")) % int(count) * size
     os.environ[PORTS_ENV] = f"{first}-{first + size - 1}"
 
 
@@ -66,8 +71,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.path.is_relative_to(TESTS) and item.path.parent != TESTS:
             item.add_marker(getattr(pytest.mark, item.path.relative_to(TESTS).parts[0]))
     # Modules with the long tests first (real faults, then processes), each module's tests
-    # together and in order: the workers start on the long ones and end on short ones, not
-    # one worker on a 2-minute fault run while the other has nothing left.
+    # together and in order: worksteal gives the first half to one worker, which starts on
+    # the long ones, and the run ends on short ones taken from its tail, not on one worker
+    # with a 2-minute fault run while the other has nothing left.
     rank: dict[Path, int] = {}
     for item in items:
         mine = 0 if item.get_closest_marker("faults") else (
@@ -102,8 +108,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Say which external programs this run uses (ddg_testkit.tools: each may be overridden),
     with -q too: a failure on another machine starts with what differs there. (Not under
     --quick: it runs none, and finding them starts processes.)"""
-    if QUICK or ALONE == "only":  # (the run before said it)
-        return
+    if QUICK or ALONE == "only" or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # (the run before said it; a worker's lines are not shown)
     from ddg_testkit.tools import report
     terminal = session.config.pluginmanager.get_plugin("terminalreporter")
     if terminal is not None:

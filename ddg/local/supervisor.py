@@ -39,7 +39,7 @@ from pathlib import Path
 import redis
 
 from ddg.errors import ConfigError, DdgError, NotAMember, RegistryError
-from ddg.local.embedded import EmbeddedRedis, free_port
+from ddg.local.embedded import EmbeddedRedis, free_port, local_ports
 from ddg.local.launcher import NodeProcess, NodeSpec, PreexecFn
 from ddg.local.tools import Tool
 from ddg.net.tls import TlsConfig
@@ -185,6 +185,7 @@ class Supervisor:
 
     def __init__(self, config: SupervisorConfig | None = None) -> None:
         self.config = config = config or SupervisorConfig()
+        local_ports()  # a bad DDG_LOCAL_PORTS is an error here, not at the first node's start
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         # Temp dirs of dead die_with_parent owners that this supervisor removed at its start.
         self.stale_dirs_removed: list[Path] = []

@@ -134,6 +134,20 @@ def test_the_console_refuses_an_unusable_choice_in_one_line() -> None:
         "on PATH"], proc.stderr
 
 
+def test_the_console_refuses_a_bad_port_range_in_one_line() -> None:
+    """Checked before the demo says it starts anything (it was: at the first node's port,
+    after "starting ..." and before "stopped 0 node(s) and the embedded Redis")."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DDG_REDIS_URL", "DDG_CLUSTER", "DDG_CLUSTER_SECRET")}
+    proc = subprocess.run([sys.executable, "-m", "ddg_tui", "--demo", "1"], capture_output=True,
+                          text=True, timeout=60, check=False,
+                          env={**env, "DDG_LOCAL_PORTS": "abc"})
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "ddg-console: error: DDG_LOCAL_PORTS='abc' must be LO-HI, two ports from 1024 to "
+        "65535, e.g. 20000-20999"], proc.stderr
+
+
 def test_the_probe_authenticates_as_the_url_does(tmp_path: Path) -> None:
     with EmbeddedRedis(args=("--requirepass", "p@ss word"), userinfo="default:p%40ss%20word",
                        workdir=tmp_path / "redis") as r:
@@ -208,6 +222,7 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch)
     from ddg.local import embedded
 
     monkeypatch.setattr(embedded, "_handed_out", set(), raising=False)
+    monkeypatch.setattr(embedded, "_bindable", lambda host, port: True)  # (another worker's)
     calls = 0
 
     def proposal(lo: int, hi: int) -> int:
@@ -228,6 +243,7 @@ def test_local_ports_narrows_where_free_port_picks(monkeypatch: pytest.MonkeyPat
     from ddg.local import embedded
 
     monkeypatch.setattr(embedded, "_handed_out", set())
+    monkeypatch.setattr(embedded, "_bindable", lambda host, port: True)  # (another worker's)
     monkeypatch.setenv("DDG_LOCAL_PORTS", "23450-23452")
     assert embedded.local_ports() == (23450, 23452)
     got = {embedded.free_port() for _ in range(3)}
