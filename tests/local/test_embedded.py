@@ -121,12 +121,16 @@ def test_a_choice_that_is_no_usable_redis_server_is_one_line(
     assert not (tmp_path / "redis").exists()  # nothing was started
 
 
+def _demo(**env: str) -> subprocess.CompletedProcess[str]:
+    """`ddg-console --demo 1` with ENV, and no cluster of the caller's environment."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("DDG_REDIS_URL", "DDG_CLUSTER", "DDG_CLUSTER_SECRET")}
+    return subprocess.run([sys.executable, "-m", "ddg_tui", "--demo", "1"], capture_output=True,
+                          text=True, timeout=60, check=False, env={**base, **env})
+
+
 def test_the_console_refuses_an_unusable_choice_in_one_line() -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DDG_REDIS_URL", "DDG_CLUSTER", "DDG_CLUSTER_SECRET")}
-    proc = subprocess.run([sys.executable, "-m", "ddg_tui", "--demo", "1"], capture_output=True,
-                          text=True, timeout=60, check=False,
-                          env={**env, "DDG_REDIS_SERVER": "/nonexistent/redis-server"})
+    proc = _demo(DDG_REDIS_SERVER="/nonexistent/redis-server")
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
         "ddg-console: error: DDG_REDIS_SERVER=/nonexistent/redis-server: not an executable "
@@ -137,11 +141,7 @@ def test_the_console_refuses_an_unusable_choice_in_one_line() -> None:
 def test_the_console_refuses_a_bad_port_range_in_one_line() -> None:
     """Checked before the demo says it starts anything (it was: at the first node's port,
     after "starting ..." and before "stopped 0 node(s) and the embedded Redis")."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DDG_REDIS_URL", "DDG_CLUSTER", "DDG_CLUSTER_SECRET")}
-    proc = subprocess.run([sys.executable, "-m", "ddg_tui", "--demo", "1"], capture_output=True,
-                          text=True, timeout=60, check=False,
-                          env={**env, "DDG_LOCAL_PORTS": "abc"})
+    proc = _demo(DDG_LOCAL_PORTS="abc")
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
         "ddg-console: error: DDG_LOCAL_PORTS='abc' must be LO-HI, two ports from 1024 to "
