@@ -100,18 +100,36 @@ def test_the_console_without_its_extra_says_what_to_install() -> None:
         "pip install 'duckduckgoose[console]'"], proc.stderr
 
 
+def dev_function(function: str, call: str, *, setup: str = ":",
+                 check: bool = True) -> subprocess.CompletedProcess[str]:
+    """One of ./dev's bash functions, taken from the script and run: `SETUP; CALL`."""
+    script = f'{setup}; source <(sed -n "/^{function}()/,/^}}/p" dev); {call}'
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
+                          cwd=REPO)
+    assert not check or proc.returncode == 0, proc.stderr
+    return proc
+
+
 def dev_requirements(tmp_path: Path, extras: str) -> list[str]:
     """What ./dev's setup installs for EXTRAS: its own `requirements` function, run."""
     venv = tmp_path / "venv"
     if not venv.exists():
         (venv / "bin").mkdir(parents=True)
         (venv / "bin" / "python").symlink_to(sys.executable)
-    script = (f'VENV={venv}; source <(sed -n "/^requirements()/,/^}}/p" dev); '
-              f'requirements {extras}')
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
-                          cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
+    proc = dev_function("requirements", f"requirements {extras}", setup=f"VENV={venv}")
     return [Requirement(line).name for line in proc.stdout.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(("args", "stops"), [
+    ("-x", True), ("--exitfirst", True), ("-vx", True), ("-xv", True), ("-q -x tests", True),
+    ("-q", False), ("-kx", False), ("-k x", False), ("-rxX", False), ("--maxfail=2", False),
+])
+def test_dev_sees_every_way_to_ask_pytest_to_stop_at_the_first_failure(args: str,
+                                                                       stops: bool) -> None:
+    """After a failure on the workers, ./dev test runs the `alone` tests only when pytest was
+    not asked to stop at the first failure (`-xv` was missed: only a separate -x counted)."""
+    proc = dev_function("exitfirst", f"exitfirst {args}", check=False)
+    assert proc.returncode == (0 if stops else 1), (args, proc.stderr)
 
 
 @pytest.mark.integration
