@@ -164,6 +164,23 @@ class LocalCluster(Supervisor):
 
         return self.wait_for(one, timeout=timeout, what=f"one goose among {names}")
 
+    def wait_followed(self, among: Iterable[str] | None = None, *,
+                      timeout: float = 10.0) -> str:
+        """The one goose among AMONG once every node there answers and follows it, all looked
+        at together. Not wait_goose() and then a wait for the others to follow that one: on a
+        busy machine it may lose its quorum first, and another take over."""
+        names = list(among or self.names)
+
+        def followed() -> str | None:
+            geese = self.geese(names)
+            if len(geese) != 1:
+                return None
+            sts = self.statuses(names).values()
+            return geese[0] if all(s is not None and s.goose == geese[0] for s in sts) else None
+
+        return self.wait_for(followed, timeout=timeout,
+                             what=f"one goose among {names}, followed by all")
+
     def describe(self) -> str:
         out = []
         for name, st in self.statuses().items():

@@ -51,10 +51,7 @@ def test_forged_timeout_now_never_makes_two_geese(make_cluster: Make, sides: str
     for _attempt in range(3 if sides == "goose-side" else 1):
         for n in names:
             assert httpx.post(addr[n] + "/admin/heal", json={"all": True}).status_code == 200
-        goose = c.wait_for(
-            lambda: (g := c.geese(names)) and len(g) == 1
-            and all((s := c.status(n)) and s.goose == g[0] for n in names) and g[0],
-            timeout=5, what="everyone follows one goose")
+        goose = c.wait_followed(names, timeout=5)
         duck = next(n for n in names if n != goose)
         resp = httpx.post(addr[goose] + "/admin/partition", json={"peers": [duck]})
         assert resp.status_code == 200, resp.text

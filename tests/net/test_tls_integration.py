@@ -122,10 +122,7 @@ def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluste
     try:
         c.start_redis()
         names = c.start(3)
-        goose = c.wait_goose(timeout=10)
-        c.wait_for(lambda: all(st is not None and st.goose == goose
-                               for st in c.statuses(names).values()),
-                   timeout=10, what="every node answering and following the goose")
+        c.wait_followed(names, timeout=20)
         yield c, pki
     finally:
         c.close()

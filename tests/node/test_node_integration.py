@@ -220,11 +220,9 @@ def _members_in_redis(c: LocalCluster) -> list[str]:
 def test_shared_secret(make_cluster: Make) -> None:
     c = make_cluster(secret="s3cret-s3cret")
     names = c.start(3)
-    goose = c.wait_goose()
+    goose = c.wait_followed(names, timeout=20)
     duck = next(n for n in names if n != goose)
     url = c.address(duck)
-    c.wait_for(lambda: (s := c.status(duck)) is not None and s.goose == goose, timeout=10,
-               what=f"{duck} to follow {goose}")
     before = c.status(duck)
     assert before is not None
     forged = {"term": before.term + 5, "sender": goose, "seq": 1}
