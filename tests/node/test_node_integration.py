@@ -144,9 +144,7 @@ def test_dead_minority_is_removed_one_change_at_a_time(make_cluster: Make) -> No
 def test_sigterm_goose_hands_over_fast_and_stays_member(make_cluster: Make, signed: bool) -> None:
     c = make_cluster(secret="s3cret-for-tests" if signed else None)
     names = c.start(3)
-    old = c.wait_goose()
-    c.wait_for(lambda: all((s := c.status(n)) and s.goose == old for n in names),
-               timeout=3, what="everyone follows the goose")
+    old = c.wait_followed(names, timeout=13)
     t0 = time.monotonic()
     c.terminate(old)
     new = c.wait_goose(among=names, exclude=[old], timeout=3)

@@ -165,10 +165,8 @@ def scrape(c: LocalCluster, name: str) -> Samples:
 def test_failover_moves_the_right_counters_on_the_right_nodes(make_cluster: Make) -> None:
     c = make_cluster()
     names = c.start(3)
-    old = c.wait_goose()
+    old = c.wait_followed(names, timeout=13)
     ducks = [n for n in names if n != old]
-    c.wait_for(lambda: all((s := c.status(d)) and s.goose == old for d in ducks),
-               timeout=3, what="both ducks follow the goose")
     before = {n: scrape(c, n) for n in names}
     assert value(before[old], "ddg_is_goose") == 1
     assert all(value(before[d], "ddg_is_goose") == 0 for d in ducks)
