@@ -150,15 +150,25 @@ def test_sigterm_goose_hands_over_fast_and_stays_member(make_cluster: Make, sign
     new = c.wait_goose(among=names, exclude=[old], timeout=3)
     handover = time.monotonic() - t0
     assert c.wait(old, 5) == 0
+    # The mechanism from the nodes' own logs, not the test's clock (a loaded machine made a
+    # trusted hand-over of ~30 ms take 156 ms to be seen): no election timeout waited out,
+    # the new goose campaigned when the old one handed over.
+    assert f"handing over to {new}" in c.log_tail(old, 30)
+    log = c.log_tail(new, 30).splitlines()
+    said = [line.split("ddg.node: ", 1)[1] for line in log if "ddg.node: " in line]
+    start = said.index(f"{old} handed leadership over; campaigning now")
+    won = next(i for i, line in enumerate(said) if i > start and line.startswith("won term"))
     if signed:
-        # a signed transfer is trusted: it does not wait out an election timeout (150 ms)
-        assert handover < 0.15, f"hand-over took {handover * 1000:.0f} ms"
-    else:
-        # unsigned, a TimeoutNow could be forged: the new goose waits out the old lease
-        # (Tmin after its voters last heard the old goose), still no full election
-        assert handover < 0.3, f"hand-over took {handover * 1000:.0f} ms"
+        # a signed transfer is trusted: the winner answers goose at once. (Unsigned, a
+        # TimeoutNow could be forged: the winner answers duck until the old lease is out,
+        # Tmin after its voters last heard the old goose, unless winning took that long:
+        # tests/election/test_simulation.py's forged hand-overs.)
+        term = said[won].split()[2]
+        assert said[won + 1] == f"now answering goose (term {term})", log
+    # fast all the same (the figures: benchmarks/failover.py, graceful); twice the worst
+    # seen under load
+    assert handover < (0.35 if signed else 0.6), f"hand-over took {handover * 1000:.0f} ms"
     assert old in c.status(new).members
-    assert "handing over to" in c.log_tail(old, 30)
 
 
 def test_removed_live_node_exits_zero(make_cluster: Make) -> None:
