@@ -100,6 +100,10 @@ class Proc:
     term: int | None
     node: str | None
     guard: bool  # the job guard that runs the tree (its command line names the tree too)
+    # One of the tree's own processes: its shell (`sh DIR/job.sh`), the program or the
+    # escapee (`python -I -S DIR/tree.py`). Not the guard, nor the node (whose command line
+    # names the tree too) or a child the node or a guard forked that has not exec'd yet.
+    tree: bool = False
 
 
 def _read(path: str) -> bytes | None:
@@ -125,13 +129,21 @@ def _running(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
+def _is_tree(argv: list[bytes]) -> bool:
+    shell = len(argv) > 1 and argv[0].rsplit(b"/", 1)[-1] == b"sh" and argv[1].endswith(
+        b"/job.sh")
+    return shell or (len(argv) > 3 and argv[1:3] == [b"-I", b"-S"]
+                     and argv[3].endswith(b"/tree.py"))
+
+
 def _describe(pid: int, cmdline: bytes) -> Proc:
     env = _environ(pid)
     term = env.get("DDG_TERM")
     argv = cmdline.split(b"\0")
     return Proc(pid=pid, term=int(term) if term and term.isdigit() else None,
                 node=env.get("DDG_NODE_NAME"),
-                guard=any(arg.endswith(b"ddg/ops/lifeline.py") for arg in argv))
+                guard=any(arg.endswith(b"ddg/ops/lifeline.py") for arg in argv),
+                tree=_is_tree(argv))
 
 
 def find(markers: Iterable[str]) -> list[Proc]:
@@ -159,8 +171,11 @@ class Sampler:
     """Reads /proc every INTERVAL s in a thread and notes every moment at which processes of
     two instances of a tree (two DDG_TERMs) run at once. Only tree processes count, not their
     guards. A tree process is born a copy of one that carried the marker already (a guard, or
-    a tree process), so only the command lines of new pids and of guards (whose fork may
-    exec the tree) are read again."""
+    a tree process), so only the command lines of new pids and of the others that carry the
+    marker are read again: a guard's fork may exec the tree, and a node's fork exec a guard.
+    (Known by the command line alone, a node's fork whose command line was read before it
+    exec'd a hook's guard and its environment after, with the hook's DDG_TERM, counted as a
+    second instance for the 3 s the hook ran.)"""
 
     marker: str
     interval: float = 0.010
@@ -180,13 +195,13 @@ class Sampler:
         terms: dict[int, list[int]] = {}
         for pid in pids:
             proc = self._known.get(pid)
-            if pid not in self._known or (proc is not None and proc.guard):
-                cmdline = _read(f"/proc/{pid}/cmdline")  # a guard's fork may exec a tree
+            if pid not in self._known or (proc is not None and not proc.tree):
+                cmdline = _read(f"/proc/{pid}/cmdline")  # it may exec a guard or the tree
                 if cmdline is None:
                     continue
                 self._known[pid] = proc = (_describe(pid, cmdline) if wanted in cmdline
                                            else None)
-            if proc is None or proc.guard or proc.term is None or not _running(pid):
+            if proc is None or not proc.tree or proc.term is None or not _running(pid):
                 continue
             terms.setdefault(proc.term, []).append(pid)
         return terms
@@ -240,7 +255,7 @@ def gone_after(markers: Iterable[str], node: str, known: list[Proc], since_ns: i
     while known and time.monotonic() < deadline:
         known = [p for p in known if _running(p.pid)]
         ms = (time.monotonic_ns() - since_ns) / 1e6
-        if tree_ms is None and not any(not p.guard for p in known):
+        if tree_ms is None and not any(p.tree for p in known):
             tree_ms = ms
         if not known:
             all_ms = ms
@@ -249,7 +264,7 @@ def gone_after(markers: Iterable[str], node: str, known: list[Proc], since_ns: i
     while True:
         left = [p for p in find(markers) if p.node == node]
         ms = (time.monotonic_ns() - since_ns) / 1e6
-        if any(not p.guard for p in left):
+        if any(p.tree for p in left):
             tree_ms = None  # one KNOWN missed
         elif tree_ms is None:
             tree_ms = ms
@@ -264,7 +279,7 @@ def gone_after(markers: Iterable[str], node: str, known: list[Proc], since_ns: i
 def tree_running(marker: str, node: str, term: int) -> Callable[[], bool]:
     """A condition: NODE's tree for TERM runs whole (its shell, program and escapee)."""
     def check() -> bool:
-        procs = [p for p in find([marker]) if not p.guard and p.node == node and p.term == term]
+        procs = [p for p in find([marker]) if p.tree and p.node == node and p.term == term]
         return len(procs) >= TREE_SIZE
     return check
 
@@ -306,7 +321,7 @@ def kill_geese(c: LocalCluster, names: list[str], job: Tree, hook: Tree, kills: 
     for i in range(kills):
         goose = c.wait_for(goose_with_tree, timeout=15, what="a goose's job tree")
         known = [p for p in find([job.marker, hook.marker]) if p.node == goose]
-        hooked = any(not p.guard and p.node == goose for p in find([hook.marker]))
+        hooked = any(p.tree and p.node == goose for p in find([hook.marker]))
         sig = signals[i % len(signals)]
         since = time.monotonic_ns()
         if sig == signal.SIGKILL:
