@@ -172,10 +172,10 @@ class LocalCluster(Supervisor):
         names = list(among or self.names)
 
         def followed() -> str | None:
-            geese = self.geese(names)
+            sts = list(self.statuses(names).values())
+            geese = [s.name for s in sts if s is not None and s.role is Role.GOOSE]
             if len(geese) != 1:
                 return None
-            sts = self.statuses(names).values()
             return geese[0] if all(s is not None and s.goose == geese[0] for s in sts) else None
 
         return self.wait_for(followed, timeout=timeout,

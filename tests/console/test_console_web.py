@@ -264,10 +264,13 @@ async def role(port: int) -> str | None:
 
 
 def led_until_the_end(log: str) -> bool:
-    """A node's log says it answered goose last, and followed no other goose after that."""
+    """A node's log says it answered goose, and neither stepped down nor followed another
+    goose after that (a lease that lapsed for a moment under load, "now answering duck" and
+    back, is still the goose)."""
     said = [line.split("ddg.node: ", 1)[1] for line in log.splitlines() if "ddg.node: " in line]
     led = [i for i, line in enumerate(said) if line.startswith("now answering goose")]
-    return bool(led) and not any(line.startswith("following ") for line in said[led[-1]:])
+    return bool(led) and not any(line.startswith(("following ", "stepped down"))
+                                 for line in said[led[-1]:])
 
 
 async def pause(seconds: float) -> None:

@@ -44,10 +44,21 @@ def test_a_goose_at_half_speed_steps_down_says_so_and_does_not_lead_again(
     """n1 at 0.5x starts alone (so it is the goose), then two nodes join: their acks
     contradict its clock, it steps down (reason clock_rate), logs an error, shows it in /status
     and the metrics, and leaves the leading to the others for good."""
-    c = make_cluster()
-    c.add("n1", env=faketime.env(0.5))
-    c.wait_goose(["n1"], timeout=10)
-    c.add("n2")
+    for _attempt in range(3):
+        c = make_cluster()
+        c.add("n1", env=faketime.env(0.5))
+        c.wait_goose(["n1"], timeout=10)
+        c.add("n2")
+        c.wait_for(lambda c=c: (s := c.status("n2")) is not None and s.goose is not None,
+                   timeout=15, what="n2 following a goose")
+        # Two members need both: on a loaded machine n2, a member before it answers, may
+        # start slower than n1's quorum timeout. n1 then steps down for that, not for its
+        # clock (two workers: once in ~14 runs), and the premise is gone: a fresh cluster.
+        if "lost its quorum" not in c.log_tail("n1", 100):
+            break
+        c.close()
+    else:
+        raise AssertionError("n1 lost its quorum to n2's slow start in 3 clusters")
     c.add("n3")
 
     def caught() -> bool:

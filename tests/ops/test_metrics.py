@@ -176,7 +176,7 @@ def test_failover_moves_the_right_counters_on_the_right_nodes(make_cluster: Make
 
     c.kill(old)
     c.wait(old, 5)
-    new = c.wait_goose(among=ducks)
+    new = c.wait_followed(ducks, timeout=13)
     [other] = [d for d in ducks if d != new]
     term = c.wait_for(lambda: (s := c.status(other)) and s.goose == new and s.term,
                       timeout=3, what=f"{other} follows {new}")

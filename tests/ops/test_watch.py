@@ -162,7 +162,7 @@ def test_last_event_id_resumes_without_a_duplicate_or_a_gap(make_cluster: Make,
     away.close()
     # changes on the duck while the reader is away: a failover, and the old goose back
     c.kill(goose)
-    new = c.wait_goose(among=names, exclude=[goose])
+    c.wait_goose(among=names, exclude=[goose])  # the failover, before the old goose is back
     c.restart(goose)
     new = c.wait_followed(names, timeout=15)  # on a busy machine, maybe not the first one
     reference.wait(lambda e: e.goose == new, timeout=5, what="the duck sees the new goose")

@@ -120,9 +120,12 @@ def dev_requirements(tmp_path: Path, extras: str) -> list[str]:
     return [Requirement(line).name for line in proc.stdout.splitlines() if line.strip()]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("args", "stops"), [
     ("-x", True), ("--exitfirst", True), ("-vx", True), ("-xv", True), ("-q -x tests", True),
+    ("--maxfail=1", True), ("--maxfail 1", True), ("--sw", True),
     ("-q", False), ("-kx", False), ("-k x", False), ("-rxX", False), ("--maxfail=2", False),
+    ("--maxfail 2", False),
 ])
 def test_dev_sees_every_way_to_ask_pytest_to_stop_at_the_first_failure(args: str,
                                                                        stops: bool) -> None:

@@ -74,9 +74,9 @@ def test_nodes_follow_a_sentinel_failover_and_keep_their_goose(
     url = sentinels.url
     with LocalCluster(cluster="sent", redis_url=url) as c:
         names = c.start(3)
-        goose = c.wait_goose()
         c.wait_for(lambda: settled(c, names), timeout=20,
                    what="every node on Redis, a member, following the goose")
+        goose = c.wait_followed(names)  # the one they follow now (not one taken before)
         term = c.status(goose).term  # type: ignore[union-attr]
         for st in c.statuses().values():
             assert st is not None and st.redis.url == url and PASSWORD not in str(st.to_json())
@@ -129,9 +129,9 @@ def test_a_join_the_failover_lost_is_restored_by_the_nodes(sentinels: SentinelSe
     url = sentinels.url
     with LocalCluster(cluster="lost", redis_url=url) as c:
         names = c.start(3)
-        goose = c.wait_goose()
         c.wait_for(lambda: settled(c, names), timeout=20,
                    what="every node on Redis, a member, following the goose")
+        goose = c.wait_followed(names)  # the one they follow now (not one taken before)
 
         # Acknowledged by the master, never replicated: the replica cannot reconnect.
         sentinels.cut_replication()
