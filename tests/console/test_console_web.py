@@ -543,22 +543,28 @@ async def test_a_headless_screenshot_leaves_nothing_behind(tmp_path: Path) -> No
 
         await until(serving, timeout=15, what="the console's web server")
         flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--remote-debugging")]
-        shot = await asyncio.create_subprocess_exec(
-            CHROMIUM.path, *flags, f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={tmp_path / 'shot.png'}", url, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         seen: dict[int, list[str]] = {}
-        try:
-            async with asyncio.timeout(60):
-                while shot.returncode is None:
-                    seen.update(descendants(server.pid))
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.02):
-                            await shot.wait()
-        finally:
-            if shot.returncode is None:
-                shot.kill()
-                await shot.wait()
+        # On a loaded machine Chromium may take its screenshot and exit before the page's
+        # script opened the websocket: no console started, nothing to leave behind; then
+        # the scenario did not happen, and Chromium is run again (at most three times).
+        for attempt in range(3):
+            shot = await asyncio.create_subprocess_exec(
+                CHROMIUM.path, *flags, f"--user-data-dir={tmp_path / f'profile{attempt}'}",
+                f"--screenshot={tmp_path / 'shot.png'}", url, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                async with asyncio.timeout(60):
+                    while shot.returncode is None:
+                        seen.update(descendants(server.pid))
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(0.02):
+                                await shot.wait()
+            finally:
+                if shot.returncode is None:
+                    shot.kill()
+                    await shot.wait()
+            if [c for c in seen.values() if "--served-by" in c]:
+                break
         since = time.monotonic()
         assert (tmp_path / "shot.png").is_file()
         # (its guard at least: the console may be ended before it is seen running)

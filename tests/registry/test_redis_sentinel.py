@@ -131,7 +131,6 @@ def test_a_join_the_failover_lost_is_restored_by_the_nodes(sentinels: SentinelSe
         names = c.start(3)
         c.wait_for(lambda: settled(c, names), timeout=20,
                    what="every node on Redis, a member, following the goose")
-        goose = c.wait_followed(names)  # the one they follow now (not one taken before)
 
         # Acknowledged by the master, never replicated: the replica cannot reconnect.
         sentinels.cut_replication()
@@ -160,7 +159,11 @@ def test_a_join_the_failover_lost_is_restored_by_the_nodes(sentinels: SentinelSe
         m = c.wait_for(restored, timeout=30, what=f"{late} restored in the promoted registry")
         assert m.names == frozenset(every)
         c.wait_for(lambda: all_on_redis(c, every), timeout=20, what="every node on Redis")
-        assert c.geese(every) == [goose]
+        # One goose, followed by all four. Not necessarily `goose`: this test runs 30-40 s
+        # and a loaded machine moved leadership in one run; that a Redis failover moves
+        # nothing is test_nodes_follow_a_sentinel_failover_and_keep_their_goose's, which
+        # watches the term and the goose at every look through the failover.
+        c.wait_followed(every, timeout=15)
         assert any("the registry lost data" in c.log_tail(n, 200) for n in every)
 
 
