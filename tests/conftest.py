@@ -46,7 +46,7 @@ ALONE = os.environ.get("DDG_ALONE", "")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under xdist (./dev test: DDG_TEST_WORKERS, a worker a core), each worker's nodes and Redis
+    """Under xdist (DDG_TEST_WORKERS; --quick: a worker a core), each worker's nodes and Redis
     servers take ports from a slice of their own of the range (DDG_LOCAL_PORTS, or the
     default; the tests' processes inherit it): the workers cannot both pick a port that is
     free now, nor take one a killed node waits on. A range too small to share is left whole."""
