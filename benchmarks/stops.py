@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddg.client import Role
 from ddg_testkit import LocalCluster
 
 from . import common
@@ -69,16 +68,9 @@ class KindRow:
 
 def settle(c: LocalCluster) -> str:
     """Every node up, one goose, everyone following it with the full membership."""
-    def stable() -> str | None:
-        sts = list(c.statuses().values())
-        if any(st is None for st in sts):
-            return None
-        geese = [st.name for st in sts if st is not None and st.role is Role.GOOSE]
-        if len(geese) != 1 or any(st is None or st.goose != geese[0]
-                                  or len(st.members) != NODES for st in sts):
-            return None
-        return geese[0]
-    return c.wait_for(stable, timeout=30, what="one goose that every node follows")
+    return c.wait_followed(timeout=30, also=lambda _, sts: all(
+        len(st.members) == NODES for st in sts.values()),
+        what="one goose that every node follows, with every member")
 
 
 def stopped_at(c: LocalCluster, name: str) -> float | None:

@@ -164,22 +164,33 @@ class LocalCluster(Supervisor):
 
         return self.wait_for(one, timeout=timeout, what=f"one goose among {names}")
 
-    def wait_followed(self, among: Iterable[str] | None = None, *,
-                      timeout: float = 10.0) -> str:
-        """The one goose among AMONG once every node there answers and follows it, all looked
-        at together. Not wait_goose() and then a wait for the others to follow that one: on a
-        busy machine it may lose its quorum first, and another take over."""
+    def wait_followed(self, among: Iterable[str] | None = None, *, timeout: float = 10.0,
+                      also: Callable[[str, dict[str, NodeStatus]], bool] | None = None,
+                      what: str = "") -> str:
+        """The one goose among AMONG once every node there answers and follows it (and
+        ALSO(goose, statuses) holds), all looked at together. Not wait_goose() and then a wait
+        for the others to follow that one: on a busy machine it may lose its quorum first, and
+        another take over."""
         names = list(among or self.names)
 
         def followed() -> str | None:
-            sts = list(self.statuses(names).values())
-            geese = [s.name for s in sts if s is not None and s.role is Role.GOOSE]
-            if len(geese) != 1:
+            sts = self.statuses(names)
+            geese = [s.name for s in sts.values() if s is not None and s.role is Role.GOOSE]
+            if len(geese) != 1 or not all(s is not None and s.goose == geese[0]
+                                          for s in sts.values()):
                 return None
-            return geese[0] if all(s is not None and s.goose == geese[0] for s in sts) else None
+            known = {n: s for n, s in sts.items() if s is not None}
+            return geese[0] if also is None or also(geese[0], known) else None
 
         return self.wait_for(followed, timeout=timeout,
-                             what=f"one goose among {names}, followed by all")
+                             what=what or f"one goose among {names}, followed by all")
+
+    def wait_held(self, among: list[str], *, timeout: float = 15.0) -> str:
+        """wait_followed(AMONG), and every duck holds its crash-hint stream to the goose."""
+        return self.wait_followed(
+            among, timeout=timeout, also=lambda goose, sts: sts[goose].hint_streams == len(sts) - 1,
+            what=f"one goose among {among}, followed by all and held by {len(among) - 1} "
+                 "crash-hint streams")
 
     def describe(self) -> str:
         out = []

@@ -23,14 +23,14 @@ import redis
 from ddg.local.embedded import EmbeddedRedis, free_port
 from ddg.local.supervisor import OWNER_FILE, remove_stale_dirs
 from ddg_testkit import LocalCluster, wait_until, wait_until_async
+from ddg_testkit.cli import own_env
 from ddg_testkit.procs import gone, proc_stat
 from ddg_tui.demo import TEMP_PREFIX, Demo, DemoConfig
 
 pytestmark = pytest.mark.integration
 
 CONSOLE = [sys.executable, "-m", "ddg_tui"]
-ENV = {k: v for k, v in os.environ.items()
-       if k not in ("DDG_REDIS_URL", "DDG_CLUSTER", "DDG_CLUSTER_SECRET", "DDG_REDIS_PASSWORD")}
+ENV = own_env()
 
 
 

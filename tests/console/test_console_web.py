@@ -39,6 +39,7 @@ from ddg.local.embedded import free_port
 from ddg.local.launcher import spawn_bound
 from ddg.local.tools import Tool
 from ddg_testkit import tools, wait_until_async
+from ddg_testkit.cli import own_env
 from ddg_testkit.procs import gone, node_name, proc_stat
 from ddg_tui.keys import KEYS
 
@@ -306,8 +307,7 @@ async def test_the_console_in_a_real_browser_kills_a_real_node(tmp_path: Path) -
     assert isinstance(CHROMIUM, Tool)
     t0 = time.monotonic()
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DDG_REDIS_URL", "DDG_CLUSTER", "DDG_CLUSTER_SECRET")}
+    env = own_env()
     console = [sys.executable, "-m", "ddg_tui", "--web", "--port", str(port), "--demo", "3"]
     profile = tmp_path / "chromium-profile"
     with started(console, tmp_path / "console.log", env=env) as server, \
@@ -423,12 +423,6 @@ async def test_the_console_in_a_real_browser_kills_a_real_node(tmp_path: Path) -
 LEAVE_TIMEOUT = 2.0
 
 
-def console_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DDG_REDIS_URL", "DDG_CLUSTER", "DDG_CLUSTER_SECRET")}
-    return {**env, **extra}
-
-
 def default_sigint() -> None:
     """A server started from a suite run in a shell's background inherits an ignored SIGINT:
     give it the default, as a terminal's would have."""
@@ -473,7 +467,7 @@ async def test_a_tab_leaves_nothing_behind(tmp_path: Path, how: str) -> None:
     log = tmp_path / "console.log"
     console = [sys.executable, "-m", "ddg_tui", "--web", "--port", str(port), "--demo", "3"]
     profile = tmp_path / "chromium-profile"
-    with started(console, log, env=console_env(DDG_CLUSTER_SECRET=secret),
+    with started(console, log, env=own_env(DDG_CLUSTER_SECRET=secret),
                  preexec_fn=default_sigint) as server, \
             started([CHROMIUM.path, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
                     tmp_path / "chromium.log") as browser:
@@ -534,7 +528,7 @@ async def test_a_headless_screenshot_leaves_nothing_behind(tmp_path: Path) -> No
     log = tmp_path / "console.log"
     console = [sys.executable, "-m", "ddg_tui", "--web", "--port", str(port), "--demo", "3",
                "--cluster-secret", secret]
-    with started(console, log, env=console_env(), preexec_fn=default_sigint) as server:
+    with started(console, log, env=own_env(), preexec_fn=default_sigint) as server:
         url = f"http://127.0.0.1:{port}/"
 
         async def serving() -> bool:

@@ -25,6 +25,7 @@ from ddg.local.embedded import EmbeddedRedis, ping_redis, redis_server
 from ddg.local.supervisor import Supervisor, SupervisorConfig
 from ddg.local.tools import Tool
 from ddg_testkit import hosts, tools
+from ddg_testkit.cli import own_env
 
 pytestmark = pytest.mark.integration
 
@@ -123,10 +124,8 @@ def test_a_choice_that_is_no_usable_redis_server_is_one_line(
 
 def _demo(**env: str) -> subprocess.CompletedProcess[str]:
     """`ddg-console --demo 1` with ENV, and no cluster of the caller's environment."""
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("DDG_REDIS_URL", "DDG_CLUSTER", "DDG_CLUSTER_SECRET")}
     return subprocess.run([sys.executable, "-m", "ddg_tui", "--demo", "1"], capture_output=True,
-                          text=True, timeout=60, check=False, env={**base, **env})
+                          text=True, timeout=60, check=False, env=own_env(**env))
 
 
 def test_the_console_refuses_an_unusable_choice_in_one_line() -> None:

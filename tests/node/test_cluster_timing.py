@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from ddg.cli.node import main
+from ddg.client import NodeStatus
 from ddg.election.timing import TIMINGS, TimingRecord
 from ddg.local.embedded import free_port
 from ddg_testkit import LocalCluster
@@ -39,16 +40,15 @@ def runs(c: LocalCluster, names: list[str], epoch: int, labels: tuple[str, ...])
 
 def settled(c: LocalCluster, names: list[str]) -> tuple[str, int]:
     """Every node a member of all NAMES, in one term, following one goose: (goose, term)."""
-    def agreed() -> tuple[str, int] | None:
-        sts = c.statuses(names)
-        if any(s is None or list(s.members) != sorted(names) for s in sts.values()):
-            return None
-        views = {(s.goose, s.term) for s in sts.values() if s is not None}
-        goose, term = next(iter(views))
-        if len(views) != 1 or goose is None or c.role(goose) != "goose":
-            return None
-        return goose, term
-    return c.wait_for(agreed, timeout=15, what="the cluster to settle on one goose")
+    terms: set[int] = set()
+
+    def members_in_one_term(goose: str, sts: dict[str, NodeStatus]) -> bool:
+        terms.clear()
+        terms.update(s.term for s in sts.values())
+        return len(terms) == 1 and all(list(s.members) == sorted(names) for s in sts.values())
+    goose = c.wait_followed(names, timeout=15, also=members_in_one_term,
+                            what="the cluster to settle on one goose")
+    return goose, terms.pop()
 
 
 def test_bootstrap_writes_the_flags_others_run_them_and_disagreeing_flags_are_refused(

@@ -16,21 +16,10 @@ Make = Callable[..., LocalCluster]
 HINT = "lost the connection to {}"
 
 
-def settled(c: LocalCluster, names: list[str]) -> str:
-    """The goose, once every duck follows it and holds its crash-hint stream (looked at
-    together: on a busy machine the first goose may lose its quorum, and another take over)."""
-    def held() -> str | None:
-        geese = c.geese(names)
-        st = c.status(geese[0]) if len(geese) == 1 else None
-        return geese[0] if st is not None and st.hint_streams == len(names) - 1 else None
-    return c.wait_for(held, timeout=15, what=f"one goose and {len(names) - 1} ducks holding "
-                      "a stream to it")
-
-
 def test_a_killed_goose_is_noticed_by_every_duck_at_once(make_cluster: Make) -> None:
     c = make_cluster()
     names = c.start(5)
-    old = settled(c, names)
+    old = c.wait_held(names)
     term = c.status(old).term
     c.kill(old)
     new = c.wait_goose(among=names, exclude=[old], timeout=3)
@@ -50,7 +39,7 @@ def test_a_stopped_or_frozen_goose_gives_no_hint(make_cluster: Make, how: str) -
     the ducks must sit out the election timeout as before. Neither is taken for a crash."""
     c = make_cluster()
     names = c.start(3)
-    old = settled(c, names)
+    old = c.wait_held(names)
     if how == "sigterm":
         c.terminate(old)
     else:
@@ -68,7 +57,7 @@ def test_a_stopped_or_frozen_goose_gives_no_hint(make_cluster: Make, how: str) -
 def test_the_hold_route_refuses_what_it_should(make_cluster: Make) -> None:
     c = make_cluster()
     names = c.start(3)
-    goose = settled(c, names)
+    goose = c.wait_held(names)
     duck = next(n for n in names if n != goose)
     with httpx.Client(timeout=3) as http:
         r = http.get(f"{c.address(duck)}/raft/hold/{goose}")
@@ -79,7 +68,7 @@ def test_the_hold_route_refuses_what_it_should(make_cluster: Make) -> None:
         assert r.status_code == 403
     signed = make_cluster(secret="s3cret-for-tests", cluster="signed")
     names = signed.start(3)
-    goose = settled(signed, names)
+    goose = signed.wait_held(names)
     duck = next(n for n in names if n != goose)
     r = httpx.get(f"{signed.address(goose)}/raft/hold/{duck}", timeout=3)
     assert r.status_code == 401 and "signature" in r.json()["error"]

@@ -41,20 +41,6 @@ def view(c: LocalCluster, names: list[str], *, answered: bool = True) -> View:
     return out
 
 
-def settled(c: LocalCluster, names: list[str], *, timeout: float = 15) -> str:
-    """The goose, once every node agrees on it and every duck holds its crash-hint stream."""
-    def agreed() -> str | None:
-        v = view(c, names, answered=False)
-        if len(v) < len(names):
-            return None
-        geese = [n for n, (role, _, _) in v.items() if role == "goose"]
-        if len(geese) != 1 or any(goose != geese[0] for _, _, goose in v.values()):
-            return None
-        st = c.status(geese[0])
-        return geese[0] if st is not None and st.hint_streams == len(names) - 1 else None
-    return c.wait_for(agreed, timeout=timeout, what="one goose, followed and held by all")
-
-
 def unchanged_for(c: LocalCluster, names: list[str], before: View, seconds: float) -> None:
     """Every node keeps BEFORE (role, term, goose) for SECONDS (an observation window; a
     status that a loaded machine answers late is a sample missed, not a change)."""
@@ -110,7 +96,7 @@ def test_a_borrowed_or_non_member_certificate_gets_403_on_every_raft_route(
         mtls: tuple[LocalCluster, Pki], whose: str) -> None:
     c, pki = mtls
     names = c.names[:3]
-    goose = settled(c, names)
+    goose = c.wait_held(names)
     duck = next(n for n in names if n != goose)
     # a duck's own certificate and key, as one stolen from its host; or the console's
     tls = c.spec(duck).tls if whose == "member" else pki.client()
@@ -144,7 +130,7 @@ def test_a_member_certificate_speaks_for_its_member_but_hands_over_only_as_the_g
     duck (200), which follows the goose, not the sender, so nothing moves."""
     c, _ = mtls
     names = c.names[:3]
-    goose = settled(c, names)
+    goose = c.wait_held(names)
     duck, other = (n for n in names if n != goose)
     tls = c.spec(duck).tls
     before = view(c, names)
@@ -164,7 +150,7 @@ def test_a_graceful_stop_hands_over_with_node_certificates(make_cluster: Make,
     pki = Pki(tmp_path / "pki")
     c = make_cluster(tls=pki.client(), node_tls=pki.tls, **CALM)
     names = c.start(3)
-    old = settled(c, names)
+    old = c.wait_held(names)
     term = c.status(old).term  # type: ignore[union-attr]
     c.terminate(old)
     new = c.wait_goose(among=names, exclude=[old])
@@ -181,7 +167,7 @@ def test_a_node_whose_certificate_does_not_name_it_is_told_why(make_cluster: Mak
     pki = Pki(tmp_path / "pki")
     c = make_cluster(tls=pki.client(), node_tls=pki.tls, **CALM)
     names = c.start(3)
-    goose = settled(c, names)
+    goose = c.wait_held(names)
     odd = make_cluster(redis_url=c.redis_url, cluster=c.cluster, tls=pki.client(), **CALM,
                        node_tls=lambda name: pki.tls("elsewhere", client_auth=False))
     odd.add("odd")
@@ -226,7 +212,7 @@ async def _flood(c: LocalCluster, names: list[str], stop: threading.Event, codes
 def test_a_flood_of_crash_hint_streams_costs_no_election(make_cluster: Make) -> None:
     c = make_cluster(**CALM)
     names = c.start(3)
-    settled(c, names)
+    c.wait_held(names)
     before = view(c, names)
     stop = threading.Event()
     codes: Counter[str] = Counter()
@@ -250,4 +236,4 @@ def test_a_flood_of_crash_hint_streams_costs_no_election(make_cluster: Make) -> 
     assert not changed, f"the flood moved the cluster: {changed[:3]} (before {before})"
     assert view(c, names) == before
     # and the ducks hold their streams again
-    settled(c, names, timeout=10)
+    c.wait_held(names, timeout=10)

@@ -121,7 +121,9 @@ def test_nodes_follow_a_sentinel_failover_and_keep_their_goose(
             timeout=20, what=f"{added} removed and gone")
         assert read_registry(url, "sent").names == frozenset(names)
         for n, st in c.statuses(names).items():
-            assert st is not None and (st.term, st.goose) == (term, goose), n
+            assert st is not None and (st.term, st.goose) == (term, goose), (
+                f"{n}: term {st and st.term} goose {st and st.goose}, was {term} {goose}\n"
+                + "\n".join(f"--- {m}\n{c.log_tail(m, 60)}" for m in every))
 
 
 @pytest.mark.parametrize("sentinels", [{"down_after_ms": 1000}], indirect=True)
