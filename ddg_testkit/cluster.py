@@ -192,7 +192,7 @@ class LocalCluster(Supervisor):
             what=f"one goose among {among}, followed by all and held by {len(among) - 1} "
                  "crash-hint streams")
 
-    def describe(self) -> str:
+    def describe(self, lines: int = 15) -> str:
         out = []
         for name, st in self.statuses().items():
             brief = "unreachable" if st is None else (
@@ -200,5 +200,5 @@ class LocalCluster(Supervisor):
                 f"members={','.join(st.members)}"
                 + (f" joining: {st.joining}" if st.joining else ""))
             out.append(f"--- {name} (pid {self.pid(name)}, running {self.running(name)}): "
-                       f"{brief}\n{self.log_tail(name) or '(no log)'}")
+                       f"{brief}\n{self.log_tail(name, lines) or '(no log)'}")
         return "\n".join(out)
