@@ -22,7 +22,6 @@ from the repository root: it uses the test kit (ddg_testkit), which is not insta
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import random
 import select
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ddg_testkit import LocalCluster
+from ddg_testkit.cluster import node_said
 
 from . import common
 from .common import Stats
@@ -75,11 +75,9 @@ def settle(c: LocalCluster) -> str:
 
 def stopped_at(c: LocalCluster, name: str) -> float | None:
     """The wall-clock time of NAME's last `stopped` log line (local time, ms)."""
-    for line in reversed(c.log_tail(name, 30).splitlines()):
-        if "ddg.node: stopped (exit code" in line:
-            stamp = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%f")
-            return stamp.timestamp()
-    return None
+    stops = [at for at, said in node_said(c.log_tail(name, 30))
+             if said.startswith("stopped (exit code")]
+    return stops[-1].timestamp() if stops else None
 
 
 def stop(c: LocalCluster, names: Sequence[str], row: KindRow, label: str,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Coroutine, Iterable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from ddg.client import AdminResult, NodeClient, NodeStatus, Role
@@ -202,3 +203,10 @@ class LocalCluster(Supervisor):
             out.append(f"--- {name} (pid {self.pid(name)}, running {self.running(name)}): "
                        f"{brief}\n{self.log_tail(name, lines) or '(no log)'}")
         return "\n".join(out)
+
+
+def node_said(log: str) -> list[tuple[datetime, str]]:
+    """What a node's LOG says as `ddg.node`, line by line: (the line's time stamp, local and
+    naive as the log writes it; the message after `ddg.node: `)."""
+    return [(datetime.fromisoformat(line.split(maxsplit=1)[0]), line.split("ddg.node: ", 1)[1])
+            for line in log.splitlines() if "ddg.node: " in line]

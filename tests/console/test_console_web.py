@@ -40,6 +40,7 @@ from ddg.local.launcher import spawn_bound
 from ddg.local.tools import Tool
 from ddg_testkit import tools, wait_until_async
 from ddg_testkit.cli import own_env
+from ddg_testkit.cluster import node_said
 from ddg_testkit.procs import gone, node_name, proc_stat
 from ddg_tui.keys import KEYS
 
@@ -268,7 +269,7 @@ def led_until_the_end(log: str) -> bool:
     """A node's log says it answered goose, and neither stepped down nor followed another
     goose after that (a lease that lapsed for a moment under load, "now answering duck" and
     back, is still the goose)."""
-    said = [line.split("ddg.node: ", 1)[1] for line in log.splitlines() if "ddg.node: " in line]
+    said = [words for _, words in node_said(log)]
     led = [i for i, line in enumerate(said) if line.startswith("now answering goose")]
     return bool(led) and not any(line.startswith(("following ", "stepped down"))
                                  for line in said[led[-1]:])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -13,6 +13,7 @@ import redis
 
 from ddg.client import NodeStatus, Role
 from ddg_testkit import LocalCluster
+from ddg_testkit.cluster import node_said
 
 pytestmark = pytest.mark.integration
 Make = Callable[..., LocalCluster]
@@ -156,8 +157,7 @@ def test_sigterm_goose_hands_over_fast_and_stays_member(make_cluster: Make, sign
     # the new goose campaigned when the old one handed over, and won that term.
     assert f"handing over to {new}" in c.log_path(old).read_text()
     text = c.log_path(new).read_text()
-    said = [(datetime.fromisoformat(line[:23]), line.split("ddg.node: ", 1)[1])
-            for line in text.splitlines() if "ddg.node: " in line]
+    said = node_said(text)
     words = [w for _, w in said]
     handed = f"{old} handed leadership over; campaigning now"
     assert handed in words, text
